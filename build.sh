@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds and pushes one version of selfup:
+#   ./build.sh 1.4.0
+# sets the crate version, builds a static binary and a FROM-scratch image,
+# tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
+# SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
+# say where to.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+die() { echo "build.sh: $*" >&2; exit 1; }
+
+[ $# -eq 1 ] || die "usage: ./build.sh <semver version>, e.g. ./build.sh 1.4.0"
+version=$1
+# The semver 2.0.0 grammar (semver.org), without build metadata: Docker tags cannot hold '+'.
+semver='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?$'
+[[ $version =~ $semver ]] || die "'$version' is not a semver version (MAJOR.MINOR.PATCH[-PRERELEASE]); nothing was built"
+
+registry=${SELFUP_REGISTRY:-localhost:5000}
+image=${SELFUP_IMAGE:-selfup}
+ref=$registry/$image
+
+command -v docker >/dev/null || die "docker is not installed"
+curl -fsS --max-time 5 -o /dev/null "http://$registry/v2/" \
+  || die "the registry at $registry does not answer (start it with registry/start.sh); nothing was built"
+
+# Set the crate version, as `npm version` would: the binary reports it.
+sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
+
+target=x86_64-unknown-linux-gnu
+# Both are needed for a static binary: crt-static, and an explicit --target
+# so that proc-macros are still built for the host without it.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet
+target_dir=${CARGO_TARGET_DIR:-target}
+binary=$target_dir/$target/release/selfup
+
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+cp "$binary" "$context/selfup"
+# The classic builder's deprecation notice is noise; show its output only on failure.
+docker build --quiet -f docker/Dockerfile --build-arg "VERSION=$version" \
+  -t "$ref:$version" -t "$ref:latest" "$context" >"$context/build.log" 2>&1 \
+  || { cat "$context/build.log" >&2; die "docker build failed"; }
+docker push --quiet "$ref:$version" >/dev/null
+docker push --quiet "$ref:latest" >/dev/null
+echo "built and pushed $ref:$version and $ref:latest ($(docker image inspect -f '{{.Size}}' "$ref:$version" | numfmt --to=iec) image)"

@@ -1,0 +1,149 @@
+//! The application: binds the listener, registers every route, and runs the
+//! server beside the start-up reconcile until a stop signal drains it.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Settings;
+use crate::docker::Engine;
+use crate::handover::Orchestrator;
+use crate::routes::{self, handover, info, upgrade};
+use crate::state::{Shared, TakeoverPhase};
+
+/// The largest body `/echo` accepts.
+pub const ECHO_LIMIT: usize = 64 * 1024;
+
+/// What every handler gets.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    /// The main runtime: Docker and registry calls run there, not on the
+    /// HTTP workers' single-threaded runtimes.
+    runtime: tokio::runtime::Handle,
+}
+
+impl AppState {
+    /// Runs a future on the main runtime and waits for it; a panic in it
+    /// becomes an error, never a dead worker.
+    pub async fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        self.runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| format!("internal task failed: {e}"))
+    }
+}
+
+/// A bound, not yet running, selfup server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    orchestrator: Arc<Orchestrator>,
+}
+
+impl Application {
+    /// Binds `bind:port` and builds the server and the orchestrator.
+    /// Must be called on the main (multi-threaded) Tokio runtime.
+    pub fn build(settings: Settings) -> std::io::Result<Application> {
+        let settings = Arc::new(settings);
+        let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
+        let shared = Arc::new(Shared::default());
+        if settings.handover_token.is_some() && settings.handover_elder.is_some() {
+            // Before the first request: the elder's go-ahead may come at once.
+            shared.set_takeover(TakeoverPhase::WaitingForGo);
+        }
+        let self_id = crate::identity::own_container_id();
+        let orchestrator = Arc::new(Orchestrator::new(settings.clone(), engine, shared, self_id));
+
+        let listener = TcpListener::bind((settings.bind, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
+                .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::PayloadConfig::new(ECHO_LIMIT))
+                .route("/", web::get().to(info::index))
+                .route("/health", web::get().to(info::health))
+                .route("/echo", web::post().to(info::echo))
+                .service(
+                    web::resource("/upgrade")
+                        .route(web::get().to(upgrade::latest))
+                        .route(web::post().to(upgrade::latest))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/upgrade/{requirement}")
+                        .route(web::get().to(upgrade::matching))
+                        .route(web::post().to(upgrade::matching))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/handover")
+                        .route(web::post().to(handover::go))
+                        .route(web::get().to(handover::phase))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(2)
+        .keep_alive(Duration::from_secs(settings.keep_alive_secs))
+        .shutdown_timeout(settings.shutdown_timeout_secs)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            orchestrator,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains: no new connections,
+    /// in-flight requests (an elder's `/upgrade` among them) finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shared = self.orchestrator.shared.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal: draining");
+            shared.shutdown.send_replace(true);
+            handle.stop(true).await;
+        });
+        let orchestrator = self.orchestrator.clone();
+        tokio::spawn(async move { orchestrator.reconcile().await });
+        tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
+        self.server.await
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for stop signals");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,308 @@
+//! Settings: one typed struct, layered as defaults, then an optional TOML
+//! file, then `SELFUP_*` environment variables.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the optional TOML file is looked for unless `SELFUP_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/selfup/selfup.toml";
+
+/// Everything an instance can be told. Each field can be set in the TOML file
+/// under its own name or as `SELFUP_<NAME>` in the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The port this instance listens on; one of `ports`.
+    pub port: u16,
+    /// The two ports the live instance toggles between on every upgrade.
+    pub ports: [u16; 2],
+    /// The address both ports bind to. Loopback by default: nginx is the public door.
+    pub bind: IpAddr,
+    /// The registry the images come from, `host:port` (plain HTTP for loopback hosts).
+    pub registry: String,
+    /// The repository of this service's image in that registry.
+    pub image: String,
+    /// The Docker Engine socket.
+    pub docker_socket: PathBuf,
+    /// How long a successor has to answer `/health` with the target version.
+    pub health_deadline_secs: u64,
+    /// How long the successor's takeover (nginx switch, drain) may take.
+    pub takeover_deadline_secs: u64,
+    /// How long Docker waits after SIGTERM before it kills an elder.
+    pub stop_timeout_secs: u64,
+    /// How long this instance's own graceful shutdown lets in-flight requests
+    /// run; must be shorter than `stop_timeout_secs`.
+    pub shutdown_timeout_secs: u64,
+    /// HTTP keep-alive of the app; nginx's upstream keep-alive must be shorter.
+    pub keep_alive_secs: u64,
+    /// The nginx container to switch; empty: no proxy in front of this instance.
+    pub nginx_container: String,
+    /// The upstream include file, inside a directory that nginx also mounts.
+    pub nginx_include: PathBuf,
+    /// nginx's public address, used to confirm that the new version answers there.
+    pub nginx_url: String,
+    /// When set, `/upgrade` and `/rollback` require `Authorization: Bearer <token>`.
+    pub upgrade_token: Option<String>,
+    /// Set by an elder on the successor it creates: the secret the elder's
+    /// go-ahead carries. Not for operators.
+    pub handover_token: Option<String>,
+    /// Set by an elder on the successor it creates: the elder's container id.
+    /// Not for operators.
+    pub handover_elder: Option<String>,
+    /// Where state that must outlive a container is kept (the companion's API key).
+    pub data_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            port: 5800,
+            ports: [5800, 5801],
+            bind: IpAddr::from([127, 0, 0, 1]),
+            registry: "localhost:5000".into(),
+            image: "selfup".into(),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            health_deadline_secs: 30,
+            takeover_deadline_secs: 60,
+            stop_timeout_secs: 30,
+            shutdown_timeout_secs: 25,
+            keep_alive_secs: 5,
+            nginx_container: "selfup-nginx".into(),
+            nginx_include: PathBuf::from("/etc/selfup/nginx/upstream.conf"),
+            nginx_url: "http://127.0.0.1:8080".into(),
+            upgrade_token: None,
+            handover_token: None,
+            handover_elder: None,
+            data_dir: PathBuf::from("/data"),
+        }
+    }
+}
+
+/// Why the settings could not be loaded; the message names the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value has the wrong type or a key is unknown.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value parsed but makes no sense.
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Loads defaults, then the TOML file (`SELFUP_CONFIG` or the default path,
+    /// if it exists), then the environment, and validates the result.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let file = std::env::var("SELFUP_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG_FILE.into());
+        Self::from_figment(Self::figment(&file))
+    }
+
+    /// The layered sources, for `load` and for tests.
+    pub fn figment(file: &str) -> Figment {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG"]))
+    }
+
+    /// Extracts and validates.
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.ports[0] == self.ports[1] {
+            return invalid(
+                "ports",
+                format!("the two ports must differ, got {:?}", self.ports),
+            );
+        }
+        if self.ports.contains(&0) {
+            return invalid("ports", "port 0 cannot be toggled to".into());
+        }
+        if !self.ports.contains(&self.port) {
+            return invalid(
+                "port",
+                format!("{} is not one of ports {:?}", self.port, self.ports),
+            );
+        }
+        if self.registry.trim().is_empty()
+            || self.registry.contains('/') && !self.registry.contains("://")
+        {
+            return invalid(
+                "registry",
+                format!("expected host:port, got {:?}", self.registry),
+            );
+        }
+        if self.image.is_empty() || self.image.contains(':') || self.image.contains('@') {
+            return invalid(
+                "image",
+                format!(
+                    "expected a repository name without tag, got {:?}",
+                    self.image
+                ),
+            );
+        }
+        for (field, secs) in [
+            ("health_deadline_secs", self.health_deadline_secs),
+            ("takeover_deadline_secs", self.takeover_deadline_secs),
+            ("stop_timeout_secs", self.stop_timeout_secs),
+            ("keep_alive_secs", self.keep_alive_secs),
+        ] {
+            if secs == 0 {
+                return invalid(field, "must be at least 1".into());
+            }
+        }
+        if self.shutdown_timeout_secs >= self.stop_timeout_secs {
+            return invalid(
+                "shutdown_timeout_secs",
+                format!(
+                    "{} must be shorter than stop_timeout_secs ({}), or Docker kills the elder mid-drain",
+                    self.shutdown_timeout_secs, self.stop_timeout_secs
+                ),
+            );
+        }
+        if !self.nginx_container.is_empty() {
+            if self.nginx_include.file_name().is_none() || self.nginx_include.parent().is_none() {
+                return invalid(
+                    "nginx_include",
+                    format!("{:?} is not a file path", self.nginx_include),
+                );
+            }
+            if !self.nginx_url.starts_with("http://") && !self.nginx_url.starts_with("https://") {
+                return invalid(
+                    "nginx_url",
+                    format!("expected an http(s) URL, got {:?}", self.nginx_url),
+                );
+            }
+        }
+        if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
+            return invalid("upgrade_token", "is set but empty".into());
+        }
+        Ok(())
+    }
+
+    /// The other port of the pair: where a successor of this instance listens.
+    pub fn other_port(&self, port: u16) -> u16 {
+        if port == self.ports[0] {
+            self.ports[1]
+        } else {
+            self.ports[0]
+        }
+    }
+
+    /// The reference of this service's image with a tag.
+    pub fn image_ref(&self, tag: &str) -> String {
+        format!("{}/{}:{}", self.registry, self.image, tag)
+    }
+
+    /// Whether a proxy is in front of this instance.
+    pub fn proxy_enabled(&self) -> bool {
+        !self.nginx_container.is_empty()
+    }
+
+    pub fn health_deadline(&self) -> Duration {
+        Duration::from_secs(self.health_deadline_secs)
+    }
+
+    pub fn takeover_deadline(&self) -> Duration {
+        Duration::from_secs(self.takeover_deadline_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail) -> Result<Settings, ConfigError> {
+        let file = jail.directory().join("selfup.toml");
+        Settings::from_figment(Settings::figment(file.to_str().unwrap()))
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        Jail::expect_with(|jail| {
+            let s = load_in(jail).unwrap();
+            assert_eq!(s, Settings::default());
+            assert_eq!(s.other_port(5800), 5801);
+            assert_eq!(s.other_port(5801), 5800);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "selfup.toml",
+                "port = 6001\nports = [6000, 6001]\nimage = \"fromfile\"\n",
+            )?;
+            jail.set_env("SELFUP_IMAGE", "fromenv");
+            jail.set_env("SELFUP_HEALTH_DEADLINE_SECS", "7");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.port, 6001);
+            assert_eq!(s.ports, [6000, 6001]);
+            assert_eq!(s.image, "fromenv");
+            assert_eq!(s.health_deadline_secs, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_PORT", "eighty");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("\"PORT\"") && err.contains("SELFUP_"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("selfup.toml", "prot = 1\n")?;
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("prot"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_port_outside_the_pair_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_PORT", "9000");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("port: 9000 is not one of ports"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_shutdown_longer_than_the_stop_timeout_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_SHUTDOWN_TIMEOUT_SECS", "40");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("shutdown_timeout_secs"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_image_with_a_tag_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_IMAGE", "selfup:1.0.0");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("image"), "{err}");
+            Ok(())
+        });
+    }
+}

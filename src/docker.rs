@@ -1,0 +1,544 @@
+//! The one wrapper around bollard. Each method is one Engine API call, and
+//! each failure becomes a [`DockerError`] that names the object it concerned.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ExecConfig, ImageInspect,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions,
+    StopContainerOptions, TopOptions,
+};
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+/// How long one Engine call may take. A graceful stop waits up to the stop
+/// timeout, so this must exceed the longest stop we ask for.
+const CALL_TIMEOUT_SECS: u64 = 300;
+
+/// What went wrong talking to the Docker Engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The daemon did not answer at all.
+    #[error("the Docker daemon at {socket} is unreachable: {reason}")]
+    Unreachable { socket: String, reason: String },
+    /// The container does not exist (any more).
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
+    /// The image does not exist locally, or the registry has no such tag.
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    /// The daemon answered with an error.
+    #[error("{op} {target}: {message}")]
+    Call {
+        op: &'static str,
+        target: String,
+        message: String,
+    },
+}
+
+impl DockerError {
+    fn from_bollard(socket: &str, op: &'static str, target: &str, err: BollardError) -> Self {
+        match err {
+            BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => match op {
+                "pulling" | "inspecting image" | "removing image" => {
+                    DockerError::NoSuchImage(format!("{target} ({message})"))
+                }
+                _ => DockerError::NoSuchContainer(target.to_string()),
+            },
+            BollardError::DockerResponseServerError { message, .. } => DockerError::Call {
+                op,
+                target: target.to_string(),
+                message,
+            },
+            BollardError::SocketNotFoundError(_)
+            | BollardError::IOError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::RequestTimeoutError => DockerError::Unreachable {
+                socket: socket.to_string(),
+                reason: format!("{op} {target}: {err}"),
+            },
+            other => DockerError::Call {
+                op,
+                target: target.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether the daemon itself is the problem (as opposed to one object).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DockerError::Unreachable { .. })
+    }
+}
+
+/// A lazily connected Docker client. Connecting (and negotiating the API
+/// version, since the daemon may be older than bollard's default) happens on
+/// first use, so an instance starts and answers `/health` with 503 even when
+/// the daemon is down.
+#[derive(Debug)]
+pub struct Engine {
+    socket: PathBuf,
+    client: OnceCell<Docker>,
+}
+
+/// The outcome of a command run inside a container.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+impl Engine {
+    pub fn new(socket: PathBuf) -> Engine {
+        Engine {
+            socket,
+            client: OnceCell::new(),
+        }
+    }
+
+    fn socket_name(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    fn err(&self, op: &'static str, target: &str) -> impl FnOnce(BollardError) -> DockerError + '_ {
+        let target = target.to_string();
+        move |e| DockerError::from_bollard(&self.socket_name(), op, &target, e)
+    }
+
+    async fn client(&self) -> Result<&Docker, DockerError> {
+        self.client
+            .get_or_try_init(|| async {
+                let path = self.socket.to_string_lossy().into_owned();
+                let docker = Docker::connect_with_unix(
+                    &path,
+                    CALL_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(self.err("connecting to", &path))?;
+                docker
+                    .negotiate_version()
+                    .await
+                    .map_err(self.err("negotiating the API version with", &path))
+            })
+            .await
+    }
+
+    /// Checks that the daemon answers, within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), DockerError> {
+        let unreachable = |reason: String| DockerError::Unreachable {
+            socket: self.socket_name(),
+            reason,
+        };
+        match tokio::time::timeout(timeout, async {
+            let docker = self.client().await?;
+            docker
+                .ping()
+                .await
+                .map_err(self.err("pinging", "the daemon"))
+        })
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_unreachable() => Err(e),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    pub async fn inspect_container(
+        &self,
+        id: &str,
+    ) -> Result<ContainerInspectResponse, DockerError> {
+        let docker = self.client().await?;
+        docker
+            .inspect_container(id, None)
+            .await
+            .map_err(self.err("inspecting container", id))
+    }
+
+    /// Containers (running or not) that carry every one of `labels`.
+    pub async fn list_by_labels(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let docker = self.client().await?;
+        let label_filters = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), label_filters)])),
+            ..Default::default()
+        };
+        docker
+            .list_containers(Some(options))
+            .await
+            .map_err(self.err("listing containers labelled", &format!("{labels:?}")))
+    }
+
+    /// Pulls one tag of an image. The tag is always explicit: without one the
+    /// Engine would pull every tag of the repository.
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = CreateImageOptions {
+            from_image: Some(image.repository()),
+            tag: Some(image.tag.clone()),
+            ..Default::default()
+        };
+        let target = image.to_string();
+        let mut stream = docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(self.err("pulling", &target))?;
+            if let Some(detail) = info.error_detail {
+                return Err(DockerError::Call {
+                    op: "pulling",
+                    target,
+                    message: detail
+                        .message
+                        .unwrap_or_else(|| "unknown pull error".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn inspect_image(&self, image: &str) -> Result<ImageInspect, DockerError> {
+        let docker = self.client().await?;
+        docker
+            .inspect_image(image)
+            .await
+            .map_err(self.err("inspecting image", image))
+    }
+
+    pub async fn remove_image(&self, image: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        docker
+            .remove_image(image, Some(options), None)
+            .await
+            .map(|_| ())
+            .map_err(self.err("removing image", image))
+    }
+
+    /// Creates a container and returns its id.
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let docker = self.client().await?;
+        let options = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(self.err("creating container", name))?;
+        Ok(created.id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        docker
+            .start_container(id, None)
+            .await
+            .map_err(self.err("starting container", id))
+    }
+
+    /// SIGTERM (or the image's stop signal), then SIGKILL after `timeout`.
+    /// Never `kill_container` for this: without a signal it sends SIGKILL.
+    pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = StopContainerOptions {
+            t: Some(timeout.as_secs() as i32),
+            signal: None,
+        };
+        match docker.stop_container(id, Some(options)).await {
+            // 304: already stopped.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            other => other.map_err(self.err("stopping container", id)),
+        }
+    }
+
+    pub async fn remove_container(&self, id: &str, force: bool) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = RemoveContainerOptions {
+            force,
+            v: false,
+            link: false,
+        };
+        docker
+            .remove_container(id, Some(options))
+            .await
+            .map_err(self.err("removing container", id))
+    }
+
+    pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = RenameContainerOptions {
+            name: name.to_string(),
+        };
+        docker
+            .rename_container(id, options)
+            .await
+            .map_err(self.err("renaming container", id))
+    }
+
+    /// Sends a signal, which must be named: bollard's default is SIGKILL.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        docker
+            .kill_container(id, Some(options))
+            .await
+            .map_err(self.err("signalling container", id))
+    }
+
+    /// Runs a command in a running container and collects its output and exit code.
+    pub async fn exec(&self, id: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {
+        let docker = self.client().await?;
+        let target = format!("{id} ({})", cmd.join(" "));
+        let config = ExecConfig {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = docker
+            .create_exec(id, config)
+            .await
+            .map_err(self.err("creating exec in", &target))?;
+        let mut output = String::new();
+        if let bollard::exec::StartExecResults::Attached {
+            output: mut stream, ..
+        } = docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(self.err("starting exec in", &target))?
+        {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(self.err("reading exec output of", &target))?;
+                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let inspect = docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(self.err("inspecting exec in", &target))?;
+        Ok(ExecOutput {
+            exit_code: inspect.exit_code.unwrap_or(-1),
+            output,
+        })
+    }
+
+    /// The command lines of the processes running in a container.
+    pub async fn processes(&self, id: &str) -> Result<Vec<String>, DockerError> {
+        let docker = self.client().await?;
+        let options = TopOptions {
+            ps_args: "-eo pid,args".into(),
+        };
+        let top = docker
+            .top_processes(id, Some(options))
+            .await
+            .map_err(self.err("listing processes of", id))?;
+        let titles = top.titles.unwrap_or_default();
+        let column = titles
+            .iter()
+            .position(|t| t == "COMMAND" || t == "CMD")
+            .unwrap_or(titles.len().saturating_sub(1));
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| row.get(column).cloned())
+            .collect())
+    }
+
+    /// The last `lines` lines a container wrote to stdout and stderr.
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, DockerError> {
+        let docker = self.client().await?;
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut stream = docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(self.err("reading logs of", id))?;
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(text)
+    }
+}
+
+/// An image reference with an explicit tag: `registry/repository:tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `host[:port]`, if the reference names one.
+    pub registry: Option<String>,
+    /// The path inside the registry, e.g. `selfup` or `library/nginx`.
+    pub path: String,
+    pub tag: String,
+}
+
+/// Why an image reference was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid image reference {reference:?}: {reason}")]
+pub struct ImageRefError {
+    pub reference: String,
+    pub reason: &'static str,
+}
+
+impl ImageRef {
+    /// Parses `[registry/]path[:tag]`; a missing tag means `latest`.
+    /// Digests are refused: an upgrade names a tag.
+    pub fn parse(reference: &str) -> Result<ImageRef, ImageRefError> {
+        let fail = |reason| {
+            Err(ImageRefError {
+                reference: reference.to_string(),
+                reason,
+            })
+        };
+        if reference.is_empty() || reference.len() > 255 {
+            return fail("must be 1 to 255 characters");
+        }
+        if reference.contains('@') {
+            return fail("digests are not accepted, name a tag");
+        }
+        let (registry, rest) = match reference.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (Some(first.to_string()), rest)
+            }
+            _ => (None, reference),
+        };
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((p, t)) => (p, t),
+            None => (rest, "latest"),
+        };
+        let path_ok = !path.is_empty()
+            && path.split('/').all(|c| {
+                !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+                    && c.as_bytes()[0].is_ascii_alphanumeric()
+            });
+        if !path_ok {
+            return fail(
+                "the repository must be lowercase letters, digits and . _ - separated by /",
+            );
+        }
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && tag.as_bytes()[0] != b'.'
+            && tag.as_bytes()[0] != b'-';
+        if !tag_ok {
+            return fail("the tag must be letters, digits and . _ - (at most 128)");
+        }
+        if let Some(r) = &registry {
+            if !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            {
+                return fail("the registry must be host[:port]");
+            }
+        }
+        Ok(ImageRef {
+            registry,
+            path: path.to_string(),
+            tag: tag.to_string(),
+        })
+    }
+
+    /// `registry/path` without the tag.
+    pub fn repository(&self) -> String {
+        match &self.registry {
+            Some(r) => format!("{r}/{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The registry host this image comes from, with Docker Hub's name when none is given.
+    pub fn registry_host(&self) -> &str {
+        self.registry.as_deref().unwrap_or("docker.io")
+    }
+
+    pub fn with_tag(&self, tag: &str) -> ImageRef {
+        ImageRef {
+            tag: tag.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repository(), self.tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_with_registry_port_and_tag_splits_into_its_parts() {
+        let r = ImageRef::parse("localhost:5000/selfup:1.4.0").unwrap();
+        assert_eq!(r.registry.as_deref(), Some("localhost:5000"));
+        assert_eq!(r.path, "selfup");
+        assert_eq!(r.tag, "1.4.0");
+        assert_eq!(r.to_string(), "localhost:5000/selfup:1.4.0");
+    }
+
+    #[test]
+    fn a_missing_tag_means_latest_and_a_plain_name_has_no_registry() {
+        let r = ImageRef::parse("library/nginx").unwrap();
+        assert_eq!(r.registry, None);
+        assert_eq!(r.tag, "latest");
+        assert_eq!(r.registry_host(), "docker.io");
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        for bad in [
+            "",
+            "UPPER/case:1",
+            "a@sha256:abc",
+            "x:",
+            "x:-bad",
+            "a//b:1",
+            "reg:5000/:1",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}

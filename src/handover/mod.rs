@@ -1,0 +1,273 @@
+//! The handover protocol, in the order it runs:
+//!
+//! 1. [`target`]: which image an upgrade request means, and whether to go there.
+//! 2. [`clone`]: the successor's container, cloned from the elder's.
+//! 3. [`successor`]: the elder pulls, starts the successor on the other port,
+//!    health-checks it and gives it the go-ahead.
+//! 4. [`takeover`]: the successor switches nginx, waits out the old workers,
+//!    stops and removes its elder; at start-up every instance reconciles.
+
+pub mod clone;
+pub mod successor;
+pub mod takeover;
+pub mod target;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use semver::Version;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::docker::{DockerError, Engine};
+use crate::proxy::{Nginx, ProxyError};
+use crate::registry::{Registry, RegistryError};
+use crate::state::{InProgress, Shared};
+use target::RequirementError;
+
+/// The compose labels that identify a service's containers.
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+/// Compose compares this with the image id behind the tag.
+pub const COMPOSE_IMAGE: &str = "com.docker.compose.image";
+/// Groups instances that are not started by compose.
+pub const GROUP_LABEL: &str = "selfup.group";
+/// The environment variables an elder sets on its successor only.
+pub const ENV_PORT: &str = "SELFUP_PORT";
+pub const ENV_HANDOVER_TOKEN: &str = "SELFUP_HANDOVER_TOKEN";
+pub const ENV_HANDOVER_ELDER: &str = "SELFUP_HANDOVER_ELDER";
+
+/// Where an instance listening on `port` is reached. With host networking it
+/// is the loopback address; bridge networking would change only this.
+pub fn instance_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)
+}
+
+/// The labels every instance of this service shares, used to find siblings:
+/// compose's project and service, else `selfup.group`, else none.
+pub fn group_labels(labels: &HashMap<String, String>) -> Vec<(String, String)> {
+    let pick = |keys: &[&str]| -> Option<Vec<(String, String)>> {
+        keys.iter()
+            .map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect()
+    };
+    pick(&[COMPOSE_PROJECT, COMPOSE_SERVICE])
+        .or_else(|| pick(&[GROUP_LABEL]))
+        .unwrap_or_default()
+}
+
+/// The container name without the `-<port>` a successor carries until it has
+/// taken over: the name the one live instance ends up with.
+pub fn base_name(name: &str, ports: [u16; 2]) -> String {
+    let name = name.trim_start_matches('/');
+    for port in ports {
+        if let Some(base) = name.strip_suffix(&format!("-{port}")) {
+            if !base.is_empty() {
+                return base.to_string();
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// Why an upgrade did not happen. Every variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error(transparent)]
+    BadRequirement(#[from] RequirementError),
+    #[error("an upgrade is already running")]
+    InProgress(InProgress),
+    #[error("this instance is still taking over from its elder ({0:?}); try again when it is done")]
+    TakeoverUnderway(crate::state::TakeoverPhase),
+    #[error("this instance does not run in a Docker container, so it cannot start a successor")]
+    NotInContainer,
+    #[error("resolving {requirement}: {source}")]
+    Registry {
+        requirement: String,
+        source: RegistryError,
+    },
+    #[error("no version in {repository} matches {requirement}")]
+    NoMatch {
+        requirement: String,
+        repository: String,
+        available: Vec<String>,
+    },
+    #[error("pulling {image}: {source}")]
+    Pull { image: String, source: DockerError },
+    #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
+    NoVersion {
+        image: String,
+        found: Option<String>,
+    },
+    #[error(
+        "{target} is lower than the running {running}; name it exactly (={target}) to roll back"
+    )]
+    Lower { running: Version, target: Version },
+    #[error("{context}: {source}")]
+    Docker {
+        context: String,
+        source: DockerError,
+    },
+    #[error("the successor on port {port} did not become healthy: {reason}")]
+    SuccessorUnhealthy {
+        port: u16,
+        reason: String,
+        log: String,
+    },
+    #[error("the successor on port {port} failed to take over: {reason}")]
+    TakeoverFailed {
+        port: u16,
+        reason: String,
+        log: String,
+    },
+    #[error("nginx: {0}")]
+    Proxy(#[from] ProxyError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl UpgradeError {
+    /// A Docker failure with the step it happened in.
+    pub fn docker(context: impl Into<String>) -> impl FnOnce(DockerError) -> UpgradeError {
+        let context = context.into();
+        move |source| UpgradeError::Docker { context, source }
+    }
+}
+
+/// Milliseconds spent in each step of an upgrade.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub resolve_ms: u128,
+    pub pull_ms: u128,
+    pub start_ms: u128,
+    pub health_ms: u128,
+    pub takeover_ms: u128,
+    pub total_ms: u128,
+}
+
+/// What a finished upgrade request reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum UpgradeOutcome {
+    /// The target is what runs; nothing was done.
+    AlreadyThere { version: String, message: String },
+    /// The successor is live and this instance is on its way out.
+    Upgraded {
+        from: String,
+        to: String,
+        rollback: bool,
+        image: String,
+        old_port: u16,
+        new_port: u16,
+        successor: String,
+        timings: Timings,
+    },
+}
+
+/// The orchestrator: everything an upgrade needs, passed in.
+#[derive(Debug)]
+pub struct Orchestrator {
+    pub settings: Arc<Settings>,
+    pub engine: Arc<Engine>,
+    pub registry: Registry,
+    pub proxy: Option<Nginx>,
+    pub shared: Arc<Shared>,
+    /// This instance's container id, if it runs in one.
+    pub self_id: Option<String>,
+    /// This binary's version.
+    pub version: Version,
+    /// For talking to instances on loopback: no proxy, no pooling across runtimes.
+    pub http: reqwest::Client,
+}
+
+impl Orchestrator {
+    pub fn new(
+        settings: Arc<Settings>,
+        engine: Arc<Engine>,
+        shared: Arc<Shared>,
+        self_id: Option<String>,
+    ) -> Self {
+        let proxy = settings.proxy_enabled().then(|| {
+            Nginx::new(
+                engine.clone(),
+                settings.nginx_container.clone(),
+                settings.nginx_include.clone(),
+                settings.nginx_url.trim_end_matches('/').to_string(),
+            )
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .build()
+            .expect("a reqwest client with static settings builds");
+        Orchestrator {
+            settings,
+            engine,
+            registry: Registry::new(),
+            proxy,
+            shared,
+            self_id,
+            version: Version::parse(env!("CARGO_PKG_VERSION"))
+                .expect("the crate version is semver"),
+            http,
+        }
+    }
+
+    /// The running sibling containers of `labels`' group, and the stopped ones.
+    pub async fn siblings(
+        &self,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        let group = group_labels(labels);
+        if group.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.engine.list_by_labels(&group).await
+    }
+
+    /// The last lines of a container's log, or why they could not be read.
+    pub async fn log_tail(&self, id: &str) -> String {
+        self.engine
+            .logs_tail(id, 20)
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_labels_define_the_group_before_the_selfup_label() {
+        let labels = HashMap::from([
+            (COMPOSE_PROJECT.to_string(), "demo".to_string()),
+            (COMPOSE_SERVICE.to_string(), "selfup".to_string()),
+            (GROUP_LABEL.to_string(), "g".to_string()),
+        ]);
+        assert_eq!(group_labels(&labels).len(), 2);
+        let only_group = HashMap::from([(GROUP_LABEL.to_string(), "g".to_string())]);
+        assert_eq!(
+            group_labels(&only_group),
+            vec![(GROUP_LABEL.to_string(), "g".to_string())]
+        );
+        assert!(group_labels(&HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn the_base_name_drops_a_successor_port_suffix_only() {
+        assert_eq!(
+            base_name("/docker_selfup_1-5801", [5800, 5801]),
+            "docker_selfup_1"
+        );
+        assert_eq!(
+            base_name("/docker_selfup_1", [5800, 5801]),
+            "docker_selfup_1"
+        );
+        assert_eq!(base_name("app-9000", [5800, 5801]), "app-9000");
+        assert_eq!(base_name("-5800", [5800, 5801]), "-5800");
+    }
+}

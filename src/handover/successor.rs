@@ -1,0 +1,442 @@
+//! The elder's side: resolve, pull, start the successor, health-check it,
+//! give it the go-ahead, and answer with the outcome once it has taken over.
+
+use std::time::Duration;
+
+use semver::Version;
+use tokio::time::{Instant, sleep};
+
+use super::clone::{Overrides, clone_body};
+use super::target::{self, Decision, Requirement, VERSION_LABEL};
+use super::{
+    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Timings,
+    UpgradeError, UpgradeOutcome, base_name, instance_addr,
+};
+use crate::docker::{DockerError, ImageRef};
+use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
+
+/// How often the elder looks at its successor while waiting.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Holds the single-flight lock; releasing it is dropping it, on every path.
+struct Flight<'a> {
+    orchestrator: &'a Orchestrator,
+}
+
+impl<'a> Flight<'a> {
+    fn take(
+        orchestrator: &'a Orchestrator,
+        requirement: &Requirement,
+    ) -> Result<Self, UpgradeError> {
+        let mut status = orchestrator.shared.status();
+        if let Some(running) = &status.upgrade {
+            return Err(UpgradeError::InProgress(running.clone()));
+        }
+        if matches!(status.takeover, TakeoverPhase::WaitingForGo | TakeoverPhase::Running { .. }) {
+            return Err(UpgradeError::TakeoverUnderway(status.takeover.clone()));
+        }
+        status.upgrade = Some(InProgress {
+            requirement: requirement.to_string(),
+            step: "resolving",
+            started: std::time::Instant::now(),
+        });
+        Ok(Flight { orchestrator })
+    }
+
+    fn step(&self, step: &'static str) {
+        if let Some(u) = self.orchestrator.shared.status().upgrade.as_mut() {
+            u.step = step;
+        }
+        tracing::info!(step, "upgrade");
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.orchestrator.shared.status().upgrade = None;
+    }
+}
+
+impl Orchestrator {
+    /// Runs one upgrade as the elder, start to finish, and records it.
+    #[tracing::instrument(skip(self), fields(from = %self.version))]
+    pub async fn upgrade(&self, requirement: Requirement) -> Result<UpgradeOutcome, UpgradeError> {
+        let flight = Flight::take(self, &requirement)?;
+        let started = Instant::now();
+        let result = self.run_upgrade(&flight, &requirement, started).await;
+        let (outcome, to, error) = match &result {
+            Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", Some(to.clone()), None),
+            Ok(UpgradeOutcome::AlreadyThere { version, .. }) => {
+                ("already_there", Some(version.clone()), None)
+            }
+            Err(e) => ("failed", None, Some(e.to_string())),
+        };
+        self.shared.record(UpgradeRecord {
+            from: self.version.to_string(),
+            to,
+            outcome,
+            error,
+            duration_ms: started.elapsed().as_millis(),
+            finished_at: now_secs(),
+        });
+        result
+    }
+
+    async fn run_upgrade(
+        &self,
+        flight: &Flight<'_>,
+        requirement: &Requirement,
+        started: Instant,
+    ) -> Result<UpgradeOutcome, UpgradeError> {
+        let mut timings = Timings::default();
+        let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
+
+        let image = self.resolve(requirement).await?;
+        timings.resolve_ms = started.elapsed().as_millis();
+
+        flight.step("pulling");
+        let t = Instant::now();
+        self.engine
+            .pull(&image, None)
+            .await
+            .map_err(|source| UpgradeError::Pull {
+                image: image.to_string(),
+                source,
+            })?;
+        timings.pull_ms = t.elapsed().as_millis();
+
+        let new_image = self
+            .engine
+            .inspect_image(&image.to_string())
+            .await
+            .map_err(UpgradeError::docker(format!(
+                "inspecting the pulled image {image}"
+            )))?;
+        let label = new_image
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(VERSION_LABEL))
+            .cloned();
+        let version = label
+            .as_deref()
+            .and_then(|l| Version::parse(l).ok())
+            .ok_or_else(|| UpgradeError::NoVersion {
+                image: image.to_string(),
+                found: label.clone(),
+            })?;
+        let rollback = match target::decide(&self.version, &version, requirement) {
+            Decision::AlreadyThere => {
+                return Ok(UpgradeOutcome::AlreadyThere {
+                    version: version.to_string(),
+                    message: format!("already at {version}: nothing to do"),
+                });
+            }
+            Decision::RefuseLower => {
+                return Err(UpgradeError::Lower {
+                    running: self.version.clone(),
+                    target: version,
+                });
+            }
+            Decision::Upgrade => false,
+            Decision::Rollback => true,
+        };
+
+        flight.step("starting the successor");
+        let t = Instant::now();
+        let elder = self
+            .engine
+            .inspect_container(&me)
+            .await
+            .map_err(UpgradeError::docker("inspecting this container"))?;
+        let old_image = match elder.image.as_deref() {
+            Some(id) => self
+                .engine
+                .inspect_image(id)
+                .await
+                .ok()
+                .and_then(|i| i.config),
+            None => None,
+        };
+        let old_port = self.settings.port;
+        let new_port = self.settings.other_port(old_port);
+        let token = crate::secret::token()
+            .map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
+        let overrides = Overrides {
+            image: image.to_string(),
+            env: vec![
+                (ENV_PORT.into(), new_port.to_string()),
+                (ENV_HANDOVER_TOKEN.into(), token.clone()),
+                (ENV_HANDOVER_ELDER.into(), me.clone()),
+            ],
+            env_remove: vec![],
+            labels: vec![(
+                COMPOSE_IMAGE.into(),
+                new_image.id.clone().unwrap_or_default(),
+            )],
+        };
+        let body = clone_body(&elder, old_image.as_ref(), &overrides);
+        let name = format!(
+            "{}-{new_port}",
+            base_name(
+                elder.name.as_deref().unwrap_or("selfup"),
+                self.settings.ports
+            )
+        );
+        self.remove_leftovers(&elder, &me, &name).await?;
+        let successor =
+            self.engine
+                .create_container(&name, body)
+                .await
+                .map_err(UpgradeError::docker(format!(
+                    "creating the successor {name} from {image}"
+                )))?;
+        if let Err(e) = self.engine.start_container(&successor).await {
+            let log = self.log_tail(&successor).await;
+            let _ = self.engine.remove_container(&successor, true).await;
+            return Err(UpgradeError::SuccessorUnhealthy {
+                port: new_port,
+                reason: e.to_string(),
+                log,
+            });
+        }
+        timings.start_ms = t.elapsed().as_millis();
+
+        flight.step("health-checking the successor");
+        let t = Instant::now();
+        if let Err(reason) = self.wait_healthy(&successor, new_port, &version).await {
+            let log = self.log_tail(&successor).await;
+            let _ = self.engine.remove_container(&successor, true).await;
+            return Err(UpgradeError::SuccessorUnhealthy {
+                port: new_port,
+                reason,
+                log,
+            });
+        }
+        timings.health_ms = t.elapsed().as_millis();
+
+        flight.step("waiting for the successor's takeover");
+        let t = Instant::now();
+        if let Err(reason) = self.go_and_wait(&successor, new_port, &token).await {
+            let log = self.log_tail(&successor).await;
+            let _ = self.engine.remove_container(&successor, true).await;
+            self.reclaim(old_port).await;
+            return Err(UpgradeError::TakeoverFailed {
+                port: new_port,
+                reason,
+                log,
+            });
+        }
+        timings.takeover_ms = t.elapsed().as_millis();
+        timings.total_ms = started.elapsed().as_millis();
+        Ok(UpgradeOutcome::Upgraded {
+            from: self.version.to_string(),
+            to: version.to_string(),
+            rollback,
+            image: image.to_string(),
+            old_port,
+            new_port,
+            successor: successor.chars().take(12).collect(),
+            timings,
+        })
+    }
+
+    /// The image an upgrade request means: `:latest`, or the tag of the
+    /// highest registry version that matches.
+    async fn resolve(&self, requirement: &Requirement) -> Result<ImageRef, UpgradeError> {
+        let repository = ImageRef::parse(&self.settings.image_ref("latest"))
+            .map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        if *requirement == Requirement::Latest {
+            return Ok(repository);
+        }
+        let tags = self
+            .registry
+            .tags(&self.settings.registry, &self.settings.image, None)
+            .await
+            .map_err(|source| UpgradeError::Registry {
+                requirement: requirement.to_string(),
+                source,
+            })?;
+        match target::select(requirement, &tags) {
+            Some((tag, _)) => Ok(repository.with_tag(tag)),
+            None => Err(UpgradeError::NoMatch {
+                requirement: requirement.to_string(),
+                repository: repository.repository(),
+                available: target::available(&tags),
+            }),
+        }
+    }
+
+    /// Removes what an interrupted upgrade left: stopped siblings and a
+    /// container already holding the successor's name.
+    async fn remove_leftovers(
+        &self,
+        elder: &bollard::models::ContainerInspectResponse,
+        me: &str,
+        successor_name: &str,
+    ) -> Result<(), UpgradeError> {
+        let labels = elder
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let siblings = self
+            .siblings(&labels)
+            .await
+            .map_err(UpgradeError::docker("listing siblings"))?;
+        for sibling in siblings {
+            let id = sibling.id.unwrap_or_default();
+            let running = sibling
+                .state
+                .map(|s| s.to_string() == "running")
+                .unwrap_or(false);
+            if id != me && !running {
+                tracing::info!(container = %id, "removing a stopped sibling");
+                let _ = self.engine.remove_container(&id, true).await;
+            }
+        }
+        match self.engine.remove_container(successor_name, true).await {
+            Ok(()) => tracing::info!(name = successor_name, "removed a stale successor"),
+            Err(DockerError::NoSuchContainer(_)) => {}
+            Err(e) => {
+                return Err(UpgradeError::docker(format!(
+                    "removing the stale {successor_name}"
+                ))(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the successor's `/health` until it answers 200 from that very
+    /// container with the target version; fails fast if it exits or reports
+    /// another version.
+    #[tracing::instrument(skip(self))]
+    async fn wait_healthy(
+        &self,
+        successor: &str,
+        port: u16,
+        version: &Version,
+    ) -> Result<(), String> {
+        let deadline = self.settings.health_deadline();
+        let start = Instant::now();
+        let url = format!("http://{}/health", instance_addr(port));
+        let mut last: String;
+        loop {
+            match self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+                    Ok(body) => {
+                        let container = body["container"].as_str().unwrap_or_default();
+                        if !container.is_empty() && container != successor {
+                            return Err(format!(
+                                "port {port} is answered by another container ({container})"
+                            ));
+                        }
+                        if body["version"] != version.to_string() {
+                            return Err(format!(
+                                "it reports version {}, expected {version}",
+                                body["version"]
+                            ));
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => last = format!("unreadable health answer: {e}"),
+                },
+                Ok(r) => last = format!("/health answered {}", r.status()),
+                Err(e) => last = format!("/health: {e}"),
+            }
+            if let Some(exit) = self.exited(successor).await {
+                return Err(exit);
+            }
+            if start.elapsed() >= deadline {
+                return Err(format!(
+                    "no healthy answer within {deadline:?} (last: {last})"
+                ));
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    /// `Some(why)` if the container is no longer running.
+    async fn exited(&self, id: &str) -> Option<String> {
+        match self.engine.inspect_container(id).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                (state.running != Some(true)).then(|| match state.exit_code {
+                    Some(code) => format!("it exited with code {code}"),
+                    None => "it is not running".to_string(),
+                })
+            }
+            Err(DockerError::NoSuchContainer(_)) => Some("it was removed".into()),
+            Err(_) => None,
+        }
+    }
+
+    /// Tells the successor to take over, then waits for the stop signal it
+    /// sends this instance once nginx serves it; fails if the successor
+    /// reports a failure, exits, or the takeover deadline passes.
+    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), String> {
+        let base = format!("http://{}/handover", instance_addr(port));
+        let go = self
+            .http
+            .post(&base)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| format!("go-ahead not delivered: {e}"))?;
+        if !go.status().is_success() {
+            return Err(format!("go-ahead refused with {}", go.status()));
+        }
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let deadline = Instant::now() + self.settings.takeover_deadline();
+        loop {
+            if *shutdown.borrow_and_update() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = shutdown.changed() => continue,
+                _ = sleep(POLL) => {}
+            }
+            if let Ok(r) = self.http.get(&base).send().await {
+                if let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await {
+                    return Err(reason);
+                }
+            }
+            if let Some(exit) = self.exited(successor).await {
+                return Err(exit);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not done within {:?}",
+                    self.settings.takeover_deadline()
+                ));
+            }
+        }
+    }
+
+    /// Points nginx back at this instance after a failed takeover (the
+    /// backup line has kept it serving meanwhile).
+    async fn reclaim(&self, port: u16) {
+        let Some(proxy) = &self.proxy else { return };
+        if proxy.current_primary() == Some(instance_addr(port)) {
+            return;
+        }
+        match proxy
+            .switch_to(
+                instance_addr(port),
+                instance_addr(self.settings.other_port(port)),
+            )
+            .await
+        {
+            Ok(()) => tracing::info!(port, "reclaimed nginx"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not reclaim nginx; its backup line still reaches this instance")
+            }
+        }
+    }
+}

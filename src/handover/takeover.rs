@@ -1,0 +1,289 @@
+//! The successor's side, and what every instance does at start-up.
+//!
+//! A successor (started by an elder, with `SELFUP_HANDOVER_*` set) waits for
+//! the elder's go-ahead, which comes only after the elder's health check; if
+//! the elder vanishes first, it takes over on its own. Any other instance
+//! converges: the newest sibling takes over and removes the others.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use super::{Orchestrator, base_name, instance_addr};
+use crate::docker::DockerError;
+use crate::proxy::ProxyError;
+use crate::state::TakeoverPhase;
+
+/// Why a takeover failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeoverError {
+    #[error("switching nginx: {0}")]
+    Proxy(#[from] ProxyError),
+    #[error("{context}: {source}")]
+    Docker {
+        context: String,
+        source: DockerError,
+    },
+}
+
+/// A container as reconcile sees it.
+#[derive(Debug, Clone)]
+struct Sibling {
+    id: String,
+    running: bool,
+    created: (i64, u32),
+}
+
+/// Parses Docker's RFC 3339 timestamps (`2026-11-23T04:13:01.123456789Z`)
+/// into a sortable (seconds-ish, nanoseconds) pair; only order matters.
+pub fn created_key(ts: &str) -> (i64, u32) {
+    let (main, frac) = ts
+        .trim_end_matches('Z')
+        .split_once('.')
+        .unwrap_or((ts.trim_end_matches('Z'), "0"));
+    let digits: String = main.chars().filter(|c| c.is_ascii_digit()).collect();
+    let frac: String = frac.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let nanos = format!("{frac:0<9}")[..9].parse().unwrap_or(0);
+    (digits.parse().unwrap_or(0), nanos)
+}
+
+impl Orchestrator {
+    /// Runs once at start-up, in the background.
+    pub async fn reconcile(&self) {
+        let Some(me) = self.self_id.clone() else {
+            tracing::info!("not running in a container: nothing to reconcile");
+            return;
+        };
+        let result = match (&self.settings.handover_elder, &self.settings.handover_token) {
+            (Some(elder), Some(_)) => self.as_successor(&me, elder).await,
+            _ => self.converge(&me).await,
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "takeover failed");
+                self.shared.set_takeover(TakeoverPhase::Failed {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Waits for the elder's go-ahead, or for the elder to be gone, then takes over.
+    async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
+        self.shared.set_takeover(TakeoverPhase::WaitingForGo);
+        let first_start = self.started_at(elder).await;
+        let deadline =
+            Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
+        let go = self.shared.go.notified();
+        tokio::pin!(go);
+        loop {
+            let now = self.started_at(elder).await;
+            if now.is_none() || now != first_start {
+                tracing::warn!(
+                    elder,
+                    "the elder is gone or restarted: taking over without its go-ahead"
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    elder,
+                    "no go-ahead from a live elder: removing this successor"
+                );
+                let _ = self.engine.remove_container(me, true).await;
+                return Ok(());
+            }
+            tokio::select! {
+                _ = &mut go => break,
+                _ = sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        let mut elders = self.others(me).await?;
+        if !elders.iter().any(|s| s.id == elder) {
+            elders.push(Sibling {
+                id: elder.to_string(),
+                running: true,
+                created: (0, 0),
+            });
+        }
+        self.take_over(me, elders.into_iter().map(|s| s.id).collect(), false)
+            .await
+    }
+
+    /// A plain start: the newest running sibling takes over from the rest.
+    async fn converge(&self, me: &str) -> Result<(), TakeoverError> {
+        let all = self.others(me).await?;
+        let mine =
+            self.engine
+                .inspect_container(me)
+                .await
+                .map_err(|source| TakeoverError::Docker {
+                    context: "inspecting this container".into(),
+                    source,
+                })?;
+        let my_key = created_key(mine.created.as_deref().unwrap_or_default());
+        if let Some(newer) = all
+            .iter()
+            .find(|s| s.running && (s.created, s.id.as_str()) > (my_key, me))
+        {
+            tracing::info!(newer = %newer.id, "a newer sibling runs: it converges, not this instance");
+            return Ok(());
+        }
+        if all.is_empty() {
+            if let Some(proxy) = &self.proxy {
+                if proxy.current_primary() == Some(instance_addr(self.settings.port)) {
+                    self.shared.set_takeover(TakeoverPhase::Done);
+                    return Ok(());
+                }
+            }
+        }
+        self.take_over(me, all.into_iter().map(|s| s.id).collect(), true)
+            .await
+    }
+
+    /// The other containers of this instance's group.
+    async fn others(&self, me: &str) -> Result<Vec<Sibling>, TakeoverError> {
+        let docker = |context: &str| {
+            let context = context.to_string();
+            move |source| TakeoverError::Docker { context, source }
+        };
+        let mine = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(docker("inspecting this container"))?;
+        let labels: HashMap<String, String> =
+            mine.config.and_then(|c| c.labels).unwrap_or_default();
+        let mut out = Vec::new();
+        for s in self
+            .siblings(&labels)
+            .await
+            .map_err(docker("listing siblings"))?
+        {
+            let id = s.id.unwrap_or_default();
+            if id == me {
+                continue;
+            }
+            let created = match self.engine.inspect_container(&id).await {
+                Ok(c) => created_key(c.created.as_deref().unwrap_or_default()),
+                Err(_) => (s.created.unwrap_or(0) * 1_000_000_000, 0),
+            };
+            let running = s
+                .state
+                .map(|st| st.to_string() == "running")
+                .unwrap_or(false);
+            out.push(Sibling {
+                id,
+                running,
+                created,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn started_at(&self, id: &str) -> Option<String> {
+        let c = self.engine.inspect_container(id).await.ok()?;
+        let state = c.state?;
+        if state.running == Some(true) {
+            state.started_at
+        } else {
+            None
+        }
+    }
+
+    /// Points nginx here, waits until it serves this version and its old
+    /// workers are done, then stops (gracefully) and removes `elders`.
+    /// `patient`: nginx may still be starting (a fresh `compose up`), so retry.
+    #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
+    async fn take_over(
+        &self,
+        me: &str,
+        elders: Vec<String>,
+        patient: bool,
+    ) -> Result<(), TakeoverError> {
+        let step = |s: &str| {
+            self.shared.set_takeover(TakeoverPhase::Running {
+                step: s.to_string(),
+            })
+        };
+        let port = self.settings.port;
+        if let Some(proxy) = &self.proxy {
+            step("switching nginx");
+            let deadline = Instant::now() + self.settings.takeover_deadline();
+            loop {
+                match proxy
+                    .switch_to(
+                        instance_addr(port),
+                        instance_addr(self.settings.other_port(port)),
+                    )
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(ProxyError::NotRunning { .. }) if patient && Instant::now() < deadline => {
+                        sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            step("confirming through nginx");
+            proxy
+                .confirm_serving(
+                    &self.version.to_string(),
+                    port,
+                    self.settings.takeover_deadline(),
+                )
+                .await?;
+            step("waiting for old nginx workers");
+            proxy
+                .wait_old_workers(self.settings.takeover_deadline())
+                .await?;
+        }
+        step("stopping the elder");
+        let stop = Duration::from_secs(self.settings.stop_timeout_secs);
+        for id in &elders {
+            tracing::info!(container = %id, "stopping and removing");
+            match self.engine.stop_container(id, stop).await {
+                Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "stop failed; removing by force")
+                }
+            }
+            match self.engine.remove_container(id, true).await {
+                Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
+                Err(source) => {
+                    return Err(TakeoverError::Docker {
+                        context: format!("removing the elder {id}"),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Ok(c) = self.engine.inspect_container(me).await {
+            let name = c.name.unwrap_or_default();
+            let base = base_name(&name, self.settings.ports);
+            if base != name.trim_start_matches('/') {
+                if let Err(e) = self.engine.rename_container(me, &base).await {
+                    tracing::warn!(error = %e, "keeping the successor's name");
+                }
+            }
+        }
+        self.shared.set_takeover(TakeoverPhase::Done);
+        tracing::info!("this instance is the live one");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::created_key;
+
+    #[test]
+    fn docker_timestamps_order_by_time_whatever_their_fraction_length() {
+        let a = created_key("2026-11-23T04:13:01.5Z");
+        let b = created_key("2026-11-23T04:13:01.123456789Z");
+        let c = created_key("2026-11-23T04:13:02Z");
+        assert!(b < a && a < c);
+    }
+}

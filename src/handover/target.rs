@@ -1,0 +1,243 @@
+//! Step 1 and 2 of the protocol: which image to upgrade to, and whether to.
+
+use semver::{Version, VersionReq};
+
+/// The image label that carries the version.
+pub const VERSION_LABEL: &str = "org.opencontainers.image.version";
+
+/// What an upgrade request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// Whatever `:latest` is now.
+    Latest,
+    /// The highest version matching: `3` is the highest 3.x.y, `3.2` the highest 3.2.y.
+    Highest { text: String, req: VersionReq },
+    /// Exactly this version: the only way to go to a lower one (a rollback).
+    Exact(Version),
+}
+
+/// Why a requirement was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid version requirement {0:?}: use MAJOR (highest MAJOR.x.y), MAJOR.MINOR (highest MAJOR.MINOR.y) or =MAJOR.MINOR.PATCH (exactly that)"
+)]
+pub struct RequirementError(pub String);
+
+impl Requirement {
+    /// Parses the `<req>` of `/upgrade/<req>`. Anything but the three forms is refused.
+    pub fn parse(text: &str) -> Result<Requirement, RequirementError> {
+        let fail = || RequirementError(text.chars().take(64).collect());
+        let numeric =
+            |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+        if let Some(exact) = text.strip_prefix('=') {
+            let parts: Vec<&str> = exact.split('.').collect();
+            if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+                return Err(fail());
+            }
+            return Version::parse(exact)
+                .map(Requirement::Exact)
+                .map_err(|_| fail());
+        }
+        let parts: Vec<&str> = text.split('.').collect();
+        if !(1..=2).contains(&parts.len()) || !parts.iter().all(|p| numeric(p)) {
+            return Err(fail());
+        }
+        // semver's `=3.2` is a partial exact match: >=3.2.0, <3.3.0.
+        let req = VersionReq::parse(&format!("={text}")).map_err(|_| fail())?;
+        Ok(Requirement::Highest {
+            text: text.to_string(),
+            req,
+        })
+    }
+
+    /// Whether a version named this way may be lower than the running one.
+    pub fn allows_rollback(&self) -> bool {
+        matches!(self, Requirement::Exact(_))
+    }
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Latest => f.write_str("latest"),
+            Requirement::Highest { text, .. } => f.write_str(text),
+            Requirement::Exact(v) => write!(f, "={v}"),
+        }
+    }
+}
+
+/// The version a tag names, if it is one (a leading `v` is allowed).
+pub fn tag_version(tag: &str) -> Option<Version> {
+    Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
+}
+
+/// Picks the tag for a requirement from a registry's tag list; tags that are
+/// not semver are ignored, and pre-releases only match when named exactly.
+pub fn select<'a>(requirement: &Requirement, tags: &'a [String]) -> Option<(&'a str, Version)> {
+    let candidates = tags
+        .iter()
+        .filter_map(|t| tag_version(t).map(|v| (t.as_str(), v)));
+    match requirement {
+        Requirement::Latest => tags
+            .iter()
+            .find(|t| *t == "latest")
+            .map(|t| (t.as_str(), Version::new(0, 0, 0))),
+        Requirement::Exact(want) => candidates
+            .filter(|(_, v)| v == want)
+            .min_by_key(|(t, _)| t.starts_with('v')),
+        Requirement::Highest { req, .. } => candidates
+            .filter(|(_, v)| v.pre.is_empty() && req.matches(v))
+            .max_by(|a, b| {
+                a.1.cmp(&b.1)
+                    .then_with(|| b.0.starts_with('v').cmp(&a.0.starts_with('v')))
+            }),
+    }
+}
+
+/// The semver tags of a list, highest first: what an answer lists when nothing matched.
+pub fn available(tags: &[String]) -> Vec<String> {
+    let mut versions: Vec<Version> = tags.iter().filter_map(|t| tag_version(t)).collect();
+    versions.sort_by(|a, b| b.cmp(a));
+    versions.dedup();
+    versions.iter().map(Version::to_string).collect()
+}
+
+/// What to do, given the running version and the target's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The target is what runs: nothing happens.
+    AlreadyThere,
+    /// Higher: go ahead.
+    Upgrade,
+    /// Lower and named exactly: go ahead, it is a rollback.
+    Rollback,
+    /// Lower and not named exactly: refused.
+    RefuseLower,
+}
+
+pub fn decide(running: &Version, target: &Version, requirement: &Requirement) -> Decision {
+    use std::cmp::Ordering::*;
+    match target
+        .cmp_precedence(running)
+        .then_with(|| target.cmp(running))
+    {
+        Equal => Decision::AlreadyThere,
+        Greater => Decision::Upgrade,
+        Less if requirement.allows_rollback() => Decision::Rollback,
+        Less => Decision::RefuseLower,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn the_three_requirement_forms_parse() {
+        assert!(matches!(
+            Requirement::parse("3").unwrap(),
+            Requirement::Highest { .. }
+        ));
+        assert!(matches!(
+            Requirement::parse("3.2").unwrap(),
+            Requirement::Highest { .. }
+        ));
+        assert_eq!(
+            Requirement::parse("=3.2.1").unwrap(),
+            Requirement::Exact(v("3.2.1"))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        for bad in [
+            "",
+            "3.2.1",
+            "^3",
+            "~3.2",
+            ">=1",
+            "x",
+            "3.",
+            ".3",
+            "=3.2",
+            "=3.2.1-rc.1",
+            "3.2.1.0",
+            "-1",
+            "99999999999",
+            "3 ",
+            "latest",
+        ] {
+            assert!(Requirement::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_major_requirement_picks_the_highest_of_that_major_and_ignores_other_tags() {
+        let t = tags(&[
+            "1.0.0",
+            "2.0.0",
+            "2.10.1",
+            "2.9.9",
+            "3.0.0",
+            "latest",
+            "2.11.0-rc.1",
+            "nightly",
+        ]);
+        let (tag, version) = select(&Requirement::parse("2").unwrap(), &t).unwrap();
+        assert_eq!((tag, version), ("2.10.1", v("2.10.1")));
+    }
+
+    #[test]
+    fn a_minor_requirement_stays_within_that_minor() {
+        let t = tags(&["2.1.0", "2.1.7", "2.2.0", "v2.1.8"]);
+        let (tag, version) = select(&Requirement::parse("2.1").unwrap(), &t).unwrap();
+        assert_eq!((tag, version), ("v2.1.8", v("2.1.8")));
+    }
+
+    #[test]
+    fn an_exact_requirement_matches_only_that_version() {
+        let t = tags(&["1.4.0", "1.4.1"]);
+        assert_eq!(
+            select(&Requirement::parse("=1.4.0").unwrap(), &t)
+                .unwrap()
+                .0,
+            "1.4.0"
+        );
+        assert_eq!(select(&Requirement::parse("=1.5.0").unwrap(), &t), None);
+    }
+
+    #[test]
+    fn no_match_yields_none_and_the_available_versions_are_listed_highest_first() {
+        let t = tags(&["1.0.0", "latest", "1.2.0", "v1.1.0"]);
+        assert_eq!(select(&Requirement::parse("4").unwrap(), &t), None);
+        assert_eq!(available(&t), vec!["1.2.0", "1.1.0", "1.0.0"]);
+    }
+
+    #[test]
+    fn equal_versions_do_nothing_and_lower_ones_need_an_exact_request() {
+        let latest = Requirement::Latest;
+        let exact = Requirement::parse("=1.0.0").unwrap();
+        assert_eq!(
+            decide(&v("1.1.0"), &v("1.1.0"), &latest),
+            Decision::AlreadyThere
+        );
+        assert_eq!(decide(&v("1.1.0"), &v("1.2.0"), &latest), Decision::Upgrade);
+        assert_eq!(
+            decide(&v("1.1.0"), &v("1.0.0"), &latest),
+            Decision::RefuseLower
+        );
+        assert_eq!(decide(&v("1.1.0"), &v("1.0.0"), &exact), Decision::Rollback);
+        assert_eq!(
+            decide(&v("1.1.0"), &v("1.1.0-rc.1"), &latest),
+            Decision::RefuseLower
+        );
+    }
+}

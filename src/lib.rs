@@ -1,0 +1,28 @@
+//! selfup: a web service that upgrades itself with a blue-green handover, and
+//! upgrades other containers on request with the same engine.
+//!
+//! The modules, from the outside in:
+//!
+//! - [`config`]: the typed, layered settings (defaults, TOML, `SELFUP_*`).
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`app`]: the HTTP server, its routes and the state they share.
+//! - [`routes`]: one file per group of endpoints; errors become JSON.
+//! - [`state`]: the one small struct the routes share with the orchestrator.
+//! - [`handover`]: the protocol, read top to bottom in the order it runs.
+//! - [`proxy`]: nginx's upstream include, its config test and reload.
+//! - [`registry`]: tags and digests over the registry API.
+//! - [`docker`]: the one wrapper around bollard, one call a method.
+//! - [`identity`]: how a container finds its own id.
+//! - [`secret`]: tokens and their constant-time comparison.
+
+pub mod app;
+pub mod config;
+pub mod docker;
+pub mod handover;
+pub mod identity;
+pub mod proxy;
+pub mod registry;
+pub mod routes;
+pub mod secret;
+pub mod state;
+pub mod telemetry;
