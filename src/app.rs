@@ -31,10 +31,7 @@ pub struct AppState {
 impl AppState {
     /// Runs a future on the main runtime and waits for it; a panic in it
     /// becomes an error, never a dead worker.
-    pub async fn spawn<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, String> {
+    pub async fn spawn<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
         self.runtime
             .spawn(fut)
             .await
@@ -135,10 +132,7 @@ impl Application {
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for stop signals");
         return std::future::pending().await;
     };

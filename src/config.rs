@@ -119,35 +119,21 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
         if self.ports[0] == self.ports[1] {
-            return invalid(
-                "ports",
-                format!("the two ports must differ, got {:?}", self.ports),
-            );
+            return invalid("ports", format!("the two ports must differ, got {:?}", self.ports));
         }
         if self.ports.contains(&0) {
             return invalid("ports", "port 0 cannot be toggled to".into());
         }
         if !self.ports.contains(&self.port) {
-            return invalid(
-                "port",
-                format!("{} is not one of ports {:?}", self.port, self.ports),
-            );
+            return invalid("port", format!("{} is not one of ports {:?}", self.port, self.ports));
         }
-        if self.registry.trim().is_empty()
-            || self.registry.contains('/') && !self.registry.contains("://")
-        {
-            return invalid(
-                "registry",
-                format!("expected host:port, got {:?}", self.registry),
-            );
+        if self.registry.trim().is_empty() || self.registry.contains('/') && !self.registry.contains("://") {
+            return invalid("registry", format!("expected host:port, got {:?}", self.registry));
         }
         if self.image.is_empty() || self.image.contains(':') || self.image.contains('@') {
             return invalid(
                 "image",
-                format!(
-                    "expected a repository name without tag, got {:?}",
-                    self.image
-                ),
+                format!("expected a repository name without tag, got {:?}", self.image),
             );
         }
         for (field, secs) in [
@@ -171,10 +157,7 @@ impl Settings {
         }
         if !self.nginx_container.is_empty() {
             if self.nginx_include.file_name().is_none() || self.nginx_include.parent().is_none() {
-                return invalid(
-                    "nginx_include",
-                    format!("{:?} is not a file path", self.nginx_include),
-                );
+                return invalid("nginx_include", format!("{:?} is not a file path", self.nginx_include));
             }
             if !self.nginx_url.starts_with("http://") && !self.nginx_url.starts_with("https://") {
                 return invalid(

@@ -8,13 +8,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ExecConfig, ImageInspect,
-};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ExecConfig, ImageInspect};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions,
-    StopContainerOptions, TopOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions, TopOptions,
 };
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
@@ -120,12 +117,8 @@ impl Engine {
         self.client
             .get_or_try_init(|| async {
                 let path = self.socket.to_string_lossy().into_owned();
-                let docker = Docker::connect_with_unix(
-                    &path,
-                    CALL_TIMEOUT_SECS,
-                    bollard::API_DEFAULT_VERSION,
-                )
-                .map_err(self.err("connecting to", &path))?;
+                let docker = Docker::connect_with_unix(&path, CALL_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                    .map_err(self.err("connecting to", &path))?;
                 docker
                     .negotiate_version()
                     .await
@@ -142,10 +135,7 @@ impl Engine {
         };
         match tokio::time::timeout(timeout, async {
             let docker = self.client().await?;
-            docker
-                .ping()
-                .await
-                .map_err(self.err("pinging", "the daemon"))
+            docker.ping().await.map_err(self.err("pinging", "the daemon"))
         })
         .await
         {
@@ -156,10 +146,7 @@ impl Engine {
         }
     }
 
-    pub async fn inspect_container(
-        &self,
-        id: &str,
-    ) -> Result<ContainerInspectResponse, DockerError> {
+    pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
         let docker = self.client().await?;
         docker
             .inspect_container(id, None)
@@ -168,10 +155,7 @@ impl Engine {
     }
 
     /// Containers (running or not) that carry every one of `labels`.
-    pub async fn list_by_labels(
-        &self,
-        labels: &[(String, String)],
-    ) -> Result<Vec<ContainerSummary>, DockerError> {
+    pub async fn list_by_labels(&self, labels: &[(String, String)]) -> Result<Vec<ContainerSummary>, DockerError> {
         let docker = self.client().await?;
         let label_filters = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = ListContainersOptions {
@@ -187,11 +171,7 @@ impl Engine {
 
     /// Pulls one tag of an image. The tag is always explicit: without one the
     /// Engine would pull every tag of the repository.
-    pub async fn pull(
-        &self,
-        image: &ImageRef,
-        credentials: Option<DockerCredentials>,
-    ) -> Result<(), DockerError> {
+    pub async fn pull(&self, image: &ImageRef, credentials: Option<DockerCredentials>) -> Result<(), DockerError> {
         let docker = self.client().await?;
         let options = CreateImageOptions {
             from_image: Some(image.repository()),
@@ -206,9 +186,7 @@ impl Engine {
                 return Err(DockerError::Call {
                     op: "pulling",
                     target,
-                    message: detail
-                        .message
-                        .unwrap_or_else(|| "unknown pull error".into()),
+                    message: detail.message.unwrap_or_else(|| "unknown pull error".into()),
                 });
             }
         }
@@ -238,11 +216,7 @@ impl Engine {
     }
 
     /// Creates a container and returns its id.
-    pub async fn create_container(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-    ) -> Result<String, DockerError> {
+    pub async fn create_container(&self, name: &str, body: ContainerCreateBody) -> Result<String, DockerError> {
         let docker = self.client().await?;
         let options = CreateContainerOptions {
             name: Some(name.to_string()),
@@ -273,9 +247,7 @@ impl Engine {
         };
         match docker.stop_container(id, Some(options)).await {
             // 304: already stopped.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             other => other.map_err(self.err("stopping container", id)),
         }
     }
@@ -295,9 +267,7 @@ impl Engine {
 
     pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), DockerError> {
         let docker = self.client().await?;
-        let options = RenameContainerOptions {
-            name: name.to_string(),
-        };
+        let options = RenameContainerOptions { name: name.to_string() };
         docker
             .rename_container(id, options)
             .await
@@ -331,9 +301,7 @@ impl Engine {
             .await
             .map_err(self.err("creating exec in", &target))?;
         let mut output = String::new();
-        if let bollard::exec::StartExecResults::Attached {
-            output: mut stream, ..
-        } = docker
+        if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } = docker
             .start_exec(&exec.id, None)
             .await
             .map_err(self.err("starting exec in", &target))?
@@ -353,8 +321,8 @@ impl Engine {
         })
     }
 
-    /// The command lines of the processes running in a container.
-    pub async fn processes(&self, id: &str) -> Result<Vec<String>, DockerError> {
+    /// The processes running in a container: (pid, command line).
+    pub async fn processes(&self, id: &str) -> Result<Vec<(String, String)>, DockerError> {
         let docker = self.client().await?;
         let options = TopOptions {
             ps_args: "-eo pid,args".into(),
@@ -364,7 +332,8 @@ impl Engine {
             .await
             .map_err(self.err("listing processes of", id))?;
         let titles = top.titles.unwrap_or_default();
-        let column = titles
+        let pid = titles.iter().position(|t| t == "PID").unwrap_or(0);
+        let cmd = titles
             .iter()
             .position(|t| t == "COMMAND" || t == "CMD")
             .unwrap_or(titles.len().saturating_sub(1));
@@ -372,7 +341,7 @@ impl Engine {
             .processes
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|row| row.get(column).cloned())
+            .filter_map(|row| Some((row.get(pid)?.clone(), row.get(cmd)?.clone())))
             .collect())
     }
 
@@ -430,9 +399,7 @@ impl ImageRef {
             return fail("digests are not accepted, name a tag");
         }
         let (registry, rest) = match reference.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (Some(first.to_string()), rest)
             }
             _ => (None, reference),
@@ -444,31 +411,23 @@ impl ImageRef {
         let path_ok = !path.is_empty()
             && path.split('/').all(|c| {
                 !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                     && c.as_bytes()[0].is_ascii_alphanumeric()
             });
         if !path_ok {
-            return fail(
-                "the repository must be lowercase letters, digits and . _ - separated by /",
-            );
+            return fail("the repository must be lowercase letters, digits and . _ - separated by /");
         }
         let tag_ok = !tag.is_empty()
             && tag.len() <= 128
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && tag.as_bytes()[0] != b'.'
             && tag.as_bytes()[0] != b'-';
         if !tag_ok {
             return fail("the tag must be letters, digits and . _ - (at most 128)");
         }
         if let Some(r) = &registry {
-            if !r
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            {
+            if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
                 return fail("the registry must be host[:port]");
             }
         }

@@ -43,8 +43,7 @@ mod tests {
 
     #[test]
     fn a_short_hex_run_is_not_an_id() {
-        let text =
-            "1 1 0:1 /var/lib/docker/containers/abc123/hostname /etc/hostname rw - ext4 x rw\n";
+        let text = "1 1 0:1 /var/lib/docker/containers/abc123/hostname /etc/hostname rw - ext4 x rw\n";
         assert_eq!(container_id_from_mountinfo(text), None);
     }
 }

@@ -42,8 +42,7 @@ fn serve() -> ExitCode {
         .build();
     let result = runtime.map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            let app =
-                Application::build(settings).map_err(|e| format!("binding the listener: {e}"))?;
+            let app = Application::build(settings).map_err(|e| format!("binding the listener: {e}"))?;
             app.run_until_stopped().await.map_err(|e| e.to_string())
         })
     });
@@ -63,17 +62,11 @@ fn healthcheck() -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(_) => return ExitCode::FAILURE,
     };
-    let url = format!(
-        "http://{}/health",
-        selfup::handover::instance_addr(settings.port)
-    );
+    let url = format!("http://{}/health", selfup::handover::instance_addr(settings.port));
     let ok = rt.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()

@@ -19,15 +19,10 @@ pub enum ProxyError {
     #[error("nginx container {container} is not running")]
     NotRunning { container: String },
     #[error("writing the upstream include {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("nginx rejected the new upstream (nginx -t exited {exit_code}): {output}")]
     ConfigTest { exit_code: i64, output: String },
-    #[error(
-        "nginx did not serve version {version} on port {port} within {waited:?}: last seen {last_seen}"
-    )]
+    #[error("nginx did not serve version {version} on port {port} within {waited:?}: last seen {last_seen}")]
     NotConfirmed {
         version: String,
         port: u16,
@@ -134,17 +129,25 @@ impl Nginx {
         }
     }
 
+    /// The pids of nginx's worker processes now.
+    async fn workers(&self) -> Result<Vec<String>, ProxyError> {
+        let processes = self.engine.processes(&self.container).await?;
+        Ok(processes
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("worker process"))
+            .map(|(pid, _)| pid)
+            .collect())
+    }
+
     /// Points nginx at `primary` with `backup` behind it: writes the include
     /// atomically, has nginx test the whole config (a SIGHUP "succeeds" even
     /// when the config is broken), and only then reloads. A failed test puts
-    /// the previous include back.
+    /// the previous include back. Returns the workers from before the reload:
+    /// they may still be proxying to the old primary.
     #[tracing::instrument(skip(self), fields(container = %self.container))]
-    pub async fn switch_to(
-        &self,
-        primary: SocketAddr,
-        backup: SocketAddr,
-    ) -> Result<(), ProxyError> {
+    pub async fn switch_to(&self, primary: SocketAddr, backup: SocketAddr) -> Result<OldWorkers, ProxyError> {
         self.ensure_running().await?;
+        let old = self.workers().await?;
         let previous = std::fs::read_to_string(&self.include).ok();
         let write = |text: &str| {
             write_atomically(&self.include, text).map_err(|source| ProxyError::Write {
@@ -153,10 +156,7 @@ impl Nginx {
             })
         };
         write(&render_upstream(primary, backup))?;
-        let test = self
-            .engine
-            .exec(&self.container, &["nginx", "-t", "-q"])
-            .await;
+        let test = self.engine.exec(&self.container, &["nginx", "-t", "-q"]).await;
         let failure = match test {
             Ok(out) if out.exit_code == 0 => None,
             Ok(out) => Some(ProxyError::ConfigTest {
@@ -173,18 +173,13 @@ impl Nginx {
         }
         self.engine.signal(&self.container, "HUP").await?;
         tracing::info!(%primary, %backup, "nginx reloaded");
-        Ok(())
+        Ok(OldWorkers(old))
     }
 
     /// Polls nginx's public address until the expected version on the expected
     /// port answers there.
     #[tracing::instrument(skip(self))]
-    pub async fn confirm_serving(
-        &self,
-        version: &str,
-        port: u16,
-        deadline: Duration,
-    ) -> Result<(), ProxyError> {
+    pub async fn confirm_serving(&self, version: &str, port: u16, deadline: Duration) -> Result<(), ProxyError> {
         let start = Instant::now();
         let mut last_seen: String;
         loop {
@@ -214,31 +209,31 @@ impl Nginx {
         }
     }
 
-    /// Waits until no nginx worker from before the reload is left: those are
-    /// the ones that may still be finishing requests on the old primary.
-    /// Returns how many were still shutting down when the deadline passed.
+    /// Waits until every worker from before the reload has exited. Their
+    /// title says "is shutting down" only once the master has told them, and
+    /// until then they still accept requests for the old primary, so they
+    /// are followed by pid. Returns how many were left at the deadline.
     #[tracing::instrument(skip(self))]
-    pub async fn wait_old_workers(&self, deadline: Duration) -> Result<usize, ProxyError> {
+    pub async fn wait_old_workers(&self, old: &OldWorkers, deadline: Duration) -> Result<usize, ProxyError> {
         let start = Instant::now();
         loop {
-            let draining = self
-                .engine
-                .processes(&self.container)
-                .await?
-                .iter()
-                .filter(|cmd| cmd.contains("is shutting down"))
-                .count();
-            if draining == 0 {
+            let now = self.workers().await?;
+            let left = old.0.iter().filter(|pid| now.contains(pid)).count();
+            if left == 0 {
                 return Ok(0);
             }
             if start.elapsed() >= deadline {
-                tracing::warn!(draining, "old nginx workers still busy at the deadline");
-                return Ok(draining);
+                tracing::warn!(left, "old nginx workers still busy at the deadline");
+                return Ok(left);
             }
-            sleep(Duration::from_millis(100)).await;
+            sleep(Duration::from_millis(50)).await;
         }
     }
 }
+
+/// The pids of the nginx workers that ran before a reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OldWorkers(pub Vec<String>);
 
 #[cfg(test)]
 mod tests {
@@ -246,10 +241,7 @@ mod tests {
 
     #[test]
     fn the_rendered_include_names_the_primary_and_the_backup() {
-        let text = render_upstream(
-            "127.0.0.1:5801".parse().unwrap(),
-            "127.0.0.1:5800".parse().unwrap(),
-        );
+        let text = render_upstream("127.0.0.1:5801".parse().unwrap(), "127.0.0.1:5800".parse().unwrap());
         assert!(text.contains("server 127.0.0.1:5801 max_fails=1 fail_timeout=2s;\n"));
         assert!(text.contains("server 127.0.0.1:5800 backup;\n"));
         assert_eq!(primary_of(&text), Some("127.0.0.1:5801".parse().unwrap()));

@@ -30,15 +30,9 @@ pub enum RegistryError {
     #[error("the registry at {registry} does not answer: {reason}")]
     Unreachable { registry: String, reason: String },
     #[error("the registry at {registry} has no repository {repository}")]
-    UnknownRepository {
-        registry: String,
-        repository: String,
-    },
+    UnknownRepository { registry: String, repository: String },
     #[error("the registry at {registry} refused the credentials for {repository}")]
-    Unauthorized {
-        registry: String,
-        repository: String,
-    },
+    Unauthorized { registry: String, repository: String },
     #[error("the registry answered {status} to {url}")]
     Status { url: String, status: u16 },
 }
@@ -126,13 +120,10 @@ impl Registry {
                         format!("{base}{path}")
                     }
                 });
-            let page: Page = response
-                .json()
-                .await
-                .map_err(|e| RegistryError::Unreachable {
-                    registry: registry.into(),
-                    reason: e.to_string(),
-                })?;
+            let page: Page = response.json().await.map_err(|e| RegistryError::Unreachable {
+                registry: registry.into(),
+                reason: e.to_string(),
+            })?;
             all.extend(page.tags.unwrap_or_default());
             match next {
                 Some(n) => url = n,
@@ -150,21 +141,15 @@ impl Registry {
         tag: &str,
         credentials: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
-        let url = format!(
-            "{}/v2/{repository}/manifests/{tag}",
-            Self::base_url(registry)
-        );
+        let url = format!("{}/v2/{repository}/manifests/{tag}", Self::base_url(registry));
         let mut request = self.http.head(&url).header(ACCEPT, MANIFEST_TYPES);
         if let Some(c) = credentials {
             request = request.basic_auth(&c.username, Some(&c.password));
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                registry: registry.into(),
-                reason: e.to_string(),
-            })?;
+        let response = request.send().await.map_err(|e| RegistryError::Unreachable {
+            registry: registry.into(),
+            reason: e.to_string(),
+        })?;
         match response.status() {
             StatusCode::OK => Ok(response
                 .headers()
@@ -193,13 +178,10 @@ impl Registry {
         if let Some(c) = credentials {
             request = request.basic_auth(&c.username, Some(&c.password));
         }
-        request
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                registry: registry.into(),
-                reason: e.to_string(),
-            })
+        request.send().await.map_err(|e| RegistryError::Unreachable {
+            registry: registry.into(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -210,13 +192,7 @@ fn next_link(header: &str) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
     })
 }
 
@@ -226,22 +202,13 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_plain_http_and_others_https() {
-        assert_eq!(
-            Registry::base_url("localhost:5000"),
-            "http://localhost:5000"
-        );
-        assert_eq!(
-            Registry::base_url("127.0.0.1:41234"),
-            "http://127.0.0.1:41234"
-        );
+        assert_eq!(Registry::base_url("localhost:5000"), "http://localhost:5000");
+        assert_eq!(Registry::base_url("127.0.0.1:41234"), "http://127.0.0.1:41234");
         assert_eq!(
             Registry::base_url("registry.example.com"),
             "https://registry.example.com"
         );
-        assert_eq!(
-            Registry::base_url("http://r.example:80/"),
-            "http://r.example:80"
-        );
+        assert_eq!(Registry::base_url("http://r.example:80/"), "http://r.example:80");
     }
 
     #[test]

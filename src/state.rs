@@ -87,9 +87,7 @@ impl Default for Shared {
 impl Shared {
     /// Locks the status; a panic elsewhere must not take the service down with it.
     pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn set_takeover(&self, phase: TakeoverPhase) {

@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig,
-    NetworkingConfig,
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, NetworkingConfig,
 };
 
 /// What the new container gets beyond a faithful copy.
@@ -57,14 +56,10 @@ pub fn clone_body(
         ..
     } = config;
 
-    let mut env = without_defaults(
-        env.unwrap_or_default(),
-        defaults.env.as_deref().unwrap_or_default(),
-    );
+    let mut env = without_defaults(env.unwrap_or_default(), defaults.env.as_deref().unwrap_or_default());
     env.retain(|kv| {
         let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-        !overrides.env_remove.iter().any(|r| r == key)
-            && !overrides.env.iter().any(|(k, _)| k == key)
+        !overrides.env_remove.iter().any(|r| r == key) && !overrides.env.iter().any(|(k, _)| k == key)
     });
     env.extend(overrides.env.iter().map(|(k, v)| format!("{k}={v}")));
 
@@ -129,21 +124,12 @@ pub fn clone_body(
 
 /// The networks to join, with what the Engine assigned stripped: endpoint
 /// ids, addresses, and the alias equal to the old short id.
-fn networking(
-    container: &ContainerInspectResponse,
-    network_mode: &str,
-) -> Option<NetworkingConfig> {
+fn networking(container: &ContainerInspectResponse, network_mode: &str) -> Option<NetworkingConfig> {
     // These modes take no endpoint settings (and "host" would be rejected with some).
     if network_mode == "host" || network_mode == "none" || network_mode.starts_with("container:") {
         return None;
     }
-    let short_id: String = container
-        .id
-        .as_deref()
-        .unwrap_or_default()
-        .chars()
-        .take(12)
-        .collect();
+    let short_id: String = container.id.as_deref().unwrap_or_default().chars().take(12).collect();
     let networks = container.network_settings.as_ref()?.networks.clone()?;
     let endpoints = networks
         .into_iter()
@@ -171,10 +157,7 @@ fn networking(
 }
 
 fn without_defaults(values: Vec<String>, defaults: &[String]) -> Vec<String> {
-    values
-        .into_iter()
-        .filter(|v| !defaults.contains(v))
-        .collect()
+    values.into_iter().filter(|v| !defaults.contains(v)).collect()
 }
 
 fn unless_default<T: PartialEq>(value: Option<T>, default: Option<T>) -> Option<T> {
@@ -271,10 +254,7 @@ mod tests {
     #[test]
     fn values_that_repeat_the_old_image_defaults_are_dropped() {
         let body = clone_body(&container("bridge"), Some(&image_defaults()), &overrides());
-        assert_eq!(
-            body.env,
-            Some(vec!["KEEP=1".into(), "SELFUP_PORT=5801".into()])
-        );
+        assert_eq!(body.env, Some(vec!["KEEP=1".into(), "SELFUP_PORT=5801".into()]));
         assert_eq!(body.entrypoint, None);
         assert_eq!(body.cmd, None);
         assert_eq!(body.working_dir, None);
@@ -321,9 +301,7 @@ mod tests {
         assert_eq!(hc.network_mode.as_deref(), Some("host"));
         assert_eq!(
             hc.binds,
-            Some(vec![
-                "/var/run/docker.sock:/var/run/docker.sock".to_string()
-            ])
+            Some(vec!["/var/run/docker.sock:/var/run/docker.sock".to_string()])
         );
     }
 
@@ -340,9 +318,6 @@ mod tests {
             ..overrides()
         };
         let body = clone_body(&c, Some(&image_defaults()), &o);
-        assert_eq!(
-            body.env,
-            Some(vec!["A=1".into(), "SELFUP_PORT=5801".into()])
-        );
+        assert_eq!(body.env, Some(vec!["A=1".into(), "SELFUP_PORT=5801".into()]));
     }
 }

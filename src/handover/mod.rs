@@ -84,10 +84,7 @@ pub enum UpgradeError {
     #[error("this instance does not run in a Docker container, so it cannot start a successor")]
     NotInContainer,
     #[error("resolving {requirement}: {source}")]
-    Registry {
-        requirement: String,
-        source: RegistryError,
-    },
+    Registry { requirement: String, source: RegistryError },
     #[error("no version in {repository} matches {requirement}")]
     NoMatch {
         requirement: String,
@@ -97,31 +94,15 @@ pub enum UpgradeError {
     #[error("pulling {image}: {source}")]
     Pull { image: String, source: DockerError },
     #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
-    NoVersion {
-        image: String,
-        found: Option<String>,
-    },
-    #[error(
-        "{target} is lower than the running {running}; name it exactly (={target}) to roll back"
-    )]
+    NoVersion { image: String, found: Option<String> },
+    #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
     Lower { running: Version, target: Version },
     #[error("{context}: {source}")]
-    Docker {
-        context: String,
-        source: DockerError,
-    },
+    Docker { context: String, source: DockerError },
     #[error("the successor on port {port} did not become healthy: {reason}")]
-    SuccessorUnhealthy {
-        port: u16,
-        reason: String,
-        log: String,
-    },
+    SuccessorUnhealthy { port: u16, reason: String, log: String },
     #[error("the successor on port {port} failed to take over: {reason}")]
-    TakeoverFailed {
-        port: u16,
-        reason: String,
-        log: String,
-    },
+    TakeoverFailed { port: u16, reason: String, log: String },
     #[error("nginx: {0}")]
     Proxy(#[from] ProxyError),
     #[error("{0}")]
@@ -183,12 +164,7 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    pub fn new(
-        settings: Arc<Settings>,
-        engine: Arc<Engine>,
-        shared: Arc<Shared>,
-        self_id: Option<String>,
-    ) -> Self {
+    pub fn new(settings: Arc<Settings>, engine: Arc<Engine>, shared: Arc<Shared>, self_id: Option<String>) -> Self {
         let proxy = settings.proxy_enabled().then(|| {
             Nginx::new(
                 engine.clone(),
@@ -210,8 +186,7 @@ impl Orchestrator {
             proxy,
             shared,
             self_id,
-            version: Version::parse(env!("CARGO_PKG_VERSION"))
-                .expect("the crate version is semver"),
+            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
             http,
         }
     }
@@ -259,14 +234,8 @@ mod tests {
 
     #[test]
     fn the_base_name_drops_a_successor_port_suffix_only() {
-        assert_eq!(
-            base_name("/docker_selfup_1-5801", [5800, 5801]),
-            "docker_selfup_1"
-        );
-        assert_eq!(
-            base_name("/docker_selfup_1", [5800, 5801]),
-            "docker_selfup_1"
-        );
+        assert_eq!(base_name("/docker_selfup_1-5801", [5800, 5801]), "docker_selfup_1");
+        assert_eq!(base_name("/docker_selfup_1", [5800, 5801]), "docker_selfup_1");
         assert_eq!(base_name("app-9000", [5800, 5801]), "app-9000");
         assert_eq!(base_name("-5800", [5800, 5801]), "-5800");
     }

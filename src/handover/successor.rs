@@ -9,8 +9,8 @@ use tokio::time::{Instant, sleep};
 use super::clone::{Overrides, clone_body};
 use super::target::{self, Decision, Requirement, VERSION_LABEL};
 use super::{
-    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Timings,
-    UpgradeError, UpgradeOutcome, base_name, instance_addr,
+    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Timings, UpgradeError,
+    UpgradeOutcome, base_name, instance_addr,
 };
 use crate::docker::{DockerError, ImageRef};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
@@ -24,15 +24,15 @@ struct Flight<'a> {
 }
 
 impl<'a> Flight<'a> {
-    fn take(
-        orchestrator: &'a Orchestrator,
-        requirement: &Requirement,
-    ) -> Result<Self, UpgradeError> {
+    fn take(orchestrator: &'a Orchestrator, requirement: &Requirement) -> Result<Self, UpgradeError> {
         let mut status = orchestrator.shared.status();
         if let Some(running) = &status.upgrade {
             return Err(UpgradeError::InProgress(running.clone()));
         }
-        if matches!(status.takeover, TakeoverPhase::WaitingForGo | TakeoverPhase::Running { .. }) {
+        if matches!(
+            status.takeover,
+            TakeoverPhase::WaitingForGo | TakeoverPhase::Running { .. }
+        ) {
             return Err(UpgradeError::TakeoverUnderway(status.takeover.clone()));
         }
         status.upgrade = Some(InProgress {
@@ -66,9 +66,7 @@ impl Orchestrator {
         let result = self.run_upgrade(&flight, &requirement, started).await;
         let (outcome, to, error) = match &result {
             Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", Some(to.clone()), None),
-            Ok(UpgradeOutcome::AlreadyThere { version, .. }) => {
-                ("already_there", Some(version.clone()), None)
-            }
+            Ok(UpgradeOutcome::AlreadyThere { version, .. }) => ("already_there", Some(version.clone()), None),
             Err(e) => ("failed", None, Some(e.to_string())),
         };
         self.shared.record(UpgradeRecord {
@@ -109,9 +107,7 @@ impl Orchestrator {
             .engine
             .inspect_image(&image.to_string())
             .await
-            .map_err(UpgradeError::docker(format!(
-                "inspecting the pulled image {image}"
-            )))?;
+            .map_err(UpgradeError::docker(format!("inspecting the pulled image {image}")))?;
         let label = new_image
             .config
             .as_ref()
@@ -150,18 +146,12 @@ impl Orchestrator {
             .await
             .map_err(UpgradeError::docker("inspecting this container"))?;
         let old_image = match elder.image.as_deref() {
-            Some(id) => self
-                .engine
-                .inspect_image(id)
-                .await
-                .ok()
-                .and_then(|i| i.config),
+            Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
             None => None,
         };
         let old_port = self.settings.port;
         let new_port = self.settings.other_port(old_port);
-        let token = crate::secret::token()
-            .map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
+        let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
         let overrides = Overrides {
             image: image.to_string(),
             env: vec![
@@ -170,27 +160,21 @@ impl Orchestrator {
                 (ENV_HANDOVER_ELDER.into(), me.clone()),
             ],
             env_remove: vec![],
-            labels: vec![(
-                COMPOSE_IMAGE.into(),
-                new_image.id.clone().unwrap_or_default(),
-            )],
+            labels: vec![(COMPOSE_IMAGE.into(), new_image.id.clone().unwrap_or_default())],
         };
         let body = clone_body(&elder, old_image.as_ref(), &overrides);
         let name = format!(
             "{}-{new_port}",
-            base_name(
-                elder.name.as_deref().unwrap_or("selfup"),
-                self.settings.ports
-            )
+            base_name(elder.name.as_deref().unwrap_or("selfup"), self.settings.ports)
         );
         self.remove_leftovers(&elder, &me, &name).await?;
-        let successor =
-            self.engine
-                .create_container(&name, body)
-                .await
-                .map_err(UpgradeError::docker(format!(
-                    "creating the successor {name} from {image}"
-                )))?;
+        let successor = self
+            .engine
+            .create_container(&name, body)
+            .await
+            .map_err(UpgradeError::docker(format!(
+                "creating the successor {name} from {image}"
+            )))?;
         if let Err(e) = self.engine.start_container(&successor).await {
             let log = self.log_tail(&successor).await;
             let _ = self.engine.remove_container(&successor, true).await;
@@ -244,8 +228,8 @@ impl Orchestrator {
     /// The image an upgrade request means: `:latest`, or the tag of the
     /// highest registry version that matches.
     async fn resolve(&self, requirement: &Requirement) -> Result<ImageRef, UpgradeError> {
-        let repository = ImageRef::parse(&self.settings.image_ref("latest"))
-            .map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        let repository =
+            ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
         if *requirement == Requirement::Latest {
             return Ok(repository);
         }
@@ -275,21 +259,14 @@ impl Orchestrator {
         me: &str,
         successor_name: &str,
     ) -> Result<(), UpgradeError> {
-        let labels = elder
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.clone())
-            .unwrap_or_default();
+        let labels = elder.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
         let siblings = self
             .siblings(&labels)
             .await
             .map_err(UpgradeError::docker("listing siblings"))?;
         for sibling in siblings {
             let id = sibling.id.unwrap_or_default();
-            let running = sibling
-                .state
-                .map(|s| s.to_string() == "running")
-                .unwrap_or(false);
+            let running = sibling.state.map(|s| s.to_string() == "running").unwrap_or(false);
             if id != me && !running {
                 tracing::info!(container = %id, "removing a stopped sibling");
                 let _ = self.engine.remove_container(&id, true).await;
@@ -299,9 +276,7 @@ impl Orchestrator {
             Ok(()) => tracing::info!(name = successor_name, "removed a stale successor"),
             Err(DockerError::NoSuchContainer(_)) => {}
             Err(e) => {
-                return Err(UpgradeError::docker(format!(
-                    "removing the stale {successor_name}"
-                ))(e));
+                return Err(UpgradeError::docker(format!("removing the stale {successor_name}"))(e));
             }
         }
         Ok(())
@@ -311,37 +286,21 @@ impl Orchestrator {
     /// container with the target version; fails fast if it exits or reports
     /// another version.
     #[tracing::instrument(skip(self))]
-    async fn wait_healthy(
-        &self,
-        successor: &str,
-        port: u16,
-        version: &Version,
-    ) -> Result<(), String> {
+    async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), String> {
         let deadline = self.settings.health_deadline();
         let start = Instant::now();
         let url = format!("http://{}/health", instance_addr(port));
         let mut last: String;
         loop {
-            match self
-                .http
-                .get(&url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-            {
+            match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(body) => {
                         let container = body["container"].as_str().unwrap_or_default();
                         if !container.is_empty() && container != successor {
-                            return Err(format!(
-                                "port {port} is answered by another container ({container})"
-                            ));
+                            return Err(format!("port {port} is answered by another container ({container})"));
                         }
                         if body["version"] != version.to_string() {
-                            return Err(format!(
-                                "it reports version {}, expected {version}",
-                                body["version"]
-                            ));
+                            return Err(format!("it reports version {}, expected {version}", body["version"]));
                         }
                         return Ok(());
                     }
@@ -354,9 +313,7 @@ impl Orchestrator {
                 return Err(exit);
             }
             if start.elapsed() >= deadline {
-                return Err(format!(
-                    "no healthy answer within {deadline:?} (last: {last})"
-                ));
+                return Err(format!("no healthy answer within {deadline:?} (last: {last})"));
             }
             sleep(POLL).await;
         }
@@ -366,10 +323,15 @@ impl Orchestrator {
     async fn exited(&self, id: &str) -> Option<String> {
         match self.engine.inspect_container(id).await {
             Ok(c) => {
+                // A restart policy copied from the elder brings a crashing
+                // successor back, so a restart counts as an exit.
+                let restarts = c.restart_count.unwrap_or(0);
                 let state = c.state.unwrap_or_default();
-                (state.running != Some(true)).then(|| match state.exit_code {
-                    Some(code) => format!("it exited with code {code}"),
-                    None => "it is not running".to_string(),
+                let down = state.running != Some(true) || state.restarting == Some(true) || restarts > 0;
+                down.then(|| match (state.exit_code, restarts) {
+                    (Some(code), 0) => format!("it exited with code {code}"),
+                    (Some(code), n) => format!("it exited with code {code} (and was restarted {n} times)"),
+                    (None, _) => "it is not running".to_string(),
                 })
             }
             Err(DockerError::NoSuchContainer(_)) => Some("it was removed".into()),
@@ -411,10 +373,7 @@ impl Orchestrator {
                 return Err(exit);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not done within {:?}",
-                    self.settings.takeover_deadline()
-                ));
+                return Err(format!("not done within {:?}", self.settings.takeover_deadline()));
             }
         }
     }
@@ -427,13 +386,10 @@ impl Orchestrator {
             return;
         }
         match proxy
-            .switch_to(
-                instance_addr(port),
-                instance_addr(self.settings.other_port(port)),
-            )
+            .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
             .await
         {
-            Ok(()) => tracing::info!(port, "reclaimed nginx"),
+            Ok(_) => tracing::info!(port, "reclaimed nginx"),
             Err(e) => {
                 tracing::error!(error = %e, "could not reclaim nginx; its backup line still reaches this instance")
             }

@@ -21,10 +21,7 @@ pub enum TakeoverError {
     #[error("switching nginx: {0}")]
     Proxy(#[from] ProxyError),
     #[error("{context}: {source}")]
-    Docker {
-        context: String,
-        source: DockerError,
-    },
+    Docker { context: String, source: DockerError },
 }
 
 /// A container as reconcile sees it.
@@ -63,9 +60,8 @@ impl Orchestrator {
             Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, "takeover failed");
-                self.shared.set_takeover(TakeoverPhase::Failed {
-                    reason: e.to_string(),
-                });
+                self.shared
+                    .set_takeover(TakeoverPhase::Failed { reason: e.to_string() });
             }
         }
     }
@@ -74,8 +70,7 @@ impl Orchestrator {
     async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
         self.shared.set_takeover(TakeoverPhase::WaitingForGo);
         let first_start = self.started_at(elder).await;
-        let deadline =
-            Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
+        let deadline = Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
         loop {
@@ -88,10 +83,7 @@ impl Orchestrator {
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::error!(
-                    elder,
-                    "no go-ahead from a live elder: removing this successor"
-                );
+                tracing::error!(elder, "no go-ahead from a live elder: removing this successor");
                 let _ = self.engine.remove_container(me, true).await;
                 return Ok(());
             }
@@ -115,14 +107,14 @@ impl Orchestrator {
     /// A plain start: the newest running sibling takes over from the rest.
     async fn converge(&self, me: &str) -> Result<(), TakeoverError> {
         let all = self.others(me).await?;
-        let mine =
-            self.engine
-                .inspect_container(me)
-                .await
-                .map_err(|source| TakeoverError::Docker {
-                    context: "inspecting this container".into(),
-                    source,
-                })?;
+        let mine = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(|source| TakeoverError::Docker {
+                context: "inspecting this container".into(),
+                source,
+            })?;
         let my_key = created_key(mine.created.as_deref().unwrap_or_default());
         if let Some(newer) = all
             .iter()
@@ -139,8 +131,7 @@ impl Orchestrator {
                 }
             }
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect(), true)
-            .await
+        self.take_over(me, all.into_iter().map(|s| s.id).collect(), true).await
     }
 
     /// The other containers of this instance's group.
@@ -154,14 +145,9 @@ impl Orchestrator {
             .inspect_container(me)
             .await
             .map_err(docker("inspecting this container"))?;
-        let labels: HashMap<String, String> =
-            mine.config.and_then(|c| c.labels).unwrap_or_default();
+        let labels: HashMap<String, String> = mine.config.and_then(|c| c.labels).unwrap_or_default();
         let mut out = Vec::new();
-        for s in self
-            .siblings(&labels)
-            .await
-            .map_err(docker("listing siblings"))?
-        {
+        for s in self.siblings(&labels).await.map_err(docker("listing siblings"))? {
             let id = s.id.unwrap_or_default();
             if id == me {
                 continue;
@@ -170,15 +156,8 @@ impl Orchestrator {
                 Ok(c) => created_key(c.created.as_deref().unwrap_or_default()),
                 Err(_) => (s.created.unwrap_or(0) * 1_000_000_000, 0),
             };
-            let running = s
-                .state
-                .map(|st| st.to_string() == "running")
-                .unwrap_or(false);
-            out.push(Sibling {
-                id,
-                running,
-                created,
-            });
+            let running = s.state.map(|st| st.to_string() == "running").unwrap_or(false);
+            out.push(Sibling { id, running, created });
         }
         Ok(out)
     }
@@ -197,47 +176,31 @@ impl Orchestrator {
     /// workers are done, then stops (gracefully) and removes `elders`.
     /// `patient`: nginx may still be starting (a fresh `compose up`), so retry.
     #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
-    async fn take_over(
-        &self,
-        me: &str,
-        elders: Vec<String>,
-        patient: bool,
-    ) -> Result<(), TakeoverError> {
-        let step = |s: &str| {
-            self.shared.set_takeover(TakeoverPhase::Running {
-                step: s.to_string(),
-            })
-        };
+    async fn take_over(&self, me: &str, elders: Vec<String>, patient: bool) -> Result<(), TakeoverError> {
+        let step = |s: &str| self.shared.set_takeover(TakeoverPhase::Running { step: s.to_string() });
         let port = self.settings.port;
         if let Some(proxy) = &self.proxy {
             step("switching nginx");
             let deadline = Instant::now() + self.settings.takeover_deadline();
-            loop {
+            let old_workers = loop {
                 match proxy
-                    .switch_to(
-                        instance_addr(port),
-                        instance_addr(self.settings.other_port(port)),
-                    )
+                    .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
                     .await
                 {
-                    Ok(()) => break,
+                    Ok(old) => break old,
                     Err(ProxyError::NotRunning { .. }) if patient && Instant::now() < deadline => {
                         sleep(Duration::from_millis(500)).await;
                     }
                     Err(e) => return Err(e.into()),
                 }
-            }
+            };
             step("confirming through nginx");
             proxy
-                .confirm_serving(
-                    &self.version.to_string(),
-                    port,
-                    self.settings.takeover_deadline(),
-                )
+                .confirm_serving(&self.version.to_string(), port, self.settings.takeover_deadline())
                 .await?;
             step("waiting for old nginx workers");
             proxy
-                .wait_old_workers(self.settings.takeover_deadline())
+                .wait_old_workers(&old_workers, self.settings.takeover_deadline())
                 .await?;
         }
         step("stopping the elder");

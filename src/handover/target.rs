@@ -27,16 +27,13 @@ impl Requirement {
     /// Parses the `<req>` of `/upgrade/<req>`. Anything but the three forms is refused.
     pub fn parse(text: &str) -> Result<Requirement, RequirementError> {
         let fail = || RequirementError(text.chars().take(64).collect());
-        let numeric =
-            |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+        let numeric = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
         if let Some(exact) = text.strip_prefix('=') {
             let parts: Vec<&str> = exact.split('.').collect();
             if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
                 return Err(fail());
             }
-            return Version::parse(exact)
-                .map(Requirement::Exact)
-                .map_err(|_| fail());
+            return Version::parse(exact).map(Requirement::Exact).map_err(|_| fail());
         }
         let parts: Vec<&str> = text.split('.').collect();
         if !(1..=2).contains(&parts.len()) || !parts.iter().all(|p| numeric(p)) {
@@ -74,9 +71,7 @@ pub fn tag_version(tag: &str) -> Option<Version> {
 /// Picks the tag for a requirement from a registry's tag list; tags that are
 /// not semver are ignored, and pre-releases only match when named exactly.
 pub fn select<'a>(requirement: &Requirement, tags: &'a [String]) -> Option<(&'a str, Version)> {
-    let candidates = tags
-        .iter()
-        .filter_map(|t| tag_version(t).map(|v| (t.as_str(), v)));
+    let candidates = tags.iter().filter_map(|t| tag_version(t).map(|v| (t.as_str(), v)));
     match requirement {
         Requirement::Latest => tags
             .iter()
@@ -85,12 +80,14 @@ pub fn select<'a>(requirement: &Requirement, tags: &'a [String]) -> Option<(&'a 
         Requirement::Exact(want) => candidates
             .filter(|(_, v)| v == want)
             .min_by_key(|(t, _)| t.starts_with('v')),
-        Requirement::Highest { req, .. } => candidates
-            .filter(|(_, v)| v.pre.is_empty() && req.matches(v))
-            .max_by(|a, b| {
-                a.1.cmp(&b.1)
-                    .then_with(|| b.0.starts_with('v').cmp(&a.0.starts_with('v')))
-            }),
+        Requirement::Highest { req, .. } => {
+            candidates
+                .filter(|(_, v)| v.pre.is_empty() && req.matches(v))
+                .max_by(|a, b| {
+                    a.1.cmp(&b.1)
+                        .then_with(|| b.0.starts_with('v').cmp(&a.0.starts_with('v')))
+                })
+        }
     }
 }
 
@@ -117,10 +114,7 @@ pub enum Decision {
 
 pub fn decide(running: &Version, target: &Version, requirement: &Requirement) -> Decision {
     use std::cmp::Ordering::*;
-    match target
-        .cmp_precedence(running)
-        .then_with(|| target.cmp(running))
-    {
+    match target.cmp_precedence(running).then_with(|| target.cmp(running)) {
         Equal => Decision::AlreadyThere,
         Greater => Decision::Upgrade,
         Less if requirement.allows_rollback() => Decision::Rollback,
@@ -142,18 +136,12 @@ mod tests {
 
     #[test]
     fn the_three_requirement_forms_parse() {
-        assert!(matches!(
-            Requirement::parse("3").unwrap(),
-            Requirement::Highest { .. }
-        ));
+        assert!(matches!(Requirement::parse("3").unwrap(), Requirement::Highest { .. }));
         assert!(matches!(
             Requirement::parse("3.2").unwrap(),
             Requirement::Highest { .. }
         ));
-        assert_eq!(
-            Requirement::parse("=3.2.1").unwrap(),
-            Requirement::Exact(v("3.2.1"))
-        );
+        assert_eq!(Requirement::parse("=3.2.1").unwrap(), Requirement::Exact(v("3.2.1")));
     }
 
     #[test]
@@ -205,12 +193,7 @@ mod tests {
     #[test]
     fn an_exact_requirement_matches_only_that_version() {
         let t = tags(&["1.4.0", "1.4.1"]);
-        assert_eq!(
-            select(&Requirement::parse("=1.4.0").unwrap(), &t)
-                .unwrap()
-                .0,
-            "1.4.0"
-        );
+        assert_eq!(select(&Requirement::parse("=1.4.0").unwrap(), &t).unwrap().0, "1.4.0");
         assert_eq!(select(&Requirement::parse("=1.5.0").unwrap(), &t), None);
     }
 
@@ -225,19 +208,10 @@ mod tests {
     fn equal_versions_do_nothing_and_lower_ones_need_an_exact_request() {
         let latest = Requirement::Latest;
         let exact = Requirement::parse("=1.0.0").unwrap();
-        assert_eq!(
-            decide(&v("1.1.0"), &v("1.1.0"), &latest),
-            Decision::AlreadyThere
-        );
+        assert_eq!(decide(&v("1.1.0"), &v("1.1.0"), &latest), Decision::AlreadyThere);
         assert_eq!(decide(&v("1.1.0"), &v("1.2.0"), &latest), Decision::Upgrade);
-        assert_eq!(
-            decide(&v("1.1.0"), &v("1.0.0"), &latest),
-            Decision::RefuseLower
-        );
+        assert_eq!(decide(&v("1.1.0"), &v("1.0.0"), &latest), Decision::RefuseLower);
         assert_eq!(decide(&v("1.1.0"), &v("1.0.0"), &exact), Decision::Rollback);
-        assert_eq!(
-            decide(&v("1.1.0"), &v("1.1.0-rc.1"), &latest),
-            Decision::RefuseLower
-        );
+        assert_eq!(decide(&v("1.1.0"), &v("1.1.0-rc.1"), &latest), Decision::RefuseLower);
     }
 }

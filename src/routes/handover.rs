@@ -29,21 +29,11 @@ pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
     let settings = &state.orchestrator.settings;
     let Some(expected) = &settings.handover_token else {
-        return json_error(
-            StatusCode::CONFLICT,
-            "this instance was not started as a successor",
-        );
+        return json_error(StatusCode::CONFLICT, "this instance was not started as a successor");
     };
-    let presented = crate::secret::bearer(
-        req.headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let presented = crate::secret::bearer(req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
     if !presented.is_some_and(|p| crate::secret::matches(p, expected)) {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "a valid handover token is required",
-        );
+        return json_error(StatusCode::UNAUTHORIZED, "a valid handover token is required");
     }
     let shared = &state.orchestrator.shared;
     let phase = shared.status().takeover.clone();

@@ -20,7 +20,8 @@ fn wants_json(req: &HttpRequest) -> bool {
 pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let o = &state.orchestrator;
     if wants_json(&req) {
-        HttpResponse::Ok().json(json!({ "service": "selfup", "version": o.version.to_string(), "port": o.settings.port }))
+        HttpResponse::Ok()
+            .json(json!({ "service": "selfup", "version": o.version.to_string(), "port": o.settings.port }))
     } else {
         HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
@@ -47,8 +48,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     };
     match docker {
         Ok(Ok(())) => HttpResponse::Ok().json(body("ok", "reachable".into())),
-        Ok(Err(e)) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
-            .json(body("unavailable", e.to_string())),
+        Ok(Err(e)) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(body("unavailable", e.to_string())),
         Err(e) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(body("unavailable", e)),
     }
 }

@@ -25,11 +25,10 @@ pub fn json_error(status: StatusCode, message: impl std::fmt::Display) -> HttpRe
 pub fn json_error_body<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.to_str()
-            .unwrap_or_default()
-            .starts_with("application/json")
-    });
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("application/json"));
     if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
@@ -40,10 +39,9 @@ pub fn json_error_body<B: MessageBody + 'static>(
     };
     let (req, mut response) = res.into_parts();
     let body = json!({ "error": message }).to_string();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let response = response.set_body(BoxBody::new(body));
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, response).map_into_right_body(),
@@ -54,8 +52,7 @@ pub fn json_error_body<B: MessageBody + 'static>(
 /// that came through the proxy), and, when a token is configured, only a
 /// caller that presents it.
 pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
-    let proxied =
-        req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
+    let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
     let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
     if proxied || !loopback {
         return Err(json_error(
@@ -64,16 +61,9 @@ pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpR
         ));
     }
     if let Some(expected) = &settings.upgrade_token {
-        let presented = crate::secret::bearer(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let presented = crate::secret::bearer(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
         if !presented.is_some_and(|p| crate::secret::matches(p, expected)) {
-            return Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required",
-            ));
+            return Err(json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required"));
         }
     }
     Ok(())
@@ -89,8 +79,5 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 
 /// The answer to a path no route has.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    json_error(
-        StatusCode::NOT_FOUND,
-        format!("no endpoint at {}", req.path()),
-    )
+    json_error(StatusCode::NOT_FOUND, format!("no endpoint at {}", req.path()))
 }

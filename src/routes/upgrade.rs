@@ -21,12 +21,8 @@ impl ResponseError for UpgradeError {
                 source: RegistryError::UnknownRepository { .. },
                 ..
             } => StatusCode::NOT_FOUND,
-            Docker { source, .. } | Pull { source, .. } if source.is_unreachable() => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Proxy(crate::proxy::ProxyError::Docker(e)) if e.is_unreachable() => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Docker { source, .. } | Pull { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+            Proxy(crate::proxy::ProxyError::Docker(e)) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
             Registry { .. }
             | Pull { .. }
             | NoVersion { .. }
@@ -62,10 +58,7 @@ impl ResponseError for UpgradeError {
 }
 
 /// `GET|POST /upgrade`: to whatever `:latest` is.
-pub async fn latest(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, UpgradeError> {
+pub async fn latest(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
     run(req, state, Requirement::Latest).await
 }
 

@@ -1,1 +1,95 @@
-fn main() {}
+//! End-to-end tests on a real Docker Engine, a real registry and a real nginx.
+//!
+//! One binary with its own runner (`harness = false`): the suite builds its
+//! images once, runs each test in turn (a panic fails that test only), and
+//! always tears down what it started. `cargo test --test e2e -- NAME` runs the
+//! tests whose name contains NAME; `TEST_LOG=1` shows the containers' logs.
+
+mod cycle;
+mod harness;
+mod load;
+mod traffic;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use harness::Suite;
+
+type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! tests {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|s| Box::pin($module::$name(s))) as Test)),*]
+    };
+}
+
+fn main() -> ExitCode {
+    let all: Vec<(&str, Test)> = tests![
+        cycle::build_refuses_a_version_that_is_not_semver,
+        cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container,
+        cycle::upgrading_to_the_running_version_does_nothing,
+        cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving,
+        cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving,
+        traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
+        traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
+        traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
+    ];
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in &all {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<_> = all
+        .into_iter()
+        .filter(|(n, _)| args.is_empty() || args.iter().any(|a| n.contains(a.as_str())))
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let suite = match Suite::start() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("e2e: the suite could not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "e2e: suite ready in {:.1}s; running {} tests",
+        started.elapsed().as_secs_f64(),
+        selected.len()
+    );
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (name, test) in selected {
+        let t = Instant::now();
+        let result = runtime.block_on(runtime.spawn(test(suite.clone())));
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED ({:.1}s): {e}", t.elapsed().as_secs_f64());
+                failed.push(name);
+            }
+        }
+    }
+    drop(runtime);
+    drop(suite);
+    for name in &failed {
+        println!("failed: {name}");
+    }
+    println!("{passed} passed, {} failed", failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

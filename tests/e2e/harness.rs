@@ -1,0 +1,513 @@
+//! What every end-to-end test stands on: a registry of its own, the selfup
+//! images built by `build.sh`, fault images, and per-test environments (a
+//! compose project, an nginx, a port pair) that remove themselves on drop.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The versions `build.sh` builds for the suite.
+pub const VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
+/// The version label the fault images carry: higher than any real build.
+pub const FAULT_VERSION: &str = "9.0.0";
+/// Every compose project the suite starts begins with this.
+const PROJECT_PREFIX: &str = "selfupe2e";
+
+/// Runs a command, returning stdout; panics with stderr when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and ignores its outcome (cleanup).
+pub fn run_quietly(cmd: &mut Command) {
+    let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+pub fn docker(args: &[&str]) -> String {
+    run(Command::new("docker").args(args))
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The registry process and the images, shared by every test of a run.
+pub struct Suite {
+    pub run_id: String,
+    pub registry: String,
+    registry_process: Child,
+    registry_dir: PathBuf,
+    pub nginx_image: String,
+    next_env: AtomicUsize,
+    pub http: reqwest::Client,
+}
+
+impl Suite {
+    /// Starts the registry and builds every image; a missing prerequisite
+    /// (Docker, docker-registry, the nginx image) is a clear error.
+    pub fn start() -> Result<Suite, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let run_id = format!("{:x}", std::process::id() ^ nanos);
+        Self::remove_leftovers();
+        let nginx_image = std::env::var("SELFUP_NGINX_IMAGE").unwrap_or_else(|_| "selfup/nginx:local".into());
+        if Command::new("docker")
+            .args(["image", "inspect", &nginx_image])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return Err(format!(
+                "the nginx image {nginx_image} is missing: run scripts/setup.sh"
+            ));
+        }
+        let port = free_port();
+        let registry = format!("127.0.0.1:{port}");
+        let registry_dir = std::env::temp_dir().join(format!("selfup-e2e-registry-{run_id}"));
+        std::fs::create_dir_all(&registry_dir).map_err(|e| e.to_string())?;
+        let registry_process = Command::new("docker-registry")
+            .args(["serve", repo_root().join("registry/config.yml").to_str().unwrap()])
+            .env("REGISTRY_HTTP_ADDR", &registry)
+            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &registry_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))?;
+        let suite = Suite {
+            run_id,
+            registry,
+            registry_process,
+            registry_dir,
+            nginx_image,
+            next_env: AtomicUsize::new(0),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        suite.wait_for_registry()?;
+        for version in VERSIONS {
+            suite.build(version)?;
+        }
+        suite.build_fault_images()?;
+        Ok(suite)
+    }
+
+    fn wait_for_registry(&self) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if Command::new("curl")
+                .args(["-fs", "-o", "/dev/null", &format!("http://{}/v2/", self.registry)])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("the test registry on {} did not come up", self.registry))
+    }
+
+    /// `build.sh VERSION` in a copy of the tree (build.sh sets the version in
+    /// Cargo.toml), sharing the target directory so only selfup recompiles.
+    /// The copy's path is stable per version, so a second run rebuilds nothing.
+    fn build(&self, version: &str) -> Result<(), String> {
+        let root = repo_root();
+        let tree = root.join("target/e2e-src").join(version);
+        std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
+        run(Command::new("cp")
+            .arg("-rp")
+            .args(["Cargo.toml", "Cargo.lock", "build.sh", "src", "docker"])
+            .arg(&tree)
+            .current_dir(&root));
+        let t = Instant::now();
+        let out = Command::new("./build.sh")
+            .arg(version)
+            .current_dir(&tree)
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .env("SELFUP_REGISTRY", &self.registry)
+            .env("SELFUP_IMAGE", "selfup")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "build.sh {version} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("built selfup {version} in {:.1}s", t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Images that claim version 9.0.0 and misbehave: one exits at once,
+    /// one never answers, one reports another version than its label.
+    fn build_fault_images(&self) -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("selfup-e2e-faults-{}", self.run_id));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::copy("/usr/bin/busybox", dir.join("busybox"))
+            .map_err(|e| format!("copying /usr/bin/busybox (apt-get install busybox-static): {e}"))?;
+        let faults = [
+            ("crash", "FROM scratch\nCOPY busybox /busybox\nENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"echo 'fatal: cannot start' >&2; exit 3\"]\n".to_string()),
+            ("hang", "FROM scratch\nCOPY busybox /busybox\nENTRYPOINT [\"/busybox\", \"sleep\", \"600\"]\n".to_string()),
+            ("liar", format!("FROM {}\n", self.image("selfup", "1.1.0"))),
+        ];
+        for (name, dockerfile) in faults {
+            let dockerfile = format!("{dockerfile}LABEL org.opencontainers.image.version={FAULT_VERSION}\n");
+            std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
+            let out = Command::new("docker")
+                .args(["build", "-q", "-t", &self.image("fixtures", name)])
+                .arg(&dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the {name} image: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// `registry/repository:tag` in the suite's registry.
+    pub fn image(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.registry)
+    }
+
+    /// Publishes a built image as `repository:tag`, as a release would.
+    pub fn publish(&self, source: &str, repository: &str, tag: &str) {
+        let target = self.image(repository, tag);
+        docker(&["tag", source, &target]);
+        docker(&["push", "-q", &target]);
+    }
+
+    /// Publishes selfup `version` as both `:version` and `:latest` of `repository`.
+    pub fn release(&self, repository: &str, version: &str) {
+        let built = self.image("selfup", version);
+        self.publish(&built, repository, version);
+        self.publish(&built, repository, "latest");
+    }
+
+    /// Removes what an interrupted earlier run left behind.
+    fn remove_leftovers() {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=selfup.e2e"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            run_quietly(Command::new("docker").args(["rm", "-f", id]));
+        }
+    }
+
+    /// A fresh environment: its own compose project, nginx and ports.
+    pub fn env(&self, extra_env: &[(&str, &str)]) -> Env {
+        let n = self.next_env.fetch_add(1, Ordering::SeqCst);
+        Env::new(self, n, extra_env)
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        let _ = self.registry_process.kill();
+        let _ = self.registry_process.wait();
+        let _ = std::fs::remove_dir_all(&self.registry_dir);
+        // Every image the run tagged lives under the run's registry address.
+        let images = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let prefix = format!("{}/", self.registry);
+        let ours: Vec<&str> = images.lines().filter(|l| l.starts_with(&prefix)).collect();
+        if !ours.is_empty() {
+            run_quietly(Command::new("docker").arg("rmi").arg("-f").args(&ours));
+        }
+        run_quietly(Command::new("docker").args([
+            "image",
+            "prune",
+            "-f",
+            "--filter",
+            "label=org.opencontainers.image.version",
+        ]));
+    }
+}
+
+/// One test's world: a compose project running selfup from its own
+/// repository, an nginx on its own public port, and a port pair.
+pub struct Env {
+    pub project: String,
+    pub repository: String,
+    pub ports: [u16; 2],
+    pub public_port: u16,
+    pub nginx: String,
+    dir: PathBuf,
+    compose_files: [PathBuf; 2],
+    registry: String,
+    nginx_image: String,
+    pub http: reqwest::Client,
+}
+
+impl Env {
+    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)]) -> Env {
+        let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
+        let dir = std::env::temp_dir().join(&project);
+        std::fs::create_dir_all(dir.join("live")).unwrap();
+        let (a, b, public_port) = (free_port(), free_port(), free_port());
+        let nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf"))
+            .unwrap()
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"));
+        std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
+        std::fs::write(
+            dir.join("live/upstream.conf"),
+            format!("server 127.0.0.1:{a} max_fails=1 fail_timeout=2s;\nserver 127.0.0.1:{b} backup;\n"),
+        )
+        .unwrap();
+        let nginx = format!("{project}-nginx");
+        let mut env: Vec<(String, String)> = vec![
+            ("SELFUP_PORT".into(), a.to_string()),
+            ("SELFUP_PORTS".into(), format!("[{a},{b}]")),
+            ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
+            ("SELFUP_NGINX_URL".into(), format!("http://127.0.0.1:{public_port}")),
+            ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
+            ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let environment: String = env.iter().map(|(k, v)| format!("      {k}: '{v}'\n")).collect();
+        let live = dir.join("live");
+        let override_yml = format!(
+            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}    volumes:\n      - {live}:/etc/selfup/nginx\n  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\n      - {live}:/etc/nginx/selfup:ro\n",
+            run = suite.run_id,
+            live = live.display(),
+            conf = dir.join("nginx.conf").display(),
+        );
+        std::fs::write(dir.join("override.yml"), override_yml).unwrap();
+        let repository = format!("t{n}");
+        Env {
+            project,
+            repository,
+            ports: [a, b],
+            public_port,
+            nginx,
+            compose_files: [repo_root().join("docker/compose.yml"), dir.join("override.yml")],
+            dir,
+            registry: suite.registry.clone(),
+            nginx_image: suite.nginx_image.clone(),
+            http: suite.http.clone(),
+        }
+    }
+
+    /// Runs docker-compose on the shipped compose file plus this test's override.
+    pub fn compose(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("docker-compose");
+        for f in &self.compose_files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(["-p", &self.project])
+            .args(args)
+            .env("SELFUP_REGISTRY", &self.registry)
+            .env("SELFUP_IMAGE", &self.repository)
+            .env("SELFUP_NGINX_IMAGE", &self.nginx_image);
+        run(&mut cmd)
+    }
+
+    /// `docker-compose up -d` and waits until version `version` answers through nginx.
+    pub async fn up(&self, version: &str) {
+        self.compose(&["up", "-d"]);
+        self.wait_public_version(version).await;
+    }
+
+    /// The ids of this project's selfup containers (any state).
+    pub fn selfup_containers(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            "label=com.docker.compose.service=selfup",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// Waits until exactly one selfup container of this project exists.
+    pub async fn wait_single_container(&self) -> String {
+        eventually("exactly one selfup container", Duration::from_secs(60), || async {
+            let ids = self.selfup_containers();
+            (ids.len() == 1).then(|| ids[0].clone())
+        })
+        .await
+    }
+
+    pub fn direct(&self, port: u16, path: &str) -> String {
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    pub fn public(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.public_port)
+    }
+
+    /// `GET /` as JSON on a URL: (version, port).
+    pub async fn version_at(&self, url: &str) -> Option<(String, u16)> {
+        let r = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        Some((v["version"].as_str()?.to_string(), v["port"].as_u64()? as u16))
+    }
+
+    pub async fn wait_public_version(&self, version: &str) -> u16 {
+        eventually(
+            &format!("version {version} through nginx"),
+            Duration::from_secs(60),
+            || async {
+                match self.version_at(&self.public("/")).await {
+                    Some((v, port)) if v == version => Some(port),
+                    _ => None,
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the instance on `port` reports its takeover done (its
+    /// elder stopped and removed): only then does it take a new upgrade.
+    pub async fn wait_takeover_done(&self, port: u16) {
+        eventually("the takeover to finish", Duration::from_secs(60), || async {
+            let r = self.http.get(self.direct(port, "/handover")).send().await.ok()?;
+            let v: Value = r.json().await.ok()?;
+            (v["phase"] == "done").then_some(())
+        })
+        .await
+    }
+
+    /// Calls `/upgrade[/<req>]` on the live port and returns (status, body).
+    pub async fn upgrade(&self, port: u16, requirement: Option<&str>) -> (u16, Value) {
+        let path = match requirement {
+            Some(r) => format!("/upgrade/{r}"),
+            None => "/upgrade".to_string(),
+        };
+        let r = self
+            .http
+            .post(self.direct(port, &path))
+            .send()
+            .await
+            .expect("the upgrade request gets an answer");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("the upgrade answer is JSON"))
+    }
+
+    /// The logs of every container of this project, for a failing test.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(o) = Command::new("docker")
+            .args(["logs", "--tail", "20", &self.nginx])
+            .output()
+        {
+            out.push_str(&format!("--- {}\n{}\n", self.nginx, String::from_utf8_lossy(&o.stderr)));
+        }
+        for id in self.selfup_containers() {
+            let o = Command::new("docker").args(["logs", &id]).output();
+            if let Ok(o) = o {
+                // The access log drowns the handover's own lines.
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let lines: Vec<&str> = text.lines().filter(|l| !l.contains("middleware::logger")).collect();
+                out.push_str(&format!(
+                    "--- {id}\n{}\n",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+            eprintln!("{}", self.logs());
+        }
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            run_quietly(Command::new("docker").args(["rm", "-f", id]));
+        }
+        run_quietly(Command::new("docker").args(["rm", "-f", &self.nginx]));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Labels of a container.
+pub fn labels(id: &str) -> HashMap<String, String> {
+    let json = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]);
+    serde_json::from_str(json.trim()).unwrap_or_default()
+}

@@ -1,0 +1,127 @@
+//! nginx in front: no request lost during upgrades, control endpoints
+//! closed to the public, and a clean failure when nginx is missing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Suite, docker};
+use crate::load::Load;
+
+pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite: Arc<Suite>) {
+    let env = suite.env(&[]);
+    for v in ["1.0.0", "1.1.0"] {
+        suite.release(&env.repository, v);
+    }
+    // :latest is 1.1.0; 1.0.0 is still in the registry for the rollback.
+    let built = suite.image("selfup", "1.0.0");
+    suite.publish(&built, &env.repository, "latest");
+    env.up("1.0.0").await;
+
+    let load = Load::start(env.public(""), 6, 200_000, Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut live = env.ports[0];
+    // (asked, answered, version) of each upgrade.
+    let mut upgrades: Vec<(Instant, Instant, String)> = Vec::new();
+    let steps: [(Option<&str>, &str, Option<&str>); 3] = [
+        (Some("1.1.0"), "1.1.0", None),
+        (Some("1.2.0"), "1.2.0", None),
+        (None, "1.0.0", Some("=1.0.0")),
+    ];
+    for (release, expect, requirement) in steps {
+        if let Some(v) = release {
+            suite.release(&env.repository, v);
+        }
+        let asked = Instant::now();
+        let (status, body) = env.upgrade(live, requirement).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["to"], expect, "{body}");
+        upgrades.push((asked, Instant::now(), expect.to_string()));
+        live = body["new_port"].as_u64().unwrap() as u16;
+        env.wait_takeover_done(live).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let samples = load.finish().await;
+
+    let failed: Vec<_> = samples.iter().filter_map(|s| s.error.clone()).collect();
+    assert!(samples.len() > 100, "only {} requests were sent", samples.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Every request sent after an upgrade answered, and done before the
+    // next upgrade was asked for, reached the new version.
+    for (i, (_, answered, version)) in upgrades.iter().enumerate() {
+        let next_asked = upgrades.get(i + 1).map(|(asked, _, _)| *asked);
+        let stale: Vec<_> = samples
+            .iter()
+            .filter(|s| s.sent > *answered && next_asked.is_none_or(|n| s.sent + s.latency < n))
+            .filter(|s| s.version.as_deref() != Some(version))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "{} requests after the switch to {version} reached another version",
+            stale.len()
+        );
+    }
+    eprintln!("    {} requests through 3 upgrades, none failed", samples.len());
+}
+
+pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: Arc<Suite>) {
+    let env = suite.env(&[("SELFUP_UPGRADE_TOKEN", "s3cret-token")]);
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    for path in ["/upgrade", "/upgrade/2", "/handover", "/status", "/rollback"] {
+        let r = env.http.post(env.public(path)).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path} through nginx");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("not reachable through the proxy")
+        );
+    }
+    let direct = env.direct(env.ports[0], "/upgrade");
+    let r = env.http.post(&direct).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = env.http.post(&direct).bearer_auth("wrong-token").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // A request that carries a forwarding header came through a proxy: refused even with the token.
+    let r = env
+        .http
+        .post(&direct)
+        .bearer_auth("s3cret-token")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = env.http.post(&direct).bearer_auth("s3cret-token").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "already_there");
+}
+
+pub async fn an_upgrade_fails_cleanly_when_nginx_is_absent(suite: Arc<Suite>) {
+    let env = suite.env(&[]);
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    let before = env.selfup_containers();
+    docker(&["stop", &env.nginx]);
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = env.upgrade(env.ports[0], None).await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("failed to take over") && error.contains("is not running"),
+        "{error}"
+    );
+    assert_eq!(env.selfup_containers(), before);
+    assert_eq!(
+        env.version_at(&env.direct(env.ports[0], "/")).await,
+        Some(("1.0.0".into(), env.ports[0]))
+    );
+}
