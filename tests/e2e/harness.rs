@@ -231,15 +231,21 @@ impl Suite {
         self.publish(&built, repository, "latest");
     }
 
-    /// Removes what an interrupted earlier run left behind.
+    /// Removes what an interrupted earlier run left behind: containers whose
+    /// run (the pid before the `x` of the run id) is no longer alive. A run
+    /// going on beside this one is left alone.
     fn remove_leftovers() {
-        let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", "label=selfup.e2e"])
+        let rows = Command::new("docker")
+            .args(["ps", "-a", "--filter", "label=selfup.e2e", "--format", "{{.ID}} {{.Label \"selfup.e2e\"}}"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        for id in ids.split_whitespace() {
-            run_quietly(Command::new("docker").args(["rm", "-f", id]));
+        for row in rows.lines() {
+            let Some((id, run)) = row.split_once(' ') else { continue };
+            let pid = run.split('x').next().unwrap_or_default();
+            if pid.is_empty() || !Path::new("/proc").join(pid).exists() {
+                run_quietly(Command::new("docker").args(["rm", "-f", id]));
+            }
         }
     }
 
