@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The operator's cycle, end to end: registry, build 1.0.0, start with
+# compose, build 1.1.0, upgrade, and the answers through both ports and nginx.
+#   scripts/demo.sh          run it (leaves selfup and nginx running)
+#   scripts/demo.sh down     stop and remove them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SELFUP_NGINX_IMAGE=${SELFUP_NGINX_IMAGE:-selfup/nginx:local}
+
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+compose() { "${compose[@]}" -f docker/compose.yml -p selfup "$@"; }
+# Remove the project's containers, including successors compose did not create.
+down() {
+  compose down --remove-orphans >/dev/null 2>&1 || true
+  ids=$(docker ps -aq --filter label=com.docker.compose.project=selfup)
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null
+}
+if [ "${1:-}" = down ]; then down; echo "selfup and nginx removed"; exit 0; fi
+
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+wait_for() { # url text
+  for _ in $(seq 1 200); do curl -fs --max-time 1 "$1" 2>/dev/null | grep -q "$2" && return 0; sleep 0.1; done
+  echo "demo: $1 never answered '$2'" >&2; return 1
+}
+
+scripts/setup.sh
+down
+for port in 5800 5801 8080; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "demo: port $port is already in use" >&2; exit 1; fi
+done
+mkdir -p nginx/live
+cp nginx/upstream.conf.default nginx/live/upstream.conf
+
+say ./build.sh 1.0.0; ./build.sh 1.0.0
+say "${compose[*]}" -f docker/compose.yml -p selfup up -d; compose up -d
+wait_for http://127.0.0.1:8080/ "version 1.0.0"
+say curl localhost:5800; curl -s localhost:5800
+say ./build.sh 1.1.0; ./build.sh 1.1.0
+say curl localhost:5800/upgrade; curl -s localhost:5800/upgrade; echo
+say curl localhost:5801; curl -s localhost:5801
+say curl localhost:8080; curl -s localhost:8080
+say curl localhost:5800; curl -s --max-time 2 localhost:5800 || echo "(nothing listens on 5800 any more)"
+# The elder is gone once its drain ends.
+wait_for_one() {
+  for _ in $(seq 1 200); do
+    [ "$(docker ps -aq --filter label=com.docker.compose.project=selfup --filter label=com.docker.compose.service=selfup | wc -l)" = 1 ] && return 0
+    sleep 0.1
+  done
+}
+wait_for_one
+say "${compose[*]}" -f docker/compose.yml -p selfup ps; compose ps
+echo
+echo "selfup 1.1.0 is live on 5801 behind nginx on 8080; ./build.sh 1.2.0 && curl localhost:5801/upgrade goes back to 5800."
+echo "scripts/demo.sh down removes it."
