@@ -11,7 +11,7 @@ if docker compose version >/dev/null 2>&1; then compose=(docker compose); else c
 compose() { "${compose[@]}" -f docker/compose.yml -p selfup "$@"; }
 # Remove the project's containers, including successors compose did not create.
 down() {
-  compose down --remove-orphans >/dev/null 2>&1 || true
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
   ids=$(docker ps -aq --filter label=com.docker.compose.project=selfup)
   [ -z "$ids" ] || docker rm -f $ids >/dev/null
 }

@@ -13,7 +13,7 @@ use actix_web::{App, HttpServer, web};
 use crate::config::Settings;
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
-use crate::routes::{self, handover, info, upgrade};
+use crate::routes::{self, handover, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
@@ -52,7 +52,11 @@ impl Application {
     pub fn build(settings: Settings) -> std::io::Result<Application> {
         let settings = Arc::new(settings);
         let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
-        let shared = Arc::new(Shared::default());
+        // The data directory is a volume every generation mounts: the history lives there.
+        let shared = Arc::new(match settings.data_dir.is_dir() {
+            true => Shared::with_history(settings.data_dir.join("history.json")),
+            false => Shared::default(),
+        });
         if settings.handover_token.is_some() && settings.handover_elder.is_some() {
             // Before the first request: the elder's go-ahead may come at once.
             shared.set_takeover(TakeoverPhase::WaitingForGo);
@@ -85,6 +89,16 @@ impl Application {
                     web::resource("/upgrade/{requirement}")
                         .route(web::get().to(upgrade::matching))
                         .route(web::post().to(upgrade::matching))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/rollback")
+                        .route(web::post().to(upgrade::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/status")
+                        .route(web::get().to(status::status))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

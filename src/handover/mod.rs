@@ -38,6 +38,38 @@ pub const GROUP_LABEL: &str = "selfup.group";
 pub const ENV_PORT: &str = "SELFUP_PORT";
 pub const ENV_HANDOVER_TOKEN: &str = "SELFUP_HANDOVER_TOKEN";
 pub const ENV_HANDOVER_ELDER: &str = "SELFUP_HANDOVER_ELDER";
+/// The version, and the local image id, that ran before the last upgrade:
+/// what `POST /rollback` goes back to.
+pub const PREVIOUS_VERSION_LABEL: &str = "selfup.previous.version";
+pub const PREVIOUS_IMAGE_LABEL: &str = "selfup.previous.image";
+
+/// What an upgrade goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A registry tag: `:latest` or the highest match of a requirement.
+    Registry(target::Requirement),
+    /// The version that ran before the last upgrade, from its local image.
+    Previous,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Registry(r) => r.fmt(f),
+            Target::Previous => f.write_str("rollback"),
+        }
+    }
+}
+
+/// The version that ran before this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Previous {
+    pub version: Version,
+    /// The local image id.
+    pub image: String,
+    /// A tag of that image in this service's repository, else the id.
+    pub image_ref: String,
+}
 
 /// Where an instance listening on `port` is reached. With host networking it
 /// is the loopback address; bridge networking would change only this.
@@ -81,6 +113,10 @@ pub enum UpgradeError {
     InProgress(InProgress),
     #[error("this instance is still taking over from its elder ({0:?}); try again when it is done")]
     TakeoverUnderway(crate::state::TakeoverPhase),
+    #[error("no previous version is known: this instance was not started by an upgrade")]
+    NoPrevious,
+    #[error("the image of the previous version {version} ({image}) is no longer on this machine")]
+    PreviousImageGone { version: String, image: String },
     #[error("this instance does not run in a Docker container, so it cannot start a successor")]
     NotInContainer,
     #[error("resolving {requirement}: {source}")]

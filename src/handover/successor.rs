@@ -9,8 +9,8 @@ use tokio::time::{Instant, sleep};
 use super::clone::{Overrides, clone_body};
 use super::target::{self, Decision, Requirement, VERSION_LABEL};
 use super::{
-    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Timings, UpgradeError,
-    UpgradeOutcome, base_name, instance_addr,
+    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
+    PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use crate::docker::{DockerError, ImageRef};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
@@ -24,7 +24,7 @@ struct Flight<'a> {
 }
 
 impl<'a> Flight<'a> {
-    fn take(orchestrator: &'a Orchestrator, requirement: &Requirement) -> Result<Self, UpgradeError> {
+    fn take(orchestrator: &'a Orchestrator, target: &Target) -> Result<Self, UpgradeError> {
         let mut status = orchestrator.shared.status();
         if let Some(running) = &status.upgrade {
             return Err(UpgradeError::InProgress(running.clone()));
@@ -36,7 +36,7 @@ impl<'a> Flight<'a> {
             return Err(UpgradeError::TakeoverUnderway(status.takeover.clone()));
         }
         status.upgrade = Some(InProgress {
-            requirement: requirement.to_string(),
+            requirement: target.to_string(),
             step: "resolving",
             started: std::time::Instant::now(),
         });
@@ -60,10 +60,10 @@ impl Drop for Flight<'_> {
 impl Orchestrator {
     /// Runs one upgrade as the elder, start to finish, and records it.
     #[tracing::instrument(skip(self), fields(from = %self.version))]
-    pub async fn upgrade(&self, requirement: Requirement) -> Result<UpgradeOutcome, UpgradeError> {
-        let flight = Flight::take(self, &requirement)?;
+    pub async fn upgrade(&self, target: Target) -> Result<UpgradeOutcome, UpgradeError> {
+        let flight = Flight::take(self, &target)?;
         let started = Instant::now();
-        let result = self.run_upgrade(&flight, &requirement, started).await;
+        let result = self.run_upgrade(&flight, &target, started).await;
         let (outcome, to, error) = match &result {
             Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", Some(to.clone()), None),
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => ("already_there", Some(version.clone()), None),
@@ -72,7 +72,8 @@ impl Orchestrator {
         self.shared.record(UpgradeRecord {
             from: self.version.to_string(),
             to,
-            outcome,
+            requested: target.to_string(),
+            outcome: outcome.to_string(),
             error,
             duration_ms: started.elapsed().as_millis(),
             finished_at: now_secs(),
@@ -83,25 +84,36 @@ impl Orchestrator {
     async fn run_upgrade(
         &self,
         flight: &Flight<'_>,
-        requirement: &Requirement,
+        target: &Target,
         started: Instant,
     ) -> Result<UpgradeOutcome, UpgradeError> {
         let mut timings = Timings::default();
         let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
 
-        let image = self.resolve(requirement).await?;
-        timings.resolve_ms = started.elapsed().as_millis();
-
-        flight.step("pulling");
-        let t = Instant::now();
-        self.engine
-            .pull(&image, None)
-            .await
-            .map_err(|source| UpgradeError::Pull {
-                image: image.to_string(),
-                source,
-            })?;
-        timings.pull_ms = t.elapsed().as_millis();
+        // The image to run, by tag where there is one, and how it may be compared.
+        let (image, requirement) = match target {
+            Target::Registry(requirement) => {
+                let image = self.resolve(requirement).await?;
+                timings.resolve_ms = started.elapsed().as_millis();
+                flight.step("pulling");
+                let t = Instant::now();
+                self.engine
+                    .pull(&image, None)
+                    .await
+                    .map_err(|source| UpgradeError::Pull {
+                        image: image.to_string(),
+                        source,
+                    })?;
+                timings.pull_ms = t.elapsed().as_millis();
+                (image.to_string(), requirement.clone())
+            }
+            Target::Previous => {
+                let previous = self.previous(&me).await?;
+                timings.resolve_ms = started.elapsed().as_millis();
+                // A rollback names its version exactly: going down is the point.
+                (previous.image_ref, Requirement::Exact(previous.version))
+            }
+        };
 
         let new_image = self
             .engine
@@ -121,7 +133,7 @@ impl Orchestrator {
                 image: image.to_string(),
                 found: label.clone(),
             })?;
-        let rollback = match target::decide(&self.version, &version, requirement) {
+        let rollback = match target::decide(&self.version, &version, &requirement) {
             Decision::AlreadyThere => {
                 return Ok(UpgradeOutcome::AlreadyThere {
                     version: version.to_string(),
@@ -160,7 +172,11 @@ impl Orchestrator {
                 (ENV_HANDOVER_ELDER.into(), me.clone()),
             ],
             env_remove: vec![],
-            labels: vec![(COMPOSE_IMAGE.into(), new_image.id.clone().unwrap_or_default())],
+            labels: vec![
+                (COMPOSE_IMAGE.into(), new_image.id.clone().unwrap_or_default()),
+                (PREVIOUS_VERSION_LABEL.into(), self.version.to_string()),
+                (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
+            ],
         };
         let body = clone_body(&elder, old_image.as_ref(), &overrides);
         let name = format!(
@@ -222,6 +238,47 @@ impl Orchestrator {
             new_port,
             successor: successor.chars().take(12).collect(),
             timings,
+        })
+    }
+
+    /// The version that ran before the last upgrade, from this container's
+    /// labels; its image is still on this machine.
+    pub async fn previous(&self, me: &str) -> Result<Previous, UpgradeError> {
+        let container = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(UpgradeError::docker("inspecting this container"))?;
+        let labels = container.config.and_then(|c| c.labels).unwrap_or_default();
+        let (Some(version), Some(image)) = (labels.get(PREVIOUS_VERSION_LABEL), labels.get(PREVIOUS_IMAGE_LABEL))
+        else {
+            return Err(UpgradeError::NoPrevious);
+        };
+        let version = Version::parse(version).map_err(|_| UpgradeError::NoPrevious)?;
+        let inspect = self.engine.inspect_image(image).await.map_err(|source| match source {
+            DockerError::NoSuchImage(_) => UpgradeError::PreviousImageGone {
+                version: version.to_string(),
+                image: image.clone(),
+            },
+            other => UpgradeError::docker(format!("inspecting the previous image {image}"))(other),
+        })?;
+        // By tag where one is left, as a clone should name its image.
+        let repository = ImageRef::parse(&self.settings.image_ref("latest"))
+            .map(|r| r.repository())
+            .unwrap_or_default();
+        let image_ref = inspect
+            .repo_tags
+            .unwrap_or_default()
+            .into_iter()
+            .find(|t| {
+                t.rsplit_once(':')
+                    .is_some_and(|(repo, tag)| repo == repository && tag != "latest")
+            })
+            .unwrap_or_else(|| image.clone());
+        Ok(Previous {
+            version,
+            image: image.clone(),
+            image_ref,
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod handover;
 pub mod info;
+pub mod status;
 pub mod upgrade;
 
 use actix_web::body::{BoxBody, MessageBody};

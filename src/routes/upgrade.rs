@@ -5,8 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::handover::UpgradeError;
 use crate::handover::target::Requirement;
+use crate::handover::{Target, UpgradeError};
 use crate::registry::RegistryError;
 use crate::routes::guard_control;
 
@@ -15,8 +15,9 @@ impl ResponseError for UpgradeError {
         use UpgradeError::*;
         match self {
             BadRequirement(_) => StatusCode::BAD_REQUEST,
-            InProgress(_) | TakeoverUnderway(_) | NotInContainer | Lower { .. } => StatusCode::CONFLICT,
+            InProgress(_) | TakeoverUnderway(_) | NotInContainer | NoPrevious | Lower { .. } => StatusCode::CONFLICT,
             NoMatch { .. }
+            | PreviousImageGone { .. }
             | Registry {
                 source: RegistryError::UnknownRepository { .. },
                 ..
@@ -59,7 +60,12 @@ impl ResponseError for UpgradeError {
 
 /// `GET|POST /upgrade`: to whatever `:latest` is.
 pub async fn latest(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
-    run(req, state, Requirement::Latest).await
+    run(req, state, Target::Registry(Requirement::Latest)).await
+}
+
+/// `POST /rollback`: to the version that ran before the last upgrade.
+pub async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
+    run(req, state, Target::Previous).await
 }
 
 /// `GET|POST /upgrade/{requirement}`: `2`, `2.1` or `=1.4.0`.
@@ -69,20 +75,16 @@ pub async fn matching(
     path: web::Path<String>,
 ) -> Result<HttpResponse, UpgradeError> {
     let requirement = Requirement::parse(&path.into_inner())?;
-    run(req, state, requirement).await
+    run(req, state, Target::Registry(requirement)).await
 }
 
-async fn run(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    requirement: Requirement,
-) -> Result<HttpResponse, UpgradeError> {
+async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Result<HttpResponse, UpgradeError> {
     if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
         return Ok(denied);
     }
     let o = state.orchestrator.clone();
     let outcome = state
-        .spawn(async move { o.upgrade(requirement).await })
+        .spawn(async move { o.upgrade(target).await })
         .await
         .map_err(UpgradeError::Internal)??;
     Ok(HttpResponse::Ok().json(outcome))

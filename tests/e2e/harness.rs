@@ -236,7 +236,14 @@ impl Suite {
     /// going on beside this one is left alone.
     fn remove_leftovers() {
         let rows = Command::new("docker")
-            .args(["ps", "-a", "--filter", "label=selfup.e2e", "--format", "{{.ID}} {{.Label \"selfup.e2e\"}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=selfup.e2e",
+                "--format",
+                "{{.ID}} {{.Label \"selfup.e2e\"}}",
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
@@ -508,6 +515,7 @@ impl Drop for Env {
             run_quietly(Command::new("docker").args(["rm", "-f", id]));
         }
         run_quietly(Command::new("docker").args(["rm", "-f", &self.nginx]));
+        run_quietly(Command::new("docker").args(["volume", "rm", &format!("{}_data", self.project)]));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -516,4 +524,43 @@ impl Drop for Env {
 pub fn labels(id: &str) -> HashMap<String, String> {
     let json = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]);
     serde_json::from_str(json.trim()).unwrap_or_default()
+}
+
+/// A container a test started by itself, removed (with its anonymous
+/// volumes) when the guard drops, even on failure.
+pub struct Container(pub String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        run_quietly(Command::new("docker").args(["rm", "-f", "-v", &self.0]));
+    }
+}
+
+impl Env {
+    /// The environment of a running container, as `KEY=VALUE` strings.
+    pub fn container_env(&self, id: &str) -> Vec<String> {
+        let json = docker(&["inspect", "-f", "{{json .Config.Env}}", id]);
+        serde_json::from_str(json.trim()).unwrap_or_default()
+    }
+
+    /// The id of the running selfup container that listens on `port`.
+    pub fn container_on(&self, port: u16) -> Option<String> {
+        self.selfup_containers().into_iter().find(|id| {
+            docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true"
+                && self
+                    .container_env(id)
+                    .iter()
+                    .any(|e| *e == format!("SELFUP_PORT={port}"))
+        })
+    }
+
+    /// The primary server of the nginx include, as written now.
+    pub fn upstream_primary(&self) -> String {
+        let text = std::fs::read_to_string(self.path().join("live/upstream.conf")).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("server ") && !l.contains("backup"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .to_string()
+    }
 }

@@ -6,9 +6,12 @@
 //! tests whose name contains NAME; `TEST_LOG=1` shows the containers' logs.
 
 mod cycle;
+mod faults;
 mod harness;
+mod input;
 mod load;
 mod traffic;
+mod versions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +39,18 @@ fn main() -> ExitCode {
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
         traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
+        versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
+        versions::rollback_returns_to_the_version_before_the_last_upgrade,
+        versions::tags_are_read_across_every_page_of_the_registry,
+        faults::a_successor_that_reports_another_version_is_removed,
+        faults::a_successor_whose_port_is_taken_is_removed,
+        faults::an_unreachable_registry_or_a_missing_tag_changes_nothing,
+        faults::an_unreachable_docker_daemon_is_a_503_and_nothing_else,
+        faults::the_successor_takes_over_when_the_elder_is_killed_after_starting_it,
+        faults::the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch,
+        faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
+        faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
+        input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
     ];
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if std::env::args().any(|a| a == "--list") {

@@ -1,0 +1,69 @@
+//! `GET /status`: what runs, what ran before, and how the last upgrades went.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::handover::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL};
+use crate::routes::guard_control;
+
+pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
+        return denied;
+    }
+    let o = state.orchestrator.clone();
+    let image = state
+        .spawn(async move { image_details(&o).await })
+        .await
+        .unwrap_or_else(|e| json!({ "error": e }));
+    let o = &state.orchestrator;
+    let (upgrade, takeover) = {
+        let status = o.shared.status();
+        let upgrade = status.upgrade.as_ref().map(|u| {
+            json!({ "requirement": u.requirement, "step": u.step, "running_for_ms": u.started.elapsed().as_millis() })
+        });
+        (upgrade, status.takeover.clone())
+    };
+    let history = o.shared.history();
+    HttpResponse::Ok().json(json!({
+        "version": o.version.to_string(),
+        "port": o.settings.port,
+        "container": o.self_id,
+        "image": image["image"],
+        "previous": image["previous"],
+        "docker": image["error"],
+        "upgrade_in_progress": upgrade,
+        "takeover": takeover,
+        "history": history,
+    }))
+}
+
+/// This container's image (id, tag, digest) and the previous version, from the Engine.
+async fn image_details(o: &Orchestrator) -> Value {
+    let Some(me) = &o.self_id else {
+        return json!({ "image": null, "previous": null, "error": "not running in a container" });
+    };
+    let container = match o.engine.inspect_container(me).await {
+        Ok(c) => c,
+        Err(e) => return json!({ "image": null, "previous": null, "error": e.to_string() }),
+    };
+    let config = container.config.unwrap_or_default();
+    let labels = config.labels.unwrap_or_default();
+    let id = container.image.unwrap_or_default();
+    let digests = o
+        .engine
+        .inspect_image(&id)
+        .await
+        .ok()
+        .and_then(|i| i.repo_digests)
+        .unwrap_or_default();
+    let previous = match (labels.get(PREVIOUS_VERSION_LABEL), labels.get(PREVIOUS_IMAGE_LABEL)) {
+        (Some(version), Some(image)) => json!({ "version": version, "image": image }),
+        _ => Value::Null,
+    };
+    json!({
+        "image": { "ref": config.image, "id": id, "digest": digests.first() },
+        "previous": previous,
+        "error": null,
+    })
+}
