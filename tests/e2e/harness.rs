@@ -159,7 +159,15 @@ impl Suite {
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
         run(Command::new("cp")
             .arg("-rp")
-            .args(["Cargo.toml", "Cargo.lock", "build.sh", "src", "docker"])
+            .args([
+                "Cargo.toml",
+                "Cargo.lock",
+                "build.sh",
+                "src",
+                "docker",
+                "tests",
+                "benches",
+            ])
             .arg(&tree)
             .current_dir(&root));
         let t = Instant::now();
