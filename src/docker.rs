@@ -388,12 +388,12 @@ impl ImageRef {
     pub fn parse(reference: &str) -> Result<ImageRef, ImageRefError> {
         let fail = |reason| {
             Err(ImageRefError {
-                reference: reference.to_string(),
+                reference: reference.chars().take(300).collect(),
                 reason,
             })
         };
-        if reference.is_empty() || reference.len() > 255 {
-            return fail("must be 1 to 255 characters");
+        if reference.is_empty() {
+            return fail("is empty");
         }
         if reference.contains('@') {
             return fail("digests are not accepted, name a tag");
@@ -426,16 +426,18 @@ impl ImageRef {
         if !tag_ok {
             return fail("the tag must be letters, digits and . _ - (at most 128)");
         }
-        if let Some(r) = &registry {
-            if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
-                return fail("the registry must be host[:port]");
-            }
+        if registry.as_deref().is_some_and(|r| !valid_registry(r)) {
+            return fail("the registry must be host[:port]");
         }
-        Ok(ImageRef {
+        let image = ImageRef {
             registry,
             path: path.to_string(),
             tag: tag.to_string(),
-        })
+        };
+        if image.repository().len() > 255 {
+            return fail("the repository name is longer than 255 characters");
+        }
+        Ok(image)
     }
 
     /// `registry/path` without the tag.
@@ -457,6 +459,30 @@ impl ImageRef {
             ..self.clone()
         }
     }
+}
+
+/// `host[:port]`: DNS labels (letters, digits, inner hyphens) separated by
+/// single dots, or a bracketed IPv6 address, and an optional numeric port.
+fn valid_registry(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) if !registry.ends_with(']') => (h, Some(p)),
+        _ => (registry, None),
+    };
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 impl std::fmt::Display for ImageRef {
@@ -484,6 +510,19 @@ mod tests {
         assert_eq!(r.registry, None);
         assert_eq!(r.tag, "latest");
         assert_eq!(r.registry_host(), "docker.io");
+    }
+
+    #[test]
+    fn what_parses_prints_back_to_the_same_reference() {
+        for good in [
+            "localhost:5000/selfup",
+            "registry.example.com/team/app:v2",
+            "[::1]:5000/x:1",
+            "nginx",
+        ] {
+            let image = ImageRef::parse(good).unwrap();
+            assert_eq!(ImageRef::parse(&image.to_string()), Ok(image));
+        }
     }
 
     #[test]
