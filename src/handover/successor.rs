@@ -192,8 +192,7 @@ impl Orchestrator {
                 "creating the successor {name} from {image}"
             )))?;
         if let Err(e) = self.engine.start_container(&successor).await {
-            let log = self.log_tail(&successor).await;
-            let _ = self.engine.remove_container(&successor, true).await;
+            let log = self.discard(&successor).await;
             return Err(UpgradeError::SuccessorUnhealthy {
                 port: new_port,
                 reason: e.to_string(),
@@ -205,8 +204,7 @@ impl Orchestrator {
         flight.step("health-checking the successor");
         let t = Instant::now();
         if let Err(reason) = self.wait_healthy(&successor, new_port, &version).await {
-            let log = self.log_tail(&successor).await;
-            let _ = self.engine.remove_container(&successor, true).await;
+            let log = self.discard(&successor).await;
             return Err(UpgradeError::SuccessorUnhealthy {
                 port: new_port,
                 reason,
@@ -218,8 +216,7 @@ impl Orchestrator {
         flight.step("waiting for the successor's takeover");
         let t = Instant::now();
         if let Err(reason) = self.go_and_wait(&successor, new_port, &token).await {
-            let log = self.log_tail(&successor).await;
-            let _ = self.engine.remove_container(&successor, true).await;
+            let log = self.discard(&successor).await;
             self.reclaim(old_port).await;
             return Err(UpgradeError::TakeoverFailed {
                 port: new_port,
@@ -374,6 +371,14 @@ impl Orchestrator {
             }
             sleep(POLL).await;
         }
+    }
+
+    /// Removes a successor that will not take over, keeping the tail of its
+    /// log for the answer.
+    async fn discard(&self, successor: &str) -> String {
+        let log = self.log_tail(successor).await;
+        let _ = self.engine.remove_container(successor, true).await;
+        log
     }
 
     /// `Some(why)` if the container is no longer running.

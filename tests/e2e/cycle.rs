@@ -99,11 +99,7 @@ pub async fn upgrading_to_the_running_version_does_nothing(suite: Arc<Suite>) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "already_there");
     assert_eq!(body["version"], "1.1.0");
-    assert_eq!(env.selfup_containers(), before);
-    assert_eq!(
-        env.version_at(&env.public("/")).await,
-        Some(("1.1.0".into(), env.ports[0]))
-    );
+    env.assert_elder_unchanged(&before, "1.1.0").await;
 }
 
 async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reason: &str, log_line: Option<&str>) {
@@ -122,16 +118,7 @@ async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reas
         assert!(log.contains(line), "{log}");
     }
     // Nothing left behind, and the elder still serves, directly and through nginx.
-    assert_eq!(env.selfup_containers(), before);
-    assert_eq!(
-        env.version_at(&env.public("/")).await,
-        Some(("1.0.0".into(), env.ports[0]))
-    );
-    let upstream = std::fs::read_to_string(env.path().join("live/upstream.conf")).unwrap();
-    assert!(
-        upstream.contains(&format!("server 127.0.0.1:{} max_fails", env.ports[0])),
-        "{upstream}"
-    );
+    env.assert_elder_unchanged(&before, "1.0.0").await;
 }
 
 pub async fn a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving(suite: Arc<Suite>) {

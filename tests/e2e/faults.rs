@@ -23,11 +23,7 @@ pub async fn a_successor_that_reports_another_version_is_removed(suite: Arc<Suit
         error.contains(&format!("reports version \"1.1.0\", expected {FAULT_VERSION}")),
         "{error}"
     );
-    assert_eq!(env.selfup_containers(), before);
-    assert_eq!(
-        env.version_at(&env.public("/")).await,
-        Some(("1.0.0".into(), env.ports[0]))
-    );
+    env.assert_elder_unchanged(&before, "1.0.0").await;
 }
 
 pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
@@ -44,11 +40,7 @@ pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
         body["successor_log"].to_string().contains("Address already in use"),
         "{body}"
     );
-    assert_eq!(env.selfup_containers(), before);
-    assert_eq!(
-        env.version_at(&env.public("/")).await,
-        Some(("1.0.0".into(), env.ports[0]))
-    );
+    env.assert_elder_unchanged(&before, "1.0.0").await;
 }
 
 pub async fn an_unreachable_registry_or_a_missing_tag_changes_nothing(suite: Arc<Suite>) {

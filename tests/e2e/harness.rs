@@ -562,6 +562,17 @@ impl Env {
         })
     }
 
+    /// After a refused upgrade: the same containers as `before`, and the elder
+    /// on the first port still serving `version` through nginx.
+    pub async fn assert_elder_unchanged(&self, before: &[String], version: &str) {
+        assert_eq!(self.selfup_containers(), before, "the containers changed");
+        assert_eq!(
+            self.version_at(&self.public("/")).await,
+            Some((version.to_string(), self.ports[0]))
+        );
+        assert_eq!(self.upstream_primary(), format!("127.0.0.1:{}", self.ports[0]));
+    }
+
     /// The primary server of the nginx include, as written now.
     pub fn upstream_primary(&self) -> String {
         let text = std::fs::read_to_string(self.path().join("live/upstream.conf")).unwrap();
