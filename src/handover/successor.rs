@@ -16,7 +16,7 @@ use crate::docker::{DockerError, ImageRef};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(25);
 
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
 struct Flight<'a> {
