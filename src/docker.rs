@@ -9,8 +9,8 @@ use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings, ExecConfig, ImageInspect,
-    NetworkConnectRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerUpdateBody, EndpointSettings, ExecConfig,
+    ImageInspect, NetworkConnectRequest, RestartPolicy,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
@@ -294,6 +294,19 @@ impl Engine {
             .connect_network(network, request)
             .await
             .map_err(self.err("connecting to network", &format!("{network} (container {container})")))
+    }
+
+    /// Sets a container's restart policy (running or not).
+    pub async fn set_restart_policy(&self, id: &str, policy: RestartPolicy) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let body = ContainerUpdateBody {
+            restart_policy: Some(policy),
+            ..Default::default()
+        };
+        docker
+            .update_container(id, body)
+            .await
+            .map_err(self.err("setting the restart policy of", id))
     }
 
     /// Sends a signal, which must be named: bollard's default is SIGKILL.

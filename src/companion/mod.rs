@@ -73,6 +73,10 @@ pub enum UpdateError {
         image: String,
         reason: String,
     },
+    #[error(
+        "container {container} runs with --rm and {reason}: stopping it first would remove it, leaving nothing to roll back to"
+    )]
+    AutoRemove { container: String, reason: String },
     #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
     Lower {
         running: semver::Version,
@@ -458,7 +462,14 @@ impl Companion {
         let mut body = clone_body(&old, old_config.as_ref(), &overrides);
         plan::complete_clone(&mut body, &old);
         let later_networks = plan::split_networks(&mut body);
+        let restart_policy = plan::defer_restart_policy(&mut body);
         let placement = plan::placement(&old);
+        if let (Placement::StopFirst(reason), true) = (&placement, plan::auto_removes(&old)) {
+            return Err(UpdateError::AutoRemove {
+                container: name,
+                reason: reason.clone(),
+            });
+        }
         let aside = plan::aside_name(&name, &old_id);
         tracing::info!(container = %name, ?placement, "replacing");
 
@@ -470,7 +481,7 @@ impl Companion {
             image: image.to_string(),
             stopped_old: false,
         };
-        let new_id = match swap.run(&old, body, later_networks, &placement).await {
+        let new_id = match swap.run(&old, body, later_networks, restart_policy, &placement).await {
             Ok(id) => id,
             Err((reason, new_id)) => {
                 let log = match &new_id {
@@ -520,13 +531,17 @@ impl Companion {
     /// Stops (if still running) and removes the old container, keeping its volumes.
     async fn retire(&self, old: &ContainerInspectResponse, aside: &str) -> Result<(), String> {
         let id = old.id.clone().unwrap_or_default();
-        if let Err(e) = self.engine.stop_container(&id, plan::stop_timeout(old)).await {
-            tracing::warn!(container = %id, error = %e, "stopping the old container failed; removing it by force");
+        match self.engine.stop_container(&id, plan::stop_timeout(old)).await {
+            // --rm: Docker removed it on the stop.
+            Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "stopping the old container failed; removing it by force")
+            }
         }
-        self.engine
-            .remove_container(&id, true)
-            .await
-            .map_err(|e| format!("the old container was left as {aside}: {e}"))
+        match self.engine.remove_container(&id, true).await {
+            Ok(()) | Err(DockerError::NoSuchContainer(_)) => Ok(()),
+            Err(e) => Err(format!("the old container was left as {aside}: {e}")),
+        }
     }
 
     /// Watches a new container until it is up, fails, or the deadline passes.
@@ -576,6 +591,7 @@ impl Swap<'_> {
         old: &ContainerInspectResponse,
         body: bollard::models::ContainerCreateBody,
         later_networks: Vec<(String, bollard::models::EndpointSettings)>,
+        restart_policy: Option<bollard::models::RestartPolicy>,
         placement: &Placement,
     ) -> Result<String, (String, Option<String>)> {
         if let Placement::StopFirst(_) = placement {
@@ -606,6 +622,12 @@ impl Swap<'_> {
             .await
             .map_err(|e| fail(format!("starting it: {e}")))?;
         self.companion.watch(&new_id).await.map_err(fail)?;
+        if let Some(policy) = restart_policy {
+            self.engine()
+                .set_restart_policy(&new_id, policy)
+                .await
+                .map_err(|e| fail(format!("it is up, but {e}")))?;
+        }
         Ok(new_id)
     }
 

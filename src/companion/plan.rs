@@ -8,7 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum, MountType};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum, MountType, RestartPolicy,
+    RestartPolicyNameEnum,
+};
 use serde::Serialize;
 
 /// Only containers with this label set to `true` may be updated.
@@ -201,6 +204,34 @@ fn keep_anonymous_volumes(body: &mut ContainerCreateBody, container: &ContainerI
         };
         host_config.binds.get_or_insert_with(Vec::new).push(bind);
     }
+}
+
+/// Holds back the restart policy until the new container is up: a crash
+/// then shows as the exit it is (with its code), not as a restart loop, and a
+/// rolled-back container is not brought back by Docker. Returns the policy
+/// to set once the container is up, if it has one.
+pub fn defer_restart_policy(body: &mut ContainerCreateBody) -> Option<RestartPolicy> {
+    let host_config = body.host_config.as_mut()?;
+    let policy = host_config.restart_policy.take()?;
+    let none = matches!(
+        policy.name,
+        None | Some(RestartPolicyNameEnum::EMPTY | RestartPolicyNameEnum::NO)
+    );
+    if none {
+        host_config.restart_policy = Some(policy);
+        return None;
+    }
+    host_config.restart_policy = Some(RestartPolicy {
+        name: Some(RestartPolicyNameEnum::NO),
+        maximum_retry_count: None,
+    });
+    Some(policy)
+}
+
+/// Whether Docker removes the container when it stops (`--rm`): stopping it
+/// first would leave nothing to roll back to.
+pub fn auto_removes(container: &ContainerInspectResponse) -> bool {
+    container.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true)
 }
 
 /// Engines before API 1.44 take one network at create time: keeps the
@@ -518,6 +549,37 @@ mod tests {
         let mut body = ContainerCreateBody::default();
         complete_clone(&mut body, &host);
         assert_eq!(body.hostname, None);
+    }
+
+    #[test]
+    fn the_restart_policy_waits_until_the_new_container_is_up() {
+        let with_policy = |name| ContainerCreateBody {
+            host_config: Some(HostConfig {
+                restart_policy: Some(RestartPolicy {
+                    name: Some(name),
+                    maximum_retry_count: Some(3),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut body = with_policy(RestartPolicyNameEnum::ON_FAILURE);
+        let deferred = defer_restart_policy(&mut body).unwrap();
+        assert_eq!(deferred.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(deferred.maximum_retry_count, Some(3));
+        let now = body.host_config.unwrap().restart_policy.unwrap();
+        assert_eq!(now.name, Some(RestartPolicyNameEnum::NO));
+        let mut no = with_policy(RestartPolicyNameEnum::NO);
+        assert_eq!(defer_restart_policy(&mut no), None);
+        assert_eq!(defer_restart_policy(&mut ContainerCreateBody::default()), None);
+    }
+
+    #[test]
+    fn a_container_that_removes_itself_is_recognised() {
+        let mut c = container("bridge");
+        assert!(!auto_removes(&c));
+        c.host_config.as_mut().unwrap().auto_remove = Some(true);
+        assert!(auto_removes(&c));
     }
 
     #[test]

@@ -50,9 +50,12 @@ impl ResponseError for CompanionError {
                     source: RegistryError::UnknownRepository { .. },
                     ..
                 } => StatusCode::NOT_FOUND,
-                NotRunning { .. } | Busy { .. } | OwnContainer { .. } | NotATag { .. } | Lower { .. } => {
-                    StatusCode::CONFLICT
-                }
+                NotRunning { .. }
+                | Busy { .. }
+                | OwnContainer { .. }
+                | NotATag { .. }
+                | Lower { .. }
+                | AutoRemove { .. } => StatusCode::CONFLICT,
                 e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
                 Registry { .. } | Credentials { .. } | Pull { .. } | Docker { .. } | Failed { .. } => {
                     StatusCode::BAD_GATEWAY
