@@ -249,7 +249,7 @@ impl Companion {
 
     /// `POST /update/<container>/<req>`: recreates `container` from the
     /// highest tag of its own repository that matches `requirement`.
-    #[tracing::instrument(skip(self), fields(requirement = %requirement))]
+    #[tracing::instrument(skip(self, requirement), fields(requirement = %requirement))]
     pub async fn update_to(&self, container: &str, requirement: Requirement) -> Result<UpdateOutcome, UpdateError> {
         let old = self.target(container).await?;
         let name = name_of(&old);
@@ -510,8 +510,9 @@ impl Companion {
         };
 
         let warning = self.retire(&old, &aside).await.err();
-        if let Some(w) = &warning {
-            tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays");
+        match &warning {
+            Some(w) => tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays"),
+            None => tracing::info!(container = %name, image = %image, new = %short(&new_id), "updated"),
         }
         Ok(UpdateOutcome::Updated {
             message: format!("Container '{name}' restarted with new image '{image}'"),

@@ -34,6 +34,7 @@ static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
 /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
 fn app_images(suite: &Suite) {
     let built = IMAGES.get_or_init(|| {
+        remove_leftovers();
         let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
@@ -69,6 +70,31 @@ fn app_images(suite: &Suite) {
     });
     if let Err(e) = built {
         panic!("the companion test images could not be built: {e}");
+    }
+}
+
+/// Removes the networks and volumes of companion tests of earlier runs that
+/// were interrupted (their run's pid, before the `x` of the run id, is gone);
+/// the harness does the same for containers. A run going on beside this one
+/// is left alone.
+fn remove_leftovers() {
+    for kind in ["network", "volume"] {
+        let rows = Command::new("docker")
+            .args([kind, "ls", "-q", "--filter", "label=selfup.e2e.test"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in rows.split_whitespace() {
+            let run = Command::new("docker")
+                .args([kind, "inspect", "-f", "{{index .Labels \"selfup.e2e\"}}", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let pid = run.split('x').next().unwrap_or_default();
+            if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+                run_quietly(Command::new("docker").args([kind, "rm", name]));
+            }
+        }
     }
 }
 
@@ -523,6 +549,10 @@ pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_bot
     docker(&["start", &app]);
     exec(&app, "echo anonymous > /anon/f && echo named > /data/f");
     let before = inspect(&app);
+    // The new container mounts the anonymous volume by name, so `rm -v` no
+    // longer removes it: the world does.
+    let anonymous = mounts(&before)["/anon"].1.clone();
+    w.volumes.push(anonymous);
 
     let since = timestamp();
     let new_image = suite.image(APP, "2.0.0");
