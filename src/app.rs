@@ -63,24 +63,8 @@ impl Application {
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
         let self_id = crate::identity::own_container_id();
-        let orchestrator = Arc::new(Orchestrator::new(
-            settings.clone(),
-            engine.clone(),
-            shared,
-            self_id.clone(),
-        ));
-        let companion = if settings.companion {
-            let key = companion_key(&settings)?;
-            Some(Arc::new(Companion::new(
-                settings.clone(),
-                engine,
-                Registry::new(),
-                key,
-                self_id,
-            )))
-        } else {
-            None
-        };
+        let companion = build_companion(&settings, &engine, &self_id)?;
+        let orchestrator = Arc::new(Orchestrator::new(settings.clone(), engine, shared, self_id));
 
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
@@ -162,6 +146,20 @@ impl Application {
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         self.server.await
     }
+}
+
+/// Companion mode's updater, when it is on.
+fn build_companion(
+    settings: &Arc<Settings>,
+    engine: &Arc<Engine>,
+    self_id: &Option<String>,
+) -> std::io::Result<Option<Arc<Companion>>> {
+    if !settings.companion {
+        return Ok(None);
+    }
+    let key = companion_key(settings)?;
+    let companion = Companion::new(settings.clone(), engine.clone(), Registry::new(), key, self_id.clone());
+    Ok(Some(Arc::new(companion)))
 }
 
 /// The companion's API key: configured, stored, or generated now and logged

@@ -2,6 +2,8 @@
 //! mode. Every request needs the API key; the answer comes once the outcome
 //! is known. Errors are JSON `{"error": ..}` with one status per cause.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -12,7 +14,6 @@ use crate::app::AppState;
 use crate::companion::{Companion, UpdateError};
 use crate::handover::target::Requirement;
 use crate::registry::RegistryError;
-use std::sync::Arc;
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]
