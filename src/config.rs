@@ -199,13 +199,13 @@ impl Settings {
 
     fn validate_companion(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
-        if let Some(key) = &self.api_key {
-            if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-                return invalid(
-                    "api_key",
-                    "must be at least 16 printable characters without spaces (or unset: one is generated)".into(),
-                );
-            }
+        if let Some(key) = &self.api_key
+            && (key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "api_key",
+                "must be at least 16 printable characters without spaces (or unset: one is generated)".into(),
+            );
         }
         for registry in &self.allowed_registries {
             let parsed = crate::docker::ImageRef::parse(&format!("{registry}/image:tag"));

@@ -314,14 +314,14 @@ impl DockerConfig {
     /// The credentials for a registry host: its helper, the store, then `auths`.
     pub async fn lookup(&self, host: &str, helpers: &Helpers) -> Result<Option<RegistryAuth>, CredentialsError> {
         let server = server_address(host);
-        if let Some(helper) = self.helper_for(host) {
-            if let Some(found) = helpers.get(helper, &server, host).await? {
-                return Ok(Some(found));
-            }
-        } else if let Some(store) = self.creds_store.as_deref().filter(|s| !s.is_empty()) {
-            if let Some(found) = helpers.get(store, &server, host).await? {
-                return Ok(Some(found));
-            }
+        // A registry's own helper replaces the store, as in the docker CLI.
+        let helper = self
+            .helper_for(host)
+            .or(self.creds_store.as_deref().filter(|s| !s.is_empty()));
+        if let Some(helper) = helper
+            && let Some(found) = helpers.get(helper, &server, host).await?
+        {
+            return Ok(Some(found));
         }
         self.from_auths(host)
     }
