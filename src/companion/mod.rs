@@ -240,6 +240,7 @@ impl Companion {
     pub async fn update(&self, container: &str, image: &str) -> Result<UpdateOutcome, UpdateError> {
         let image = ImageRef::parse(image)?;
         self.check_registry(image.registry_host())?;
+        self.not_busy(container)?;
         let old = self.target(container).await?;
         let _slot = self.take_slot(&old)?;
         let old = self.still_running(&old).await?;
@@ -251,6 +252,7 @@ impl Companion {
     /// highest tag of its own repository that matches `requirement`.
     #[tracing::instrument(skip(self, requirement), fields(requirement = %requirement))]
     pub async fn update_to(&self, container: &str, requirement: Requirement) -> Result<UpdateOutcome, UpdateError> {
+        self.not_busy(container)?;
         let old = self.target(container).await?;
         let name = name_of(&old);
         let reference = old.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
@@ -353,6 +355,17 @@ impl Companion {
             });
         }
         Ok(old)
+    }
+
+    /// Refuses a request by the name of a container being updated before
+    /// looking it up: mid-swap, the name may be nobody's, or the new container's.
+    fn not_busy(&self, container: &str) -> Result<(), UpdateError> {
+        if self.running().contains(container) {
+            return Err(UpdateError::Busy {
+                container: container.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Takes the container's update slot, by id and by name: a request by
