@@ -236,14 +236,7 @@ impl Suite {
     /// going on beside this one is left alone.
     fn remove_leftovers() {
         let rows = Command::new("docker")
-            .args([
-                "ps",
-                "-a",
-                "--filter",
-                "label=selfup.e2e",
-                "--format",
-                "{{.ID}} {{.Label \"selfup.e2e\"}}",
-            ])
+            .args(["ps", "-a", "--filter", "label=selfup.e2e", "--format", "{{.ID}} {{.Label \"selfup.e2e\"}}"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
