@@ -10,10 +10,13 @@ use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
+use crate::companion::Companion;
+use crate::companion::auth::{ApiKey, KeySource};
 use crate::config::Settings;
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
-use crate::routes::{self, handover, info, status, upgrade};
+use crate::registry::Registry;
+use crate::routes::{self, companion, handover, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
@@ -23,6 +26,8 @@ pub const ECHO_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
+    /// Companion mode's updater of other containers; `None` when it is off.
+    pub companion: Option<Arc<Companion>>,
     /// The main runtime: Docker and registry calls run there, not on the
     /// HTTP workers' single-threaded runtimes.
     runtime: tokio::runtime::Handle,
@@ -62,12 +67,15 @@ impl Application {
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
         let self_id = crate::identity::own_container_id();
+        let companion = build_companion(&settings, &engine, &self_id)?;
         let orchestrator = Arc::new(Orchestrator::new(settings.clone(), engine, shared, self_id));
 
-        let listener = TcpListener::bind((settings.bind, settings.port))?;
+        let listener = TcpListener::bind((settings.bind, settings.port))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
         let port = listener.local_addr()?.port();
         let state = AppState {
             orchestrator: orchestrator.clone(),
+            companion,
             runtime: tokio::runtime::Handle::current(),
         };
         let server = HttpServer::new(move || {
@@ -99,6 +107,16 @@ impl Application {
                 .service(
                     web::resource("/status")
                         .route(web::get().to(status::status))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update")
+                        .route(web::post().to(companion::update))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update/{container}/{requirement}")
+                        .route(web::post().to(companion::update_to))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
@@ -142,6 +160,37 @@ impl Application {
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         self.server.await
     }
+}
+
+/// Companion mode's updater, when it is on.
+fn build_companion(
+    settings: &Arc<Settings>,
+    engine: &Arc<Engine>,
+    self_id: &Option<String>,
+) -> std::io::Result<Option<Arc<Companion>>> {
+    if !settings.companion {
+        return Ok(None);
+    }
+    let key = companion_key(settings)?;
+    let companion = Companion::new(settings.clone(), engine.clone(), Registry::new(), key, self_id.clone());
+    Ok(Some(Arc::new(companion)))
+}
+
+/// The companion's API key: configured, stored, or generated now and logged
+/// this once (it is in `<data_dir>/api_key` afterwards).
+fn companion_key(settings: &Settings) -> std::io::Result<ApiKey> {
+    let (key, source) = ApiKey::load_or_create(settings.api_key.as_deref(), &settings.data_dir)
+        .map_err(|e| std::io::Error::other(format!("companion mode: {e}")))?;
+    match &source {
+        KeySource::Generated(path) => tracing::warn!(
+            api_key = key.reveal(),
+            path = %path.display(),
+            "companion mode: generated an API key; it is logged only this once"
+        ),
+        KeySource::Stored(path) => tracing::info!(path = %path.display(), "companion mode: API key loaded"),
+        KeySource::Configured => tracing::info!("companion mode: API key from the settings"),
+    }
+    Ok(key)
 }
 
 async fn wait_for_stop_signal() {

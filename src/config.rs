@@ -56,6 +56,25 @@ pub struct Settings {
     pub handover_elder: Option<String>,
     /// Where state that must outlive a container is kept (the companion's API key).
     pub data_dir: PathBuf,
+    /// Companion mode: serve `/update`, which recreates *other* containers
+    /// (those labelled `selfup.enable=true`) from a new image. Off unless
+    /// asked for: it hands the Docker socket's power to every key holder.
+    pub companion: bool,
+    /// The companion's API key. Unset: one is generated at first start,
+    /// logged once and kept in `<data_dir>/api_key` (mode 0600).
+    pub api_key: Option<String>,
+    /// The registries the companion accepts images from, `host[:port]` as an
+    /// image reference names them (`docker.io` for references without one).
+    pub allowed_registries: Vec<String>,
+    /// A Docker client `config.json` with credentials for private registries
+    /// (`auths`, `credHelpers`, `credsStore`); a missing file means none.
+    pub docker_config: PathBuf,
+    /// How long a recreated container has to pass its HEALTHCHECK, when its
+    /// image has one, before the old container is restored.
+    pub update_deadline_secs: u64,
+    /// How long a recreated container without a HEALTHCHECK must keep
+    /// running to count as up; at most `update_deadline_secs`.
+    pub update_settle_secs: u64,
 }
 
 impl Default for Settings {
@@ -79,6 +98,12 @@ impl Default for Settings {
             handover_token: None,
             handover_elder: None,
             data_dir: PathBuf::from("/data"),
+            companion: false,
+            api_key: None,
+            allowed_registries: vec!["localhost:5000".into()],
+            docker_config: PathBuf::from("/etc/selfup/docker/config.json"),
+            update_deadline_secs: 60,
+            update_settle_secs: 10,
         }
     }
 }
@@ -169,6 +194,42 @@ impl Settings {
         if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
             return invalid("upgrade_token", "is set but empty".into());
         }
+        self.validate_companion()
+    }
+
+    fn validate_companion(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if let Some(key) = &self.api_key
+            && (key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "api_key",
+                "must be at least 16 printable characters without spaces (or unset: one is generated)".into(),
+            );
+        }
+        for registry in &self.allowed_registries {
+            let parsed = crate::docker::ImageRef::parse(&format!("{registry}/image:tag"));
+            if !parsed.is_ok_and(|r| r.registry.as_deref() == Some(registry.as_str())) {
+                return invalid(
+                    "allowed_registries",
+                    format!(
+                        "expected host[:port] as an image reference names it (localhost:5000, ghcr.io, docker.io), got {registry:?}"
+                    ),
+                );
+            }
+        }
+        if self.update_deadline_secs == 0 {
+            return invalid("update_deadline_secs", "must be at least 1".into());
+        }
+        if self.update_settle_secs == 0 || self.update_settle_secs > self.update_deadline_secs {
+            return invalid(
+                "update_settle_secs",
+                format!(
+                    "must be from 1 to update_deadline_secs ({}), got {}",
+                    self.update_deadline_secs, self.update_settle_secs
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -197,6 +258,14 @@ impl Settings {
 
     pub fn takeover_deadline(&self) -> Duration {
         Duration::from_secs(self.takeover_deadline_secs)
+    }
+
+    pub fn update_deadline(&self) -> Duration {
+        Duration::from_secs(self.update_deadline_secs)
+    }
+
+    pub fn update_settle(&self) -> Duration {
+        Duration::from_secs(self.update_settle_secs)
     }
 }
 
@@ -287,5 +356,59 @@ mod tests {
             assert!(err.contains("image"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn companion_settings_load_from_the_environment() {
+        Jail::expect_with(|jail| {
+            let s = load_in(jail).unwrap();
+            assert!(!s.companion);
+            assert_eq!(s.allowed_registries, vec!["localhost:5000".to_string()]);
+            jail.set_env("SELFUP_COMPANION", "true");
+            jail.set_env("SELFUP_API_KEY", "0123456789abcdef0123");
+            jail.set_env(
+                "SELFUP_ALLOWED_REGISTRIES",
+                r#"["127.0.0.1:5001", "ghcr.io", "docker.io"]"#,
+            );
+            jail.set_env("SELFUP_DOCKER_CONFIG", "/run/secrets/config.json");
+            jail.set_env("SELFUP_UPDATE_DEADLINE_SECS", "20");
+            jail.set_env("SELFUP_UPDATE_SETTLE_SECS", "3");
+            let s = load_in(jail).unwrap();
+            assert!(s.companion);
+            assert_eq!(s.api_key.as_deref(), Some("0123456789abcdef0123"));
+            assert_eq!(s.allowed_registries, vec!["127.0.0.1:5001", "ghcr.io", "docker.io"]);
+            assert_eq!(s.docker_config, PathBuf::from("/run/secrets/config.json"));
+            assert_eq!(s.update_deadline(), Duration::from_secs(20));
+            assert_eq!(s.update_settle(), Duration::from_secs(3));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn companion_settings_that_make_no_sense_are_refused() {
+        for (key, value, field) in [
+            ("SELFUP_API_KEY", "short", "api_key"),
+            ("SELFUP_API_KEY", "with a space inside it", "api_key"),
+            (
+                "SELFUP_ALLOWED_REGISTRIES",
+                r#"["http://localhost:5000"]"#,
+                "allowed_registries",
+            ),
+            (
+                "SELFUP_ALLOWED_REGISTRIES",
+                r#"["localhost:5000/path"]"#,
+                "allowed_registries",
+            ),
+            ("SELFUP_ALLOWED_REGISTRIES", r#"["nodot"]"#, "allowed_registries"),
+            ("SELFUP_UPDATE_DEADLINE_SECS", "0", "update_deadline_secs"),
+            ("SELFUP_UPDATE_SETTLE_SECS", "61", "update_settle_secs"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(key, value);
+                let err = load_in(jail).unwrap_err().to_string();
+                assert!(err.contains(field), "{key}={value}: {err}");
+                Ok(())
+            });
+        }
     }
 }

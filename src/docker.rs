@@ -8,7 +8,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ExecConfig, ImageInspect};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerUpdateBody, EndpointSettings, ExecConfig,
+    ImageInspect, NetworkConnectRequest, RestartPolicy,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions, TopOptions,
@@ -272,6 +275,38 @@ impl Engine {
             .rename_container(id, options)
             .await
             .map_err(self.err("renaming container", id))
+    }
+
+    /// Connects a (created, not yet started) container to one more network.
+    /// Engines before API 1.44 accept only one network at create time.
+    pub async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        endpoint: EndpointSettings,
+    ) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let request = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: Some(endpoint),
+        };
+        docker
+            .connect_network(network, request)
+            .await
+            .map_err(self.err("connecting to network", &format!("{network} (container {container})")))
+    }
+
+    /// Sets a container's restart policy (running or not).
+    pub async fn set_restart_policy(&self, id: &str, policy: RestartPolicy) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let body = ContainerUpdateBody {
+            restart_policy: Some(policy),
+            ..Default::default()
+        };
+        docker
+            .update_container(id, body)
+            .await
+            .map_err(self.err("setting the restart policy of", id))
     }
 
     /// Sends a signal, which must be named: bollard's default is SIGKILL.

@@ -9,6 +9,8 @@
 //! - [`routes`]: one file per group of endpoints; errors become JSON.
 //! - [`state`]: the one small struct the routes share with the orchestrator.
 //! - [`handover`]: the protocol, read top to bottom in the order it runs.
+//! - [`companion`]: companion mode, `/update` of *other* containers: the API
+//!   key, registry credentials, and the swap with its rollback.
 //! - [`proxy`]: nginx's upstream include, its config test and reload.
 //! - [`registry`]: tags and digests over the registry API.
 //! - [`docker`]: the one wrapper around bollard, one call a method.
@@ -16,6 +18,7 @@
 //! - [`secret`]: tokens and their constant-time comparison.
 
 pub mod app;
+pub mod companion;
 pub mod config;
 pub mod docker;
 pub mod handover;

@@ -42,7 +42,7 @@ fn serve() -> ExitCode {
         .build();
     let result = runtime.map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            let app = Application::build(settings).map_err(|e| format!("binding the listener: {e}"))?;
+            let app = Application::build(settings).map_err(|e| format!("starting: {e}"))?;
             app.run_until_stopped().await.map_err(|e| e.to_string())
         })
     });

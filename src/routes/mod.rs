@@ -1,6 +1,7 @@
 //! The HTTP endpoints, one file per group, and what they share: JSON errors
 //! and the guard in front of the control endpoints.
 
+pub mod companion;
 pub mod handover;
 pub mod info;
 pub mod status;

@@ -5,6 +5,7 @@
 //! always tears down what it started. `cargo test --test e2e -- NAME` runs the
 //! tests whose name contains NAME; `TEST_LOG=1` shows the containers' logs.
 
+mod companion;
 mod cycle;
 mod faults;
 mod harness;
@@ -51,6 +52,15 @@ fn main() -> ExitCode {
         faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
         faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
+        companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
+        companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,
+        companion::a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container_runs_again,
+        companion::a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old_container_keeps_running,
+        companion::requests_without_the_right_key_are_refused_with_401_and_no_detail,
+        companion::unlabelled_containers_and_unlisted_registries_are_refused_with_403,
+        companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
+        companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
+        companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
     ];
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if std::env::args().any(|a| a == "--list") {

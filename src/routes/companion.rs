@@ -1,0 +1,238 @@
+//! `POST /update` and `POST /update/{container}/{requirement}`: companion
+//! mode. Every request needs the API key; the answer comes once the outcome
+//! is known. Errors are JSON `{"error": ..}` with one status per cause.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::companion::{Companion, UpdateError};
+use crate::handover::target::Requirement;
+use crate::registry::RegistryError;
+
+/// Why a companion request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompanionError {
+    /// Companion mode is off: the endpoints exist only to say so.
+    #[error("companion mode is off; start selfup with SELFUP_COMPANION=true to update other containers")]
+    Disabled,
+    /// No key, or the wrong one. Deliberately without detail.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The body is not the expected JSON.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    /// The update task itself failed (a panic, caught).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ResponseError for CompanionError {
+    fn status_code(&self) -> StatusCode {
+        use UpdateError::*;
+        match self {
+            CompanionError::Disabled => StatusCode::NOT_FOUND,
+            CompanionError::Unauthorized => StatusCode::UNAUTHORIZED,
+            CompanionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CompanionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CompanionError::Update(e) => match e {
+                BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
+                RegistryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
+                NoSuchContainer(_)
+                | NoMatch { .. }
+                | Registry {
+                    source: RegistryError::UnknownRepository { .. },
+                    ..
+                } => StatusCode::NOT_FOUND,
+                NotRunning { .. }
+                | Busy { .. }
+                | OwnContainer { .. }
+                | NotATag { .. }
+                | Lower { .. }
+                | AutoRemove { .. } => StatusCode::CONFLICT,
+                e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+                Registry { .. } | Credentials { .. } | Pull { .. } | Docker { .. } | Failed { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "status": "failed", "error": self.to_string() });
+        if let CompanionError::Update(e) = self {
+            match e {
+                UpdateError::NoMatch { available, .. } => body["available"] = json!(available),
+                UpdateError::Failed {
+                    container,
+                    log,
+                    restored,
+                    ..
+                } => {
+                    body["container"] = json!(container);
+                    body["rolled_back"] = json!(restored.is_ok());
+                    body["new_container_log"] = json!(log.lines().collect::<Vec<_>>());
+                }
+                _ => {}
+            }
+        }
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}
+
+/// The body of `POST /update`, as autodok defines it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    /// Name or id of a running container labelled `selfup.enable=true`.
+    container: String,
+    /// `[registry/]repository[:tag]` from an allowed registry.
+    image: String,
+}
+
+/// The companion, if the key in the request is its key.
+fn authorized(req: &HttpRequest, state: &AppState) -> Result<Arc<Companion>, CompanionError> {
+    let companion = state.companion.clone().ok_or(CompanionError::Disabled)?;
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if companion.admits(header) {
+        Ok(companion)
+    } else {
+        Err(CompanionError::Unauthorized)
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
+    const EXPECTED: &str = r#"expected {"container": "<name>", "image": "<repository>:<tag>"}"#;
+    let bad = |e: String| CompanionError::BadRequest(format!("invalid request body: {e}; {EXPECTED}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("it is not a JSON object".into()));
+    }
+    let request: UpdateRequest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if request.container.trim().is_empty() || request.image.trim().is_empty() {
+        return Err(CompanionError::BadRequest(format!(
+            "container and image must not be empty; {EXPECTED}"
+        )));
+    }
+    Ok(request)
+}
+
+/// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
+pub async fn update(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CompanionError> {
+    let companion = authorized(&req, &state)?;
+    let request = parse_body(&body)?;
+    let outcome = state
+        .spawn(async move { companion.update(&request.container, &request.image).await })
+        .await
+        .map_err(CompanionError::Internal)??;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the
+/// container's own repository.
+pub async fn update_to(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CompanionError> {
+    let companion = authorized(&req, &state)?;
+    let (container, requirement) = path.into_inner();
+    let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
+    let outcome = state
+        .spawn(async move { companion.update_to(&container, requirement).await })
+        .await
+        .map_err(CompanionError::Internal)??;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_the_expected_json_says_what_was_wrong() {
+        for (body, expect) in [
+            ("", "EOF"),
+            ("{", "EOF"),
+            ("[]", "not a JSON object"),
+            (r#"["a", "b:1"]"#, "not a JSON object"),
+            (r#"{"container": "a"}"#, "missing field `image`"),
+            (r#"{"image": "a:1"}"#, "missing field `container`"),
+            (r#"{"container": 1, "image": "a:1"}"#, "invalid type: integer"),
+            (
+                r#"{"container": "a", "image": "a:1", "force": true}"#,
+                "unknown field `force`",
+            ),
+            (r#"{"container": " ", "image": "a:1"}"#, "must not be empty"),
+        ] {
+            let err = parse_body(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+            let text = err.to_string();
+            assert!(text.contains(expect), "{body}: {text}");
+        }
+        let ok = parse_body(br#"{"container": "app", "image": "localhost:5000/app:2"}"#).unwrap();
+        assert_eq!(
+            (ok.container.as_str(), ok.image.as_str()),
+            ("app", "localhost:5000/app:2")
+        );
+    }
+
+    #[test]
+    fn each_cause_has_its_status() {
+        let status = |e: UpdateError| CompanionError::from(e).status_code().as_u16();
+        assert_eq!(CompanionError::Unauthorized.status_code().as_u16(), 401);
+        assert_eq!(CompanionError::Unauthorized.to_string(), "unauthorized");
+        assert_eq!(status(UpdateError::BadContainerName("a/b".into())), 400);
+        assert_eq!(status(UpdateError::NotEnabled { container: "a".into() }), 403);
+        assert_eq!(
+            status(UpdateError::RegistryNotAllowed {
+                registry: "docker.io".into(),
+                allowed: vec![]
+            }),
+            403
+        );
+        assert_eq!(status(UpdateError::NoSuchContainer("a".into())), 404);
+        assert_eq!(
+            status(UpdateError::NotRunning {
+                container: "a".into(),
+                state: "exited".into()
+            }),
+            409
+        );
+        assert_eq!(status(UpdateError::Busy { container: "a".into() }), 409);
+        let unreachable = crate::docker::DockerError::Unreachable {
+            socket: "s".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(
+            status(UpdateError::Pull {
+                image: "i".into(),
+                source: unreachable
+            }),
+            503
+        );
+        let refused = crate::docker::DockerError::Call {
+            op: "pulling",
+            target: "i".into(),
+            message: "manifest unknown".into(),
+        };
+        assert_eq!(
+            status(UpdateError::Pull {
+                image: "i".into(),
+                source: refused
+            }),
+            502
+        );
+    }
+}

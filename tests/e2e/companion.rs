@@ -1,0 +1,1085 @@
+//! Companion mode on real containers: a selfup container holding the Docker
+//! socket recreates *other* containers on request, keeps their settings,
+//! rolls back what does not come up, and refuses what it must refuse.
+//!
+//! Every test labels what it creates `selfup.e2e=<run>` and
+//! `selfup.e2e.test=<test>`, and its [`World`] removes all of it on drop
+//! (containers, networks, volumes, a second registry, temporary files), even
+//! when the test fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
+
+/// The repository (in the suite's registry) of the images the targets run.
+const APP: &str = "companion/app";
+/// The entrypoint of the target images: runs until SIGTERM, then exits 0.
+const LOOP: &str = r#"ENTRYPOINT ["/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"]"#;
+const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "true"]"#;
+const UNHEALTHY: &str =
+    r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
+/// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
+/// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
+fn app_images(suite: &Suite) {
+    let built = IMAGES.get_or_init(|| {
+        remove_leftovers();
+        let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
+        let images = [
+            ("1.0.0", "v1", HEALTHY),
+            ("1.1.0", "v1.1", HEALTHY),
+            ("2.0.0", "v2", HEALTHY),
+            ("plain-1", "plain1", ""),
+            ("plain-2", "plain2", ""),
+            ("unhealthy", "sick", UNHEALTHY),
+        ];
+        for (tag, mode, healthcheck) in images {
+            let version = if tag.contains('.') { tag } else { "0.0.1" };
+            let dockerfile = format!(
+                "FROM scratch\nCOPY busybox /busybox\nENV APP_MODE={mode}\n\
+                 LABEL org.opencontainers.image.version={version} app.flavour={mode}\n{healthcheck}\n{LOOP}\n"
+            );
+            std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
+            let image = suite.image(APP, tag);
+            let out = Command::new("docker")
+                .args(["build", "-q", "-t", &image])
+                .arg(&dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            docker(&["push", "-q", &image]);
+        }
+        suite.publish(&suite.image("fixtures", "crash"), APP, "crash");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    });
+    if let Err(e) = built {
+        panic!("the companion test images could not be built: {e}");
+    }
+}
+
+/// Removes the networks and volumes of companion tests of earlier runs that
+/// were interrupted (their run's pid, before the `x` of the run id, is gone);
+/// the harness does the same for containers. A run going on beside this one
+/// is left alone.
+fn remove_leftovers() {
+    for kind in ["network", "volume"] {
+        let rows = Command::new("docker")
+            .args([kind, "ls", "-q", "--filter", "label=selfup.e2e.test"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in rows.split_whitespace() {
+            let run = Command::new("docker")
+                .args([kind, "inspect", "-f", "{{index .Labels \"selfup.e2e\"}}", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let pid = run.split('x').next().unwrap_or_default();
+            if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+                run_quietly(Command::new("docker").args([kind, "rm", name]));
+            }
+        }
+    }
+}
+
+/// One test's world: a companion container and everything the test made.
+struct World {
+    suite: Arc<Suite>,
+    /// The value of `selfup.e2e.test` on everything this test creates.
+    test: String,
+    port: u16,
+    key: String,
+    companion: String,
+    networks: Vec<String>,
+    volumes: Vec<String>,
+    dirs: Vec<PathBuf>,
+    images: Vec<String>,
+    /// A second registry, with htpasswd authentication, as a host process.
+    registry: Option<Child>,
+}
+
+impl World {
+    fn new(suite: Arc<Suite>) -> World {
+        app_images(&suite);
+        let test = format!("{}c{}", suite.run_id, NEXT.fetch_add(1, Ordering::SeqCst));
+        World {
+            suite,
+            companion: format!("selfupe2e-{test}-companion"),
+            test,
+            port: free_port(),
+            key: format!("e2e-key-{:032x}", rand_u128()),
+            networks: Vec::new(),
+            volumes: Vec::new(),
+            dirs: Vec::new(),
+            images: Vec::new(),
+            registry: None,
+        }
+    }
+
+    /// The labels every object of this test carries, as `docker` arguments.
+    fn labels(&self) -> Vec<String> {
+        vec![
+            "--label".into(),
+            format!("selfup.e2e={}", self.suite.run_id),
+            "--label".into(),
+            format!("selfup.e2e.test={}", self.test),
+        ]
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("selfupe2e-{}-{what}", self.test)
+    }
+
+    fn dir(&mut self, what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(self.name(what));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.dirs.push(dir.clone());
+        dir
+    }
+
+    fn network(&mut self, what: &str) -> String {
+        let name = self.name(what);
+        run(Command::new("docker")
+            .args(["network", "create"])
+            .args(self.labels())
+            .arg(&name));
+        self.networks.push(name.clone());
+        name
+    }
+
+    fn volume(&mut self, what: &str) -> String {
+        let name = self.name(what);
+        run(Command::new("docker")
+            .args(["volume", "create"])
+            .args(self.labels())
+            .arg(&name));
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// Starts the companion with `allowed` registries, the extra `docker
+    /// run` arguments, and this world's API key unless `generated_key`.
+    async fn start_companion(&mut self, allowed: &[&str], extra: &[String], generated_key: bool) {
+        let allowed = serde_json::to_string(allowed).unwrap();
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "-d", "--name", &self.companion, "--network", "host"])
+            .args(self.labels())
+            .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+            .args(["-e", "SELFUP_COMPANION=true"])
+            .args(["-e", &format!("SELFUP_PORT={}", self.port)])
+            .args(["-e", &format!("SELFUP_PORTS=[{},{}]", self.port, free_port())])
+            .args(["-e", "SELFUP_NGINX_CONTAINER="])
+            .args(["-e", &format!("SELFUP_ALLOWED_REGISTRIES={allowed}")])
+            .args(["-e", "SELFUP_UPDATE_DEADLINE_SECS=20"])
+            .args(["-e", "SELFUP_UPDATE_SETTLE_SECS=2"]);
+        if !generated_key {
+            cmd.args(["-e", &format!("SELFUP_API_KEY={}", self.key)]);
+        }
+        cmd.args(extra).arg(self.suite.image("selfup", "1.0.0"));
+        run(&mut cmd);
+        self.wait_companion().await;
+    }
+
+    async fn wait_companion(&self) {
+        let url = self.url("/health");
+        eventually("the companion's /health", Duration::from_secs(30), || async {
+            let r = self.suite.http.get(&url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Creates (and starts, unless `start` is false) a target container:
+    /// labelled for this test, with `args` before the image.
+    fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
+        let name = self.name(what);
+        let mut cmd = Command::new("docker");
+        cmd.args(["create", "--name", &name])
+            .args(self.labels())
+            .args(args)
+            .arg(image);
+        run(&mut cmd);
+        if start {
+            docker(&["start", &name]);
+        }
+        name
+    }
+
+    /// `POST path` with a raw body and an `Authorization` header: (status, JSON body).
+    async fn post_raw(&self, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        let mut request = self
+            .suite
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        let response = request.send().await.expect("the companion answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {status} {text}"));
+        (status, json)
+    }
+
+    /// `POST /update` with the key.
+    async fn update(&self, container: &str, image: &str) -> (u16, Value) {
+        let body = json!({ "container": container, "image": image }).to_string();
+        self.post_raw("/update", Some(&self.key), &body).await
+    }
+
+    fn logs(&self) -> String {
+        Command::new("docker")
+            .args(["logs", &self.companion])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .unwrap_or_default()
+    }
+
+    /// Every container this test made, by name.
+    fn containers(&self) -> BTreeSet<String> {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=selfup.e2e.test={}", self.test),
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// Starts a registry with htpasswd authentication (`user`/`password`), and
+    /// a private `DOCKER_CONFIG` for the docker CLI with its credentials.
+    fn private_registry(&mut self, user: &str, password: &str) -> (String, PathBuf) {
+        let dir = self.dir("registry");
+        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+        std::fs::write(dir.join("htpasswd"), htpasswd).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let process = Command::new("docker-registry")
+            .args([
+                "serve",
+                crate::harness::repo_root()
+                    .join("registry/config.yml")
+                    .to_str()
+                    .unwrap(),
+            ])
+            .env("REGISTRY_HTTP_ADDR", &address)
+            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir.join("data"))
+            .env("REGISTRY_AUTH", "htpasswd")
+            .env("REGISTRY_AUTH_HTPASSWD_REALM", "selfup-e2e")
+            .env("REGISTRY_AUTH_HTPASSWD_PATH", dir.join("htpasswd"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry runs");
+        self.registry = Some(process);
+        let config_dir = self.dir("docker-config");
+        let auth = run(Command::new("sh").args(["-c", &format!("printf %s '{user}:{password}' | base64 -w0")]));
+        let config = json!({ "auths": { address.clone(): { "auth": auth.trim() } } });
+        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+        let start = std::time::Instant::now();
+        // Up when it challenges for credentials.
+        while Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{address}/v2/"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout) != "401")
+            .unwrap_or(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the private registry did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (address, config_dir)
+    }
+
+    /// Tags a suite image into the private registry and pushes it with the private DOCKER_CONFIG.
+    fn push_private(&mut self, source: &str, target: &str, docker_config: &PathBuf) {
+        docker(&["tag", source, target]);
+        self.images.push(target.to_string());
+        run(Command::new("docker")
+            .env("DOCKER_CONFIG", docker_config)
+            .args(["push", "-q", target]));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+            let log = self.logs();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("middleware::logger")).collect();
+            eprintln!(
+                "--- companion {}\n{}",
+                self.companion,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=selfup.e2e.test={}", self.test)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            // -v: the anonymous volumes this test's containers made go too.
+            run_quietly(Command::new("docker").args(["rm", "-f", "-v", id]));
+        }
+        for network in &self.networks {
+            run_quietly(Command::new("docker").args(["network", "rm", network]));
+        }
+        for volume in &self.volumes {
+            run_quietly(Command::new("docker").args(["volume", "rm", "-f", volume]));
+        }
+        if !self.images.is_empty() {
+            run_quietly(Command::new("docker").args(["rmi", "-f"]).args(&self.images));
+        }
+        if let Some(registry) = &mut self.registry {
+            let _ = registry.kill();
+            let _ = registry.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn rand_u128() -> u128 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    nanos ^ ((std::process::id() as u128) << 64) ^ (NEXT.load(Ordering::SeqCst) as u128).rotate_left(32)
+}
+
+/// `docker inspect` of one object.
+fn inspect(name: &str) -> Value {
+    let text = docker(&["inspect", name]);
+    let mut all: Vec<Value> = serde_json::from_str(&text).unwrap();
+    all.remove(0)
+}
+
+fn exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "-f", "{{.Id}}", name])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Now, as `docker events --since/--until` takes it.
+fn timestamp() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// The start and die events of this test's containers between two times: (action, id).
+fn events(world: &World, since: &str, until: &str) -> Vec<(String, String)> {
+    docker(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        "type=container",
+        "--filter",
+        &format!("label=selfup.e2e.test={}", world.test),
+        "--filter",
+        "event=start",
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' ').map(|(a, id)| (a.to_string(), id.to_string())))
+    .collect()
+}
+
+fn position(events: &[(String, String)], action: &str, id: &str) -> usize {
+    events
+        .iter()
+        .position(|(a, i)| a == action && i == id)
+        .unwrap_or_else(|| panic!("no {action} event of {id} in {events:?}"))
+}
+
+/// The mounts of a container: destination → (type, volume name or source, writable).
+fn mounts(c: &Value) -> BTreeMap<String, (String, String, bool)> {
+    c["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let what = if m["Type"] == "volume" {
+                &m["Name"]
+            } else {
+                &m["Source"]
+            };
+            (
+                m["Destination"].as_str().unwrap().to_string(),
+                (
+                    m["Type"].as_str().unwrap().to_string(),
+                    what.as_str().unwrap().to_string(),
+                    m["RW"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The networks of a container with their aliases, without the one Docker
+/// derives from the container's own id.
+fn networks(c: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let short = &c["Id"].as_str().unwrap()[..12];
+    c["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, ep)| {
+            let aliases = ep["Aliases"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .filter(|a| *a != short)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name.clone(), aliases)
+        })
+        .collect()
+}
+
+fn env(c: &Value) -> BTreeSet<String> {
+    c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn exec(container: &str, script: &str) -> String {
+    docker(&["exec", container, "/busybox", "sh", "-c", script])
+}
+
+fn is_running(name: &str) -> bool {
+    inspect(name)["State"]["Running"] == true
+}
+
+pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_both_images(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let front = w.network("front");
+    let back = w.network("back");
+    let data = w.volume("data");
+    let config = w.dir("config");
+    std::fs::write(config.join("app.conf"), "answer=42\n").unwrap();
+    let host_port = free_port().to_string();
+    let old_image = suite.image(APP, "1.0.0");
+    let app = w.target(
+        "app",
+        &[
+            "--label",
+            "selfup.enable=true",
+            "--label",
+            "app.owner=operator",
+            "-e",
+            "FOO=bar",
+            "-e",
+            "SPACED=a b c",
+            "-v",
+            &format!("{}:/config:ro", config.display()),
+            "-v",
+            &format!("{data}:/data"),
+            "-v",
+            "/anon",
+            "--network",
+            &front,
+            "--network-alias",
+            "app-front",
+            "-p",
+            &format!("127.0.0.1:{host_port}:8000"),
+            "--restart",
+            "unless-stopped",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "64",
+            "--stop-timeout",
+            "5",
+        ],
+        &old_image,
+        false,
+    );
+    docker(&[
+        "network", "connect", "--alias", "app-back", "--alias", "api", &back, &app,
+    ]);
+    docker(&["start", &app]);
+    exec(&app, "echo anonymous > /anon/f && echo named > /data/f");
+    let before = inspect(&app);
+    // The new container mounts the anonymous volume by name, so `rm -v` no
+    // longer removes it: the world does.
+    let anonymous = mounts(&before)["/anon"].1.clone();
+    w.volumes.push(anonymous);
+
+    let since = timestamp();
+    let new_image = suite.image(APP, "2.0.0");
+    let (status, body) = w.update(&app, &new_image).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated", "{body}");
+    assert_eq!(body["container"], app.as_str());
+    assert_eq!(body["old_image"], old_image.as_str());
+    assert_eq!(body["new_image"], new_image.as_str());
+    assert_eq!(body["placement"], "stop_first", "{body}");
+    assert!(body["reason"].as_str().unwrap().contains(&host_port), "{body}");
+    assert_eq!(
+        body["message"],
+        format!("Container '{app}' restarted with new image '{new_image}'")
+    );
+    let after = inspect(&app);
+
+    // A new container under the old name, from the new image; the old one is gone.
+    let (old_id, new_id) = (before["Id"].as_str().unwrap(), after["Id"].as_str().unwrap());
+    assert_ne!(old_id, new_id);
+    assert!(!exists(old_id), "the old container is still there");
+    assert_eq!(after["Config"]["Image"], new_image.as_str());
+    assert!(is_running(&app));
+    assert_eq!(w.containers(), BTreeSet::from([app.clone(), w.companion.clone()]));
+    // Stop-first: the old one died before the new one started.
+    let events = events(&w, &since, &timestamp());
+    assert!(
+        position(&events, "die", old_id) < position(&events, "start", new_id),
+        "{events:?}"
+    );
+
+    // Environment: the operator's variables stay, the image's own come from the new image.
+    let env = env(&after);
+    assert!(env.contains("FOO=bar") && env.contains("SPACED=a b c"), "{env:?}");
+    assert!(env.contains("APP_MODE=v2") && !env.contains("APP_MODE=v1"), "{env:?}");
+    // Volumes: the bind, the named and the anonymous volume, with their data.
+    assert_eq!(mounts(&after), mounts(&before));
+    assert_eq!(
+        exec(&app, "/busybox cat /anon/f /data/f /config/app.conf"),
+        "anonymous\nnamed\nanswer=42\n"
+    );
+    // Networks with their aliases.
+    assert_eq!(networks(&after), networks(&before));
+    assert_eq!(
+        networks(&after)[&back],
+        BTreeSet::from(["app-back".to_string(), "api".to_string()])
+    );
+    assert_eq!(networks(&after)[&front], BTreeSet::from(["app-front".to_string()]));
+    // Ports, restart policy, resources.
+    for field in ["PortBindings", "RestartPolicy", "Memory", "NanoCpus", "PidsLimit"] {
+        assert_eq!(
+            after["HostConfig"][field], before["HostConfig"][field],
+            "HostConfig.{field}"
+        );
+    }
+    assert_eq!(after["HostConfig"]["Memory"], 64 * 1024 * 1024);
+    assert_eq!(after["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(after["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
+    assert_eq!(after["Config"]["StopTimeout"], 5);
+    let published = &after["NetworkSettings"]["Ports"]["8000/tcp"][0];
+    assert_eq!(published["HostPort"], host_port.as_str());
+    // Labels: the operator's stay, the image's come from the new image.
+    let labels = &after["Config"]["Labels"];
+    assert_eq!(labels["selfup.enable"], "true");
+    assert_eq!(labels["app.owner"], "operator");
+    assert_eq!(labels["selfup.e2e.test"], w.test.as_str());
+    assert_eq!(labels["org.opencontainers.image.version"], "2.0.0");
+    assert_eq!(labels["app.flavour"], "v2");
+}
+
+pub async fn a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time(
+    suite: Arc<Suite>,
+) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let net = w.network("net");
+    let app = w.target(
+        "app",
+        &[
+            "--label",
+            "selfup.enable=true",
+            "--network",
+            &net,
+            "--network-alias",
+            "svc",
+        ],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let old_id = inspect(&app)["Id"].as_str().unwrap().to_string();
+
+    let since = timestamp();
+    let image = suite.image(APP, "plain-2");
+    let (first, second) = tokio::join!(w.update(&app, &image), w.update(&app, &image));
+    let mut answers = [first, second];
+    answers.sort_by_key(|(status, _)| *status);
+    let [(ok, updated), (busy, refused)] = answers;
+    assert_eq!(ok, 200, "{updated}");
+    assert_eq!(updated["placement"], "beside", "{updated}");
+    assert_eq!(busy, 409, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("already running"),
+        "{refused}"
+    );
+
+    let after = inspect(&app);
+    let new_id = after["Id"].as_str().unwrap();
+    assert_ne!(new_id, old_id);
+    assert!(!exists(&old_id));
+    assert!(is_running(&app));
+    assert_eq!(after["Config"]["Image"], image.as_str());
+    assert_eq!(networks(&after)[&net], BTreeSet::from(["svc".to_string()]));
+    // Beside: the new one started (and ran for the settle time) before the old one died.
+    let events = events(&w, &since, &timestamp());
+    assert!(
+        position(&events, "start", new_id) < position(&events, "die", &old_id),
+        "{events:?}"
+    );
+    assert_eq!(w.containers(), BTreeSet::from([app.clone(), w.companion.clone()]));
+}
+
+/// Updates `app` to a failing image and checks that the old container runs
+/// again, under its name, and that nothing else is left.
+async fn assert_rolled_back(w: &World, app: &str, image: &str, reason: &str, log_line: Option<&str>) -> Value {
+    let before = inspect(app);
+    let (status, body) = w.update(app, image).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains(reason), "{error}");
+    assert!(error.contains("the old container runs again"), "{error}");
+    if let Some(line) = log_line {
+        assert!(body["new_container_log"].to_string().contains(line), "{body}");
+    }
+    let after = inspect(app);
+    assert_eq!(after["Id"], before["Id"], "the old container is back under its name");
+    assert_eq!(after["Config"]["Image"], before["Config"]["Image"]);
+    assert!(is_running(app));
+    assert_eq!(
+        w.containers(),
+        BTreeSet::from([app.to_string(), w.companion.clone()]),
+        "the new container is removed and nothing is left aside"
+    );
+    body
+}
+
+pub async fn a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container_runs_again(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let host_port = free_port().to_string();
+    let app = w.target(
+        "app",
+        &[
+            "--label",
+            "selfup.enable=true",
+            "-p",
+            &format!("127.0.0.1:{host_port}:8000"),
+            "--restart",
+            "always",
+        ],
+        &suite.image(APP, "1.0.0"),
+        true,
+    );
+    let since = timestamp();
+    assert_rolled_back(
+        &w,
+        &app,
+        &suite.image(APP, "crash"),
+        "exited with code 3",
+        Some("fatal: cannot start"),
+    )
+    .await;
+    // Stop-first (the port is published): the old one was stopped, and started again.
+    let old_id = inspect(&app)["Id"].as_str().unwrap().to_string();
+    let events = events(&w, &since, &timestamp());
+    let died = position(&events, "die", &old_id);
+    assert!(
+        events[died..].iter().any(|(a, id)| a == "start" && *id == old_id),
+        "{events:?}"
+    );
+    assert_eq!(
+        inspect(&app)["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"],
+        host_port.as_str()
+    );
+}
+
+pub async fn a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old_container_keeps_running(
+    suite: Arc<Suite>,
+) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let net = w.network("net");
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true", "--network", &net],
+        &suite.image(APP, "1.0.0"),
+        true,
+    );
+    let old_id = inspect(&app)["Id"].as_str().unwrap().to_string();
+    let since = timestamp();
+    assert_rolled_back(
+        &w,
+        &app,
+        &suite.image(APP, "unhealthy"),
+        "HEALTHCHECK reports unhealthy (last output: probe says no)",
+        None,
+    )
+    .await;
+    // Beside: the old container never stopped.
+    let events = events(&w, &since, &timestamp());
+    assert!(!events.iter().any(|(a, id)| a == "die" && *id == old_id), "{events:?}");
+}
+
+pub async fn requests_without_the_right_key_are_refused_with_401_and_no_detail(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let id = inspect(&app)["Id"].clone();
+    let body = json!({ "container": app, "image": suite.image(APP, "plain-2") }).to_string();
+    let wrong = format!("{}x", w.key);
+    for authorization in [
+        None,
+        Some(""),
+        Some(wrong.as_str()),
+        Some(&format!("Bearer {wrong}")),
+        Some(&format!("Basic {}", w.key)),
+        Some(&w.key[..w.key.len() - 1]),
+    ] {
+        for (path, body) in [
+            ("/update", body.as_str()),
+            ("/update", "{not json"),
+            (&format!("/update/{app}/2") as &str, ""),
+        ] {
+            let (status, answer) = w.post_raw(path, authorization, body).await;
+            assert_eq!(status, 401, "{authorization:?} {path}: {answer}");
+            assert_eq!(answer["error"], "unauthorized", "{answer}");
+            assert_eq!(answer.as_object().unwrap().len(), 2, "no detail: {answer}");
+        }
+    }
+    assert_eq!(inspect(&app)["Id"], id, "nothing happened to the container");
+    // Both forms of the right key get past the door (to a container that does not exist).
+    for authorization in [w.key.clone(), format!("Bearer {}", w.key)] {
+        let body = json!({ "container": "selfupe2e-no-such-container", "image": suite.image(APP, "plain-2") });
+        let (status, answer) = w.post_raw("/update", Some(&authorization), &body.to_string()).await;
+        assert_eq!(status, 404, "{answer}");
+    }
+    // /health needs no key.
+    let health = suite.http.get(w.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+pub async fn unlabelled_containers_and_unlisted_registries_are_refused_with_403(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let plain = w.target("plain", &[], &suite.image(APP, "plain-1"), true);
+    let off = w.target(
+        "off",
+        &["--label", "selfup.enable=false"],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let on = w.target(
+        "on",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let ids: Vec<Value> = [&plain, &off, &on].iter().map(|c| inspect(c)["Id"].clone()).collect();
+    let allowed_image = suite.image(APP, "plain-2");
+    for container in [&plain, &off] {
+        let (status, body) = w.update(container, &allowed_image).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("selfup.enable=true"), "{body}");
+        let (status, body) = w.post_raw(&format!("/update/{container}/2"), Some(&w.key), "").await;
+        assert_eq!(status, 403, "{body}");
+    }
+    for image in [
+        "localhost:5000/companion/app:plain-2".to_string(),
+        "busybox:latest".to_string(),
+        "ghcr.io/someone/app:1".to_string(),
+    ] {
+        let (status, body) = w.update(&on, &image).await;
+        assert_eq!(status, 403, "{image}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("not accepted") && error.contains(&suite.registry),
+            "{error}"
+        );
+    }
+    let now: Vec<Value> = [&plain, &off, &on].iter().map(|c| inspect(c)["Id"].clone()).collect();
+    assert_eq!(now, ids, "no container was touched");
+}
+
+pub async fn bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "1.0.0"),
+        true,
+    );
+    let stopped = w.target(
+        "stopped",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "1.0.0"),
+        false,
+    );
+    let image = suite.image(APP, "2.0.0");
+    let key = Some(w.key.as_str());
+    let cases: Vec<(String, String, u16, &str)> = vec![
+        ("/update".into(), "{\"container\": ".into(), 400, "malformed JSON"),
+        ("/update".into(), "".into(), 400, "malformed JSON"),
+        ("/update".into(), "[1, 2]".into(), 400, "not a JSON object"),
+        (
+            "/update".into(),
+            json!({ "container": app }).to_string(),
+            400,
+            "missing field `image`",
+        ),
+        (
+            "/update".into(),
+            json!({ "image": image }).to_string(),
+            400,
+            "missing field `container`",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": app, "image": 7 }).to_string(),
+            400,
+            "invalid type",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": "", "image": image }).to_string(),
+            400,
+            "must not be empty",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": app, "image": format!("{}/Companion/App:2", suite.registry) }).to_string(),
+            400,
+            "invalid image reference",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": app, "image": format!("{image}@sha256:00") }).to_string(),
+            400,
+            "digests are not accepted",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": "../images/json", "image": image }).to_string(),
+            400,
+            "invalid container name",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": "selfupe2e-no-such-container", "image": image }).to_string(),
+            404,
+            "no such container: selfupe2e-no-such-container",
+        ),
+        (
+            "/update".into(),
+            json!({ "container": stopped, "image": image }).to_string(),
+            409,
+            "not running",
+        ),
+        (
+            format!("/update/{app}/latest"),
+            "".into(),
+            400,
+            "invalid version requirement",
+        ),
+        (
+            format!("/update/{app}/^2"),
+            "".into(),
+            400,
+            "invalid version requirement",
+        ),
+        (format!("/update/{app}/7"), "".into(), 404, "no version in"),
+        (format!("/update/{app}/=0.1.0"), "".into(), 404, "no version in"),
+        (
+            "/update/selfupe2e-no-such-container/2".into(),
+            "".into(),
+            404,
+            "no such container",
+        ),
+        (format!("/update/{stopped}/2"), "".into(), 409, "not running"),
+        (
+            format!("/update/{}/2", w.companion),
+            "".into(),
+            403,
+            "selfup.enable=true",
+        ),
+    ];
+    for (path, body, expected, says) in cases {
+        let (status, answer) = w.post_raw(&path, key, &body).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error string: {answer}"));
+        assert!(error.contains(says), "{path} {body}: {error}");
+    }
+    // A lower version needs an exact request; no match lists what there is.
+    let (status, answer) = w.post_raw(&format!("/update/{app}/7"), key, "").await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["available"][0], "2.0.0", "{answer}");
+    // Methods the endpoints do not have, and the wrong path shape.
+    let get = suite
+        .http
+        .get(w.url("/update"))
+        .header("authorization", &w.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    assert!(get.json::<Value>().await.unwrap()["error"].is_string());
+    let (status, answer) = w.post_raw(&format!("/update/{app}"), key, "").await;
+    assert_eq!(status, 404, "{answer}");
+    // None of it touched the containers.
+    assert!(is_running(&app));
+    assert_eq!(inspect(&app)["Config"]["Image"], suite.image(APP, "1.0.0").as_str());
+    assert_eq!(w.containers().len(), 3);
+}
+
+pub async fn an_update_pulls_through_a_password_protected_registry_with_config_json_credentials(suite: Arc<Suite>) {
+    let mut w = World::new(suite.clone());
+    let (registry, docker_config) = w.private_registry("ci", "pa55:word");
+    for tag in ["1.0.0", "1.1.0", "2.0.0"] {
+        w.push_private(&suite.image(APP, tag), &format!("{registry}/app:{tag}"), &docker_config);
+    }
+    // Without credentials the registry refuses.
+    let anonymous = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{registry}/v2/app/tags/list"),
+    ]));
+    assert_eq!(anonymous, "401");
+    // The tags the update will pull exist only in the registry, not locally.
+    let wanted = format!("{registry}/app:1.1.0");
+    docker(&["rmi", &wanted, &format!("{registry}/app:2.0.0")]);
+
+    let mount = format!(
+        "{}:/etc/selfup/docker/config.json:ro",
+        docker_config.join("config.json").display()
+    );
+    w.start_companion(&[&suite.registry, &registry], &["-v".into(), mount], false)
+        .await;
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true", "-e", "KEEP=me"],
+        &format!("{registry}/app:1.0.0"),
+        true,
+    );
+
+    // The semver route lists the tags with the credentials, then pulls with them.
+    let (status, body) = w.post_raw(&format!("/update/{app}/1"), Some(&w.key), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated");
+    assert_eq!(body["new_image"], wanted.as_str());
+    assert!(exists(&wanted), "the image was pulled");
+    let after = inspect(&app);
+    assert_eq!(after["Config"]["Image"], wanted.as_str());
+    assert!(env(&after).contains("KEEP=me"));
+    assert!(
+        w.logs().contains("using registry credentials"),
+        "the companion says it used credentials"
+    );
+    // The same version again: nothing to do.
+    let (status, body) = w.post_raw(&format!("/update/{app}/1.1"), Some(&w.key), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "unchanged", "{body}");
+    // Lower needs an exact request.
+    let (status, body) = w.post_raw(&format!("/update/{app}/1.0"), Some(&w.key), "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("=1.0.0"), "{body}");
+    // And /update with an explicit image from the private registry.
+    let (status, body) = w.update(&app, &format!("{registry}/app:2.0.0")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        inspect(&app)["Config"]["Labels"]["org.opencontainers.image.version"],
+        "2.0.0"
+    );
+}
+
+pub async fn a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts(suite: Arc<Suite>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = World::new(suite.clone());
+    let data = w.dir("data");
+    let mount = format!("{}:/data", data.display());
+    w.start_companion(&[&suite.registry], &["-v".into(), mount], true).await;
+    let path = data.join("api_key");
+    let key = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    assert_eq!(key.len(), 32, "{key:?}");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(w.logs().matches(&key).count(), 1, "the key is logged once");
+
+    docker(&["restart", "-t", "5", &w.companion]);
+    w.wait_companion().await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        key,
+        "the key survives a restart"
+    );
+    assert_eq!(w.logs().matches(&key).count(), 1, "and is not logged again");
+
+    w.key = key;
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let (status, body) = w.update(&app, &suite.image(APP, "plain-2")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = w
+        .post_raw("/update", Some("0123456789abcdef0123456789abcdef"), "{}")
+        .await;
+    assert_eq!(status, 401);
+}
