@@ -287,13 +287,6 @@ impl Drop for Suite {
         if !ours.is_empty() {
             run_quietly(Command::new("docker").arg("rmi").arg("-f").args(&ours));
         }
-        run_quietly(Command::new("docker").args([
-            "image",
-            "prune",
-            "-f",
-            "--filter",
-            "label=org.opencontainers.image.version",
-        ]));
     }
 }
 
