@@ -91,9 +91,7 @@ pub async fn three_upgrades_toggle_the_port_and_leave_one_compose_container(suit
 }
 
 pub async fn upgrading_to_the_running_version_does_nothing(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.1.0");
-    env.up("1.1.0").await;
+    let env = suite.live_env(&[], "1.1.0").await;
     let before = env.selfup_containers();
     let (status, body) = env.upgrade(env.ports[0], None).await;
     assert_eq!(status, 200, "{body}");
@@ -103,9 +101,7 @@ pub async fn upgrading_to_the_running_version_does_nothing(suite: Arc<Suite>) {
 }
 
 async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reason: &str, log_line: Option<&str>) {
-    let env = suite.env(&[("SELFUP_HEALTH_DEADLINE_SECS", "4")]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[("SELFUP_HEALTH_DEADLINE_SECS", "4")], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", fault), &env.repository, "latest");
     let (status, body) = env.upgrade(env.ports[0], None).await;

@@ -11,9 +11,7 @@ use crate::harness::{Container, FAULT_VERSION, Suite, docker, eventually, free_p
 use crate::load::Load;
 
 pub async fn a_successor_that_reports_another_version_is_removed(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", "liar"), &env.repository, "latest");
     let (status, body) = env.upgrade(env.ports[0], None).await;
@@ -27,9 +25,7 @@ pub async fn a_successor_that_reports_another_version_is_removed(suite: Arc<Suit
 }
 
 pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let before = env.selfup_containers();
     let _squatter = TcpListener::bind(("127.0.0.1", env.ports[1])).unwrap();
     suite.release(&env.repository, "1.1.0");
@@ -45,9 +41,7 @@ pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
 
 pub async fn an_unreachable_registry_or_a_missing_tag_changes_nothing(suite: Arc<Suite>) {
     let dead = format!("127.0.0.1:{}", free_port());
-    let env = suite.env(&[("SELFUP_REGISTRY", &dead)]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[("SELFUP_REGISTRY", &dead)], "1.0.0").await;
     let before = env.selfup_containers();
     let (status, body) = env.upgrade(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
@@ -60,9 +54,7 @@ pub async fn an_unreachable_registry_or_a_missing_tag_changes_nothing(suite: Arc
     assert!(body["error"].as_str().unwrap().contains("does not answer"), "{body}");
     assert_eq!(env.selfup_containers(), before);
 
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let (status, body) = env.upgrade(env.ports[0], Some("=7.7.7")).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["available"], serde_json::json!(["1.0.0"]));
@@ -114,9 +106,7 @@ pub async fn an_unreachable_docker_daemon_is_a_503_and_nothing_else(suite: Arc<S
 }
 
 pub async fn the_successor_takes_over_when_the_elder_is_killed_after_starting_it(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
     let elder = env.container_on(a).unwrap();
     suite.release(&env.repository, "1.1.0");
@@ -168,9 +158,7 @@ async fn slow_echo(public_port: u16, duration: Duration) -> Result<String, Strin
 }
 
 pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
     let elder = env.container_on(a).unwrap();
     suite.release(&env.repository, "1.1.0");
@@ -239,9 +227,7 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
 }
 
 pub async fn twenty_concurrent_upgrade_requests_run_exactly_one_upgrade(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     suite.release(&env.repository, "1.1.0");
     let requests = (0..20).map(|_| env.upgrade(env.ports[0], None));
     let answers = futures_util::future::join_all(requests).await;
@@ -264,9 +250,7 @@ pub async fn twenty_concurrent_upgrade_requests_run_exactly_one_upgrade(suite: A
 }
 
 pub async fn an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
     let elder = env.container_on(a).unwrap();
     let project = format!("com.docker.compose.project={}", env.project);

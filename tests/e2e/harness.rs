@@ -264,6 +264,15 @@ impl Suite {
         }
     }
 
+    /// A fresh environment with selfup `version` released to it and running:
+    /// what most tests start from.
+    pub async fn live_env(&self, extra_env: &[(&str, &str)], version: &str) -> Env {
+        let env = self.env(extra_env);
+        self.release(&env.repository, version);
+        env.up(version).await;
+        env
+    }
+
     /// A fresh environment: its own compose project, nginx and ports.
     pub fn env(&self, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);

@@ -37,9 +37,9 @@ async fn expect_json_4xx(request: reqwest::RequestBuilder, what: &str) -> u16 {
 }
 
 pub async fn malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving(suite: Arc<Suite>) {
-    let env = suite.env(&[("SELFUP_UPGRADE_TOKEN", "the-right-token")]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite
+        .live_env(&[("SELFUP_UPGRADE_TOKEN", "the-right-token")], "1.0.0")
+        .await;
     let http = &env.http;
     let url = |p: &str| env.direct(env.ports[0], p);
 

@@ -70,9 +70,9 @@ pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite:
 }
 
 pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: Arc<Suite>) {
-    let env = suite.env(&[("SELFUP_UPGRADE_TOKEN", "s3cret-token")]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite
+        .live_env(&[("SELFUP_UPGRADE_TOKEN", "s3cret-token")], "1.0.0")
+        .await;
     for path in ["/upgrade", "/upgrade/2", "/handover", "/status", "/rollback"] {
         let r = env.http.post(env.public(path)).send().await.unwrap();
         assert_eq!(r.status(), 403, "{path} through nginx");
@@ -106,9 +106,7 @@ pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: A
 }
 
 pub async fn an_upgrade_fails_cleanly_when_nginx_is_absent(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let before = env.selfup_containers();
     docker(&["stop", &env.nginx]);
     suite.release(&env.repository, "1.1.0");

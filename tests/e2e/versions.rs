@@ -80,9 +80,7 @@ pub async fn a_requirement_picks_the_highest_matching_version_and_going_lower_ne
 }
 
 pub async fn rollback_returns_to_the_version_before_the_last_upgrade(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
-    suite.release(&env.repository, "1.0.0");
-    env.up("1.0.0").await;
+    let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
 
     // A first instance has nothing to go back to.
