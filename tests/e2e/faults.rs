@@ -130,8 +130,13 @@ pub async fn the_successor_takes_over_when_the_elder_is_killed_after_starting_it
 }
 
 /// Sends `POST /echo` through nginx with a body that trickles in over
-/// `duration`: it keeps one of nginx's workers busy for that long.
-async fn slow_echo(public_port: u16, duration: Duration) -> Result<String, String> {
+/// `duration`: it keeps one of nginx's workers busy for that long. `sent`
+/// fires once the request head is on its way.
+async fn slow_echo(
+    public_port: u16,
+    duration: Duration,
+    sent: tokio::sync::oneshot::Sender<()>,
+) -> Result<String, String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", public_port))
         .await
         .map_err(|e| e.to_string())?;
@@ -142,6 +147,7 @@ async fn slow_echo(public_port: u16, duration: Duration) -> Result<String, Strin
         body.len()
     );
     stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    let _ = sent.send(());
     for i in 0..chunks {
         stream
             .write_all(format!("chunk{i:02};").as_bytes())
@@ -165,8 +171,9 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
     let load = Load::start(env.public(""), 3, 100_000, Duration::from_secs(60));
     // An old nginx worker stays busy with this request, so the successor
     // waits in its takeover after switching nginx: that is when it dies.
-    let slow = tokio::spawn(slow_echo(env.public_port, Duration::from_secs(6)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, head_sent) = tokio::sync::oneshot::channel();
+    let slow = tokio::spawn(slow_echo(env.public_port, Duration::from_secs(6), sent));
+    head_sent.await.expect("the slow request starts");
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");

@@ -457,6 +457,17 @@ impl Env {
         .await
     }
 
+    /// `GET /status` of the instance on `port`.
+    pub async fn status(&self, port: u16) -> Value {
+        let r = self
+            .http
+            .get(self.direct(port, "/status"))
+            .send()
+            .await
+            .expect("/status answers");
+        r.json().await.expect("/status is JSON")
+    }
+
     /// Calls `/upgrade[/<req>]` on the live port and returns (status, body).
     pub async fn upgrade(&self, port: u16, requirement: Option<&str>) -> (u16, Value) {
         let path = match requirement {

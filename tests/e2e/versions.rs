@@ -52,15 +52,7 @@ pub async fn a_requirement_picks_the_highest_matching_version_and_going_lower_ne
     env.wait_single_container().await;
 
     // The history outlives each instance: it is kept in the data volume.
-    let status: Value = env
-        .http
-        .get(env.direct(b, "/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = env.status(b).await;
     let history = status["history"].as_array().unwrap();
     let outcomes: Vec<(&str, &str)> = history
         .iter()
@@ -98,15 +90,7 @@ pub async fn rollback_returns_to_the_version_before_the_last_upgrade(suite: Arc<
     assert_eq!(status, 200, "{body}");
     env.wait_takeover_done(b).await;
 
-    let status: Value = env
-        .http
-        .get(env.direct(b, "/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = env.status(b).await;
     assert_eq!(status["version"], "1.1.0");
     assert_eq!(status["port"], b);
     assert_eq!(status["previous"]["version"], "1.0.0");
