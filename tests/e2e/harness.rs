@@ -120,8 +120,11 @@ impl Suite {
             registry_dir,
             nginx_image,
             next_env: AtomicUsize::new(0),
+            // No idle connections kept: ports are reused from test to test, and
+            // a pooled connection to a server that is gone fails the next request.
             http: reqwest::Client::builder()
                 .no_proxy()
+                .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
