@@ -95,10 +95,10 @@ pub fn group_labels(labels: &HashMap<String, String>) -> Vec<(String, String)> {
 pub fn base_name(name: &str, ports: [u16; 2]) -> String {
     let name = name.trim_start_matches('/');
     for port in ports {
-        if let Some(base) = name.strip_suffix(&format!("-{port}")) {
-            if !base.is_empty() {
-                return base.to_string();
-            }
+        if let Some(base) = name.strip_suffix(&format!("-{port}"))
+            && !base.is_empty()
+        {
+            return base.to_string();
         }
     }
     name.to_string()

@@ -426,10 +426,10 @@ impl Orchestrator {
                 _ = shutdown.changed() => continue,
                 _ = sleep(POLL) => {}
             }
-            if let Ok(r) = self.http.get(&base).send().await {
-                if let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await {
-                    return Err(reason);
-                }
+            if let Ok(r) = self.http.get(&base).send().await
+                && let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await
+            {
+                return Err(reason);
             }
             if let Some(exit) = self.exited(successor).await {
                 return Err(exit);

@@ -123,13 +123,12 @@ impl Orchestrator {
             tracing::info!(newer = %newer.id, "a newer sibling runs: it converges, not this instance");
             return Ok(());
         }
-        if all.is_empty() {
-            if let Some(proxy) = &self.proxy {
-                if proxy.current_primary() == Some(instance_addr(self.settings.port)) {
-                    self.shared.set_takeover(TakeoverPhase::Done);
-                    return Ok(());
-                }
-            }
+        if all.is_empty()
+            && let Some(proxy) = &self.proxy
+            && proxy.current_primary() == Some(instance_addr(self.settings.port))
+        {
+            self.shared.set_takeover(TakeoverPhase::Done);
+            return Ok(());
         }
         self.take_over(me, all.into_iter().map(|s| s.id).collect(), true).await
     }
@@ -226,10 +225,10 @@ impl Orchestrator {
         if let Ok(c) = self.engine.inspect_container(me).await {
             let name = c.name.unwrap_or_default();
             let base = base_name(&name, self.settings.ports);
-            if base != name.trim_start_matches('/') {
-                if let Err(e) = self.engine.rename_container(me, &base).await {
-                    tracing::warn!(error = %e, "keeping the successor's name");
-                }
+            if base != name.trim_start_matches('/')
+                && let Err(e) = self.engine.rename_container(me, &base).await
+            {
+                tracing::warn!(error = %e, "keeping the successor's name");
             }
         }
         self.shared.set_takeover(TakeoverPhase::Done);

@@ -45,7 +45,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) && n < max_requests && start.elapsed() < max_time {
                         n += 1;
                         let sent = Instant::now();
-                        let (version, error) = if n % 2 == 0 {
+                        let (version, error) = if n.is_multiple_of(2) {
                             get(&http, &base).await
                         } else {
                             echo(&http, &base, &format!("client {c} request {n}")).await
