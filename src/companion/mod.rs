@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
 use crate::handover::COMPOSE_IMAGE;
 use crate::handover::clone::{Overrides, clone_body};
-use crate::handover::target::{self, Decision, Requirement, RequirementError, VERSION_LABEL};
+use crate::handover::target::{self, Decision, Requirement, RequirementError};
 use crate::registry::{Registry, RegistryError};
 use auth::ApiKey;
 use credentials::{CredentialsError, Helpers, RegistryAuth};
@@ -414,8 +414,7 @@ impl Companion {
             return Some(v);
         }
         let image = self.engine.inspect_image(old.image.as_deref()?).await.ok()?;
-        let label = image.config?.labels?.get(VERSION_LABEL)?.clone();
-        semver::Version::parse(&label).ok()
+        semver::Version::parse(target::version_label(&image)?).ok()
     }
 
     /// Pulls `image` and swaps the new container in for `old`.

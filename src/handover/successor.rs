@@ -7,7 +7,7 @@ use semver::Version;
 use tokio::time::{Instant, sleep};
 
 use super::clone::{Overrides, clone_body};
-use super::target::{self, Decision, Requirement, VERSION_LABEL};
+use super::target::{self, Decision, Requirement};
 use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
@@ -120,12 +120,7 @@ impl Orchestrator {
             .inspect_image(&image.to_string())
             .await
             .map_err(UpgradeError::docker(format!("inspecting the pulled image {image}")))?;
-        let label = new_image
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(VERSION_LABEL))
-            .cloned();
+        let label = target::version_label(&new_image).map(str::to_string);
         let version = label
             .as_deref()
             .and_then(|l| Version::parse(l).ok())

@@ -63,6 +63,17 @@ impl std::fmt::Display for Requirement {
     }
 }
 
+/// An image's version label as written, if it has one.
+pub fn version_label(image: &bollard::models::ImageInspect) -> Option<&str> {
+    image
+        .config
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(VERSION_LABEL)
+        .map(String::as_str)
+}
+
 /// The version a tag names, if it is one (a leading `v` is allowed).
 pub fn tag_version(tag: &str) -> Option<Version> {
     Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
