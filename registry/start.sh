@@ -10,7 +10,11 @@ state=${REGISTRY_STATE:-/var/lib/selfup-registry}
 pidfile=$state/registry.pid
 
 if [ "${1:-start}" = stop ]; then
-  if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then echo "registry stopped"; fi
+  if [ -f "$pidfile" ] && pid=$(cat "$pidfile") && kill "$pid" 2>/dev/null; then
+    # Gone before anyone deletes its data.
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "registry stopped"
+  fi
   rm -f "$pidfile"
   exit 0
 fi

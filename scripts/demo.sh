@@ -3,9 +3,11 @@
 # compose, build 1.1.0, upgrade, and the answers through both ports and nginx.
 #   scripts/demo.sh          run it (leaves selfup and nginx running)
 #   scripts/demo.sh down     stop and remove them
+#   scripts/demo.sh purge    remove everything the project made on this machine
+#                            (containers, images, volumes, networks, the registry
+#                            and its data), so that the Quick start runs as new
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SELFUP_NGINX_IMAGE=${SELFUP_NGINX_IMAGE:-selfup/nginx:local}
 
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 compose() { "${compose[@]}" -f docker/compose.yml -p selfup "$@"; }
@@ -15,7 +17,30 @@ down() {
   ids=$(docker ps -aq --filter label=com.docker.compose.project=selfup)
   [ -z "$ids" ] || docker rm -f $ids >/dev/null
 }
-if [ "${1:-}" = down ]; then down; echo "selfup and nginx removed"; exit 0; fi
+# Everything the project made: the demo's, the test suite's (label selfup.e2e),
+# every image built from its recipes (their title label), and the registry.
+purge() {
+  down
+  docker ps -aq --filter label=selfup.e2e | xargs -r docker rm -f -v >/dev/null
+  docker network ls -q --filter label=selfup.e2e | xargs -r docker network rm >/dev/null
+  docker volume ls -q --filter label=selfup.e2e | xargs -r docker volume rm -f >/dev/null
+  docker volume rm -f selfup_data >/dev/null 2>&1 || true
+  {
+    docker images -q --filter label=selfup.e2e
+    docker images -q --filter label=org.opencontainers.image.title=selfup
+    docker images -q --filter label=org.opencontainers.image.title=selfup-nginx
+    docker images -q 'selfup/*'
+    docker images -q 'localhost:5000/*'
+  } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  registry/start.sh stop >/dev/null
+  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live
+}
+case "${1:-}" in
+  down) down; echo "selfup and nginx removed"; exit 0 ;;
+  purge) purge; echo "removed every container, image, volume and network of the project, and the registry with its data"; exit 0 ;;
+  "") ;;
+  *) echo "usage: scripts/demo.sh [down|purge]" >&2; exit 2 ;;
+esac
 
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 wait_for() { # url text
@@ -23,7 +48,8 @@ wait_for() { # url text
   echo "demo: $1 never answered '$2'" >&2; return 1
 }
 
-scripts/setup.sh
+SELFUP_NGINX_IMAGE=${SELFUP_NGINX_IMAGE:-$(scripts/setup.sh)}
+export SELFUP_NGINX_IMAGE
 down
 for port in 5800 5801 8080; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "demo: port $port is already in use" >&2; exit 1; fi

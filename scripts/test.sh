@@ -3,5 +3,6 @@
 # containers (a registry of their own, images built by build.sh, nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+SELFUP_NGINX_IMAGE=${SELFUP_NGINX_IMAGE:-$(scripts/setup.sh)}
+export SELFUP_NGINX_IMAGE
 cargo test --locked "$@"

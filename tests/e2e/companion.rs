@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
+use crate::harness::{Suite, docker, eventually, free_port, run, run_is_alive, run_quietly};
 
 /// The repository (in the suite's registry) of the images the targets run.
 const APP: &str = "companion/app";
@@ -74,7 +74,7 @@ fn app_images(suite: &Suite) {
 }
 
 /// Removes the networks and volumes of companion tests of earlier runs that
-/// were interrupted (their run's pid, before the `x` of the run id, is gone);
+/// were interrupted (their run is no longer alive);
 /// the harness does the same for containers. A run going on beside this one
 /// is left alone.
 fn remove_leftovers() {
@@ -90,8 +90,7 @@ fn remove_leftovers() {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
-            let pid = run.split('x').next().unwrap_or_default();
-            if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            if !run_is_alive(&run) {
                 run_quietly(Command::new("docker").args([kind, "rm", name]));
             }
         }

@@ -69,6 +69,47 @@ where
     }
 }
 
+/// This run's id, `<pid>x<start>`: the runner's pid and its start time in
+/// clock ticks since boot, so that a later process that reuses the pid is
+/// never taken for this run. Fits compose project and image names.
+pub fn this_run_id() -> String {
+    let pid = std::process::id();
+    format!("{pid}x{}", process_start(pid).unwrap_or(0))
+}
+
+/// Whether the run whose id is `run` (see [`this_run_id`]) is still going.
+/// Anything that is not such an id is an old run's: not alive.
+pub fn run_is_alive(run: &str) -> bool {
+    let Some((pid, start)) = run.split_once('x') else {
+        return false;
+    };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => process_start(pid) == Some(start),
+        _ => false,
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the process's start time.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from
+    // the last ')', after which field 3 comes first.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The name of the nginx image built from the recipe in this tree (tagged by
+/// its hash), building it when it is missing.
+fn nginx_image() -> Result<String, String> {
+    let out = Command::new(repo_root().join("nginx/build-image.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running nginx/build-image.sh: {e}"))?;
+    if !out.status.success() {
+        return Err("nginx/build-image.sh failed (run scripts/setup.sh first)".into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// The registry process and the images, shared by every test of a run.
 pub struct Suite {
     pub run_id: String,
@@ -84,13 +125,12 @@ impl Suite {
     /// Starts the registry and builds every image; a missing prerequisite
     /// (Docker, docker-registry, the nginx image) is a clear error.
     pub fn start() -> Result<Suite, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let run_id = format!("{:x}", std::process::id() ^ nanos);
+        let run_id = this_run_id();
         Self::remove_leftovers();
-        let nginx_image = std::env::var("SELFUP_NGINX_IMAGE").unwrap_or_else(|_| "selfup/nginx:local".into());
+        let nginx_image = match std::env::var("SELFUP_NGINX_IMAGE") {
+            Ok(image) => image,
+            Err(_) => nginx_image()?,
+        };
         if Command::new("docker")
             .args(["image", "inspect", &nginx_image])
             .output()
@@ -243,8 +283,8 @@ impl Suite {
     }
 
     /// Removes what an interrupted earlier run left behind: containers whose
-    /// run (the pid before the `x` of the run id) is no longer alive. A run
-    /// going on beside this one is left alone.
+    /// run is no longer alive ([`run_is_alive`]). A run going on beside this
+    /// one is left alone.
     fn remove_leftovers() {
         let rows = Command::new("docker")
             .args([
@@ -260,8 +300,7 @@ impl Suite {
             .unwrap_or_default();
         for row in rows.lines() {
             let Some((id, run)) = row.split_once(' ') else { continue };
-            let pid = run.split('x').next().unwrap_or_default();
-            if pid.is_empty() || !Path::new("/proc").join(pid).exists() {
+            if !run_is_alive(run) {
                 run_quietly(Command::new("docker").args(["rm", "-f", id]));
             }
         }

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod input;
 mod load;
+mod proxy;
 mod traffic;
 mod versions;
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         cycle::upgrading_to_the_running_version_does_nothing,
         cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving,
         cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving,
+        proxy::stopping_nginx_lets_a_request_in_flight_finish,
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
         traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
