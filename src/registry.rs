@@ -1,9 +1,15 @@
 //! Tags and digests over the Docker Registry HTTP API v2.
+//!
+//! A registry's answers are not trusted: the client follows no redirect,
+//! follows a `Link` only to the registry's own scheme, host and port (so
+//! credentials go nowhere else), and bounds the pages, the size of each and
+//! the time of the whole listing. Past a bound the answer is an error, never
+//! a truncated tag list used as if it were whole.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, LINK};
+use reqwest::{StatusCode, Url};
 
 /// All four manifest media types: without the full list a registry answers
 /// 404, or the digest of another representation.
@@ -14,8 +20,13 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
 
 /// How many tags are asked for per page.
 const PAGE_SIZE: usize = 100;
-/// A bound on pagination, so a misbehaving registry cannot loop us forever.
-const MAX_PAGES: usize = 1000;
+/// At most this many pages (10,000 tags at the page size asked for).
+const MAX_PAGES: usize = 100;
+/// At most this many bytes in one page (a registry may ignore `n` and send
+/// every tag at once: 1 MiB is some 60,000 version tags).
+const MAX_PAGE_BYTES: usize = 1 << 20;
+/// The whole listing, every page, within this time.
+const LIST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Basic credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +46,9 @@ pub enum RegistryError {
     Unauthorized { registry: String, repository: String },
     #[error("the registry answered {status} to {url}")]
     Status { url: String, status: u16 },
+    /// An answer outside what the client follows or the bounds it keeps.
+    #[error("the registry at {registry} sent a tag list selfup does not use: {reason}")]
+    Untrusted { registry: String, reason: String },
 }
 
 /// A small registry client over reqwest.
@@ -54,6 +68,7 @@ impl Registry {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .expect("a reqwest client with static settings builds");
@@ -71,7 +86,8 @@ impl Registry {
         format!("{}://{registry}", if loopback { "http" } else { "https" })
     }
 
-    /// Every tag of a repository, following the `Link` header's pages.
+    /// Every tag of a repository, following the `Link` header's pages
+    /// within the bounds in this module's header.
     pub async fn tags(
         &self,
         registry: &str,
@@ -82,55 +98,97 @@ impl Registry {
         struct Page {
             tags: Option<Vec<String>>,
         }
-        let base = Self::base_url(registry);
-        let mut url = format!("{base}/v2/{repository}/tags/list?n={PAGE_SIZE}");
+        let untrusted = |reason: String| RegistryError::Untrusted {
+            registry: registry.into(),
+            reason,
+        };
+        let base =
+            Url::parse(&Self::base_url(registry)).map_err(|e| untrusted(format!("bad registry address: {e}")))?;
+        let mut url = base
+            .join(&format!("/v2/{repository}/tags/list?n={PAGE_SIZE}"))
+            .map_err(|e| untrusted(e.to_string()))?;
+        let started = Instant::now();
         let mut all = Vec::new();
         for _ in 0..MAX_PAGES {
-            let response = self.get(&url, credentials, registry).await?;
-            match response.status() {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => {
-                    return Err(RegistryError::UnknownRepository {
-                        registry: registry.into(),
-                        repository: repository.into(),
-                    });
-                }
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    return Err(RegistryError::Unauthorized {
-                        registry: registry.into(),
-                        repository: repository.into(),
-                    });
-                }
-                status => {
-                    return Err(RegistryError::Status {
-                        url,
-                        status: status.as_u16(),
-                    });
-                }
-            }
-            let next = response
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(|path| {
-                    if path.starts_with("http") {
-                        path
-                    } else {
-                        format!("{base}{path}")
-                    }
-                });
-            let page: Page = response.json().await.map_err(|e| RegistryError::Unreachable {
-                registry: registry.into(),
-                reason: e.to_string(),
-            })?;
+            let left = LIST_DEADLINE.saturating_sub(started.elapsed());
+            let page = tokio::time::timeout(left, self.page(&url, credentials, registry, repository)).await;
+            let Ok(page) = page else {
+                return Err(untrusted(format!("the tag list took longer than {LIST_DEADLINE:?}")));
+            };
+            let (body, link) = page?;
+            let page: Page =
+                serde_json::from_slice(&body).map_err(|e| untrusted(format!("a page is not a tag list: {e}")))?;
             all.extend(page.tags.unwrap_or_default());
-            match next {
-                Some(n) => url = n,
+            match link.as_deref().and_then(next_link) {
+                Some(next) => url = same_origin_link(&base, &next).map_err(untrusted)?,
                 None => return Ok(all),
             }
         }
-        Ok(all)
+        Err(untrusted(format!("the tag list has more than {MAX_PAGES} pages")))
+    }
+
+    /// One page of a tag list: its body (at most [`MAX_PAGE_BYTES`]) and its
+    /// `Link` header.
+    async fn page(
+        &self,
+        url: &Url,
+        credentials: Option<&Credentials>,
+        registry: &str,
+        repository: &str,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let untrusted = |reason: String| RegistryError::Untrusted {
+            registry: registry.into(),
+            reason,
+        };
+        let mut response = self.get(url.as_str(), credentials, registry).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(RegistryError::UnknownRepository {
+                    registry: registry.into(),
+                    repository: repository.into(),
+                });
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(RegistryError::Unauthorized {
+                    registry: registry.into(),
+                    repository: repository.into(),
+                });
+            }
+            status if status.is_redirection() => {
+                let to = response.headers().get(reqwest::header::LOCATION);
+                let to = to.and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+                return Err(untrusted(format!(
+                    "{url} redirects ({status}) to {to}, which is not followed"
+                )));
+            }
+            status => {
+                return Err(RegistryError::Status {
+                    url: url.to_string(),
+                    status: status.as_u16(),
+                });
+            }
+        }
+        let link = response
+            .headers()
+            .get(LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let too_large = || untrusted(format!("a page of the tag list is larger than {MAX_PAGE_BYTES} bytes"));
+        if response.content_length().is_some_and(|n| n > MAX_PAGE_BYTES as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| RegistryError::Unreachable {
+            registry: registry.into(),
+            reason: e.to_string(),
+        })? {
+            if body.len() + chunk.len() > MAX_PAGE_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, link))
     }
 
     /// The digest a tag points at now, or `None` if the tag does not exist.
@@ -185,6 +243,22 @@ impl Registry {
     }
 }
 
+/// The next page's URL: `link` resolved against the registry's URL (a
+/// relative link is the usual form), and refused unless it stays on the
+/// registry's scheme, host and port.
+fn same_origin_link(base: &Url, link: &str) -> Result<Url, String> {
+    let next = base
+        .join(link)
+        .map_err(|e| format!("the next-page link {link:?} is not a URL: {e}"))?;
+    if next.origin() != base.origin() {
+        return Err(format!(
+            "the next-page link points to {}, not to the registry; it is not followed",
+            next.origin().ascii_serialization()
+        ));
+    }
+    Ok(next)
+}
+
 /// The target of `rel="next"` in a `Link` header.
 fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
@@ -219,5 +293,36 @@ mod tests {
             Some("/v2/selfup/tags/list?last=1.2.0&n=100")
         );
         assert_eq!(next_link(r#"</x>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn a_next_page_link_is_resolved_against_the_registry_and_must_stay_on_it() {
+        let base = Url::parse("http://127.0.0.1:5000").unwrap();
+        let next = |link: &str| same_origin_link(&base, link);
+        assert_eq!(
+            next("/v2/a/tags/list?last=1.2.0&n=100").unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=1.2.0&n=100"
+        );
+        assert_eq!(
+            next("http://127.0.0.1:5000/v2/a/tags/list?last=x").unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=x"
+        );
+        // Another port, host or scheme; a scheme-relative link to another host.
+        for link in [
+            "http://127.0.0.1:5800/upgrade/=0.1.0",
+            "http://evil.example/v2/a/tags/list",
+            "https://127.0.0.1:5000/v2/a/tags/list",
+            "//evil.example/v2/a/tags/list",
+        ] {
+            let refused = next(link).unwrap_err();
+            assert!(refused.contains("not followed"), "{link}: {refused}");
+        }
+        // String concatenation would have made this "http://127.0.0.1:5000@evil.example/".
+        assert!(
+            next("@evil.example/")
+                .unwrap()
+                .as_str()
+                .starts_with("http://127.0.0.1:5000/")
+        );
     }
 }

@@ -421,7 +421,7 @@ impl Orchestrator {
                 _ = shutdown.changed() => continue,
                 _ = sleep(POLL) => {}
             }
-            if let Ok(r) = self.http.get(&base).send().await
+            if let Ok(r) = self.http.get(&base).bearer_auth(token).send().await
                 && let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await
             {
                 return Err(reason);

@@ -1,6 +1,8 @@
 //! `POST /update` and `POST /update/{container}/{requirement}`: companion
 //! mode. Every request needs the API key; the answer comes once the outcome
-//! is known. Errors are JSON `{"error": ..}` with one status per cause.
+//! is known. There is no loopback rule: a CI runner calls it over the app's
+//! network, by the companion's name, and the key is the gate. Requests a
+//! browser sends for another site are refused all the same. Errors are JSON `{"error": ..}` with one status per cause.
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use crate::app::AppState;
 use crate::companion::{Companion, UpdateError};
 use crate::handover::target::Requirement;
 use crate::registry::RegistryError;
+use crate::routes::refuse_cross_site;
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,9 @@ pub async fn update(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
+    if let Err(refused) = refuse_cross_site(&req) {
+        return Ok(refused);
+    }
     let companion = authorized(&req, &state)?;
     let request = parse_body(&body)?;
     let outcome = state
@@ -146,6 +152,9 @@ pub async fn update_to(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
+    if let Err(refused) = refuse_cross_site(&req) {
+        return Ok(refused);
+    }
     let companion = authorized(&req, &state)?;
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;

@@ -50,11 +50,55 @@ pub fn json_error_body<B: MessageBody + 'static>(
     ))
 }
 
-/// Control endpoints answer only direct loopback callers (never a request
-/// that came through the proxy), and, when a token is configured, only a
-/// caller that presents it.
-pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
-    let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
+/// Refuses what a web browser on the host can send on a page's behalf, on
+/// every control endpoint: a cross-site request carries an `Origin` that is
+/// not a loopback one, or `Sec-Fetch-Site: cross-site` (or `same-site`, a
+/// sibling subdomain). `curl` sends neither; a page typed into the address
+/// bar sends `Sec-Fetch-Site: none`, which is let through.
+pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default().to_ascii_lowercase();
+        if site == "cross-site" || site == "same-site" {
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                format!("control endpoints refuse requests a browser sends for another site (Sec-Fetch-Site: {site})"),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !is_loopback_origin(origin) {
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                format!("control endpoints refuse requests from a web page at {origin:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The operator's endpoints (`/upgrade`, `/rollback`, `/status`,
+/// `/handover`): no browser request ([`refuse_cross_site`]); a `Host` that
+/// names a loopback address, so a page that rebinds its own name to
+/// 127.0.0.1 is refused; a direct loopback caller, never one that came
+/// through a proxy. Authentication is the caller's next step.
+pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
+    refuse_cross_site(req)?;
+    let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
+    if !host.is_some_and(is_loopback_host) {
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "control endpoints answer only requests addressed to localhost, 127.0.0.1 or [::1] (Host: {})",
+                host.unwrap_or("missing")
+            ),
+        ));
+    }
+    let headers = req.headers();
+    let proxied = ["x-forwarded-for", "x-real-ip", "forwarded"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
     let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
     if proxied || !loopback {
         return Err(json_error(
@@ -62,13 +106,57 @@ pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpR
             "control endpoints are only reachable from loopback",
         ));
     }
-    if let Some(expected) = &settings.upgrade_token {
-        let presented = crate::secret::bearer(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
-        if !presented.is_some_and(|p| crate::secret::matches(p, expected)) {
-            return Err(json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required"));
-        }
+    Ok(())
+}
+
+/// [`guard_loopback`], then, when a token is configured, a caller that
+/// presents it.
+pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
+    guard_loopback(req)?;
+    if let Some(expected) = &settings.upgrade_token
+        && !presents(req, expected)
+    {
+        return Err(json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required"));
     }
     Ok(())
+}
+
+/// Whether the request's bearer token is `expected` (constant time).
+pub fn presents(req: &HttpRequest, expected: &str) -> bool {
+    let presented = crate::secret::bearer(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    presented.is_some_and(|p| crate::secret::matches(p, expected))
+}
+
+/// `localhost`, an IPv4 loopback literal or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || is_port(port) => inside,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_port(s: &str) -> bool {
+    s.strip_prefix(':').unwrap_or(s).parse::<u16>().is_ok()
+}
+
+/// `http(s)://` and a loopback host ([`is_loopback_host`]); `null` and
+/// anything else are not.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.contains('/') && is_loopback_host(rest)
 }
 
 /// The answer to a method a resource does not have.
@@ -82,4 +170,106 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 /// The answer to a path no route has.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     json_error(StatusCode::NOT_FOUND, format!("no endpoint at {}", req.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn loopback(req: TestRequest) -> TestRequest {
+        req.peer_addr("127.0.0.1:40000".parse().unwrap())
+    }
+
+    fn refused(req: TestRequest) -> Option<(u16, String)> {
+        guard_loopback(&req.to_http_request()).err().map(|r| {
+            let status = r.status().as_u16();
+            let body = actix_web::body::to_bytes(r.into_body());
+            let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    #[test]
+    fn curl_on_loopback_passes_with_any_loopback_host() {
+        for host in [
+            "localhost:5800",
+            "127.0.0.1:5801",
+            "[::1]:5800",
+            "localhost",
+            "127.0.0.2",
+            "LOCALHOST:1",
+        ] {
+            assert_eq!(
+                refused(loopback(TestRequest::default().insert_header(("host", host)))),
+                None,
+                "{host}"
+            );
+        }
+        // A page typed into the address bar.
+        let typed = TestRequest::default()
+            .insert_header(("host", "localhost:5800"))
+            .insert_header(("sec-fetch-site", "none"))
+            .insert_header(("origin", "http://localhost:5800"));
+        assert_eq!(refused(loopback(typed)), None);
+    }
+
+    #[test]
+    fn a_foreign_or_missing_host_is_refused_with_a_json_403_that_names_it() {
+        for host in [
+            "evil.example",
+            "evil.example:5800",
+            "localhost.evil.example",
+            "127.0.0.1:x",
+            "[::2]:5800",
+            "10.0.0.1",
+        ] {
+            let (status, body) = refused(loopback(TestRequest::default().insert_header(("host", host)))).expect(host);
+            assert_eq!(status, 403);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(v["error"].as_str().unwrap().contains(host), "{body}");
+        }
+        let (status, body) = refused(loopback(TestRequest::default())).unwrap();
+        assert_eq!(status, 403);
+        assert!(body.contains("Host: missing"), "{body}");
+    }
+
+    #[test]
+    fn browser_requests_for_another_site_are_refused() {
+        let with = |name: &str, value: &str| {
+            loopback(
+                TestRequest::default()
+                    .insert_header(("host", "localhost:5800"))
+                    .insert_header((name, value)),
+            )
+        };
+        for (name, value, says) in [
+            ("origin", "https://evil.example", "web page"),
+            ("origin", "null", "web page"),
+            ("origin", "http://localhost.evil.example:5800", "web page"),
+            ("sec-fetch-site", "cross-site", "Sec-Fetch-Site: cross-site"),
+            ("sec-fetch-site", "same-site", "Sec-Fetch-Site: same-site"),
+        ] {
+            let (status, body) = refused(with(name, value)).expect(value);
+            assert_eq!(status, 403, "{name}: {value}");
+            assert!(body.contains(says), "{body}");
+        }
+        assert_eq!(refused(with("origin", "http://127.0.0.1:3000")), None);
+        assert_eq!(refused(with("sec-fetch-site", "same-origin")), None);
+    }
+
+    #[test]
+    fn proxied_or_remote_callers_are_refused() {
+        for header in ["x-forwarded-for", "x-real-ip", "forwarded"] {
+            let req = TestRequest::default()
+                .insert_header(("host", "localhost:5800"))
+                .insert_header((header, "203.0.113.9"));
+            assert_eq!(refused(loopback(req)).map(|(s, _)| s), Some(403), "{header}");
+        }
+        let remote = TestRequest::default()
+            .insert_header(("host", "localhost:5800"))
+            .peer_addr("203.0.113.9:40000".parse().unwrap());
+        assert_eq!(refused(remote).map(|(s, _)| s), Some(403));
+    }
 }

@@ -8,6 +8,7 @@
 mod companion;
 mod cycle;
 mod faults;
+mod guard;
 mod harness;
 mod input;
 mod load;
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
         proxy::stopping_nginx_lets_a_request_in_flight_finish,
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
+        guard::browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades,
+        guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,
         traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
         versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
         versions::rollback_returns_to_the_version_before_the_last_upgrade,

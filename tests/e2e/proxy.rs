@@ -1,7 +1,7 @@
 //! The nginx image the project builds for itself behaves as the handover
 //! needs it to.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ pub async fn stopping_nginx_lets_a_request_in_flight_finish(suite: Arc<Suite>) {
     let stop = tokio::task::spawn_blocking(move || {
         Command::new("docker")
             .args(["stop", "-t", "20", &nginx])
+            .stdout(Stdio::null())
             .status()
             .map(|s| s.success())
     });
