@@ -4,7 +4,9 @@
 # sets the crate version, builds a static binary and a FROM-scratch image,
 # tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
 # SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
-# say where to.
+# say where to. A registry that asks for credentials gets the ones
+# registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
+# /var/lib/selfup-registry/auth), through `docker login`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,8 +23,18 @@ image=${SELFUP_IMAGE:-selfup}
 ref=$registry/$image
 
 command -v docker >/dev/null || die "docker is not installed"
-curl -fsS --max-time 5 -o /dev/null "http://$registry/v2/" \
-  || die "the registry at $registry does not answer (start it with registry/start.sh); nothing was built"
+case "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$registry/v2/" || true)" in
+  200) ;;
+  401)
+    # The registry asks for credentials: log in with the ones registry/start.sh
+    # generated, where they are readable (otherwise an earlier `docker login` must do).
+    password=${SELFUP_REGISTRY_AUTH:-/var/lib/selfup-registry/auth}/password
+    if [ -r "$password" ]; then
+      docker login "$registry" -u selfup --password-stdin <"$password" >/dev/null 2>&1 \
+        || die "docker login $registry with $password failed; nothing was built"
+    fi ;;
+  *) die "the registry at $registry does not answer (start it with registry/start.sh); nothing was built" ;;
+esac
 
 # Set the crate version, as `npm version` would: the binary reports it.
 sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
@@ -30,7 +42,9 @@ sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
 target=x86_64-unknown-linux-gnu
 # Both are needed for a static binary: crt-static, and an explicit --target
 # so that proc-macros are still built for the host without it.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet
+echo "build.sh: compiling selfup $version (release, static; the first build on a machine takes about 4 min)" >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet \
+  || die "the release build failed (its errors are above); rerun with: ./build.sh $version"
 target_dir=${CARGO_TARGET_DIR:-target}
 binary=$target_dir/$target/release/selfup
 

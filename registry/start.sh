@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Starts the registry on localhost:5000 (or $REGISTRY_ADDR) as a host process
-# and waits until it answers. Idempotent: an answering registry is left alone.
+# and waits until it answers. Every call needs credentials, reads included
+# (htpasswd): the first start generates a password into $REGISTRY_STATE/auth/
+# (a root-only directory), with the docker config.json selfup pulls with, and
+# logs the Docker CLI in. Idempotent: an answering registry is left alone.
 #   registry/start.sh            start
 #   registry/start.sh stop       stop the one this script started
 set -euo pipefail
@@ -8,6 +11,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 addr=${REGISTRY_ADDR:-127.0.0.1:5000}
 state=${REGISTRY_STATE:-/var/lib/selfup-registry}
 pidfile=$state/registry.pid
+auth=$state/auth
+# The name images carry (localhost:5000/selfup): the CLI finds credentials by it.
+name=${REGISTRY_NAME:-localhost:${addr##*:}}
 
 if [ "${1:-start}" = stop ]; then
   if [ -f "$pidfile" ] && pid=$(cat "$pidfile") && kill "$pid" 2>/dev/null; then
@@ -19,17 +25,35 @@ if [ "${1:-start}" = stop ]; then
   exit 0
 fi
 
-if curl -fs --max-time 2 -o /dev/null "http://$addr/v2/"; then
-  echo "registry already answers on $addr"
-  exit 0
-fi
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time "$1" "http://$addr/v2/" || true; }
+case "$(code 2)" in
+  401) echo "registry already answers on $addr"; exit 0 ;;
+  200) echo "registry/start.sh: a registry without authentication answers on $addr; stop it first (registry/start.sh stop)" >&2; exit 1 ;;
+esac
 command -v docker-registry >/dev/null || { echo "registry/start.sh: docker-registry is not installed (apt-get install docker-registry)" >&2; exit 1; }
-mkdir -p "$state"
+command -v htpasswd >/dev/null || { echo "registry/start.sh: htpasswd is not installed (apt-get install apache2-utils)" >&2; exit 1; }
+
+mkdir -p "$auth"
+chmod 700 "$state" "$auth"
+if [ ! -s "$auth/password" ]; then
+  (umask 077
+   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$auth/password"
+   htpasswd -Bbn selfup "$(cat "$auth/password")" > "$auth/htpasswd"
+   # What selfup reads (docker_config): the same credentials, for both names of the registry.
+   token=$(printf 'selfup:%s' "$(cat "$auth/password")" | base64 -w0)
+   printf '{"auths":{"%s":{"auth":"%s"},"%s":{"auth":"%s"}}}\n' "$name" "$token" "$addr" "$token" > "$auth/config.json")
+  echo "registry: generated its credentials in $auth (user selfup)"
+fi
+
 REGISTRY_HTTP_ADDR=$addr REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=$state \
+  REGISTRY_AUTH=htpasswd REGISTRY_AUTH_HTPASSWD_REALM=selfup REGISTRY_AUTH_HTPASSWD_PATH=$auth/htpasswd \
   setsid nohup docker-registry serve "$here/config.yml" >"$state/registry.log" 2>&1 < /dev/null &
 echo $! > "$pidfile"
 for _ in $(seq 1 100); do
-  if curl -fs --max-time 1 -o /dev/null "http://$addr/v2/"; then echo "registry answers on $addr"; exit 0; fi
+  if [ "$(code 1)" = 401 ]; then
+    echo "registry answers on $addr (credentials required)"
+    exit 0
+  fi
   kill -0 "$(cat "$pidfile")" 2>/dev/null || break
   sleep 0.1
 done

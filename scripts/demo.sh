@@ -33,6 +33,7 @@ purge() {
     docker images -q 'localhost:5000/*'
   } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
   registry/start.sh stop >/dev/null
+  docker logout localhost:5000 >/dev/null 2>&1 || true
   rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live
 }
 case "${1:-}" in

@@ -129,6 +129,12 @@ pub enum UpgradeError {
     },
     #[error("pulling {image}: {source}")]
     Pull { image: String, source: DockerError },
+    /// The `docker_config` file names no usable credentials for the registry.
+    #[error("credentials for {registry}: {source}")]
+    Credentials {
+        registry: String,
+        source: crate::companion::credentials::CredentialsError,
+    },
     #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
     NoVersion { image: String, found: Option<String> },
     #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]

@@ -12,6 +12,7 @@ use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
+use crate::companion::credentials::{self, Helpers, RegistryAuth};
 use crate::docker::{DockerError, ImageRef};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
@@ -93,12 +94,13 @@ impl Orchestrator {
         // The image to run, by tag where there is one, and how it may be compared.
         let (image, requirement) = match target {
             Target::Registry(requirement) => {
-                let image = self.resolve(requirement).await?;
+                let auth = self.registry_auth().await?;
+                let image = self.resolve(requirement, auth.as_ref()).await?;
                 timings.resolve_ms = started.elapsed().as_millis();
                 flight.step("pulling");
                 let t = Instant::now();
                 self.engine
-                    .pull(&image, None)
+                    .pull(&image, auth.as_ref().map(RegistryAuth::docker))
                     .await
                     .map_err(|source| UpgradeError::Pull {
                         image: image.to_string(),
@@ -276,7 +278,19 @@ impl Orchestrator {
 
     /// The image an upgrade request means: `:latest`, or the tag of the
     /// highest registry version that matches.
-    async fn resolve(&self, requirement: &Requirement) -> Result<ImageRef, UpgradeError> {
+    /// The registry's credentials from the `docker_config` file, the same
+    /// lookup companion mode makes; none when the file or its entry is absent.
+    async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
+        let registry = &self.settings.registry;
+        credentials::for_registry(&self.settings.docker_config, registry, &Helpers::from_env())
+            .await
+            .map_err(|source| UpgradeError::Credentials {
+                registry: registry.clone(),
+                source,
+            })
+    }
+
+    async fn resolve(&self, requirement: &Requirement, auth: Option<&RegistryAuth>) -> Result<ImageRef, UpgradeError> {
         let repository =
             ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
         if *requirement == Requirement::Latest {
@@ -284,7 +298,11 @@ impl Orchestrator {
         }
         let tags = self
             .registry
-            .tags(&self.settings.registry, &self.settings.image, None)
+            .tags(
+                &self.settings.registry,
+                &self.settings.image,
+                auth.and_then(RegistryAuth::basic).as_ref(),
+            )
             .await
             .map_err(|source| UpgradeError::Registry {
                 requirement: requirement.to_string(),

@@ -31,7 +31,7 @@ impl ResponseError for UpgradeError {
             | SuccessorUnhealthy { .. }
             | TakeoverFailed { .. }
             | Proxy(_) => StatusCode::BAD_GATEWAY,
-            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

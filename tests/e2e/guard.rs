@@ -1,12 +1,15 @@
-//! The control endpoints answer the operator's `curl` and nobody else: no
-//! web page in a browser on the host, by a cross-site request or by DNS
-//! rebinding.
+//! Only the operator controls upgrades: the control endpoints answer the
+//! operator's `curl` and no web page in a browser on the host; a registry's
+//! answers cannot steer an upgrade; the registry setup starts asks everyone
+//! for credentials, and selfup pulls with them.
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::harness::Suite;
+use crate::harness::{Suite, docker, free_port, repo_root, run as run_cmd, run_quietly};
 
 pub async fn browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades(suite: Arc<Suite>) {
     let env = suite.live_env(&[], "1.0.0").await;
@@ -155,4 +158,140 @@ pub async fn a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_
     }
     let followed = futures_util::FutureExt::now_or_never(elsewhere.accept());
     assert!(followed.is_none(), "a request reached the port the link named");
+}
+
+/// A registry started by `registry/start.sh` into a directory of the test's,
+/// with the images pushed to it; stopped and removed on drop.
+struct SetupRegistry {
+    addr: String,
+    state: std::path::PathBuf,
+    docker_config: std::path::PathBuf,
+    images: Vec<String>,
+}
+
+impl SetupRegistry {
+    fn start(run: &str) -> SetupRegistry {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let state = std::env::temp_dir().join(format!("selfup-e2e-{run}-registry-{}", addr.replace([':', '.'], "-")));
+        let docker_config = state.with_extension("docker");
+        let registry = SetupRegistry {
+            addr,
+            state,
+            docker_config,
+            images: Vec::new(),
+        };
+        std::fs::create_dir_all(&registry.docker_config).unwrap();
+        run_cmd(registry.script().arg("start"));
+        registry
+    }
+
+    fn script(&self) -> Command {
+        let mut cmd = Command::new(repo_root().join("registry/start.sh"));
+        cmd.env("REGISTRY_ADDR", &self.addr)
+            .env("REGISTRY_STATE", &self.state)
+            .env("REGISTRY_NAME", &self.addr);
+        cmd
+    }
+
+    /// `docker push` with a client config of the test's own (no credentials
+    /// until [`login`](Self::login)); whether it succeeded, and its output.
+    fn push(&mut self, source: &str, target: &str) -> (bool, String) {
+        let target = format!("{}/{target}", self.addr);
+        docker(&["tag", source, &target]);
+        self.images.push(target.clone());
+        let out = Command::new("docker")
+            .arg("--config")
+            .arg(&self.docker_config)
+            .args(["push", &target])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn login(&self) {
+        let password = std::fs::read(self.state.join("auth/password")).unwrap();
+        let mut child = Command::new("docker")
+            .arg("--config")
+            .arg(&self.docker_config)
+            .args(["login", &self.addr, "-u", "selfup", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&password).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SetupRegistry {
+    fn drop(&mut self) {
+        run_quietly(self.script().arg("stop"));
+        if !self.images.is_empty() {
+            run_quietly(Command::new("docker").args(["rmi", "-f"]).args(&self.images));
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_dir_all(&self.docker_config);
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_upgrades_through_its_credentials(
+    suite: Arc<Suite>,
+) {
+    let mut registry = SetupRegistry::start(&suite.run_id);
+    let auth = registry.state.join("auth");
+    assert_eq!(mode(&registry.state), 0o700);
+    assert_eq!(mode(&auth), 0o700);
+    for file in ["password", "htpasswd", "config.json"] {
+        assert_eq!(mode(&auth.join(file)), 0o600, "{file}");
+    }
+
+    let env = suite.env(&[("SELFUP_REGISTRY", &registry.addr)]);
+    // Anonymous reads: the API root, the catalogue, a tag list.
+    for path in ["/v2/", "/v2/_catalog", &format!("/v2/{}/tags/list", env.repository)] {
+        let r = env
+            .http
+            .get(format!("http://{}{path}", registry.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "anonymous GET {path}");
+    }
+    let built = suite.image("selfup", "1.1.0");
+    let (pushed, output) = registry.push(&built, &format!("{}:1.1.0", env.repository));
+    assert!(!pushed, "an anonymous push went through: {output}");
+    assert!(
+        output.contains("no basic auth credentials") || output.contains("unauthorized"),
+        "{output}"
+    );
+
+    registry.login();
+    for tag in ["1.1.0", "latest"] {
+        let (pushed, output) = registry.push(&built, &format!("{}:{tag}", env.repository));
+        assert!(pushed, "{output}");
+    }
+    // selfup reads the credentials start.sh wrote for it, as compose mounts them.
+    std::fs::copy(auth.join("config.json"), env.path().join("docker-config.json")).unwrap();
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    // /upgrade/1 lists the tags, then pulls: both with the credentials.
+    let (status, body) = env.upgrade(env.ports[0], Some("1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], "1.1.0", "{body}");
+    assert_eq!(env.wait_public_version("1.1.0").await, env.ports[1]);
 }

@@ -366,6 +366,8 @@ impl Env {
             .unwrap()
             .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"));
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
+        // The suite's registry asks for no credentials: selfup reads an empty config.
+        std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
         std::fs::write(
             dir.join("live/upstream.conf"),
             format!("server 127.0.0.1:{a} max_fails=1 fail_timeout=2s;\nserver 127.0.0.1:{b} backup;\n"),
@@ -418,7 +420,8 @@ impl Env {
             .args(args)
             .env("SELFUP_REGISTRY", &self.registry)
             .env("SELFUP_IMAGE", &self.repository)
-            .env("SELFUP_NGINX_IMAGE", &self.nginx_image);
+            .env("SELFUP_NGINX_IMAGE", &self.nginx_image)
+            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"));
         run(&mut cmd)
     }
 
