@@ -174,6 +174,7 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
     let (sent, head_sent) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn(slow_echo(env.public_port, Duration::from_secs(6), sent));
     head_sent.await.expect("the slow request starts");
+    let asked = std::time::Instant::now();
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");
@@ -202,7 +203,7 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
     slow.await
         .unwrap()
         .expect("the request in flight during the switch completes");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_for_samples_after(answered, 30, Duration::from_secs(10)).await;
     let samples = load.finish().await;
     // A request the successor was answering when it was killed is lost with
     // it (nginx does not replay a POST already sent): at most one per client.
@@ -224,11 +225,13 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
         failed.iter().all(|s| s.sent < answered),
         "a request failed after the elder reclaimed nginx"
     );
+    let during = crate::load::overlapping(&samples, asked, answered).len();
+    assert!(during >= 3, "only {during} requests overlapped the upgrade");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent >= answered).collect();
+    assert!(after.len() >= 30, "{} requests after the elder's answer", after.len());
     assert!(
-        samples
-            .iter()
-            .filter(|s| s.sent > answered)
-            .all(|s| s.version.as_deref() == Some("1.0.0"))
+        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
+        "a request after the elder's answer reached another version"
     );
     assert_eq!(env.version_at(&env.public("/")).await, Some(("1.0.0".into(), a)));
 }
