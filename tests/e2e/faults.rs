@@ -14,7 +14,7 @@ pub async fn a_successor_that_reports_another_version_is_removed(suite: Arc<Suit
     let env = suite.live_env(&[], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", "liar"), &env.repository, "latest");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
+    let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
@@ -29,7 +29,7 @@ pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
     let before = env.selfup_containers();
     let _squatter = TcpListener::bind(("127.0.0.1", env.ports[1])).unwrap();
     suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
+    let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
     assert!(body["error"].as_str().unwrap().contains("exited with code"), "{body}");
     assert!(

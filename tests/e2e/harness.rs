@@ -499,6 +499,35 @@ impl Env {
         .await
     }
 
+    /// [`Env::upgrade`] under a load of 4 clients through nginx, for upgrades
+    /// that must go unnoticed: asserts that requests were in flight all
+    /// through the upgrade and after its answer, and that none failed.
+    pub async fn upgrade_under_load(&self, port: u16, requirement: Option<&str>) -> (u16, Value) {
+        let load = crate::load::Load::start(self.public(""), 4, usize::MAX, Duration::from_secs(120));
+        load.wait_for_samples_after(Instant::now(), 10, Duration::from_secs(10))
+            .await;
+        let asked = Instant::now();
+        let answer = self.upgrade(port, requirement).await;
+        let answered = Instant::now();
+        load.wait_for_samples_after(answered, 10, Duration::from_secs(10)).await;
+        let samples = load.finish().await;
+        let during = crate::load::overlapping(&samples, asked, answered).len();
+        assert!(during >= 4, "only {during} requests overlapped the upgrade");
+        let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed around the upgrade, e.g. {:?}",
+            failed.len(),
+            samples.len(),
+            &failed[..failed.len().min(5)]
+        );
+        eprintln!(
+            "    {} requests around the upgrade ({during} while it ran), none failed",
+            samples.len()
+        );
+        answer
+    }
+
     /// `GET /status` of the instance on `port`.
     pub async fn status(&self, port: u16) -> Value {
         let r = self
