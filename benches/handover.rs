@@ -106,6 +106,8 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
     let nginx = docker(&[
         "run",
         "-d",
+        "--label",
+        &suite.label(),
         "--name",
         &env.nginx,
         "--network",
@@ -123,6 +125,8 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
             "-d",
             "--network",
             "host",
+            "--label",
+            &suite.label(),
             "--label",
             &format!("com.docker.compose.project={}", env.project),
             "-v",

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Suite, docker, eventually, free_port, run, run_is_alive, run_quietly};
+use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
 
 /// The repository (in the suite's registry) of the images the targets run.
 const APP: &str = "companion/app";
@@ -34,7 +34,6 @@ static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
 /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
 fn app_images(suite: &Suite) {
     let built = IMAGES.get_or_init(|| {
-        remove_leftovers();
         let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
@@ -55,7 +54,7 @@ fn app_images(suite: &Suite) {
             std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
             let image = suite.image(APP, tag);
             let out = Command::new("docker")
-                .args(["build", "-q", "-t", &image])
+                .args(["build", "-q", "--label", &suite.label(), "-t", &image])
                 .arg(&dir)
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -70,30 +69,6 @@ fn app_images(suite: &Suite) {
     });
     if let Err(e) = built {
         panic!("the companion test images could not be built: {e}");
-    }
-}
-
-/// Removes the networks and volumes of companion tests of earlier runs that
-/// were interrupted (their run is no longer alive);
-/// the harness does the same for containers. A run going on beside this one
-/// is left alone.
-fn remove_leftovers() {
-    for kind in ["network", "volume"] {
-        let rows = Command::new("docker")
-            .args([kind, "ls", "-q", "--filter", "label=selfup.e2e.test"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for name in rows.split_whitespace() {
-            let run = Command::new("docker")
-                .args([kind, "inspect", "-f", "{{index .Labels \"selfup.e2e\"}}", name])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
-            if !run_is_alive(&run) {
-                run_quietly(Command::new("docker").args([kind, "rm", name]));
-            }
-        }
     }
 }
 

@@ -74,7 +74,7 @@ pub async fn an_unreachable_docker_daemon_is_a_503_and_nothing_else(suite: Arc<S
         "--network",
         "host",
         "--label",
-        &format!("selfup.e2e={}", suite.run_id),
+        &suite.label(),
         "-e",
         &format!("SELFUP_PORT={port}"),
         "-e",
@@ -328,6 +328,8 @@ pub async fn an_instance_that_finds_siblings_of_a_half_finished_upgrade_converge
     let leftover = docker(&[
         "create",
         "--label",
+        &suite.label(),
+        "--label",
         &project,
         "--label",
         "com.docker.compose.service=selfup",
@@ -344,6 +346,7 @@ pub async fn an_instance_that_finds_siblings_of_a_half_finished_upgrade_converge
     .map(String::from)
     .to_vec();
     args.extend(["-v".into(), live, "--label".into(), project.clone()]);
+    args.extend(["--label".into(), suite.label()]);
     args.extend(["--label".into(), "com.docker.compose.service=selfup".into()]);
     for e in env.container_env(&elder) {
         if e.starts_with("SELFUP_") && !e.starts_with("SELFUP_PORT=") {
