@@ -302,7 +302,7 @@ impl Suite {
     /// networks, volumes and images labelled `selfup.e2e` by a run that is no
     /// longer alive ([`run_is_alive`]). A run going on beside this one is
     /// left alone.
-    fn remove_leftovers() {
+    pub fn remove_leftovers() {
         let listed = |args: &[&str]| {
             Command::new("docker")
                 .args(args)

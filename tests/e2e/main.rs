@@ -25,6 +25,7 @@ mod cycle;
 mod faults;
 mod harness;
 mod input;
+mod leftovers;
 mod load;
 mod proxy;
 mod runner;
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
+        leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
         load::a_dropped_load_stops_its_clients_and_closes_their_connections,
         runner::the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_nothing,
     ];
