@@ -14,6 +14,8 @@ export SELFUP_NGINX_IMAGE
 cargo test --locked --test e2e --no-run >/dev/null 2>&1
 
 logs=$(mktemp -d)
+: >"$logs/a.log"
+: >"$logs/b.log"
 cargo test --locked --test e2e -- "${filters[@]}" >"$logs/a.log" 2>&1 &
 a=$!
 until grep -q "suite ready" "$logs/a.log"; do
