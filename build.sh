@@ -4,7 +4,8 @@
 # sets the crate version, builds a static binary and a FROM-scratch image,
 # tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
 # SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
-# say where to. A registry that asks for credentials gets the ones
+# say where to; SELFUP_IMAGE_LABELS (optional, space-separated key=value)
+# adds labels to the image. A registry that asks for credentials gets the ones
 # registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
 # /var/lib/selfup-registry/auth), through `docker login`.
 set -euo pipefail
@@ -48,11 +49,14 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$targe
 target_dir=${CARGO_TARGET_DIR:-target}
 binary=$target_dir/$target/release/selfup
 
+labels=()
+for label in ${SELFUP_IMAGE_LABELS:-}; do labels+=(--label "$label"); done
+
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/selfup"
 # The classic builder's deprecation notice is noise; show its output only on failure.
-docker build --quiet -f docker/Dockerfile --build-arg "VERSION=$version" \
+docker build --quiet -f docker/Dockerfile --build-arg "VERSION=$version" "${labels[@]}" \
   -t "$ref:$version" -t "$ref:latest" "$context" >"$context/build.log" 2>&1 \
   || { cat "$context/build.log" >&2; die "docker build failed"; }
 docker push --quiet "$ref:$version" >/dev/null

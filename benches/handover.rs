@@ -6,7 +6,10 @@
 //! Prints, for each strategy: requests sent and failed, p99 and max latency
 //! inside the upgrade windows and outside them, and the upgrade time (from
 //! the request to the answer, or from `docker stop` to the new instance's
-//! first healthy answer) as median and max. It is not a test: nothing fails.
+//! first healthy answer) as median and max. Then UPGRADES upgrades with no
+//! load: the time from the request to the answer (median, min, max) and the
+//! median of each step the answer's `timings` report. It is not a test:
+//! nothing fails.
 
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         .unwrap();
     let blue_green = runtime.block_on(blue_green(suite.clone(), upgrades, clients));
     let recreate = runtime.block_on(recreate(suite.clone(), upgrades, clients));
+    let unloaded = runtime.block_on(unloaded(suite.clone(), upgrades));
     drop(runtime);
     drop(suite);
     println!("\n{upgrades} upgrades per strategy under {clients} clients (GET / and POST /echo through nginx)\n");
@@ -67,7 +71,69 @@ fn main() -> ExitCode {
     for f in [blue_green, recreate] {
         print_row(&f);
     }
+    print_unloaded(&unloaded);
     ExitCode::SUCCESS
+}
+
+/// Waits until the clients have sent 100 requests each from now: a stretch of
+/// steady load between the upgrades.
+async fn steady(load: &Load, clients: usize) {
+    load.wait_for_samples_after(Instant::now(), 100 * clients, Duration::from_secs(60))
+        .await;
+}
+
+/// The steps of an upgrade answer's `timings`, in the order they run.
+const STEPS: [&str; 5] = ["resolve", "pull", "start", "health", "takeover"];
+
+/// One unloaded upgrade: the time from the request to the answer, and the
+/// answer's own timings of each step (ms), in [`STEPS`] order.
+struct Unloaded {
+    answered: Duration,
+    steps: [u64; STEPS.len()],
+}
+
+async fn unloaded(suite: Arc<Suite>, upgrades: usize) -> Vec<Unloaded> {
+    let env = suite.env(&[]);
+    for v in ["1.1.0", "1.2.0", "1.0.0"] {
+        suite.release(&env.repository, v);
+    }
+    env.up("1.0.0").await;
+    let mut live = env.ports[0];
+    let mut runs = Vec::new();
+    for i in 0..upgrades {
+        let version = CYCLE[i % CYCLE.len()];
+        let asked = Instant::now();
+        let (status, body) = env.upgrade(live, Some(&format!("={version}"))).await;
+        let answered = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        let steps = STEPS.map(|s| body["timings"][format!("{s}_ms")].as_u64().unwrap_or_default());
+        runs.push(Unloaded { answered, steps });
+        live = body["new_port"].as_u64().unwrap() as u16;
+        env.wait_takeover_done(live).await;
+    }
+    runs
+}
+
+fn print_unloaded(runs: &[Unloaded]) {
+    let mut answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
+    answered.sort();
+    let median = |mut v: Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let steps: Vec<String> = STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s} {} ms", median(runs.iter().map(|r| r.steps[i]).collect())))
+        .collect();
+    println!(
+        "\n{} upgrades without load: answered in {} median ({} to {}); median steps: {}",
+        runs.len(),
+        ms(percentile(&answered, 0.5)),
+        ms(answered[0]),
+        ms(answered[answered.len() - 1]),
+        steps.join(", ")
+    );
 }
 
 async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures {
@@ -77,7 +143,7 @@ async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figur
     }
     env.up("1.0.0").await;
     let load = Load::start(env.public(""), clients, usize::MAX, Duration::from_secs(600));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    steady(&load, clients).await;
     let mut live = env.ports[0];
     let mut windows = Vec::new();
     for i in 0..upgrades {
@@ -89,7 +155,7 @@ async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figur
         windows.push((asked, answered));
         live = body["new_port"].as_u64().unwrap() as u16;
         env.wait_takeover_done(live).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        steady(&load, clients).await;
     }
     Figures {
         name: "blue-green (selfup)",
@@ -106,6 +172,8 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
     let nginx = docker(&[
         "run",
         "-d",
+        "--label",
+        &suite.label(),
         "--name",
         &env.nginx,
         "--network",
@@ -124,6 +192,8 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
             "--network",
             "host",
             "--label",
+            &suite.label(),
+            "--label",
             &format!("com.docker.compose.project={}", env.project),
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
@@ -141,7 +211,7 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
     let mut current = run("1.0.0");
     env.wait_public_version("1.0.0").await;
     let load = Load::start(env.public(""), clients, usize::MAX, Duration::from_secs(600));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    steady(&load, clients).await;
     let mut windows = Vec::new();
     for i in 0..upgrades {
         let version = CYCLE[i % CYCLE.len()];
@@ -161,7 +231,7 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
         })
         .await;
         windows.push((asked, Instant::now()));
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        steady(&load, clients).await;
     }
     let samples = load.finish().await;
     docker(&["rm", "-f", &current]);

@@ -349,13 +349,18 @@ mod tests {
     }
 
     #[test]
-    fn an_image_with_a_tag_is_refused() {
-        Jail::expect_with(|jail| {
-            jail.set_env("SELFUP_IMAGE", "selfup:1.0.0");
-            let err = load_in(jail).unwrap_err().to_string();
-            assert!(err.contains("image"), "{err}");
-            Ok(())
-        });
+    fn an_image_with_a_tag_or_a_digest_is_refused() {
+        for image in ["selfup:1.0.0", "selfup@sha256:abc", ""] {
+            Jail::expect_with(|jail| {
+                jail.set_env("SELFUP_IMAGE", image);
+                let err = load_in(jail).unwrap_err().to_string();
+                assert_eq!(
+                    err,
+                    format!("configuration: image: expected a repository name without tag, got {image:?}"),
+                );
+                Ok(())
+            });
+        }
     }
 
     #[test]

@@ -549,14 +549,28 @@ mod tests {
 
     #[test]
     fn what_parses_prints_back_to_the_same_reference() {
-        for good in [
-            "localhost:5000/selfup",
+        // Canonical references (with their tag) print back exactly.
+        for canonical in [
+            "localhost:5000/selfup:1.4.0",
             "registry.example.com/team/app:v2",
             "[::1]:5000/x:1",
-            "nginx",
+            "nginx:latest",
+            "library/nginx:1.27-alpine",
+            "ghcr.io/o/r:1.0.0-rc.1",
         ] {
-            let image = ImageRef::parse(good).unwrap();
-            assert_eq!(ImageRef::parse(&image.to_string()), Ok(image));
+            let image = ImageRef::parse(canonical).unwrap();
+            assert_eq!(image.to_string(), canonical);
+        }
+        // The others print in the normal form (the implied tag spelled out),
+        // which parses to the same reference.
+        for (given, normal) in [
+            ("localhost:5000/selfup", "localhost:5000/selfup:latest"),
+            ("nginx", "nginx:latest"),
+            ("team/app", "team/app:latest"),
+        ] {
+            let image = ImageRef::parse(given).unwrap();
+            assert_eq!(image.to_string(), normal);
+            assert_eq!(ImageRef::parse(normal), Ok(image));
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Suite, docker, eventually, free_port, run, run_is_alive, run_quietly};
+use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
 
 /// The repository (in the suite's registry) of the images the targets run.
 const APP: &str = "companion/app";
@@ -34,7 +34,6 @@ static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
 /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
 fn app_images(suite: &Suite) {
     let built = IMAGES.get_or_init(|| {
-        remove_leftovers();
         let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
@@ -55,7 +54,7 @@ fn app_images(suite: &Suite) {
             std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
             let image = suite.image(APP, tag);
             let out = Command::new("docker")
-                .args(["build", "-q", "-t", &image])
+                .args(["build", "-q", "--label", &suite.label(), "-t", &image])
                 .arg(&dir)
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -70,30 +69,6 @@ fn app_images(suite: &Suite) {
     });
     if let Err(e) = built {
         panic!("the companion test images could not be built: {e}");
-    }
-}
-
-/// Removes the networks and volumes of companion tests of earlier runs that
-/// were interrupted (their run is no longer alive);
-/// the harness does the same for containers. A run going on beside this one
-/// is left alone.
-fn remove_leftovers() {
-    for kind in ["network", "volume"] {
-        let rows = Command::new("docker")
-            .args([kind, "ls", "-q", "--filter", "label=selfup.e2e.test"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for name in rows.split_whitespace() {
-            let run = Command::new("docker")
-                .args([kind, "inspect", "-f", "{{index .Labels \"selfup.e2e\"}}", name])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
-            if !run_is_alive(&run) {
-                run_quietly(Command::new("docker").args([kind, "rm", name]));
-            }
-        }
     }
 }
 
@@ -211,12 +186,18 @@ impl World {
     /// Creates (and starts, unless `start` is false) a target container:
     /// labelled for this test, with `args` before the image.
     fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
+        self.target_with_command(what, args, image, &[], start)
+    }
+
+    /// [`World::target`] with `command` after the image.
+    fn target_with_command(&self, what: &str, args: &[&str], image: &str, command: &[&str], start: bool) -> String {
         let name = self.name(what);
         let mut cmd = Command::new("docker");
         cmd.args(["create", "--name", &name])
             .args(self.labels())
             .args(args)
-            .arg(image);
+            .arg(image)
+            .args(command);
         run(&mut cmd);
         if start {
             docker(&["start", &name]);
@@ -454,10 +435,11 @@ fn mounts(c: &Value) -> BTreeMap<String, (String, String, bool)> {
         .collect()
 }
 
-/// The networks of a container with their aliases, without the one Docker
-/// derives from the container's own id.
+/// The networks of a container with their aliases, without the ones Docker
+/// derives from the container's own id and hostname.
 fn networks(c: &Value) -> BTreeMap<String, BTreeSet<String>> {
     let short = &c["Id"].as_str().unwrap()[..12];
+    let hostname = c["Config"]["Hostname"].as_str().unwrap_or_default();
     c["NetworkSettings"]["Networks"]
         .as_object()
         .unwrap()
@@ -468,7 +450,7 @@ fn networks(c: &Value) -> BTreeMap<String, BTreeSet<String>> {
                 .map(|a| {
                     a.iter()
                         .filter_map(|v| v.as_str())
-                        .filter(|a| *a != short)
+                        .filter(|a| *a != short && *a != hostname)
                         .map(String::from)
                         .collect()
                 })
@@ -487,8 +469,41 @@ fn env(c: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// Runs `script` in `container` as root, whatever user the container runs as.
 fn exec(container: &str, script: &str) -> String {
-    docker(&["exec", container, "/busybox", "sh", "-c", script])
+    docker(&["exec", "-u", "0", container, "/busybox", "sh", "-c", script])
+}
+
+/// A JSON object flattened to `path → value`, objects opened key by key
+/// (`HostConfig.LogConfig.Config.max-size`), arrays and scalars kept whole.
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+    match value.as_object() {
+        Some(fields) if !fields.is_empty() => {
+            for (k, v) in fields {
+                flatten(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), value.clone());
+        }
+    }
+}
+
+/// The fields of `Config` and `HostConfig` that differ between two inspects:
+/// path → (before, after); a field missing on one side is `null` there.
+fn settings_diff(before: &Value, after: &Value) -> BTreeMap<String, (Value, Value)> {
+    let (mut b, mut a) = (BTreeMap::new(), BTreeMap::new());
+    for section in ["Config", "HostConfig"] {
+        flatten(section, &before[section], &mut b);
+        flatten(section, &after[section], &mut a);
+    }
+    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (b.get(k).unwrap_or(&Value::Null), a.get(k).unwrap_or(&Value::Null));
+            (x != y).then(|| (k.clone(), (x.clone(), y.clone())))
+        })
+        .collect()
 }
 
 fn is_running(name: &str) -> bool {
@@ -505,13 +520,43 @@ pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_bot
     std::fs::write(config.join("app.conf"), "answer=42\n").unwrap();
     let host_port = free_port().to_string();
     let old_image = suite.image(APP, "1.0.0");
-    let app = w.target(
+    let app = w.target_with_command(
         "app",
         &[
             "--label",
             "selfup.enable=true",
             "--label",
             "app.owner=operator",
+            "--user",
+            "1000:1000",
+            "--workdir",
+            "/work",
+            "--hostname",
+            "app-host",
+            "--entrypoint",
+            "/busybox",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-drop",
+            "MKNOD",
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=1m",
+            "--log-opt",
+            "max-file=2",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--tmpfs",
+            "/scratch:size=1m",
+            "--dns",
+            "192.0.2.53",
+            "--dns-search",
+            "example.test",
+            "--dns-option",
+            "ndots:2",
+            "--add-host",
+            "db.internal:192.0.2.10",
             "-e",
             "FOO=bar",
             "-e",
@@ -540,6 +585,7 @@ pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_bot
             "5",
         ],
         &old_image,
+        &["sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"],
         false,
     );
     docker(&[
@@ -620,6 +666,63 @@ pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_bot
     assert_eq!(labels["selfup.e2e.test"], w.test.as_str());
     assert_eq!(labels["org.opencontainers.image.version"], "2.0.0");
     assert_eq!(labels["app.flavour"], "v2");
+
+    // Everything else in Config and HostConfig is the same, but for these
+    // fields, each with why it may differ.
+    let allowed: [(&str, &str); 5] = [
+        ("Config.Image", "the new image is the point of the update"),
+        (
+            "HostConfig.Binds",
+            "the anonymous volume is bound by name, to carry its data over (checked below)",
+        ),
+        (
+            "Config.Env",
+            "the image's own variables come from the new image (checked above)",
+        ),
+        ("Config.Labels.app.flavour", "an image label: the new image's"),
+        (
+            "Config.Labels.org.opencontainers.image.version",
+            "an image label: the new image's",
+        ),
+    ];
+    let diff = settings_diff(&before, &after);
+    let unexpected: BTreeMap<_, _> = diff
+        .iter()
+        .filter(|(k, _)| !allowed.iter().any(|(a, _)| a == k))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "settings the update changed (before, after): {unexpected:#?}"
+    );
+    let mut binds = before["HostConfig"]["Binds"].as_array().unwrap().clone();
+    binds.push(json!(format!("{}:/anon", mounts(&before)["/anon"].1)));
+    assert_eq!(after["HostConfig"]["Binds"], Value::Array(binds));
+    // The settings set on the old container are really there (not two empty sides).
+    let c = &after["Config"];
+    let h = &after["HostConfig"];
+    assert_eq!(
+        (c["User"].as_str(), c["WorkingDir"].as_str()),
+        (Some("1000:1000"), Some("/work"))
+    );
+    assert_eq!(c["Hostname"], "app-host");
+    assert_eq!(c["Entrypoint"], json!(["/busybox"]));
+    assert_eq!(c["Cmd"][0], "sh");
+    assert_eq!(
+        (h["CapAdd"].to_string(), h["CapDrop"].to_string()),
+        (r#"["CAP_NET_ADMIN"]"#.into(), r#"["CAP_MKNOD"]"#.into())
+    );
+    assert_eq!(h["LogConfig"]["Config"], json!({"max-size": "1m", "max-file": "2"}));
+    assert_eq!(h["Ulimits"], json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}]));
+    assert_eq!(h["Tmpfs"], json!({"/scratch": "size=1m"}));
+    assert_eq!(h["Dns"], json!(["192.0.2.53"]));
+    assert_eq!(h["DnsSearch"], json!(["example.test"]));
+    assert_eq!(h["DnsOptions"], json!(["ndots:2"]));
+    assert_eq!(h["ExtraHosts"], json!(["db.internal:192.0.2.10"]));
+    // The new container's process runs as that user, in that directory.
+    assert_eq!(
+        exec(&app, "/busybox awk '/^Uid:/ { print $2 }' /proc/1/status; /busybox pwd"),
+        "1000\n/work\n"
+    );
 }
 
 pub async fn a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time(

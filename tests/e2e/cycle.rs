@@ -104,7 +104,7 @@ async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reas
     let env = suite.live_env(&[("SELFUP_HEALTH_DEADLINE_SECS", "4")], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", fault), &env.repository, "latest");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
+    let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["status"], "failed");
     let error = body["error"].as_str().unwrap();

@@ -1,20 +1,21 @@
 //! Faults in the middle of an upgrade: each ends with one live instance.
 
 use std::net::TcpListener;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Container, FAULT_VERSION, Suite, docker, eventually, free_port};
+use crate::harness::{Container, FAULT_VERSION, Suite, docker, eventually, free_port, run};
 use crate::load::Load;
 
 pub async fn a_successor_that_reports_another_version_is_removed(suite: Arc<Suite>) {
     let env = suite.live_env(&[], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", "liar"), &env.repository, "latest");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
+    let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
@@ -29,7 +30,7 @@ pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
     let before = env.selfup_containers();
     let _squatter = TcpListener::bind(("127.0.0.1", env.ports[1])).unwrap();
     suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
+    let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
     assert!(body["error"].as_str().unwrap().contains("exited with code"), "{body}");
     assert!(
@@ -73,7 +74,7 @@ pub async fn an_unreachable_docker_daemon_is_a_503_and_nothing_else(suite: Arc<S
         "--network",
         "host",
         "--label",
-        &format!("selfup.e2e={}", suite.run_id),
+        &suite.label(),
         "-e",
         &format!("SELFUP_PORT={port}"),
         "-e",
@@ -109,24 +110,81 @@ pub async fn the_successor_takes_over_when_the_elder_is_killed_after_starting_it
     let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
     let elder = env.container_on(a).unwrap();
+    let elder_pid = docker(&["inspect", "-f", "{{.State.Pid}}", &elder]).trim().to_string();
     suite.release(&env.repository, "1.1.0");
+    // Docker's start events of this project, from before the upgrade is asked.
+    let since = format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    let mut events = tokio::process::Command::new("docker")
+        .args(["events", "--since", &since, "--format", "{{.ID}}"])
+        .args(["--filter", "event=start", "--filter"])
+        .arg(format!("label=com.docker.compose.project={}", env.project))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docker events");
+    let mut started = tokio::io::BufReader::new(events.stdout.take().unwrap()).lines();
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");
         tokio::spawn(async move { http.post(url).send().await })
     };
-    eventually("the successor to start", Duration::from_secs(30), || async {
-        env.container_on(b)
+    // The moment the successor runs, and long before it can answer a health
+    // check, the elder is frozen: it can never send the go-ahead.
+    let successor = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let id = started.next_line().await.unwrap().expect("docker events ended");
+            if !elder.starts_with(&id) && !id.starts_with(&elder) {
+                return id;
+            }
+        }
+    })
+    .await
+    .expect("the successor to start");
+    run(Command::new("kill").args(["-STOP", &elder_pid]));
+    drop(events);
+    // Frozen, the elder neither answers nor goes: the successor keeps waiting.
+    let phase = eventually("the successor's /handover", Duration::from_secs(10), || async {
+        let r = env.http.get(env.direct(b, "/handover")).send().await.ok()?;
+        r.json::<Value>().await.ok()
     })
     .await;
+    assert_eq!(phase["phase"], "waiting_for_go", "{phase}");
+
+    let killed = Instant::now();
     docker(&["kill", "-s", "KILL", &elder]);
     // Its answer is lost with it; the restart policy may even bring it back.
     let _ = upgrade.await;
-    env.wait_public_version("1.1.0").await;
     let survivor = env.wait_single_container().await;
-    assert_ne!(survivor, elder);
+    let one_instance = killed.elapsed();
+    env.wait_public_version("1.1.0").await;
+    let serving = killed.elapsed();
+    eprintln!(
+        "    from the elder's kill: one instance after {} ms, 1.1.0 through nginx after {} ms",
+        one_instance.as_millis(),
+        serving.as_millis()
+    );
+    assert!(
+        successor.starts_with(&survivor),
+        "{survivor} is not the successor {successor}"
+    );
     assert_eq!(env.version_at(&env.direct(b, "/")).await, Some(("1.1.0".into(), b)));
     assert_eq!(env.upstream_primary(), format!("127.0.0.1:{b}"));
+    let out = Command::new("docker").args(["logs", &survivor]).output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("taking over without its go-ahead"),
+        "the successor did not take the path without the go-ahead:\n{log}"
+    );
 }
 
 /// Sends `POST /echo` through nginx with a body that trickles in over
@@ -174,6 +232,7 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
     let (sent, head_sent) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn(slow_echo(env.public_port, Duration::from_secs(6), sent));
     head_sent.await.expect("the slow request starts");
+    let asked = std::time::Instant::now();
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");
@@ -202,7 +261,7 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
     slow.await
         .unwrap()
         .expect("the request in flight during the switch completes");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_for_samples_after(answered, 30, Duration::from_secs(10)).await;
     let samples = load.finish().await;
     // A request the successor was answering when it was killed is lost with
     // it (nginx does not replay a POST already sent): at most one per client.
@@ -224,11 +283,13 @@ pub async fn the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch(s
         failed.iter().all(|s| s.sent < answered),
         "a request failed after the elder reclaimed nginx"
     );
+    let during = crate::load::overlapping(&samples, asked, answered).len();
+    assert!(during >= 3, "only {during} requests overlapped the upgrade");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent >= answered).collect();
+    assert!(after.len() >= 30, "{} requests after the elder's answer", after.len());
     assert!(
-        samples
-            .iter()
-            .filter(|s| s.sent > answered)
-            .all(|s| s.version.as_deref() == Some("1.0.0"))
+        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
+        "a request after the elder's answer reached another version"
     );
     assert_eq!(env.version_at(&env.public("/")).await, Some(("1.0.0".into(), a)));
 }
@@ -267,6 +328,8 @@ pub async fn an_instance_that_finds_siblings_of_a_half_finished_upgrade_converge
     let leftover = docker(&[
         "create",
         "--label",
+        &suite.label(),
+        "--label",
         &project,
         "--label",
         "com.docker.compose.service=selfup",
@@ -283,6 +346,7 @@ pub async fn an_instance_that_finds_siblings_of_a_half_finished_upgrade_converge
     .map(String::from)
     .to_vec();
     args.extend(["-v".into(), live, "--label".into(), project.clone()]);
+    args.extend(["--label".into(), suite.label()]);
     args.extend(["--label".into(), "com.docker.compose.service=selfup".into()]);
     for e in env.container_env(&elder) {
         if e.starts_with("SELFUP_") && !e.starts_with("SELFUP_PORT=") {

@@ -17,6 +17,9 @@ pub const VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
 pub const FAULT_VERSION: &str = "9.0.0";
 /// Every compose project the suite starts begins with this.
 const PROJECT_PREFIX: &str = "selfupe2e";
+/// The label on every container, network, volume and image a run makes; its
+/// value is the run's id ([`this_run_id`]).
+pub const LABEL: &str = "selfup.e2e";
 
 /// Runs a command, returning stdout; panics with stderr when it fails.
 pub fn run(cmd: &mut Command) -> String {
@@ -220,6 +223,7 @@ impl Suite {
             .env("CARGO_TARGET_DIR", root.join("target"))
             .env("SELFUP_REGISTRY", &self.registry)
             .env("SELFUP_IMAGE", "selfup")
+            .env("SELFUP_IMAGE_LABELS", self.label())
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -248,7 +252,14 @@ impl Suite {
             let dockerfile = format!("{dockerfile}LABEL org.opencontainers.image.version={FAULT_VERSION}\n");
             std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
             let out = Command::new("docker")
-                .args(["build", "-q", "-t", &self.image("fixtures", name)])
+                .args([
+                    "build",
+                    "-q",
+                    "--label",
+                    &self.label(),
+                    "-t",
+                    &self.image("fixtures", name),
+                ])
                 .arg(&dir)
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -282,26 +293,50 @@ impl Suite {
         self.publish(&built, repository, "latest");
     }
 
-    /// Removes what an interrupted earlier run left behind: containers whose
-    /// run is no longer alive ([`run_is_alive`]). A run going on beside this
-    /// one is left alone.
-    fn remove_leftovers() {
-        let rows = Command::new("docker")
-            .args([
-                "ps",
-                "-a",
-                "--filter",
-                "label=selfup.e2e",
-                "--format",
-                "{{.ID}} {{.Label \"selfup.e2e\"}}",
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for row in rows.lines() {
-            let Some((id, run)) = row.split_once(' ') else { continue };
-            if !run_is_alive(run) {
-                run_quietly(Command::new("docker").args(["rm", "-f", id]));
+    /// `selfup.e2e=<run id>`: the label on everything this run makes.
+    pub fn label(&self) -> String {
+        format!("{LABEL}={}", self.run_id)
+    }
+
+    /// Removes what interrupted earlier runs left behind: the containers,
+    /// networks, volumes and images labelled `selfup.e2e` by a run that is no
+    /// longer alive ([`run_is_alive`]). A run going on beside this one is
+    /// left alone.
+    pub fn remove_leftovers() {
+        let listed = |args: &[&str]| {
+            Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let filter = format!("label={LABEL}");
+        // Containers first: they hold the rest.
+        let containers = listed(&["ps", "-aq", "--filter", &filter]);
+        let networks = listed(&["network", "ls", "-q", "--filter", &filter]);
+        let volumes = listed(&["volume", "ls", "-q", "--filter", &filter]);
+        let images = listed(&["image", "ls", "-q", "--no-trunc", "--filter", &filter]);
+        let owner = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
+        let owner_of_set = format!("{{{{index .Labels \"{LABEL}\"}}}}");
+        for (kind, ids, format) in [
+            ("container", containers, &owner),
+            ("network", networks, &owner_of_set),
+            ("volume", volumes, &owner_of_set),
+            ("image", images, &owner),
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for id in ids.split_whitespace().filter(|id| seen.insert(id.to_string())) {
+                let run = listed(&[kind, "inspect", "-f", format, id]);
+                if run.trim().is_empty() || run_is_alive(run.trim()) {
+                    continue;
+                }
+                let remove: &[&str] = match kind {
+                    "container" => &["rm", "-f", "-v"],
+                    "network" => &["network", "rm"],
+                    "volume" => &["volume", "rm", "-f"],
+                    _ => &["rmi", "-f"],
+                };
+                run_quietly(Command::new("docker").args(remove).arg(id));
             }
         }
     }
@@ -389,7 +424,7 @@ impl Env {
         let environment: String = env.iter().map(|(k, v)| format!("      {k}: '{v}'\n")).collect();
         let live = dir.join("live");
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}    volumes:\n      - {live}:/etc/selfup/nginx\n  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\n      - {live}:/etc/nginx/selfup:ro\n",
+            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}    volumes:\n      - {live}:/etc/selfup/nginx\n  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\n      - {live}:/etc/nginx/selfup:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n",
             run = suite.run_id,
             live = live.display(),
             conf = dir.join("nginx.conf").display(),
@@ -500,6 +535,35 @@ impl Env {
             (v["phase"] == "done").then_some(())
         })
         .await
+    }
+
+    /// [`Env::upgrade`] under a load of 4 clients through nginx, for upgrades
+    /// that must go unnoticed: asserts that requests were in flight all
+    /// through the upgrade and after its answer, and that none failed.
+    pub async fn upgrade_under_load(&self, port: u16, requirement: Option<&str>) -> (u16, Value) {
+        let load = crate::load::Load::start(self.public(""), 4, usize::MAX, Duration::from_secs(120));
+        load.wait_for_samples_after(Instant::now(), 10, Duration::from_secs(10))
+            .await;
+        let asked = Instant::now();
+        let answer = self.upgrade(port, requirement).await;
+        let answered = Instant::now();
+        load.wait_for_samples_after(answered, 10, Duration::from_secs(10)).await;
+        let samples = load.finish().await;
+        let during = crate::load::overlapping(&samples, asked, answered).len();
+        assert!(during >= 4, "only {during} requests overlapped the upgrade");
+        let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed around the upgrade, e.g. {:?}",
+            failed.len(),
+            samples.len(),
+            &failed[..failed.len().min(5)]
+        );
+        eprintln!(
+            "    {} requests around the upgrade ({during} while it ran), none failed",
+            samples.len()
+        );
+        answer
     }
 
     /// `GET /status` of the instance on `port`.

@@ -40,6 +40,7 @@ pub async fn malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_
     let env = suite
         .live_env(&[("SELFUP_UPGRADE_TOKEN", "the-right-token")], "1.0.0")
         .await;
+    let before = env.selfup_containers();
     let http = &env.http;
     let url = |p: &str| env.direct(env.ports[0], p);
 
@@ -139,11 +140,32 @@ pub async fn malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_
             Err(e) => panic!("request {i} {method} {path}: {e}"),
         };
         let status = r.status().as_u16();
+        let what = format!("request {i} {method} {path}");
+        let json_type = r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let body = r
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
         assert!(
-            status < 500,
-            "request {i} {method} {path} answered {status}: {:?}",
-            r.text().await
+            (200..300).contains(&status) || (400..500).contains(&status),
+            "{what} answered {status}: {body:?}"
         );
+        if (400..500).contains(&status) {
+            if method == reqwest::Method::HEAD {
+                // A HEAD answer has no body; it names the body a GET would get.
+                assert!(json_type, "{what}: {status} without a JSON content type");
+            } else {
+                let json: Value = serde_json::from_str(&body)
+                    .unwrap_or_else(|_| panic!("{what}: {status} with a body that is not JSON: {body:?}"));
+                assert!(
+                    json["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{what}: {status} without an error string: {body}"
+                );
+            }
+        }
         *statuses.entry(status).or_insert(0) += 1;
     }
     eprintln!("    3000 random requests: {statuses:?}");
@@ -152,5 +174,8 @@ pub async fn malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_
         Some(("1.0.0".into(), env.ports[0]))
     );
     assert_eq!(http.get(url("/health")).send().await.unwrap().status(), 200);
-    assert_eq!(env.selfup_containers().len(), 1);
+    // The same container, never restarted: nothing made it fall over.
+    assert_eq!(env.selfup_containers(), before);
+    let restarts = crate::harness::docker(&["inspect", "-f", "{{.RestartCount}}", &before[0]]);
+    assert_eq!(restarts.trim(), "0");
 }

@@ -1,8 +1,8 @@
 //! A bounded load through nginx: GET `/` and POST `/echo`, every answer
 //! checked, for the tests and for the benchmark.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One request and what came of it.
@@ -17,10 +17,13 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
-/// Clients sending requests back to back until stopped.
+/// Clients sending requests back to back until stopped: by [`Load::finish`],
+/// by their own limits, or by dropping the `Load` (a failing test's clients
+/// stop with it instead of running into the next test).
 pub struct Load {
     stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
@@ -28,9 +31,11 @@ impl Load {
     /// stops by itself after `max_requests` or `max_time`.
     pub fn start(base: String, clients: usize, max_requests: usize, max_time: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..clients)
             .map(|c| {
                 let stop = stop.clone();
+                let samples = samples.clone();
                 let base = base.clone();
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder()
@@ -40,7 +45,6 @@ impl Load {
                         .build()
                         .unwrap();
                     let start = Instant::now();
-                    let mut samples = Vec::new();
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) && n < max_requests && start.elapsed() < max_time {
                         n += 1;
@@ -50,29 +54,70 @@ impl Load {
                         } else {
                             echo(&http, &base, &format!("client {c} request {n}")).await
                         };
-                        samples.push(Sample {
+                        let sample = Sample {
                             sent,
                             latency: sent.elapsed(),
                             version,
                             error,
-                        });
+                        };
+                        samples.lock().unwrap().push(sample);
                     }
-                    samples
                 })
             })
             .collect();
-        Load { stop, tasks }
+        Load { stop, samples, tasks }
     }
 
-    /// Stops the clients and returns every sample, in no particular order.
-    pub async fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            all.extend(t.await.expect("a load client panicked"));
-        }
-        all
+    /// How many requests sent at or after `after` have been answered.
+    pub fn answered_after(&self, after: Instant) -> usize {
+        self.samples.lock().unwrap().iter().filter(|s| s.sent >= after).count()
     }
+
+    /// Waits until at least `n` requests sent at or after `after` have been
+    /// answered (right or wrong): the load has covered that moment. Panics
+    /// after `timeout`, or when the clients stopped before that.
+    pub async fn wait_for_samples_after(&self, after: Instant, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let got = self.answered_after(after);
+            if got >= n {
+                return;
+            }
+            if self.tasks.iter().all(|t| t.is_finished()) {
+                panic!("the load stopped with {got} of {n} requests answered after the mark");
+            }
+            if start.elapsed() > timeout {
+                panic!("only {got} of {n} requests answered within {timeout:?} after the mark");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the clients and returns every sample, in the order answered.
+    pub async fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await.expect("a load client panicked");
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The samples whose request was in flight at some moment of `[from, to]`.
+pub fn overlapping(samples: &[Sample], from: Instant, to: Instant) -> Vec<&Sample> {
+    samples
+        .iter()
+        .filter(|s| s.sent <= to && s.sent + s.latency >= from)
+        .collect()
 }
 
 async fn get(http: &reqwest::Client, base: &str) -> (Option<String>, Option<String>) {
@@ -118,4 +163,79 @@ async fn echo(http: &reqwest::Client, base: &str, body: &str) -> (Option<String>
         Ok(text) => (None, Some(format!("POST /echo returned {text:?} for {body:?}"))),
         Err(e) => (None, Some(format!("POST /echo body: {e}"))),
     }
+}
+
+/// A keep-alive HTTP server on a free loopback port that answers every
+/// request `200 {}`, counting requests and open connections.
+async fn counting_server() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (requests, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, o) = (requests.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (requests, open) = (r.clone(), o.clone());
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                'conn: loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        break;
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}";
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, requests, open)
+}
+
+/// The clients of a `Load` dropped without `finish` (a test that panics)
+/// stop sending and close their connections.
+pub async fn a_dropped_load_stops_its_clients_and_closes_their_connections(_suite: Arc<crate::harness::Suite>) {
+    let (port, requests, open) = counting_server().await;
+    let load = Load::start(
+        format!("http://127.0.0.1:{port}"),
+        4,
+        usize::MAX,
+        Duration::from_secs(120),
+    );
+    let mark = Instant::now();
+    load.wait_for_samples_after(mark, 50, Duration::from_secs(10)).await;
+    assert_eq!(open.load(Ordering::SeqCst), 4, "one connection per client");
+    drop(load);
+    crate::harness::eventually("the clients' connections to close", Duration::from_secs(5), || async {
+        (open.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+    // Closed connections could be reopened by a client still running: none is.
+    let after_close = requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        after_close,
+        "requests went on after the drop"
+    );
+    assert_eq!(open.load(Ordering::SeqCst), 0);
 }

@@ -2,8 +2,23 @@
 //!
 //! One binary with its own runner (`harness = false`): the suite builds its
 //! images once, runs each test in turn (a panic fails that test only), and
-//! always tears down what it started. `cargo test --test e2e -- NAME` runs the
-//! tests whose name contains NAME; `TEST_LOG=1` shows the containers' logs.
+//! always tears down what it started. `TEST_LOG=1` shows the containers' logs.
+//!
+//! The runner reads libtest's command line ([`runner::Args`]):
+//! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
+//! NAME, `--skip NAME` leaves some out, `--exact` matches whole names, `--list`
+//! prints the selection, `--fail-fast` stops at the first failure; the other
+//! libtest flags (`--test-threads N`, `--nocapture`, `--quiet`, `--format F`,
+//! ...) are accepted and change nothing, and an unknown flag is an error.
+//!
+//! A filter or skip that selects no e2e test fails the run before anything is
+//! built, with a message saying so. `cargo test -- NAME` (and
+//! `scripts/test.sh -- NAME`) passes NAME to the unit-test binaries too; they
+//! run what matches and pass, then this runner fails if NAME matches no e2e
+//! test. So a NAME that matches nothing anywhere fails, and so does one that
+//! matches only unit tests: run those with `cargo test --lib NAME`, which
+//! leaves this binary out. Failing is the choice because this runner cannot
+//! see what the other binaries ran, and a green run must mean the filter hit.
 
 mod companion;
 mod cycle;
@@ -11,8 +26,10 @@ mod faults;
 mod guard;
 mod harness;
 mod input;
+mod leftovers;
 mod load;
 mod proxy;
+mod runner;
 mod traffic;
 mod versions;
 
@@ -23,6 +40,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harness::Suite;
+use runner::Args;
 
 type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -67,18 +85,46 @@ fn main() -> ExitCode {
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
+        leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
+        load::a_dropped_load_stops_its_clients_and_closes_their_connections,
+        runner::the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_nothing,
     ];
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    if std::env::args().any(|a| a == "--list") {
-        for (name, _) in &all {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("e2e: {e}\n{}", runner::USAGE);
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.help {
+        println!("{}", runner::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<_> = all.into_iter().filter(|(n, _)| args.selects(n)).collect();
+    if selected.is_empty() && args.narrows() {
+        eprintln!(
+            "e2e: no e2e test matches the filters {:?}{}{}; `--list` shows the names (unit tests run with `cargo test --lib NAME`)",
+            args.filters,
+            if args.skip.is_empty() {
+                String::new()
+            } else {
+                format!(" with --skip {:?}", args.skip)
+            },
+            if args.exact { " (--exact)" } else { "" },
+        );
+        return ExitCode::FAILURE;
+    }
+    if args.list {
+        for (name, _) in &selected {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
-    let selected: Vec<_> = all
-        .into_iter()
-        .filter(|(n, _)| args.is_empty() || args.iter().any(|a| n.contains(a.as_str())))
-        .collect();
+    if selected.is_empty() {
+        // `--ignored`: the suite has no ignored tests.
+        println!("0 passed, 0 failed");
+        return ExitCode::SUCCESS;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -109,6 +155,9 @@ fn main() -> ExitCode {
             Err(e) => {
                 println!("test {name} ... FAILED ({:.1}s): {e}", t.elapsed().as_secs_f64());
                 failed.push(name);
+                if args.fail_fast {
+                    break;
+                }
             }
         }
     }

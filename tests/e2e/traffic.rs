@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Suite, docker};
-use crate::load::Load;
+use crate::load::{Load, overlapping};
 
 pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite: Arc<Suite>) {
     let env = suite.env(&[]);
@@ -18,7 +18,8 @@ pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite:
     env.up("1.0.0").await;
 
     let load = Load::start(env.public(""), 6, 200_000, Duration::from_secs(120));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(10))
+        .await;
     let mut live = env.ports[0];
     // (asked, answered, version) of each upgrade.
     let mut upgrades: Vec<(Instant, Instant, String)> = Vec::new();
@@ -35,10 +36,13 @@ pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite:
         let (status, body) = env.upgrade(live, requirement).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["to"], expect, "{body}");
-        upgrades.push((asked, Instant::now(), expect.to_string()));
+        let answered = Instant::now();
+        upgrades.push((asked, answered, expect.to_string()));
         live = body["new_port"].as_u64().unwrap() as u16;
         env.wait_takeover_done(live).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Requests sent after the takeover finished, before the next upgrade.
+        load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(10))
+            .await;
     }
     let samples = load.finish().await;
 
@@ -51,15 +55,28 @@ pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite:
         samples.len(),
         &failed[..failed.len().min(5)]
     );
+    // The load covered every upgrade: requests were in flight while each ran.
+    for (asked, answered, version) in &upgrades {
+        let during = overlapping(&samples, *asked, *answered).len();
+        assert!(
+            during >= 6,
+            "only {during} requests overlapped the upgrade to {version}"
+        );
+    }
     // Every request sent after an upgrade answered, and done before the
     // next upgrade was asked for, reached the new version.
     for (i, (_, answered, version)) in upgrades.iter().enumerate() {
         let next_asked = upgrades.get(i + 1).map(|(asked, _, _)| *asked);
-        let stale: Vec<_> = samples
+        let after: Vec<_> = samples
             .iter()
             .filter(|s| s.sent > *answered && next_asked.is_none_or(|n| s.sent + s.latency < n))
-            .filter(|s| s.version.as_deref() != Some(version))
             .collect();
+        assert!(
+            after.len() >= 20,
+            "only {} requests between the upgrade to {version} and the next",
+            after.len()
+        );
+        let stale: Vec<_> = after.iter().filter(|s| s.version.as_deref() != Some(version)).collect();
         assert!(
             stale.is_empty(),
             "{} requests after the switch to {version} reached another version",

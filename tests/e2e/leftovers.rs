@@ -1,0 +1,88 @@
+//! What a run leaves when it is interrupted is removed by the next run, and
+//! only that: a run going on beside it keeps everything.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::harness::{LABEL, Suite, docker, run, run_is_alive, run_quietly};
+
+/// The run id (`<pid>x<start>`) of a process of our own: a finished one is a
+/// dead run, a running one a live run.
+fn id_of(child: &std::process::Child) -> String {
+    let pid = child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap();
+    format!("{pid}x{start}")
+}
+
+/// One of each kind of object, labelled as made by `run`: (container, network, volume, image).
+fn objects(suite: &Suite, run_id: &str, name: &str) -> [String; 4] {
+    let label = format!("{LABEL}={run_id}");
+    let image = format!("selfupe2e-leftover-{name}:{}", suite.run_id);
+    let mut build = Command::new("docker");
+    build
+        .args(["build", "-q", "--label", &label, "-t", &image, "-"])
+        .stdin(Stdio::piped());
+    let mut child = build.stdout(Stdio::null()).spawn().unwrap();
+    use std::io::Write;
+    let dockerfile = format!("FROM {}\nENV LEFTOVER={name}\n", suite.image("fixtures", "hang"));
+    child.stdin.take().unwrap().write_all(dockerfile.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "building {image}");
+    let container = docker(&["create", "--label", &label, &image]).trim().to_string();
+    let network = docker(&[
+        "network",
+        "create",
+        "--label",
+        &label,
+        &format!("selfupe2e-leftover-{name}-{}", suite.run_id),
+    ])
+    .trim()
+    .to_string();
+    let volume = docker(&["volume", "create", "--label", &label]).trim().to_string();
+    [container, network, volume, image]
+}
+
+fn exists(kind: &str, id: &str) -> bool {
+    Command::new("docker")
+        .args([kind, "inspect", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn remove(objects: &[String; 4]) {
+    let [container, network, volume, image] = objects;
+    run_quietly(Command::new("docker").args(["rm", "-f", container]));
+    run_quietly(Command::new("docker").args(["network", "rm", network]));
+    run_quietly(Command::new("docker").args(["volume", "rm", "-f", volume]));
+    run_quietly(Command::new("docker").args(["rmi", "-f", image]));
+}
+
+pub async fn a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run(suite: Arc<Suite>) {
+    let mut finished = Command::new("true").spawn().unwrap();
+    let dead = id_of(&finished);
+    finished.wait().unwrap();
+    let mut running = Command::new("sleep").arg("600").spawn().unwrap();
+    let live = id_of(&running);
+    assert!(!run_is_alive(&dead) && run_is_alive(&live));
+    assert!(run_is_alive(&suite.run_id));
+
+    let theirs = objects(&suite, &dead, "dead");
+    let beside = objects(&suite, &live, "live");
+    Suite::remove_leftovers();
+    let kinds = ["container", "network", "volume", "image"];
+    let gone: Vec<_> = kinds.iter().zip(&theirs).filter(|(k, id)| exists(k, id)).collect();
+    let kept: Vec<_> = kinds.iter().zip(&beside).filter(|(k, id)| !exists(k, id)).collect();
+    remove(&theirs);
+    remove(&beside);
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(gone.is_empty(), "left of a dead run: {gone:?}");
+    assert!(kept.is_empty(), "removed from a live run: {kept:?}");
+    // This run's own images are still there.
+    run(Command::new("docker")
+        .args(["image", "inspect", &suite.image("selfup", "1.0.0")])
+        .stdout(Stdio::null()));
+}
