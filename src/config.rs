@@ -274,6 +274,15 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    /// A figment jail without the caller's environment: a `SELFUP_*`
+    /// variable set where the tests run must not change what they see.
+    fn jailed(test: impl FnOnce(&mut Jail) -> figment::error::Result<()>) {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            test(jail)
+        })
+    }
+
     fn load_in(jail: &Jail) -> Result<Settings, ConfigError> {
         let file = jail.directory().join("selfup.toml");
         Settings::from_figment(Settings::figment(file.to_str().unwrap()))
@@ -281,7 +290,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_without_file_or_environment() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             let s = load_in(jail).unwrap();
             assert_eq!(s, Settings::default());
             assert_eq!(s.other_port(5800), 5801);
@@ -292,7 +301,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file_which_overrides_defaults() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.create_file(
                 "selfup.toml",
                 "port = 6001\nports = [6000, 6001]\nimage = \"fromfile\"\n",
@@ -310,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_value_of_the_wrong_type_names_the_key() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.set_env("SELFUP_PORT", "eighty");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("\"PORT\"") && err.contains("SELFUP_"), "{err}");
@@ -320,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_unknown_key_in_the_file_is_refused() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.create_file("selfup.toml", "prot = 1\n")?;
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("prot"), "{err}");
@@ -330,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_port_outside_the_pair_is_refused() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.set_env("SELFUP_PORT", "9000");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("port: 9000 is not one of ports"), "{err}");
@@ -340,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_shutdown_longer_than_the_stop_timeout_is_refused() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.set_env("SELFUP_SHUTDOWN_TIMEOUT_SECS", "40");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("shutdown_timeout_secs"), "{err}");
@@ -351,7 +360,7 @@ mod tests {
     #[test]
     fn an_image_with_a_tag_or_a_digest_is_refused() {
         for image in ["selfup:1.0.0", "selfup@sha256:abc", ""] {
-            Jail::expect_with(|jail| {
+            jailed(|jail| {
                 jail.set_env("SELFUP_IMAGE", image);
                 let err = load_in(jail).unwrap_err().to_string();
                 assert_eq!(
@@ -365,7 +374,7 @@ mod tests {
 
     #[test]
     fn companion_settings_load_from_the_environment() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             let s = load_in(jail).unwrap();
             assert!(!s.companion);
             assert_eq!(s.allowed_registries, vec!["localhost:5000".to_string()]);
@@ -408,7 +417,7 @@ mod tests {
             ("SELFUP_UPDATE_DEADLINE_SECS", "0", "update_deadline_secs"),
             ("SELFUP_UPDATE_SETTLE_SECS", "61", "update_settle_secs"),
         ] {
-            Jail::expect_with(|jail| {
+            jailed(|jail| {
                 jail.set_env(key, value);
                 let err = load_in(jail).unwrap_err().to_string();
                 assert!(err.contains(field), "{key}={value}: {err}");
