@@ -34,7 +34,7 @@ purge() {
   } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
   registry/start.sh stop >/dev/null
   docker logout localhost:5000 >/dev/null 2>&1 || true
-  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live
+  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live /run/selfup
 }
 case "${1:-}" in
   down) down; echo "selfup and nginx removed"; exit 0 ;;

@@ -73,6 +73,9 @@ impl Application {
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
         let port = listener.local_addr()?.port();
+        // After the port: an instance that cannot have the port never
+        // touches the socket of the one that has it.
+        let control = bind_control(&settings, port);
         let state = AppState {
             orchestrator: orchestrator.clone(),
             companion,
@@ -131,7 +134,14 @@ impl Application {
         .keep_alive(Duration::from_secs(settings.keep_alive_secs))
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()
-        .listen(listener)?
+        .listen(listener)?;
+        let server = match control {
+            Some((socket, uds)) => {
+                let _ = orchestrator.control.set(socket);
+                server.listen_uds(uds)?
+            }
+            None => server,
+        }
         .run();
         Ok(Application {
             port,
@@ -159,6 +169,24 @@ impl Application {
         tokio::spawn(async move { orchestrator.reconcile().await });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         self.server.await
+    }
+}
+
+/// This instance's control socket, unless `control_socket` is empty. One
+/// that cannot be bound is logged, not fatal: the ports still serve.
+fn bind_control(
+    settings: &Settings,
+    port: u16,
+) -> Option<(crate::control::ControlSocket, std::os::unix::net::UnixListener)> {
+    if settings.control_socket.as_os_str().is_empty() {
+        return None;
+    }
+    match crate::control::ControlSocket::bind(&settings.control_socket, port) {
+        Ok(bound) => Some(bound),
+        Err(e) => {
+            tracing::warn!(path = %settings.control_socket.display(), error = %e, "no control socket");
+            None
+        }
     }
 }
 

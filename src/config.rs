@@ -69,6 +69,11 @@ pub struct Settings {
     /// A Docker client `config.json` with credentials for private registries
     /// (`auths`, `credHelpers`, `credsStore`); a missing file means none.
     pub docker_config: PathBuf,
+    /// The stable control address: a unix socket, in a directory made
+    /// root-only, that the live instance holds across handovers (see
+    /// `control`). Clients that send a secret use it, never a port. An empty
+    /// path turns it off.
+    pub control_socket: PathBuf,
     /// How long a recreated container has to pass its HEALTHCHECK, when its
     /// image has one, before the old container is restored.
     pub update_deadline_secs: u64,
@@ -102,6 +107,7 @@ impl Default for Settings {
             api_key: None,
             allowed_registries: vec!["localhost:5000".into()],
             docker_config: PathBuf::from("/etc/selfup/docker/config.json"),
+            control_socket: PathBuf::from("/run/selfup/control.sock"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
         }

@@ -7,6 +7,8 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`app`]: the HTTP server, its routes and the state they share.
 //! - [`routes`]: one file per group of endpoints; errors become JSON.
+//! - [`control`]: the stable control address, a root-only unix socket that
+//!   the live instance holds across handovers.
 //! - [`state`]: the one small struct the routes share with the orchestrator.
 //! - [`handover`]: the protocol, read top to bottom in the order it runs.
 //! - [`companion`]: companion mode, `/update` of *other* containers: the API
@@ -20,6 +22,7 @@
 pub mod app;
 pub mod companion;
 pub mod config;
+pub mod control;
 pub mod docker;
 pub mod handover;
 pub mod identity;

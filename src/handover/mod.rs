@@ -203,6 +203,9 @@ pub struct Orchestrator {
     pub version: Version,
     /// For talking to instances on loopback: no proxy, no pooling across runtimes.
     pub http: reqwest::Client,
+    /// This instance's control socket, once bound; published when this
+    /// instance becomes the live one.
+    pub control: std::sync::OnceLock<crate::control::ControlSocket>,
 }
 
 impl Orchestrator {
@@ -230,6 +233,18 @@ impl Orchestrator {
             self_id,
             version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
             http,
+            control: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Makes this instance's control socket the one clients reach: called
+    /// whenever this instance becomes (or again becomes) the live one.
+    pub fn publish_control(&self) {
+        if let Some(control) = self.control.get() {
+            match control.publish() {
+                Ok(()) => tracing::info!(path = %control.public().display(), "control socket published"),
+                Err(e) => tracing::warn!(error = %e, "could not publish the control socket"),
+            }
         }
     }
 

@@ -464,7 +464,10 @@ impl Orchestrator {
             .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
             .await
         {
-            Ok(_) => tracing::info!(port, "reclaimed nginx"),
+            Ok(_) => {
+                tracing::info!(port, "reclaimed nginx");
+                self.publish_control();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not reclaim nginx; its backup line still reaches this instance")
             }

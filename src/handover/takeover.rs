@@ -50,6 +50,7 @@ impl Orchestrator {
     pub async fn reconcile(&self) {
         let Some(me) = self.self_id.clone() else {
             tracing::info!("not running in a container: nothing to reconcile");
+            self.publish_control();
             return;
         };
         let result = match (&self.settings.handover_elder, &self.settings.handover_token) {
@@ -127,6 +128,7 @@ impl Orchestrator {
             && let Some(proxy) = &self.proxy
             && proxy.current_primary() == Some(instance_addr(self.settings.port))
         {
+            self.publish_control();
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
@@ -202,6 +204,8 @@ impl Orchestrator {
                 .wait_old_workers(&old_workers, self.settings.takeover_deadline())
                 .await?;
         }
+        // The traffic is here: so is the control address, before the elder stops.
+        self.publish_control();
         step("stopping the elder");
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {

@@ -81,8 +81,9 @@ pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
 /// The operator's endpoints (`/upgrade`, `/rollback`, `/status`,
 /// `/handover`): no browser request ([`refuse_cross_site`]); a `Host` that
 /// names a loopback address, so a page that rebinds its own name to
-/// 127.0.0.1 is refused; a direct loopback caller, never one that came
-/// through a proxy. Authentication is the caller's next step.
+/// 127.0.0.1 is refused; a direct loopback caller (or one on the control
+/// socket), never one that came through a proxy. Authentication is the
+/// caller's next step.
 pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     refuse_cross_site(req)?;
     let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
@@ -99,7 +100,9 @@ pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     let proxied = ["x-forwarded-for", "x-real-ip", "forwarded"]
         .iter()
         .any(|h| headers.contains_key(*h));
-    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    // No peer address: the request came over the control socket, whose
+    // directory only root can enter.
+    let loopback = req.peer_addr().is_none_or(|a| a.ip().is_loopback());
     if proxied || !loopback {
         return Err(json_error(
             StatusCode::FORBIDDEN,
@@ -271,5 +274,11 @@ mod tests {
             .insert_header(("host", "localhost:5800"))
             .peer_addr("203.0.113.9:40000".parse().unwrap());
         assert_eq!(refused(remote).map(|(s, _)| s), Some(403));
+    }
+
+    #[test]
+    fn the_control_socket_has_no_peer_address_and_passes() {
+        let req = TestRequest::default().insert_header(("host", "localhost"));
+        assert_eq!(refused(req), None);
     }
 }

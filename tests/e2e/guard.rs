@@ -6,10 +6,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Suite, docker, free_port, repo_root, run as run_cmd, run_quietly};
+use crate::harness::{Suite, docker, eventually, free_port, repo_root, run as run_cmd, run_quietly};
 
 pub async fn browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades(suite: Arc<Suite>) {
     let env = suite.live_env(&[], "1.0.0").await;
@@ -294,4 +295,71 @@ pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_up
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["to"], "1.1.0", "{body}");
     assert_eq!(env.wait_public_version("1.1.0").await, env.ports[1]);
+}
+
+/// `curl --unix-socket` with the token: (status, JSON body).
+fn over_socket(socket: &std::path::Path, method: &str, path: &str, token: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "60", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method, "-H", &format!("Authorization: Bearer {token}")])
+        .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+pub async fn secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port(
+    suite: Arc<Suite>,
+) {
+    const TOKEN: &str = "e2e-control-token";
+    let env = suite.live_env(&[("SELFUP_UPGRADE_TOKEN", TOKEN)], "1.0.0").await;
+    let socket = env.control_socket();
+    eventually(
+        "the live instance to publish its control socket",
+        Duration::from_secs(10),
+        || async { socket.exists().then_some(()) },
+    )
+    .await;
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    assert_eq!(over_socket(&socket, "GET", "/status", TOKEN).1["port"], env.ports[0]);
+
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = over_socket(&socket, "POST", "/upgrade", TOKEN);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["new_port"], env.ports[1], "{body}");
+    // Someone binds the port the handover freed, as soon as it is free.
+    let freed = eventually("the elder's port to be free", Duration::from_secs(60), || async {
+        tokio::net::TcpListener::bind(("127.0.0.1", env.ports[0])).await.ok()
+    })
+    .await;
+    // The documented client path reaches the new instance, with the secret.
+    let (status, body) = over_socket(&socket, "GET", "/status", TOKEN);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], "1.1.0", "{body}");
+    assert_eq!(body["port"], env.ports[1], "{body}");
+    let stolen = futures_util::FutureExt::now_or_never(freed.accept());
+    assert!(stolen.is_none(), "a request went to the freed port");
+    drop(freed);
+
+    // And it follows the next handover too, back to the first port.
+    suite.release(&env.repository, "1.2.0");
+    eventually("the takeover to finish", Duration::from_secs(60), || async {
+        let (_, body) = over_socket(&socket, "GET", "/handover", TOKEN);
+        (body["phase"] == "done").then_some(())
+    })
+    .await;
+    let (status, body) = over_socket(&socket, "POST", "/upgrade", TOKEN);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], "1.2.0", "{body}");
+    eventually("1.2.0 on the control socket", Duration::from_secs(60), || async {
+        let (_, body) = over_socket(&socket, "GET", "/status", TOKEN);
+        (body["version"] == "1.2.0" && body["port"] == env.ports[0]).then_some(())
+    })
+    .await;
 }

@@ -456,7 +456,8 @@ impl Env {
             .env("SELFUP_REGISTRY", &self.registry)
             .env("SELFUP_IMAGE", &self.repository)
             .env("SELFUP_NGINX_IMAGE", &self.nginx_image)
-            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"));
+            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
+            .env("SELFUP_CONTROL_DIR", self.dir.join("control"));
         run(&mut cmd)
     }
 
@@ -623,6 +624,11 @@ impl Env {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The live instance's control socket, as the host sees it.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control/control.sock")
     }
 }
 

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         guard::browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades,
         guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,
         guard::the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_upgrades_through_its_credentials,
+        guard::secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port,
         traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
         versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
         versions::rollback_returns_to_the_version_before_the_last_upgrade,

@@ -1,0 +1,144 @@
+//! The stable control address: a unix socket in a directory only root can
+//! enter, held by whichever instance is live.
+//!
+//! Ports 5800 and 5801 take turns: every handover frees one, and any local
+//! user can bind a freed port. A client that holds a secret (the upgrade
+//! token, the companion's key) and sends it to a port would hand it to them.
+//! The socket's path never changes and nobody but root can reach it:
+//! `curl --unix-socket /run/selfup/control.sock http://localhost/upgrade`.
+//!
+//! Each instance binds its own socket beside the public path at start-up
+//! and, once it is the live instance, renames a link to it over the public
+//! path: an atomic swap, so a client always reaches one instance, and the
+//! elder keeps answering the connections it already has while it drains.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// This instance's control socket, bound and perhaps not yet published.
+#[derive(Debug)]
+pub struct ControlSocket {
+    /// Where this instance's socket is bound until it is published.
+    staged: PathBuf,
+    /// The path clients use.
+    public: PathBuf,
+}
+
+impl ControlSocket {
+    /// Makes `public`'s directory root-only and binds this instance's socket
+    /// beside it (named for `port`, so that elder and successor never share
+    /// a path), replacing a stale one an earlier instance on that port left.
+    pub fn bind(public: &Path, port: u16) -> io::Result<(ControlSocket, UnixListener)> {
+        let dir = public
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .ok_or_else(|| io::Error::other(format!("{} has no directory", public.display())))?;
+        let name = public
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} names no file", public.display())))?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let staged = dir.join(format!(".{}.{port}", name.to_string_lossy()));
+        match std::fs::remove_file(&staged) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        Ok((
+            ControlSocket {
+                staged,
+                public: public.to_path_buf(),
+            },
+            listener,
+        ))
+    }
+
+    /// Puts this instance's socket at the public path, in one rename of a
+    /// hard link, so that its own path stays: an elder that takes the
+    /// traffic back from a failed successor publishes again. Idempotent.
+    pub fn publish(&self) -> io::Result<()> {
+        let link = PathBuf::from(format!("{}.publishing", self.staged.display()));
+        match std::fs::remove_file(&link) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::hard_link(&self.staged, &link)?;
+        std::fs::rename(&link, &self.public)
+    }
+
+    /// The path clients use.
+    pub fn public(&self) -> &Path {
+        &self.public
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn answer(listener: &UnixListener, text: &'static [u8]) -> std::thread::JoinHandle<()> {
+        let listener = listener.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(text).unwrap();
+        })
+    }
+
+    fn read(path: &Path) -> String {
+        let mut conn = UnixStream::connect(path).unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_public_path_moves_from_the_elder_to_its_successor_in_a_root_only_directory() {
+        let dir = std::env::temp_dir().join(format!("selfup-control-{}", std::process::id()));
+        let public = dir.join("run/control.sock");
+        let (elder, elder_listener) = ControlSocket::bind(&public, 5800).unwrap();
+        assert!(!public.exists(), "not published before the instance is live");
+        elder.publish().unwrap();
+        elder.publish().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(public.parent().unwrap()), 0o700);
+        assert_eq!(mode(&public), 0o600);
+
+        let served = answer(&elder_listener, b"elder");
+        assert_eq!(read(&public), "elder");
+        served.join().unwrap();
+
+        let (successor, successor_listener) = ControlSocket::bind(&public, 5801).unwrap();
+        let served = answer(&elder_listener, b"elder");
+        assert_eq!(
+            read(&public),
+            "elder",
+            "the elder keeps the path until the successor is live"
+        );
+        served.join().unwrap();
+        successor.publish().unwrap();
+        let served = answer(&successor_listener, b"successor");
+        assert_eq!(read(&public), "successor");
+        served.join().unwrap();
+
+        // The elder takes the traffic back from a failed successor.
+        elder.publish().unwrap();
+        let served = answer(&elder_listener, b"elder");
+        assert_eq!(read(&public), "elder");
+        served.join().unwrap();
+        drop((elder, elder_listener));
+
+        // A later instance on the elder's port replaces its stale path only.
+        let (_, _listener) = ControlSocket::bind(&public, 5800).unwrap();
+        successor.publish().unwrap();
+        let served = answer(&successor_listener, b"successor");
+        assert_eq!(read(&public), "successor");
+        served.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
