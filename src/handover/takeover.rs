@@ -52,9 +52,19 @@ impl Orchestrator {
             tracing::info!("not running in a container: nothing to reconcile");
             return;
         };
-        let result = match (&self.settings.handover_elder, &self.settings.handover_token) {
-            (Some(elder), Some(_)) => self.as_successor(&me, elder).await,
-            _ => self.converge(&me).await,
+        // The handover settings stay in the container's environment for good,
+        // but they name one takeover: once it is done, a start is a restart.
+        let handover = match (&self.settings.handover_elder, &self.settings.handover_token) {
+            (Some(elder), Some(_)) if !self.shared.takeover_done(&me) => Some(elder),
+            (Some(_), Some(_)) => {
+                tracing::info!("restarted after its takeover: reconciling as a plain start");
+                None
+            }
+            _ => None,
+        };
+        let result = match handover {
+            Some(elder) => self.as_successor(&me, elder).await,
+            None => self.converge(&me).await,
         };
         match result {
             Ok(()) => {}
@@ -69,18 +79,28 @@ impl Orchestrator {
     /// Waits for the elder's go-ahead, or for the elder to be gone, then takes over.
     async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
         self.shared.set_takeover(TakeoverPhase::WaitingForGo);
-        let first_start = self.started_at(elder).await;
+        let mine = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(|source| TakeoverError::Docker {
+                context: "inspecting this container".into(),
+                source,
+            })?;
+        let my_created = created_key(mine.created.as_deref().unwrap_or_default());
         let deadline = Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
         loop {
-            let now = self.started_at(elder).await;
-            if now.is_none() || now != first_start {
-                tracing::warn!(
-                    elder,
-                    "the elder is gone or restarted: taking over without its go-ahead"
-                );
-                break;
+            match self.elder_gone(elder, my_created).await {
+                Ok(Some(why)) => {
+                    tracing::warn!(elder, why, "taking over without the elder's go-ahead");
+                    break;
+                }
+                Ok(None) => {}
+                // Only the daemon's word that the elder is gone counts: an
+                // error says nothing about it, so ask again.
+                Err(e) => tracing::warn!(elder, error = %e, "cannot see the elder; asking again"),
             }
             if Instant::now() >= deadline {
                 tracing::error!(elder, "no go-ahead from a live elder: removing this successor");
@@ -102,6 +122,23 @@ impl Orchestrator {
         }
         self.take_over(me, elders.into_iter().map(|s| s.id).collect(), false)
             .await
+    }
+
+    /// `Some(why)` when the elder that created this successor is gone: the
+    /// daemon has no such container, it is not running, or it was started
+    /// again after this successor was created (a restart loses the upgrade
+    /// it was running). A failed inspection is an error, never "gone".
+    async fn elder_gone(&self, elder: &str, my_created: (i64, u32)) -> Result<Option<&'static str>, DockerError> {
+        let state = match self.engine.inspect_container(elder).await {
+            Ok(c) => c.state.unwrap_or_default(),
+            Err(DockerError::NoSuchContainer(_)) => return Ok(Some("it was removed")),
+            Err(e) => return Err(e),
+        };
+        if state.running != Some(true) || state.restarting == Some(true) {
+            return Ok(Some("it is not running"));
+        }
+        let started = created_key(state.started_at.as_deref().unwrap_or_default());
+        Ok((started > my_created).then_some("it was started again after it created this successor"))
     }
 
     /// A plain start: the newest running sibling takes over from the rest.
@@ -159,16 +196,6 @@ impl Orchestrator {
             out.push(Sibling { id, running, created });
         }
         Ok(out)
-    }
-
-    async fn started_at(&self, id: &str) -> Option<String> {
-        let c = self.engine.inspect_container(id).await.ok()?;
-        let state = c.state?;
-        if state.running == Some(true) {
-            state.started_at
-        } else {
-            None
-        }
     }
 
     /// Points nginx here, waits until it serves this version and its old
@@ -231,6 +258,7 @@ impl Orchestrator {
                 tracing::warn!(error = %e, "keeping the successor's name");
             }
         }
+        self.shared.record_takeover_done(me);
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
         Ok(())

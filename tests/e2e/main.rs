@@ -12,6 +12,7 @@ mod harness;
 mod input;
 mod load;
 mod proxy;
+mod restarts;
 mod traffic;
 mod versions;
 
@@ -53,6 +54,9 @@ fn main() -> ExitCode {
         faults::the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch,
         faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
         faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
+        restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
+        restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
+        restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,

@@ -1,0 +1,147 @@
+//! Restarts and daemon errors around a handover: a restart is a plain start,
+//! never a second takeover, and there is always exactly one live instance.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Env, Suite, docker, eventually};
+
+/// Upgrades the instance on `from` to `version` and waits until its
+/// successor, on the other port, has finished taking over.
+async fn upgrade_to(env: &Env, from: u16, version: &str) -> u16 {
+    let (status, body) = env.upgrade(from, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], version, "{body}");
+    let to = body["new_port"].as_u64().unwrap() as u16;
+    env.wait_takeover_done(to).await;
+    env.wait_single_container().await;
+    to
+}
+
+/// The running selfup container listening on `port`, if any; a container
+/// that vanishes while it is looked at is simply not it.
+fn running_on(env: &Env, port: u16) -> Option<String> {
+    env.selfup_containers().into_iter().find(|id| {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}} {{json .Config.Env}}", id])
+            .output();
+        out.is_ok_and(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && text.starts_with("true ") && text.contains(&format!("\"SELFUP_PORT={port}\""))
+        })
+    })
+}
+
+/// Asserts that the project keeps exactly one selfup container, `id`, for `window`.
+async fn assert_stays_single(env: &Env, id: &str, window: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert_eq!(
+            env.selfup_containers(),
+            vec![id.to_string()],
+            "a second instance appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.release(&env.repository, "1.1.0");
+    assert_eq!(upgrade_to(&env, a, "1.1.0").await, b);
+    suite.release(&env.repository, "1.2.0");
+    assert_eq!(upgrade_to(&env, b, "1.2.0").await, a);
+    let live = env.wait_single_container().await;
+
+    docker(&["restart", "-t", "10", &live]);
+    eventually("the restarted instance to serve", Duration::from_secs(30), || async {
+        match env.version_at(&env.direct(a, "/")).await {
+            Some((v, _)) if v == "1.2.0" => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    env.wait_takeover_done(a).await;
+    assert_stays_single(&env, &live, Duration::from_secs(2)).await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.2.0".into(), a)));
+    assert_eq!(env.upstream_primary(), format!("127.0.0.1:{a}"));
+
+    // The next upgrade (a rollback here: the suite has no higher version) works.
+    let (status, body) = env.upgrade(a, Some("=1.1.0")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    env.wait_takeover_done(b).await;
+    let survivor = env.wait_single_container().await;
+    assert_ne!(survivor, live);
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+}
+
+/// What happens to the live instance while its successor starts.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    Kill,
+    Restart,
+}
+
+/// After an upgrade (so that the live instance carries handover settings),
+/// a second upgrade whose elder is interrupted as its successor starts: the
+/// successor takes over alone, within 10 s, and nothing takes it back.
+async fn interrupt_the_elder_while_its_successor_starts(suite: Arc<Suite>, how: Interruption) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.release(&env.repository, "1.1.0");
+    assert_eq!(upgrade_to(&env, a, "1.1.0").await, b);
+    let elder = env.wait_single_container().await;
+    suite.release(&env.repository, "1.2.0");
+    let upgrade = {
+        let http = env.http.clone();
+        let url = env.direct(b, "/upgrade");
+        tokio::spawn(async move { http.post(url).send().await })
+    };
+    eventually("the successor to start", Duration::from_secs(30), || async {
+        running_on(&env, a)
+    })
+    .await;
+    let interrupted = Instant::now();
+    match how {
+        Interruption::Kill => docker(&["kill", "-s", "KILL", &elder]),
+        Interruption::Restart => docker(&["restart", "-t", "0", &elder]),
+    };
+    // The elder's answer is lost with it.
+    let _ = upgrade.await;
+    let survivor = eventually("one instance of the new version", Duration::from_secs(10), || async {
+        let ids = env.selfup_containers();
+        let serving = env.version_at(&env.public("/")).await;
+        (ids.len() == 1 && serving == Some(("1.2.0".into(), a))).then(|| ids[0].clone())
+    })
+    .await;
+    eprintln!(
+        "    {how:?}: one instance of 1.2.0 after {} ms",
+        interrupted.elapsed().as_millis()
+    );
+    assert!(!elder.starts_with(&survivor) && !survivor.starts_with(&elder));
+    env.wait_takeover_done(a).await;
+    assert_stays_single(&env, &survivor, Duration::from_secs(3)).await;
+    assert_eq!(env.upstream_primary(), format!("127.0.0.1:{a}"));
+    let phase: Value = env
+        .http
+        .get(env.direct(a, "/handover"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(phase["phase"], "done", "{phase}");
+}
+
+pub async fn the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version(suite: Arc<Suite>) {
+    interrupt_the_elder_while_its_successor_starts(suite, Interruption::Kill).await;
+}
+
+pub async fn the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version(suite: Arc<Suite>) {
+    interrupt_the_elder_while_its_successor_starts(suite, Interruption::Restart).await;
+}
