@@ -4,7 +4,8 @@
 # sets the crate version, builds a static binary and a FROM-scratch image,
 # tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
 # SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
-# say where to.
+# say where to. SELFUP_FEATURES (default none) names cargo features to build
+# with: the end-to-end tests' fault switches ("faults"), never a release.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,7 +31,9 @@ sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
 target=x86_64-unknown-linux-gnu
 # Both are needed for a static binary: crt-static, and an explicit --target
 # so that proc-macros are still built for the host without it.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet
+features=()
+[ -z "${SELFUP_FEATURES:-}" ] || features=(--features "$SELFUP_FEATURES")
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet "${features[@]}"
 target_dir=${CARGO_TARGET_DIR:-target}
 binary=$target_dir/$target/release/selfup
 

@@ -150,6 +150,10 @@ impl Engine {
     }
 
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        #[cfg(feature = "faults")]
+        if let Some(e) = crate::faults::inspect_error(id) {
+            return Err(e);
+        }
         let docker = self.client().await?;
         docker
             .inspect_container(id, None)

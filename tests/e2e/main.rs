@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
         restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
+        restarts::daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_take_over_early,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,

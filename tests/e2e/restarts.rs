@@ -34,6 +34,19 @@ fn running_on(env: &Env, port: u16) -> Option<String> {
     })
 }
 
+/// Everything a container wrote, stdout and stderr.
+fn logs_of(id: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["logs", id])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Asserts that the project keeps exactly one selfup container, `id`, for `window`.
 async fn assert_stays_single(env: &Env, id: &str, window: Duration) {
     let start = Instant::now();
@@ -144,4 +157,27 @@ pub async fn the_elder_killed_while_its_successor_starts_leaves_one_instance_of_
 
 pub async fn the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version(suite: Arc<Suite>) {
     interrupt_the_elder_while_its_successor_starts(suite, Interruption::Restart).await;
+}
+
+pub async fn daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_take_over_early(suite: Arc<Suite>) {
+    // The successor's first three inspections of its elder fail as a daemon
+    // error would (the switch is copied to it with the elder's environment).
+    let faulty = suite.faults_image();
+    let env = suite.live_env(&[("FAULT_INSPECT_ERRORS", "3")], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.publish(&faulty, &env.repository, "latest");
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    assert_eq!(body["to"], "1.1.0", "{body}");
+    env.wait_takeover_done(b).await;
+    let survivor = env.wait_single_container().await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+    assert_eq!(env.upstream_primary(), format!("127.0.0.1:{b}"));
+    let log = logs_of(&survivor);
+    assert!(
+        log.contains("fault switch: failing an inspection"),
+        "the fault never fired:\n{log}"
+    );
+    assert!(!log.contains("without the elder's go-ahead"), "{log}");
 }
