@@ -131,6 +131,12 @@ pub enum UpgradeError {
     Pull { image: String, source: DockerError },
     #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
     NoVersion { image: String, found: Option<String> },
+    #[error("image {image} is labelled version {label}, which does not satisfy {requirement}: refused")]
+    LabelMismatch {
+        image: String,
+        label: Version,
+        requirement: String,
+    },
     #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
     Lower { running: Version, target: Version },
     #[error("{context}: {source}")]

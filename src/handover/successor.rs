@@ -128,6 +128,19 @@ impl Orchestrator {
                 image: image.to_string(),
                 found: label.clone(),
             })?;
+        if !requirement.admits(&version) {
+            return Err(UpgradeError::LabelMismatch {
+                image: image.to_string(),
+                label: version,
+                requirement: requirement.to_string(),
+            });
+        }
+        // What runs is what was checked: the successor is created from this
+        // image id, not from the tag, which may move meanwhile.
+        let image_id = new_image
+            .id
+            .clone()
+            .ok_or_else(|| UpgradeError::Internal(format!("the image {image} has no id")))?;
         let rollback = match target::decide(&self.version, &version, &requirement) {
             Decision::AlreadyThere => {
                 return Ok(UpgradeOutcome::AlreadyThere {
@@ -160,7 +173,7 @@ impl Orchestrator {
         let new_port = self.settings.other_port(old_port);
         let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
         let overrides = Overrides {
-            image: image.to_string(),
+            image: image_id.clone(),
             env: vec![
                 (ENV_PORT.into(), new_port.to_string()),
                 (ENV_HANDOVER_TOKEN.into(), token.clone()),
@@ -168,7 +181,7 @@ impl Orchestrator {
             ],
             env_remove: vec![],
             labels: vec![
-                (COMPOSE_IMAGE.into(), new_image.id.clone().unwrap_or_default()),
+                (COMPOSE_IMAGE.into(), image_id.clone()),
                 (PREVIOUS_VERSION_LABEL.into(), self.version.to_string()),
                 (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
             ],
@@ -332,8 +345,8 @@ impl Orchestrator {
     }
 
     /// Polls the successor's `/health` until it answers 200 from that very
-    /// container with the target version; fails fast if it exits or reports
-    /// another version.
+    /// container (its id must match) with the target version; fails fast if
+    /// it exits, reports another version, or another listener answers.
     #[tracing::instrument(skip(self))]
     async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), String> {
         let deadline = self.settings.health_deadline();
@@ -344,9 +357,14 @@ impl Orchestrator {
             match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(body) => {
+                        // Only the container this instance created gets the
+                        // handover secret: a stray listener on the port is not it.
                         let container = body["container"].as_str().unwrap_or_default();
-                        if !container.is_empty() && container != successor {
-                            return Err(format!("port {port} is answered by another container ({container})"));
+                        if container != successor {
+                            return Err(format!(
+                                "port {port} is answered by something else than the successor {} (container {container:?})",
+                                &successor[..successor.len().min(12)]
+                            ));
                         }
                         if body["version"] != version.to_string() {
                             return Err(format!("it reports version {}, expected {version}", body["version"]));

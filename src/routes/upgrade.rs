@@ -27,6 +27,7 @@ impl ResponseError for UpgradeError {
             Registry { .. }
             | Pull { .. }
             | NoVersion { .. }
+            | LabelMismatch { .. }
             | Docker { .. }
             | SuccessorUnhealthy { .. }
             | TakeoverFailed { .. }

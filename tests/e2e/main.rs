@@ -5,6 +5,7 @@
 //! always tears down what it started. `cargo test --test e2e -- NAME` runs the
 //! tests whose name contains NAME; `TEST_LOG=1` shows the containers' logs.
 
+mod checks;
 mod companion;
 mod cycle;
 mod faults;
@@ -58,6 +59,8 @@ fn main() -> ExitCode {
         restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_take_over_early,
+        checks::a_tag_whose_label_does_not_satisfy_the_requirement_is_refused_and_nothing_changes,
+        checks::a_stray_listener_on_the_successor_port_gets_no_handover_secret,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,
