@@ -148,6 +148,32 @@ impl Nginx {
         }
     }
 
+    /// `Ok(())` when the nginx container runs; why not otherwise.
+    pub async fn check_running(&self) -> Result<(), ProxyError> {
+        self.ensure_running().await
+    }
+
+    /// Points nginx at `primary`, with `backup` behind it. A running nginx is
+    /// switched ([`Nginx::switch_to`]) and the workers from before its reload
+    /// are returned; a stopped (or absent) one gets the include only, which
+    /// it reads when it starts: a stopped proxy does not block a handover.
+    pub async fn point_at(&self, primary: SocketAddr, backup: SocketAddr) -> Result<Option<OldWorkers>, ProxyError> {
+        match self.switch_to(primary, backup).await {
+            Ok(old) => Ok(Some(old)),
+            Err(ProxyError::NotRunning { container }) => {
+                write_atomically(&self.include, &render_upstream(primary, backup)).map_err(|source| {
+                    ProxyError::Write {
+                        path: self.include.clone(),
+                        source,
+                    }
+                })?;
+                tracing::warn!(%container, %primary, "nginx is not running: it reads the include when it starts");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The pids of nginx's worker processes now.
     async fn workers(&self) -> Result<Vec<String>, ProxyError> {
         let processes = self.engine.processes(&self.container).await?;

@@ -461,7 +461,7 @@ impl Orchestrator {
             return;
         }
         match proxy
-            .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
+            .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
             .await
         {
             Ok(_) => tracing::info!(port, "reclaimed nginx"),

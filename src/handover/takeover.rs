@@ -120,8 +120,7 @@ impl Orchestrator {
                 created: (0, 0),
             });
         }
-        self.take_over(me, elders.into_iter().map(|s| s.id).collect(), false)
-            .await
+        self.take_over(me, elders.into_iter().map(|s| s.id).collect()).await
     }
 
     /// `Some(why)` when the elder that created this successor is gone: the
@@ -167,7 +166,7 @@ impl Orchestrator {
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect(), true).await
+        self.take_over(me, all.into_iter().map(|s| s.id).collect()).await
     }
 
     /// The other containers of this instance's group.
@@ -199,35 +198,29 @@ impl Orchestrator {
     }
 
     /// Points nginx here, waits until it serves this version and its old
-    /// workers are done, then stops (gracefully) and removes `elders`.
-    /// `patient`: nginx may still be starting (a fresh `compose up`), so retry.
+    /// workers are done, then stops (gracefully) and removes `elders`. A
+    /// stopped nginx (a reboot, a fresh `compose up`) gets the include only.
     #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
-    async fn take_over(&self, me: &str, elders: Vec<String>, patient: bool) -> Result<(), TakeoverError> {
+    async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
         let step = |s: &str| self.shared.set_takeover(TakeoverPhase::Running { step: s.to_string() });
         let port = self.settings.port;
         if let Some(proxy) = &self.proxy {
             step("switching nginx");
-            let deadline = Instant::now() + self.settings.takeover_deadline();
-            let old_workers = loop {
-                match proxy
-                    .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
-                    .await
-                {
-                    Ok(old) => break old,
-                    Err(ProxyError::NotRunning { .. }) if patient && Instant::now() < deadline => {
-                        sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            step("confirming through nginx");
-            proxy
-                .confirm_serving(&self.version.to_string(), port, self.settings.takeover_deadline())
+            let old_workers = proxy
+                .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
                 .await?;
-            step("waiting for old nginx workers");
-            proxy
-                .wait_old_workers(&old_workers, self.settings.takeover_deadline())
-                .await?;
+            // A stopped nginx has only had its include written: there is
+            // nothing to confirm through it and no old worker to wait for.
+            if let Some(old_workers) = old_workers {
+                step("confirming through nginx");
+                proxy
+                    .confirm_serving(&self.version.to_string(), port, self.settings.takeover_deadline())
+                    .await?;
+                step("waiting for old nginx workers");
+                proxy
+                    .wait_old_workers(&old_workers, self.settings.takeover_deadline())
+                    .await?;
+            }
         }
         step("stopping the elder");
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);

@@ -1,5 +1,6 @@
-//! Restarts and daemon errors around a handover: a restart is a plain start,
-//! never a second takeover, and there is always exactly one live instance.
+//! Restarts, daemon errors and a stopped nginx around a handover: a restart
+//! is a plain start, never a second takeover, and there is always exactly
+//! one live instance.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,4 +181,41 @@ pub async fn daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_
         "the fault never fired:\n{log}"
     );
     assert!(!log.contains("without the elder's go-ahead"), "{log}");
+}
+
+pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_started(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    docker(&["stop", &env.nginx]);
+    let health: Value = env
+        .http
+        .get(env.direct(a, "/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    env.wait_takeover_done(b).await;
+    env.wait_single_container().await;
+    assert_eq!(env.upstream_primary(), format!("127.0.0.1:{b}"));
+    docker(&["start", &env.nginx]);
+    env.wait_public_version("1.1.0").await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+    let health: Value = env
+        .http
+        .get(env.direct(b, "/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["proxy"], "running", "{health}");
 }
