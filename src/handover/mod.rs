@@ -145,6 +145,10 @@ pub enum UpgradeError {
     SuccessorUnhealthy { port: u16, reason: String, log: String },
     #[error("the successor on port {port} failed to take over: {reason}")]
     TakeoverFailed { port: u16, reason: String, log: String },
+    #[error(
+        "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
+    )]
+    StoppedBeforeConfirmation { port: u16, phase: String },
     #[error("nginx: {0}")]
     Proxy(#[from] ProxyError),
     #[error("{0}")]

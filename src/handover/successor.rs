@@ -7,6 +7,7 @@ use semver::Version;
 use tokio::time::{Instant, sleep};
 
 use super::clone::{Overrides, clone_body};
+use super::takeover::STOPPING_THE_ELDER;
 use super::target::{self, Decision, Requirement};
 use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
@@ -17,6 +18,19 @@ use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.
 const POLL: Duration = Duration::from_millis(25);
+/// How much longer than the successor's takeover budget the elder waits for
+/// it: the go-ahead's delivery, and the successor's last steps before it
+/// stops the elder.
+const ELDER_MARGIN: Duration = Duration::from_secs(10);
+
+/// Why the elder has no confirmed takeover.
+enum Unconfirmed {
+    /// The successor failed, exited, or ran out of time: it is removed.
+    Failed(String),
+    /// This instance was asked to stop (SIGTERM) before the successor said it
+    /// is stopping it; the successor, at the phase named, is left to finish.
+    Stopped(String),
+}
 
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
 struct Flight<'a> {
@@ -223,14 +237,20 @@ impl Orchestrator {
 
         flight.step("waiting for the successor's takeover");
         let t = Instant::now();
-        if let Err(reason) = self.go_and_wait(&successor, new_port, &token).await {
-            let log = self.discard(&successor).await;
-            self.reclaim(old_port).await;
-            return Err(UpgradeError::TakeoverFailed {
-                port: new_port,
-                reason,
-                log,
-            });
+        match self.go_and_wait(&successor, new_port, &token).await {
+            Ok(()) => {}
+            Err(Unconfirmed::Failed(reason)) => {
+                let log = self.discard(&successor).await;
+                self.reclaim(old_port).await;
+                return Err(UpgradeError::TakeoverFailed {
+                    port: new_port,
+                    reason,
+                    log,
+                });
+            }
+            Err(Unconfirmed::Stopped(phase)) => {
+                return Err(UpgradeError::StoppedBeforeConfirmation { port: new_port, phase });
+            }
         }
         timings.takeover_ms = t.elapsed().as_millis();
         timings.total_ms = started.elapsed().as_millis();
@@ -416,8 +436,10 @@ impl Orchestrator {
 
     /// Tells the successor to take over, then waits for the stop signal it
     /// sends this instance once nginx serves it; fails if the successor
-    /// reports a failure, exits, or the takeover deadline passes.
-    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), String> {
+    /// reports a failure, exits, or the elder's budget passes. That budget is
+    /// the successor's whole takeover budget plus [`ELDER_MARGIN`]: the
+    /// elder never gives up before its successor does.
+    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), Unconfirmed> {
         let base = format!("http://{}/handover", instance_addr(port));
         let go = self
             .http
@@ -425,32 +447,44 @@ impl Orchestrator {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| format!("go-ahead not delivered: {e}"))?;
+            .map_err(|e| Unconfirmed::Failed(format!("go-ahead not delivered: {e}")))?;
         if !go.status().is_success() {
-            return Err(format!("go-ahead refused with {}", go.status()));
+            return Err(Unconfirmed::Failed(format!("go-ahead refused with {}", go.status())));
         }
         let mut shutdown = self.shared.shutdown.subscribe();
-        let deadline = Instant::now() + self.settings.takeover_deadline();
+        let budget = self.settings.takeover_deadline() + ELDER_MARGIN;
+        let deadline = Instant::now() + budget;
         loop {
             if *shutdown.borrow_and_update() {
-                return Ok(());
+                // A stop signal is the successor's only when it says so: an
+                // operator's `docker stop` looks the same from here.
+                return match self.successor_phase(&base).await {
+                    Ok(TakeoverPhase::Done) => Ok(()),
+                    Ok(TakeoverPhase::Running { step }) if step == STOPPING_THE_ELDER => Ok(()),
+                    Ok(phase) => Err(Unconfirmed::Stopped(format!("{phase:?}"))),
+                    Err(e) => Err(Unconfirmed::Stopped(format!("unknown ({e})"))),
+                };
             }
             tokio::select! {
                 _ = shutdown.changed() => continue,
                 _ = sleep(POLL) => {}
             }
-            if let Ok(r) = self.http.get(&base).send().await
-                && let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await
-            {
-                return Err(reason);
+            if let Ok(TakeoverPhase::Failed { reason }) = self.successor_phase(&base).await {
+                return Err(Unconfirmed::Failed(reason));
             }
             if let Some(exit) = self.exited(successor).await {
-                return Err(exit);
+                return Err(Unconfirmed::Failed(exit));
             }
             if Instant::now() >= deadline {
-                return Err(format!("not done within {:?}", self.settings.takeover_deadline()));
+                return Err(Unconfirmed::Failed(format!("not done within {budget:?}")));
             }
         }
+    }
+
+    /// The successor's takeover phase, from its `/handover`.
+    async fn successor_phase(&self, url: &str) -> Result<TakeoverPhase, String> {
+        let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        r.json::<TakeoverPhase>().await.map_err(|e| e.to_string())
     }
 
     /// Points nginx back at this instance after a failed takeover (the

@@ -15,6 +15,11 @@ use crate::docker::DockerError;
 use crate::proxy::ProxyError;
 use crate::state::TakeoverPhase;
 
+/// The takeover step during which the successor stops its elder: an elder
+/// that gets a stop signal while its successor is at this step has been
+/// taken over from.
+pub const STOPPING_THE_ELDER: &str = "stopping the elder";
+
 /// Why a takeover failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -197,6 +202,19 @@ impl Orchestrator {
         Ok(out)
     }
 
+    /// Waits until a container is no longer running, or `bound` passes.
+    async fn wait_stopped(&self, id: &str, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            match self.engine.inspect_container(id).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+                Err(DockerError::NoSuchContainer(_)) | Ok(_) => return,
+                Err(_) => {}
+            }
+            sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Points nginx here, waits until it serves this version and its old
     /// workers are done, then stops (gracefully) and removes `elders`. A
     /// stopped nginx (a reboot, a fresh `compose up`) gets the include only.
@@ -204,6 +222,10 @@ impl Orchestrator {
     async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
         let step = |s: &str| self.shared.set_takeover(TakeoverPhase::Running { step: s.to_string() });
         let port = self.settings.port;
+        // One budget for the whole switch: the elder waits this long plus a
+        // margin, so it never gives up while this instance still works.
+        let deadline = Instant::now() + self.settings.takeover_deadline();
+        let left = || deadline.saturating_duration_since(Instant::now());
         if let Some(proxy) = &self.proxy {
             step("switching nginx");
             let old_workers = proxy
@@ -213,26 +235,25 @@ impl Orchestrator {
             // nothing to confirm through it and no old worker to wait for.
             if let Some(old_workers) = old_workers {
                 step("confirming through nginx");
-                proxy
-                    .confirm_serving(&self.version.to_string(), port, self.settings.takeover_deadline())
-                    .await?;
+                proxy.confirm_serving(&self.version.to_string(), port, left()).await?;
                 step("waiting for old nginx workers");
-                proxy
-                    .wait_old_workers(&old_workers, self.settings.takeover_deadline())
-                    .await?;
+                proxy.wait_old_workers(&old_workers, left()).await?;
             }
         }
-        step("stopping the elder");
+        step(STOPPING_THE_ELDER);
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {
             tracing::info!(container = %id, "stopping and removing");
             match self.engine.stop_container(id, stop).await {
                 Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
                 Err(e) => {
-                    tracing::warn!(container = %id, error = %e, "stop failed; removing by force")
+                    // The elder may still be draining requests: it is removed
+                    // once it has stopped, not killed by a forced remove.
+                    tracing::warn!(container = %id, error = %e, "stop failed; waiting for it to stop");
+                    self.wait_stopped(id, stop + Duration::from_secs(5)).await;
                 }
             }
-            match self.engine.remove_container(id, true).await {
+            match self.engine.remove_container(id, false).await {
                 Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
                 Err(source) => {
                     return Err(TakeoverError::Docker {

@@ -32,6 +32,7 @@ impl ResponseError for UpgradeError {
             | SuccessorUnhealthy { .. }
             | TakeoverFailed { .. }
             | Proxy(_) => StatusCode::BAD_GATEWAY,
+            StoppedBeforeConfirmation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
