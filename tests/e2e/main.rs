@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         restarts::daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_take_over_early,
         restarts::an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_started,
         restarts::an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgraded,
+        restarts::a_hung_nginx_config_test_fails_the_upgrade_at_its_deadline_and_frees_the_lock,
         checks::a_tag_whose_label_does_not_satisfy_the_requirement_is_refused_and_nothing_changes,
         checks::a_stray_listener_on_the_successor_port_gets_no_handover_secret,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,

@@ -294,3 +294,39 @@ pub async fn an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgra
         .unwrap()
         .expect("the request held through the switch completes");
 }
+
+pub async fn a_hung_nginx_config_test_fails_the_upgrade_at_its_deadline_and_frees_the_lock(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let a = env.ports[0];
+    let before = env.selfup_containers();
+    // `nginx -t` blocks opening a FIFO that nobody writes; the running nginx
+    // read its config before, so it keeps serving. The config file is a
+    // single-file bind mount: rewritten in place, nginx sees the new text.
+    let fifo = env.path().join("live/hang.fifo");
+    crate::harness::run(std::process::Command::new("mkfifo").arg(&fifo));
+    let conf = env.path().join("nginx.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replacen(
+        "http {\n",
+        "http {\n    include /etc/nginx/selfup/hang.fifo;\n",
+        1,
+    );
+    std::fs::write(&conf, text).unwrap();
+    suite.release(&env.repository, "1.1.0");
+    let started = Instant::now();
+    let (status, body) = env.upgrade(a, None).await;
+    let answered = started.elapsed();
+    eprintln!(
+        "    a hung `nginx -t`: the upgrade answered {status} after {} ms",
+        answered.as_millis()
+    );
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("nginx -t") && error.contains("not finished within"),
+        "{error}"
+    );
+    assert!(answered < Duration::from_secs(40), "answered after {answered:?}");
+    let status = env.status(a).await;
+    assert!(status["upgrade_in_progress"].is_null(), "{status}");
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+}
