@@ -5,7 +5,9 @@
 # tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
 # SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
 # say where to; SELFUP_IMAGE_LABELS (optional, space-separated key=value)
-# adds labels to the image. A registry that asks for credentials gets the ones
+# adds labels to the image. SELFUP_FEATURES (default none) names cargo features
+# to build with: the end-to-end tests' fault switches ("faults"), never a
+# release. A registry that asks for credentials gets the ones
 # registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
 # /var/lib/selfup-registry/auth), through `docker login`.
 set -euo pipefail
@@ -43,8 +45,10 @@ sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
 target=x86_64-unknown-linux-gnu
 # Both are needed for a static binary: crt-static, and an explicit --target
 # so that proc-macros are still built for the host without it.
+features=()
+[ -z "${SELFUP_FEATURES:-}" ] || features=(--features "$SELFUP_FEATURES")
 echo "build.sh: compiling selfup $version (release, static; the first build on a machine takes about 4 min)" >&2
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" --quiet "${features[@]}" \
   || die "the release build failed (its errors are above); rerun with: ./build.sh $version"
 target_dir=${CARGO_TARGET_DIR:-target}
 binary=$target_dir/$target/release/selfup

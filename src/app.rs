@@ -57,16 +57,20 @@ impl Application {
     pub fn build(settings: Settings) -> std::io::Result<Application> {
         let settings = Arc::new(settings);
         let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
-        // The data directory is a volume every generation mounts: the history lives there.
+        // The data directory is a volume every generation mounts: the history
+        // and the record of finished takeovers live there.
         let shared = Arc::new(match settings.data_dir.is_dir() {
-            true => Shared::with_history(settings.data_dir.join("history.json")),
+            true => Shared::with_data_dir(&settings.data_dir),
             false => Shared::default(),
         });
-        if settings.handover_token.is_some() && settings.handover_elder.is_some() {
+        let self_id = crate::identity::own_container_id();
+        if settings.handover_token.is_some()
+            && settings.handover_elder.is_some()
+            && !self_id.as_deref().is_some_and(|me| shared.takeover_done(me))
+        {
             // Before the first request: the elder's go-ahead may come at once.
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
-        let self_id = crate::identity::own_container_id();
         let companion = build_companion(&settings, &engine, &self_id)?;
         let orchestrator = Arc::new(Orchestrator::new(settings.clone(), engine, shared, self_id));
 

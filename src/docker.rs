@@ -23,6 +23,16 @@ use tokio::sync::OnceCell;
 /// timeout, so this must exceed the longest stop we ask for.
 const CALL_TIMEOUT_SECS: u64 = 300;
 
+/// bollard's timeout covers a call's response head only; a streamed body
+/// (a pull's progress, an exec's output, a log) gets a deadline of its own,
+/// so that nothing holds the upgrade lock forever.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(600);
+/// The longest an exec may run, output included (`nginx -t` takes
+/// milliseconds).
+pub const EXEC_DEADLINE: Duration = Duration::from_secs(15);
+/// The longest a read of a log tail may take.
+pub const LOGS_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What went wrong talking to the Docker Engine.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -35,6 +45,13 @@ pub enum DockerError {
     /// The image does not exist locally, or the registry has no such tag.
     #[error("no such image: {0}")]
     NoSuchImage(String),
+    /// A streamed answer did not end within its deadline.
+    #[error("{op} {target}: not finished within {waited:?}")]
+    DeadlinePassed {
+        op: &'static str,
+        target: String,
+        waited: Duration,
+    },
     /// The daemon answered with an error.
     #[error("{op} {target}: {message}")]
     Call {
@@ -150,6 +167,10 @@ impl Engine {
     }
 
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        #[cfg(feature = "faults")]
+        if let Some(e) = crate::faults::inspect_error(id) {
+            return Err(e);
+        }
         let docker = self.client().await?;
         docker
             .inspect_container(id, None)
@@ -183,17 +204,25 @@ impl Engine {
         };
         let target = image.to_string();
         let mut stream = docker.create_image(Some(options), None, credentials);
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(self.err("pulling", &target))?;
-            if let Some(detail) = info.error_detail {
-                return Err(DockerError::Call {
-                    op: "pulling",
-                    target,
-                    message: detail.message.unwrap_or_else(|| "unknown pull error".into()),
-                });
+        let pulled = tokio::time::timeout(PULL_DEADLINE, async {
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(self.err("pulling", &target))?;
+                if let Some(detail) = info.error_detail {
+                    return Err(DockerError::Call {
+                        op: "pulling",
+                        target: target.clone(),
+                        message: detail.message.unwrap_or_else(|| "unknown pull error".into()),
+                    });
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await;
+        pulled.unwrap_or(Err(DockerError::DeadlinePassed {
+            op: "pulling",
+            target,
+            waited: PULL_DEADLINE,
+        }))
     }
 
     pub async fn inspect_image(&self, image: &str) -> Result<ImageInspect, DockerError> {
@@ -336,16 +365,25 @@ impl Engine {
             .await
             .map_err(self.err("creating exec in", &target))?;
         let mut output = String::new();
-        if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } = docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(self.err("starting exec in", &target))?
-        {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(self.err("reading exec output of", &target))?;
-                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        let ran = tokio::time::timeout(EXEC_DEADLINE, async {
+            if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } = docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(self.err("starting exec in", &target))?
+            {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(self.err("reading exec output of", &target))?;
+                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
             }
-        }
+            Ok(())
+        })
+        .await;
+        ran.unwrap_or(Err(DockerError::DeadlinePassed {
+            op: "running exec in",
+            target: target.clone(),
+            waited: EXEC_DEADLINE,
+        }))?;
         let inspect = docker
             .inspect_exec(&exec.id)
             .await
@@ -391,10 +429,19 @@ impl Engine {
         };
         let mut stream = docker.logs(id, Some(options));
         let mut text = String::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(self.err("reading logs of", id))?;
-            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        }
+        let read = tokio::time::timeout(LOGS_DEADLINE, async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(self.err("reading logs of", id))?;
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+            Ok(())
+        })
+        .await;
+        read.unwrap_or(Err(DockerError::DeadlinePassed {
+            op: "reading logs of",
+            target: id.to_string(),
+            waited: LOGS_DEADLINE,
+        }))?;
         Ok(text)
     }
 }

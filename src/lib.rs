@@ -18,12 +18,15 @@
 //! - [`docker`]: the one wrapper around bollard, one call a method.
 //! - [`identity`]: how a container finds its own id.
 //! - [`secret`]: tokens and their constant-time comparison.
+//! - `faults`: fault switches that only test images carry (feature `faults`).
 
 pub mod app;
 pub mod companion;
 pub mod config;
 pub mod control;
 pub mod docker;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod handover;
 pub mod identity;
 pub mod proxy;

@@ -10,6 +10,8 @@ use tokio::sync::{Notify, watch};
 
 /// How many finished upgrades `/status` remembers.
 pub const HISTORY_LEN: usize = 10;
+/// How many finished takeovers the handover record remembers.
+const TAKEOVERS_LEN: usize = 16;
 
 /// One small struct behind one lock; every critical section is a few field
 /// reads or writes, never an await.
@@ -75,6 +77,10 @@ pub struct Shared {
     /// Where the history is kept across instances (a file in the data
     /// directory, a volume every generation mounts), if anywhere.
     history_file: Option<PathBuf>,
+    /// Where the finished takeovers are recorded, beside the history: the
+    /// handover settings a container was created with are good for one
+    /// takeover, and a restart must not run it again.
+    handover_file: Option<PathBuf>,
     /// The elder's go-ahead for this instance's takeover.
     pub go: Notify,
     /// Becomes `true` when this instance is asked to stop (SIGTERM, SIGINT).
@@ -86,6 +92,7 @@ impl Default for Shared {
         Shared {
             status: Mutex::default(),
             history_file: None,
+            handover_file: None,
             go: Notify::new(),
             shutdown: watch::channel(false).0,
         }
@@ -93,11 +100,14 @@ impl Default for Shared {
 }
 
 impl Shared {
-    /// Shared state whose history is read from, and written to, `history_file`.
-    pub fn with_history(history_file: PathBuf) -> Shared {
+    /// Shared state whose history and handover record are kept in
+    /// `data_dir`, a volume every generation mounts.
+    pub fn with_data_dir(data_dir: &std::path::Path) -> Shared {
+        let history_file = data_dir.join("history.json");
         let history = read_history(&history_file).unwrap_or_default();
         let shared = Shared {
             history_file: Some(history_file),
+            handover_file: Some(data_dir.join("handover.json")),
             ..Shared::default()
         };
         shared.status().history = history;
@@ -139,6 +149,44 @@ impl Shared {
     }
 }
 
+/// The handover record: the containers that finished the takeover their
+/// handover settings named, newest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HandoverRecord {
+    taken_over: VecDeque<String>,
+}
+
+impl Shared {
+    /// Whether `container` has already finished the takeover its handover
+    /// settings name: then a start of it is a restart, not a takeover.
+    pub fn takeover_done(&self, container: &str) -> bool {
+        self.handover_file
+            .as_deref()
+            .and_then(read_handover)
+            .is_some_and(|r| r.taken_over.iter().any(|c| c == container))
+    }
+
+    /// Records that `container` finished its takeover. Without a data
+    /// directory nothing is kept, and a restart takes over again.
+    pub fn record_takeover_done(&self, container: &str) {
+        let Some(path) = &self.handover_file else { return };
+        let mut record = read_handover(path).unwrap_or_default();
+        record.taken_over.retain(|c| c != container);
+        record.taken_over.push_front(container.to_string());
+        record.taken_over.truncate(TAKEOVERS_LEN);
+        let saved = serde_json::to_string_pretty(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|text| crate::proxy::write_atomically(path, &text));
+        if let Err(e) = saved {
+            tracing::warn!(path = %path.display(), error = %e, "the takeover is not recorded: a restart would run it again");
+        }
+    }
+}
+
+fn read_handover(path: &std::path::Path) -> Option<HandoverRecord> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 fn read_history(path: &std::path::Path) -> Option<VecDeque<UpgradeRecord>> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -171,16 +219,29 @@ mod tests {
     fn the_history_survives_into_the_next_instance_and_keeps_the_newest_ten() {
         let dir = std::env::temp_dir().join(format!("selfup-history-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("history.json");
-        let elder = Shared::with_history(file.clone());
+        let elder = Shared::with_data_dir(&dir);
         for n in 0..12 {
             elder.record(record(n));
         }
-        let successor = Shared::with_history(file);
+        let successor = Shared::with_data_dir(&dir);
         let history = successor.status().history.clone();
         assert_eq!(history.len(), HISTORY_LEN);
         assert_eq!(history.front().unwrap().finished_at, 11);
         assert_eq!(history.back().unwrap().finished_at, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_finished_takeover_is_remembered_by_the_next_start_of_the_same_container() {
+        let dir = std::env::temp_dir().join(format!("selfup-handover-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = Shared::with_data_dir(&dir);
+        assert!(!first.takeover_done("abc"));
+        first.record_takeover_done("abc");
+        let restarted = Shared::with_data_dir(&dir);
+        assert!(restarted.takeover_done("abc"));
+        assert!(!restarted.takeover_done("def"));
+        assert!(!Shared::default().takeover_done("abc"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

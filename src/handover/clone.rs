@@ -12,7 +12,8 @@ use bollard::models::{
 /// What the new container gets beyond a faithful copy.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// The new image, by tag (never the old image id).
+    /// The new image: the id of the image that was checked (a tag can move
+    /// between the check and the create), or a tag; never the old image.
     pub image: String,
     /// Environment variables to set, replacing any of the same name.
     pub env: Vec<(String, String)>,

@@ -137,6 +137,12 @@ pub enum UpgradeError {
     },
     #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
     NoVersion { image: String, found: Option<String> },
+    #[error("image {image} is labelled version {label}, which does not satisfy {requirement}: refused")]
+    LabelMismatch {
+        image: String,
+        label: Version,
+        requirement: String,
+    },
     #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
     Lower { running: Version, target: Version },
     #[error("{context}: {source}")]
@@ -145,6 +151,10 @@ pub enum UpgradeError {
     SuccessorUnhealthy { port: u16, reason: String, log: String },
     #[error("the successor on port {port} failed to take over: {reason}")]
     TakeoverFailed { port: u16, reason: String, log: String },
+    #[error(
+        "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
+    )]
+    StoppedBeforeConfirmation { port: u16, phase: String },
     #[error("nginx: {0}")]
     Proxy(#[from] ProxyError),
     #[error("{0}")]

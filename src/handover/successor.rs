@@ -7,6 +7,7 @@ use semver::Version;
 use tokio::time::{Instant, sleep};
 
 use super::clone::{Overrides, clone_body};
+use super::takeover::STOPPING_THE_ELDER;
 use super::target::{self, Decision, Requirement};
 use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
@@ -18,6 +19,19 @@ use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.
 const POLL: Duration = Duration::from_millis(25);
+/// How much longer than the successor's takeover budget the elder waits for
+/// it: the go-ahead's delivery, and the successor's last steps before it
+/// stops the elder.
+const ELDER_MARGIN: Duration = Duration::from_secs(10);
+
+/// Why the elder has no confirmed takeover.
+enum Unconfirmed {
+    /// The successor failed, exited, or ran out of time: it is removed.
+    Failed(String),
+    /// This instance was asked to stop (SIGTERM) before the successor said it
+    /// is stopping it; the successor, at the phase named, is left to finish.
+    Stopped(String),
+}
 
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
 struct Flight<'a> {
@@ -130,6 +144,19 @@ impl Orchestrator {
                 image: image.to_string(),
                 found: label.clone(),
             })?;
+        if !requirement.admits(&version) {
+            return Err(UpgradeError::LabelMismatch {
+                image: image.to_string(),
+                label: version,
+                requirement: requirement.to_string(),
+            });
+        }
+        // What runs is what was checked: the successor is created from this
+        // image id, not from the tag, which may move meanwhile.
+        let image_id = new_image
+            .id
+            .clone()
+            .ok_or_else(|| UpgradeError::Internal(format!("the image {image} has no id")))?;
         let rollback = match target::decide(&self.version, &version, &requirement) {
             Decision::AlreadyThere => {
                 return Ok(UpgradeOutcome::AlreadyThere {
@@ -162,7 +189,7 @@ impl Orchestrator {
         let new_port = self.settings.other_port(old_port);
         let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
         let overrides = Overrides {
-            image: image.to_string(),
+            image: image_id.clone(),
             env: vec![
                 (ENV_PORT.into(), new_port.to_string()),
                 (ENV_HANDOVER_TOKEN.into(), token.clone()),
@@ -170,7 +197,7 @@ impl Orchestrator {
             ],
             env_remove: vec![],
             labels: vec![
-                (COMPOSE_IMAGE.into(), new_image.id.clone().unwrap_or_default()),
+                (COMPOSE_IMAGE.into(), image_id.clone()),
                 (PREVIOUS_VERSION_LABEL.into(), self.version.to_string()),
                 (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
             ],
@@ -212,14 +239,20 @@ impl Orchestrator {
 
         flight.step("waiting for the successor's takeover");
         let t = Instant::now();
-        if let Err(reason) = self.go_and_wait(&successor, new_port, &token).await {
-            let log = self.discard(&successor).await;
-            self.reclaim(old_port).await;
-            return Err(UpgradeError::TakeoverFailed {
-                port: new_port,
-                reason,
-                log,
-            });
+        match self.go_and_wait(&successor, new_port, &token).await {
+            Ok(()) => {}
+            Err(Unconfirmed::Failed(reason)) => {
+                let log = self.discard(&successor).await;
+                self.reclaim(old_port).await;
+                return Err(UpgradeError::TakeoverFailed {
+                    port: new_port,
+                    reason,
+                    log,
+                });
+            }
+            Err(Unconfirmed::Stopped(phase)) => {
+                return Err(UpgradeError::StoppedBeforeConfirmation { port: new_port, phase });
+            }
         }
         timings.takeover_ms = t.elapsed().as_millis();
         timings.total_ms = started.elapsed().as_millis();
@@ -350,8 +383,8 @@ impl Orchestrator {
     }
 
     /// Polls the successor's `/health` until it answers 200 from that very
-    /// container with the target version; fails fast if it exits or reports
-    /// another version.
+    /// container (its id must match) with the target version; fails fast if
+    /// it exits, reports another version, or another listener answers.
     #[tracing::instrument(skip(self))]
     async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), String> {
         let deadline = self.settings.health_deadline();
@@ -362,9 +395,14 @@ impl Orchestrator {
             match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(body) => {
+                        // Only the container this instance created gets the
+                        // handover secret: a stray listener on the port is not it.
                         let container = body["container"].as_str().unwrap_or_default();
-                        if !container.is_empty() && container != successor {
-                            return Err(format!("port {port} is answered by another container ({container})"));
+                        if container != successor {
+                            return Err(format!(
+                                "port {port} is answered by something else than the successor {} (container {container:?})",
+                                &successor[..successor.len().min(12)]
+                            ));
                         }
                         if body["version"] != version.to_string() {
                             return Err(format!("it reports version {}, expected {version}", body["version"]));
@@ -416,8 +454,10 @@ impl Orchestrator {
 
     /// Tells the successor to take over, then waits for the stop signal it
     /// sends this instance once nginx serves it; fails if the successor
-    /// reports a failure, exits, or the takeover deadline passes.
-    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), String> {
+    /// reports a failure, exits, or the elder's budget passes. That budget is
+    /// the successor's whole takeover budget plus [`ELDER_MARGIN`]: the
+    /// elder never gives up before its successor does.
+    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), Unconfirmed> {
         let base = format!("http://{}/handover", instance_addr(port));
         let go = self
             .http
@@ -425,32 +465,51 @@ impl Orchestrator {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| format!("go-ahead not delivered: {e}"))?;
+            .map_err(|e| Unconfirmed::Failed(format!("go-ahead not delivered: {e}")))?;
         if !go.status().is_success() {
-            return Err(format!("go-ahead refused with {}", go.status()));
+            return Err(Unconfirmed::Failed(format!("go-ahead refused with {}", go.status())));
         }
         let mut shutdown = self.shared.shutdown.subscribe();
-        let deadline = Instant::now() + self.settings.takeover_deadline();
+        let budget = self.settings.takeover_deadline() + ELDER_MARGIN;
+        let deadline = Instant::now() + budget;
         loop {
             if *shutdown.borrow_and_update() {
-                return Ok(());
+                // A stop signal is the successor's only when it says so: an
+                // operator's `docker stop` looks the same from here.
+                return match self.successor_phase(&base, token).await {
+                    Ok(TakeoverPhase::Done) => Ok(()),
+                    Ok(TakeoverPhase::Running { step }) if step == STOPPING_THE_ELDER => Ok(()),
+                    Ok(phase) => Err(Unconfirmed::Stopped(format!("{phase:?}"))),
+                    Err(e) => Err(Unconfirmed::Stopped(format!("unknown ({e})"))),
+                };
             }
             tokio::select! {
                 _ = shutdown.changed() => continue,
                 _ = sleep(POLL) => {}
             }
-            if let Ok(r) = self.http.get(&base).bearer_auth(token).send().await
-                && let Ok(TakeoverPhase::Failed { reason }) = r.json::<TakeoverPhase>().await
-            {
-                return Err(reason);
+            if let Ok(TakeoverPhase::Failed { reason }) = self.successor_phase(&base, token).await {
+                return Err(Unconfirmed::Failed(reason));
             }
             if let Some(exit) = self.exited(successor).await {
-                return Err(exit);
+                return Err(Unconfirmed::Failed(exit));
             }
             if Instant::now() >= deadline {
-                return Err(format!("not done within {:?}", self.settings.takeover_deadline()));
+                return Err(Unconfirmed::Failed(format!("not done within {budget:?}")));
             }
         }
+    }
+
+    /// The successor's takeover phase, from its `/handover`.
+    async fn successor_phase(&self, url: &str, token: &str) -> Result<TakeoverPhase, String> {
+        // The handover secret: with an upgrade token set, /handover wants one of the two.
+        let r = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        r.json::<TakeoverPhase>().await.map_err(|e| e.to_string())
     }
 
     /// Points nginx back at this instance after a failed takeover (the
@@ -461,7 +520,7 @@ impl Orchestrator {
             return;
         }
         match proxy
-            .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
+            .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
             .await
         {
             Ok(_) => {

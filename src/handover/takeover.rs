@@ -15,6 +15,11 @@ use crate::docker::DockerError;
 use crate::proxy::ProxyError;
 use crate::state::TakeoverPhase;
 
+/// The takeover step during which the successor stops its elder: an elder
+/// that gets a stop signal while its successor is at this step has been
+/// taken over from.
+pub const STOPPING_THE_ELDER: &str = "stopping the elder";
+
 /// Why a takeover failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -53,9 +58,19 @@ impl Orchestrator {
             self.publish_control();
             return;
         };
-        let result = match (&self.settings.handover_elder, &self.settings.handover_token) {
-            (Some(elder), Some(_)) => self.as_successor(&me, elder).await,
-            _ => self.converge(&me).await,
+        // The handover settings stay in the container's environment for good,
+        // but they name one takeover: once it is done, a start is a restart.
+        let handover = match (&self.settings.handover_elder, &self.settings.handover_token) {
+            (Some(elder), Some(_)) if !self.shared.takeover_done(&me) => Some(elder),
+            (Some(_), Some(_)) => {
+                tracing::info!("restarted after its takeover: reconciling as a plain start");
+                None
+            }
+            _ => None,
+        };
+        let result = match handover {
+            Some(elder) => self.as_successor(&me, elder).await,
+            None => self.converge(&me).await,
         };
         match result {
             Ok(()) => {}
@@ -70,18 +85,28 @@ impl Orchestrator {
     /// Waits for the elder's go-ahead, or for the elder to be gone, then takes over.
     async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
         self.shared.set_takeover(TakeoverPhase::WaitingForGo);
-        let first_start = self.started_at(elder).await;
+        let mine = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(|source| TakeoverError::Docker {
+                context: "inspecting this container".into(),
+                source,
+            })?;
+        let my_created = created_key(mine.created.as_deref().unwrap_or_default());
         let deadline = Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
         loop {
-            let now = self.started_at(elder).await;
-            if now.is_none() || now != first_start {
-                tracing::warn!(
-                    elder,
-                    "the elder is gone or restarted: taking over without its go-ahead"
-                );
-                break;
+            match self.elder_gone(elder, my_created).await {
+                Ok(Some(why)) => {
+                    tracing::warn!(elder, why, "taking over without the elder's go-ahead");
+                    break;
+                }
+                Ok(None) => {}
+                // Only the daemon's word that the elder is gone counts: an
+                // error says nothing about it, so ask again.
+                Err(e) => tracing::warn!(elder, error = %e, "cannot see the elder; asking again"),
             }
             if Instant::now() >= deadline {
                 tracing::error!(elder, "no go-ahead from a live elder: removing this successor");
@@ -101,8 +126,24 @@ impl Orchestrator {
                 created: (0, 0),
             });
         }
-        self.take_over(me, elders.into_iter().map(|s| s.id).collect(), false)
-            .await
+        self.take_over(me, elders.into_iter().map(|s| s.id).collect()).await
+    }
+
+    /// `Some(why)` when the elder that created this successor is gone: the
+    /// daemon has no such container, it is not running, or it was started
+    /// again after this successor was created (a restart loses the upgrade
+    /// it was running). A failed inspection is an error, never "gone".
+    async fn elder_gone(&self, elder: &str, my_created: (i64, u32)) -> Result<Option<&'static str>, DockerError> {
+        let state = match self.engine.inspect_container(elder).await {
+            Ok(c) => c.state.unwrap_or_default(),
+            Err(DockerError::NoSuchContainer(_)) => return Ok(Some("it was removed")),
+            Err(e) => return Err(e),
+        };
+        if state.running != Some(true) || state.restarting == Some(true) {
+            return Ok(Some("it is not running"));
+        }
+        let started = created_key(state.started_at.as_deref().unwrap_or_default());
+        Ok((started > my_created).then_some("it was started again after it created this successor"))
     }
 
     /// A plain start: the newest running sibling takes over from the rest.
@@ -132,7 +173,7 @@ impl Orchestrator {
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect(), true).await
+        self.take_over(me, all.into_iter().map(|s| s.id).collect()).await
     }
 
     /// The other containers of this instance's group.
@@ -163,60 +204,60 @@ impl Orchestrator {
         Ok(out)
     }
 
-    async fn started_at(&self, id: &str) -> Option<String> {
-        let c = self.engine.inspect_container(id).await.ok()?;
-        let state = c.state?;
-        if state.running == Some(true) {
-            state.started_at
-        } else {
-            None
+    /// Waits until a container is no longer running, or `bound` passes.
+    async fn wait_stopped(&self, id: &str, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            match self.engine.inspect_container(id).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+                Err(DockerError::NoSuchContainer(_)) | Ok(_) => return,
+                Err(_) => {}
+            }
+            sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// Points nginx here, waits until it serves this version and its old
-    /// workers are done, then stops (gracefully) and removes `elders`.
-    /// `patient`: nginx may still be starting (a fresh `compose up`), so retry.
+    /// workers are done, then stops (gracefully) and removes `elders`. A
+    /// stopped nginx (a reboot, a fresh `compose up`) gets the include only.
     #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
-    async fn take_over(&self, me: &str, elders: Vec<String>, patient: bool) -> Result<(), TakeoverError> {
+    async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
         let step = |s: &str| self.shared.set_takeover(TakeoverPhase::Running { step: s.to_string() });
         let port = self.settings.port;
+        // One budget for the whole switch: the elder waits this long plus a
+        // margin, so it never gives up while this instance still works.
+        let deadline = Instant::now() + self.settings.takeover_deadline();
+        let left = || deadline.saturating_duration_since(Instant::now());
         if let Some(proxy) = &self.proxy {
             step("switching nginx");
-            let deadline = Instant::now() + self.settings.takeover_deadline();
-            let old_workers = loop {
-                match proxy
-                    .switch_to(instance_addr(port), instance_addr(self.settings.other_port(port)))
-                    .await
-                {
-                    Ok(old) => break old,
-                    Err(ProxyError::NotRunning { .. }) if patient && Instant::now() < deadline => {
-                        sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            step("confirming through nginx");
-            proxy
-                .confirm_serving(&self.version.to_string(), port, self.settings.takeover_deadline())
+            let old_workers = proxy
+                .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
                 .await?;
-            step("waiting for old nginx workers");
-            proxy
-                .wait_old_workers(&old_workers, self.settings.takeover_deadline())
-                .await?;
+            // A stopped nginx has only had its include written: there is
+            // nothing to confirm through it and no old worker to wait for.
+            if let Some(old_workers) = old_workers {
+                step("confirming through nginx");
+                proxy.confirm_serving(&self.version.to_string(), port, left()).await?;
+                step("waiting for old nginx workers");
+                proxy.wait_old_workers(&old_workers, left()).await?;
+            }
         }
         // The traffic is here: so is the control address, before the elder stops.
         self.publish_control();
-        step("stopping the elder");
+        step(STOPPING_THE_ELDER);
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {
             tracing::info!(container = %id, "stopping and removing");
             match self.engine.stop_container(id, stop).await {
                 Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
                 Err(e) => {
-                    tracing::warn!(container = %id, error = %e, "stop failed; removing by force")
+                    // The elder may still be draining requests: it is removed
+                    // once it has stopped, not killed by a forced remove.
+                    tracing::warn!(container = %id, error = %e, "stop failed; waiting for it to stop");
+                    self.wait_stopped(id, stop + Duration::from_secs(5)).await;
                 }
             }
-            match self.engine.remove_container(id, true).await {
+            match self.engine.remove_container(id, false).await {
                 Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
                 Err(source) => {
                     return Err(TakeoverError::Docker {
@@ -235,6 +276,7 @@ impl Orchestrator {
                 tracing::warn!(error = %e, "keeping the successor's name");
             }
         }
+        self.shared.record_takeover_done(me);
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
         Ok(())

@@ -47,6 +47,17 @@ impl Requirement {
         })
     }
 
+    /// Whether an image labelled `version` is what this requirement asks
+    /// for: `2` is never answered by a 3.x image, whatever its tag says.
+    /// `:latest` is whatever its image is.
+    pub fn admits(&self, version: &Version) -> bool {
+        match self {
+            Requirement::Latest => true,
+            Requirement::Highest { req, .. } => req.matches(version),
+            Requirement::Exact(want) => want == version,
+        }
+    }
+
     /// Whether a version named this way may be lower than the running one.
     pub fn allows_rollback(&self) -> bool {
         matches!(self, Requirement::Exact(_))
@@ -153,6 +164,17 @@ mod tests {
             Requirement::Highest { .. }
         ));
         assert_eq!(Requirement::parse("=3.2.1").unwrap(), Requirement::Exact(v("3.2.1")));
+    }
+
+    #[test]
+    fn a_label_must_satisfy_the_requirement_that_picked_its_tag() {
+        let two = Requirement::parse("2").unwrap();
+        assert!(two.admits(&v("2.9.0")));
+        assert!(!two.admits(&v("3.0.0")));
+        let exact = Requirement::parse("=1.4.0").unwrap();
+        assert!(exact.admits(&v("1.4.0")));
+        assert!(!exact.admits(&v("1.4.1")));
+        assert!(Requirement::Latest.admits(&v("9.0.0")));
     }
 
     #[test]

@@ -36,6 +36,22 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let docker = state
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
         .await;
+    // The proxy's state is reported, not judged: this instance is healthy
+    // with nginx stopped, and an elder must be able to hand over to it.
+    let o = state.orchestrator.clone();
+    let proxy = state
+        .spawn(async move {
+            let Some(proxy) = &o.proxy else {
+                return "none".to_string();
+            };
+            match tokio::time::timeout(Duration::from_secs(2), proxy.check_running()).await {
+                Ok(Ok(())) => "running".to_string(),
+                Ok(Err(e)) => format!("down: {e}"),
+                Err(_) => "unknown: the Docker daemon did not answer within 2s".to_string(),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| format!("unknown: {e}"));
     let o = &state.orchestrator;
     let body = |status: &str, docker: String| {
         json!({
@@ -44,6 +60,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "port": o.settings.port,
             "container": o.self_id,
             "docker": docker,
+            "proxy": proxy,
         })
     };
     match docker {

@@ -27,10 +27,12 @@ impl ResponseError for UpgradeError {
             Registry { .. }
             | Pull { .. }
             | NoVersion { .. }
+            | LabelMismatch { .. }
             | Docker { .. }
             | SuccessorUnhealthy { .. }
             | TakeoverFailed { .. }
             | Proxy(_) => StatusCode::BAD_GATEWAY,
+            StoppedBeforeConfirmation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

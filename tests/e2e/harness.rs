@@ -122,6 +122,8 @@ pub struct Suite {
     pub nginx_image: String,
     next_env: AtomicUsize,
     pub http: reqwest::Client,
+    /// selfup 1.1.0 built with the `faults` feature, built by the first test that asks.
+    faults_build: std::sync::OnceLock<Result<String, String>>,
 }
 
 impl Suite {
@@ -163,6 +165,7 @@ impl Suite {
             registry_dir,
             nginx_image,
             next_env: AtomicUsize::new(0),
+            faults_build: std::sync::OnceLock::new(),
             // No idle connections kept: ports are reused from test to test, and
             // a pooled connection to a server that is gone fails the next request.
             http: reqwest::Client::builder()
@@ -200,8 +203,23 @@ impl Suite {
     /// Cargo.toml), sharing the target directory so only selfup recompiles.
     /// The copy's path is stable per version, so a second run rebuilds nothing.
     fn build(&self, version: &str) -> Result<(), String> {
+        self.build_from(version, version, "selfup", "")
+    }
+
+    /// selfup 1.1.0 with the fault switches of `src/faults.rs` compiled in,
+    /// as `selfup-faults:1.1.0`; built once per run, by the first test that
+    /// needs it.
+    pub fn faults_image(&self) -> String {
+        let built = self.faults_build.get_or_init(|| {
+            self.build_from("1.1.0-faults", "1.1.0", "selfup-faults", "faults")
+                .map(|()| self.image("selfup-faults", "1.1.0"))
+        });
+        built.clone().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn build_from(&self, tree: &str, version: &str, repository: &str, features: &str) -> Result<(), String> {
         let root = repo_root();
-        let tree = root.join("target/e2e-src").join(version);
+        let tree = root.join("target/e2e-src").join(tree);
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
         run(Command::new("cp")
             .arg("-rp")
@@ -222,8 +240,9 @@ impl Suite {
             .current_dir(&tree)
             .env("CARGO_TARGET_DIR", root.join("target"))
             .env("SELFUP_REGISTRY", &self.registry)
-            .env("SELFUP_IMAGE", "selfup")
+            .env("SELFUP_IMAGE", repository)
             .env("SELFUP_IMAGE_LABELS", self.label())
+            .env("SELFUP_FEATURES", features)
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -232,7 +251,7 @@ impl Suite {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        eprintln!("built selfup {version} in {:.1}s", t.elapsed().as_secs_f64());
+        eprintln!("built {repository} {version} in {:.1}s", t.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 //! leaves this binary out. Failing is the choice because this runner cannot
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
+mod checks;
 mod companion;
 mod cycle;
 mod faults;
@@ -29,6 +30,7 @@ mod input;
 mod leftovers;
 mod load;
 mod proxy;
+mod restarts;
 mod runner;
 mod traffic;
 mod versions;
@@ -64,7 +66,6 @@ fn main() -> ExitCode {
         guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,
         guard::the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_upgrades_through_its_credentials,
         guard::secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port,
-        traffic::an_upgrade_fails_cleanly_when_nginx_is_absent,
         versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
         versions::rollback_returns_to_the_version_before_the_last_upgrade,
         versions::tags_are_read_across_every_page_of_the_registry,
@@ -76,6 +77,15 @@ fn main() -> ExitCode {
         faults::the_elder_reclaims_nginx_when_the_successor_dies_after_the_switch,
         faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
         faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
+        restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
+        restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
+        restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
+        restarts::daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_take_over_early,
+        restarts::an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_started,
+        restarts::an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgraded,
+        restarts::a_hung_nginx_config_test_fails_the_upgrade_at_its_deadline_and_frees_the_lock,
+        checks::a_tag_whose_label_does_not_satisfy_the_requirement_is_refused_and_nothing_changes,
+        checks::a_stray_listener_on_the_successor_port_gets_no_handover_secret,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Suite, docker};
+use crate::harness::Suite;
 use crate::load::{Load, overlapping};
 
 pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite: Arc<Suite>) {
@@ -120,23 +120,4 @@ pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: A
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["status"], "already_there");
-}
-
-pub async fn an_upgrade_fails_cleanly_when_nginx_is_absent(suite: Arc<Suite>) {
-    let env = suite.live_env(&[], "1.0.0").await;
-    let before = env.selfup_containers();
-    docker(&["stop", &env.nginx]);
-    suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.upgrade(env.ports[0], None).await;
-    assert_eq!(status, 502, "{body}");
-    let error = body["error"].as_str().unwrap();
-    assert!(
-        error.contains("failed to take over") && error.contains("is not running"),
-        "{error}"
-    );
-    assert_eq!(env.selfup_containers(), before);
-    assert_eq!(
-        env.version_at(&env.direct(env.ports[0], "/")).await,
-        Some(("1.0.0".into(), env.ports[0]))
-    );
 }

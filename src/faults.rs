@@ -1,0 +1,44 @@
+//! Fault switches for the end-to-end tests, compiled only with the `faults`
+//! feature (test images carry it, releases never do). Each switch is an
+//! environment variable outside the `SELFUP_` namespace, so a build without
+//! the feature ignores it and a clone passes it on to the successor.
+//!
+//! - `FAULT_INSPECT_ERRORS=<n>`: the first `n` inspections of a container
+//!   other than this one fail as a daemon error (HTTP 500) would.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::docker::DockerError;
+
+static INSPECT_ERRORS_LEFT: OnceLock<AtomicU64> = OnceLock::new();
+static OWN_ID: OnceLock<Option<String>> = OnceLock::new();
+
+/// The error to return instead of inspecting `id`, while the switch has some left.
+pub fn inspect_error(id: &str) -> Option<DockerError> {
+    let own = OWN_ID.get_or_init(crate::identity::own_container_id);
+    if own
+        .as_deref()
+        .is_some_and(|own| own.starts_with(id) || id.starts_with(own))
+    {
+        return None;
+    }
+    let left = INSPECT_ERRORS_LEFT.get_or_init(|| {
+        AtomicU64::new(
+            std::env::var("FAULT_INSPECT_ERRORS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        )
+    });
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .ok()
+        .map(|n| {
+            tracing::warn!(container = id, left = n - 1, "fault switch: failing an inspection");
+            DockerError::Call {
+                op: "inspecting container",
+                target: id.to_string(),
+                message: "injected fault: server error (500)".into(),
+            }
+        })
+}
