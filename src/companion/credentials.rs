@@ -180,14 +180,29 @@ impl Helpers {
             registry: host.to_string(),
             reason,
         };
-        let mut child = tokio::process::Command::new(&binary)
-            .arg("get")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", binary.display())))?;
+        let spawn = || {
+            tokio::process::Command::new(&binary)
+                .arg("get")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+        };
+        // A helper that was just written can still be open for writing in a
+        // process forked meanwhile (until it execs): exec then fails with
+        // ETXTBSY for a moment. Ask again a few times before giving up.
+        let mut attempt = spawn();
+        for _ in 0..20 {
+            match &attempt {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    attempt = spawn();
+                }
+                _ => break,
+            }
+        }
+        let mut child = attempt.map_err(|e| fail(format!("cannot run {}: {e}", binary.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A helper that answers without reading its stdin closes the
             // pipe early; its answer is what counts.
