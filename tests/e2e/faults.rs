@@ -182,7 +182,7 @@ pub async fn the_successor_takes_over_when_the_elder_is_killed_after_starting_it
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        log.contains("taking over without its go-ahead"),
+        log.contains("taking over without the elder's go-ahead"),
         "the successor did not take the path without the go-ahead:\n{log}"
     );
 }
