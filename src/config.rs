@@ -54,6 +54,9 @@ pub struct Settings {
     /// Set by an elder on the successor it creates: the elder's container id.
     /// Not for operators.
     pub handover_elder: Option<String>,
+    /// How many images of this service a clean handover leaves on the
+    /// machine, the running and the previous version's included; at least 2.
+    pub image_retention: usize,
     /// Where state that must outlive a container is kept (the companion's API key).
     pub data_dir: PathBuf,
     /// Companion mode: serve `/update`, which recreates *other* containers
@@ -97,6 +100,7 @@ impl Default for Settings {
             upgrade_token: None,
             handover_token: None,
             handover_elder: None,
+            image_retention: 3,
             data_dir: PathBuf::from("/data"),
             companion: false,
             api_key: None,
@@ -190,6 +194,15 @@ impl Settings {
                     format!("expected an http(s) URL, got {:?}", self.nginx_url),
                 );
             }
+        }
+        if self.image_retention < 2 {
+            return invalid(
+                "image_retention",
+                format!(
+                    "must be at least 2 (the running and the previous version), got {}",
+                    self.image_retention
+                ),
+            );
         }
         if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
             return invalid("upgrade_token", "is set but empty".into());
@@ -324,6 +337,18 @@ mod tests {
             jail.create_file("selfup.toml", "prot = 1\n")?;
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("prot"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_image_retention_below_two_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_IMAGE_RETENTION", "1");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("image_retention: must be at least 2"), "{err}");
+            jail.set_env("SELFUP_IMAGE_RETENTION", "5");
+            assert_eq!(load_in(jail).unwrap().image_retention, 5);
             Ok(())
         });
     }

@@ -233,6 +233,7 @@ impl Orchestrator {
         }
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
+        crate::retention::prune(&self.engine, &self.settings, me).await;
         Ok(())
     }
 }
