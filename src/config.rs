@@ -341,6 +341,36 @@ mod tests {
         });
     }
 
+    /// The names in the first column of README.md's settings table.
+    fn readme_table_names() -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README.md has a Configuration section");
+        let rows = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| name |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        let mut names = std::collections::BTreeSet::new();
+        for row in rows {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            for name in first.split('`').skip(1).step_by(2) {
+                assert!(names.insert(name.to_string()), "{name} is listed twice");
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_readme_table_names_every_setting() {
+        let value = serde_json::to_value(Settings::default()).unwrap();
+        let fields: std::collections::BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
+        assert!(fields.len() > 20, "{fields:?}");
+        assert_eq!(readme_table_names(), fields);
+    }
+
     #[test]
     fn an_image_retention_below_two_is_refused() {
         Jail::expect_with(|jail| {
