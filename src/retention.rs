@@ -59,6 +59,15 @@ pub fn select_for_removal<'a>(
     remove
 }
 
+/// The hook at the end of a successful takeover that replaced `replaced`
+/// instances: prunes only then, so that an instance that merely started
+/// alone (a companion, a restart) never touches the images on the machine.
+pub async fn after_handover(engine: &Engine, settings: &Settings, me: &str, replaced: usize) {
+    if replaced > 0 {
+        prune(engine, settings, me).await;
+    }
+}
+
 /// Removes the images of this service's repository that `select_for_removal`
 /// picks, as the container `me` sees them. Runs after a takeover has
 /// succeeded; a failure here is logged and changes nothing else.

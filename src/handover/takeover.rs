@@ -233,7 +233,7 @@ impl Orchestrator {
         }
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
-        crate::retention::prune(&self.engine, &self.settings, me).await;
+        crate::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
         Ok(())
     }
 }
