@@ -64,11 +64,12 @@ pub async fn a_requirement_picks_the_highest_matching_version_and_going_lower_ne
         .map(|r| (r["requested"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
         .collect();
     assert_eq!(
-        &outcomes[..4],
+        &outcomes[..5],
         &[
             ("=1.0.0", "upgraded"),
             ("1", "upgraded"),
             ("1.0", "failed"),
+            ("=1.3.0-rc.1", "failed"),
             ("4", "failed")
         ],
         "{status}"
