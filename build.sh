@@ -2,7 +2,9 @@
 # Builds and pushes one version of selfup:
 #   ./build.sh 1.4.0
 # sets the crate version, builds a static binary and a FROM-scratch image,
-# tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both.
+# tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both. A pre-release
+# (1.5.0-rc.1) is tagged and pushed as itself only, never :latest: selfup goes
+# to it only when asked for it exactly (/upgrade/=1.5.0-rc.1).
 # SELFUP_REGISTRY (default localhost:5000) and SELFUP_IMAGE (default selfup)
 # say where to; SELFUP_IMAGE_LABELS (optional, space-separated key=value)
 # adds labels to the image. SELFUP_FEATURES (default none) names cargo features
@@ -59,10 +61,19 @@ for label in ${SELFUP_IMAGE_LABELS:-}; do labels+=(--label "$label"); done
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/selfup"
+# A pre-release (a '-' in the version) is never :latest.
+tags=("$ref:$version")
+case $version in *-*) ;; *) tags+=("$ref:latest") ;; esac
+tag_args=()
+for tag in "${tags[@]}"; do tag_args+=(-t "$tag"); done
 # The classic builder's deprecation notice is noise; show its output only on failure.
 docker build --quiet -f docker/Dockerfile --build-arg "VERSION=$version" "${labels[@]}" \
-  -t "$ref:$version" -t "$ref:latest" "$context" >"$context/build.log" 2>&1 \
+  "${tag_args[@]}" "$context" >"$context/build.log" 2>&1 \
   || { cat "$context/build.log" >&2; die "docker build failed"; }
-docker push --quiet "$ref:$version" >/dev/null
-docker push --quiet "$ref:latest" >/dev/null
-echo "built and pushed $ref:$version and $ref:latest ($(docker image inspect -f '{{.Size}}' "$ref:$version" | numfmt --to=iec) image)"
+for tag in "${tags[@]}"; do docker push --quiet "$tag" >/dev/null; done
+size=$(docker image inspect -f '{{.Size}}' "$ref:$version" | numfmt --to=iec)
+if [ ${#tags[@]} -eq 2 ]; then
+  echo "built and pushed $ref:$version and $ref:latest ($size image)"
+else
+  echo "built and pushed $ref:$version ($size image); a pre-release is never :latest: upgrade to it with /upgrade/=$version"
+fi

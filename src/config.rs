@@ -54,6 +54,9 @@ pub struct Settings {
     /// Set by an elder on the successor it creates: the elder's container id.
     /// Not for operators.
     pub handover_elder: Option<String>,
+    /// How many images of this service a clean handover leaves on the
+    /// machine, the running and the previous version's included; at least 2.
+    pub image_retention: usize,
     /// Where state that must outlive a container is kept (the companion's API key).
     pub data_dir: PathBuf,
     /// Companion mode: serve `/update`, which recreates *other* containers
@@ -102,6 +105,7 @@ impl Default for Settings {
             upgrade_token: None,
             handover_token: None,
             handover_elder: None,
+            image_retention: 3,
             data_dir: PathBuf::from("/data"),
             companion: false,
             api_key: None,
@@ -196,6 +200,15 @@ impl Settings {
                     format!("expected an http(s) URL, got {:?}", self.nginx_url),
                 );
             }
+        }
+        if self.image_retention < 2 {
+            return invalid(
+                "image_retention",
+                format!(
+                    "must be at least 2 (the running and the previous version), got {}",
+                    self.image_retention
+                ),
+            );
         }
         if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
             return invalid("upgrade_token", "is set but empty".into());
@@ -339,6 +352,48 @@ mod tests {
             jail.create_file("selfup.toml", "prot = 1\n")?;
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("prot"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// The names in the first column of README.md's settings table.
+    fn readme_table_names() -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README.md has a Configuration section");
+        let rows = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| name |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        let mut names = std::collections::BTreeSet::new();
+        for row in rows {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            for name in first.split('`').skip(1).step_by(2) {
+                assert!(names.insert(name.to_string()), "{name} is listed twice");
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_readme_table_names_every_setting() {
+        let value = serde_json::to_value(Settings::default()).unwrap();
+        let fields: std::collections::BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
+        assert!(fields.len() > 20, "{fields:?}");
+        assert_eq!(readme_table_names(), fields);
+    }
+
+    #[test]
+    fn an_image_retention_below_two_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFUP_IMAGE_RETENTION", "1");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("image_retention: must be at least 2"), "{err}");
+            jail.set_env("SELFUP_IMAGE_RETENTION", "5");
+            assert_eq!(load_in(jail).unwrap().image_retention, 5);
             Ok(())
         });
     }

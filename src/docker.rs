@@ -10,11 +10,11 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerUpdateBody, EndpointSettings, ExecConfig,
-    ImageInspect, NetworkConnectRequest, RestartPolicy,
+    ImageInspect, ImageSummary, NetworkConnectRequest, RestartPolicy,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions, TopOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, ListImagesOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions, TopOptions,
 };
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
@@ -233,6 +233,21 @@ impl Engine {
             .map_err(self.err("inspecting image", image))
     }
 
+    /// The local images with a tag in `repository` (`registry/name`, no tag).
+    pub async fn list_images(&self, repository: &str) -> Result<Vec<ImageSummary>, DockerError> {
+        let docker = self.client().await?;
+        let options = ListImagesOptions {
+            filters: Some(HashMap::from([("reference".to_string(), vec![repository.to_string()])])),
+            ..Default::default()
+        };
+        docker
+            .list_images(Some(options))
+            .await
+            .map_err(self.err("listing images of", repository))
+    }
+
+    /// Removes an image, or one tag of it when it has others; never forced,
+    /// so the Engine refuses an image a container uses.
     pub async fn remove_image(&self, image: &str) -> Result<(), DockerError> {
         let docker = self.client().await?;
         let options = RemoveImageOptions {

@@ -13,6 +13,7 @@
 //! - [`handover`]: the protocol, read top to bottom in the order it runs.
 //! - [`companion`]: companion mode, `/update` of *other* containers: the API
 //!   key, registry credentials, and the swap with its rollback.
+//! - [`retention`]: which old images of this service a takeover removes.
 //! - [`proxy`]: nginx's upstream include, its config test and reload.
 //! - [`registry`]: tags and digests over the registry API.
 //! - [`docker`]: the one wrapper around bollard, one call a method.
@@ -31,6 +32,7 @@ pub mod handover;
 pub mod identity;
 pub mod proxy;
 pub mod registry;
+pub mod retention;
 pub mod routes;
 pub mod secret;
 pub mod state;

@@ -12,14 +12,15 @@ pub enum Requirement {
     Latest,
     /// The highest version matching: `3` is the highest 3.x.y, `3.2` the highest 3.2.y.
     Highest { text: String, req: VersionReq },
-    /// Exactly this version: the only way to go to a lower one (a rollback).
+    /// Exactly this version: the only way to go to a lower one (a rollback),
+    /// and the only way to a pre-release (`=1.5.0-rc.1`).
     Exact(Version),
 }
 
 /// Why a requirement was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid version requirement {0:?}: use MAJOR (highest MAJOR.x.y), MAJOR.MINOR (highest MAJOR.MINOR.y) or =MAJOR.MINOR.PATCH (exactly that)"
+    "invalid version requirement {0:?}: use MAJOR (highest MAJOR.x.y), MAJOR.MINOR (highest MAJOR.MINOR.y) or =MAJOR.MINOR.PATCH[-PRERELEASE] (exactly that)"
 )]
 pub struct RequirementError(pub String);
 
@@ -29,8 +30,17 @@ impl Requirement {
         let fail = || RequirementError(text.chars().take(64).collect());
         let numeric = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
         if let Some(exact) = text.strip_prefix('=') {
-            let parts: Vec<&str> = exact.split('.').collect();
+            // A pre-release is named whole; build metadata cannot be a Docker tag.
+            let (core, pre) = match exact.split_once('-') {
+                Some((core, pre)) => (core, Some(pre)),
+                None => (exact, None),
+            };
+            let parts: Vec<&str> = core.split('.').collect();
             if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+                return Err(fail());
+            }
+            let identifier = |i: &str| !i.is_empty() && i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if pre.is_some_and(|pre| pre.len() > 64 || !pre.split('.').all(identifier)) {
                 return Err(fail());
             }
             return Version::parse(exact).map(Requirement::Exact).map_err(|_| fail());
@@ -91,7 +101,9 @@ pub fn tag_version(tag: &str) -> Option<Version> {
 }
 
 /// Picks the tag for a requirement from a registry's tag list; tags that are
-/// not semver are ignored, and pre-releases only match when named exactly.
+/// not semver are ignored. Pre-releases match only an exact requirement that
+/// names them (`=1.5.0-rc.1`), never `2` or `2.1`; and `build.sh` never tags
+/// one `:latest`, so `/upgrade` never goes to one either.
 pub fn select<'a>(requirement: &Requirement, tags: &'a [String]) -> Option<(&'a str, Version)> {
     let candidates = tags.iter().filter_map(|t| tag_version(t).map(|v| (t.as_str(), v)));
     match requirement {
@@ -189,7 +201,12 @@ mod tests {
             "3.",
             ".3",
             "=3.2",
-            "=3.2.1-rc.1",
+            "=3.2.1+build.5",
+            "=3.2.1-rc.1+build.5",
+            "=3.2.1-",
+            "=3.2.1-rc..1",
+            "=3.2.1-rc.01",
+            "=3.2.1-rc_1",
             "3.2.1.0",
             "-1",
             "99999999999",
@@ -228,6 +245,30 @@ mod tests {
         let t = tags(&["1.4.0", "1.4.1"]);
         assert_eq!(select(&Requirement::parse("=1.4.0").unwrap(), &t).unwrap().0, "1.4.0");
         assert_eq!(select(&Requirement::parse("=1.5.0").unwrap(), &t), None);
+    }
+
+    #[test]
+    fn a_pre_release_is_matched_only_when_named_exactly() {
+        assert_eq!(
+            Requirement::parse("=1.5.0-rc.1").unwrap(),
+            Requirement::Exact(v("1.5.0-rc.1"))
+        );
+        let t = tags(&["1.4.0", "1.5.0-rc.1", "1.5.0-rc.2"]);
+        assert_eq!(
+            select(&Requirement::parse("=1.5.0-rc.1").unwrap(), &t).unwrap(),
+            ("1.5.0-rc.1", v("1.5.0-rc.1"))
+        );
+        assert_eq!(select(&Requirement::parse("=1.5.0").unwrap(), &t), None);
+        assert_eq!(select(&Requirement::parse("1").unwrap(), &t).unwrap().0, "1.4.0");
+        assert_eq!(select(&Requirement::parse("1.5").unwrap(), &t), None);
+        // From the pre-release, the release is an upgrade; a lower rc needs `=`.
+        let rc2 = Requirement::parse("=1.5.0-rc.1").unwrap();
+        assert_eq!(
+            decide(&v("1.5.0-rc.1"), &v("1.5.0"), &Requirement::Latest),
+            Decision::Upgrade
+        );
+        assert_eq!(decide(&v("1.5.0-rc.2"), &v("1.5.0-rc.1"), &rc2), Decision::Rollback);
+        assert_eq!(decide(&v("1.4.0"), &v("1.5.0-rc.1"), &rc2), Decision::Upgrade);
     }
 
     #[test]

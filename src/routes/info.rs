@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::handover::Orchestrator;
 
 fn wants_json(req: &HttpRequest) -> bool {
     req.headers()
@@ -29,17 +30,30 @@ pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     }
 }
 
-/// 200 when the Docker daemon answers, 503 when it does not; names the
-/// version and the container so that an elder knows whom it is talking to.
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+/// 200 when the Docker daemon answers, 503 when it does not. A direct
+/// loopback caller (the elder's health poll, the image's HEALTHCHECK, the
+/// operator's curl) also gets the version, port and container, so that an
+/// elder knows whom it is talking to, and Docker's error; anyone else (through
+/// nginx, or from another host) gets the status only.
+pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let o = state.orchestrator.clone();
     let docker = state
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
-        .await;
-    // The proxy's state is reported, not judged: this instance is healthy
-    // with nginx stopped, and an elder must be able to hand over to it.
+        .await
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let detail = crate::routes::guard_loopback(&req).is_ok();
+    let proxy = match detail {
+        true => Some(proxy_state(&state).await),
+        false => None,
+    };
+    health_answer(&state.orchestrator, docker, proxy)
+}
+
+/// Whether nginx runs. Reported, not judged: this instance is healthy with
+/// nginx stopped, and an elder must be able to hand over to it.
+async fn proxy_state(state: &AppState) -> String {
     let o = state.orchestrator.clone();
-    let proxy = state
+    state
         .spawn(async move {
             let Some(proxy) = &o.proxy else {
                 return "none".to_string();
@@ -51,9 +65,17 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             }
         })
         .await
-        .unwrap_or_else(|e| format!("unknown: {e}"));
-    let o = &state.orchestrator;
-    let body = |status: &str, docker: String| {
+        .unwrap_or_else(|e| format!("unknown: {e}"))
+}
+
+/// The answer of `/health` for a Docker ping's outcome; the detail (with the
+/// proxy's state) only where `proxy` is given.
+fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<String>) -> HttpResponse {
+    let (status, code, docker) = match docker {
+        Ok(()) => ("ok", StatusCode::OK, "reachable".to_string()),
+        Err(e) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let body = if let Some(proxy) = proxy {
         json!({
             "status": status,
             "version": o.version.to_string(),
@@ -62,12 +84,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "docker": docker,
             "proxy": proxy,
         })
+    } else {
+        json!({ "status": status })
     };
-    match docker {
-        Ok(Ok(())) => HttpResponse::Ok().json(body("ok", "reachable".into())),
-        Ok(Err(e)) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(body("unavailable", e.to_string())),
-        Err(e) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(body("unavailable", e)),
-    }
+    HttpResponse::build(code).json(body)
 }
 
 /// Answers a POST with its own body and the version that answered, so that
@@ -79,4 +99,71 @@ pub async fn echo(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse 
         .insert_header(("x-selfup-port", o.settings.port.to_string()))
         .content_type("application/octet-stream")
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::test::TestRequest;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::docker::Engine;
+    use crate::state::Shared;
+
+    fn answer(req: TestRequest, docker: Result<(), String>) -> (u16, Value) {
+        let settings = Arc::new(Settings::default());
+        let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
+        let o = Orchestrator::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
+        let detail = crate::routes::guard_loopback(&req.to_http_request()).is_ok();
+        let r = health_answer(&o, docker, detail.then(|| "running".to_string()));
+        let status = r.status().as_u16();
+        let body = actix_web::body::to_bytes(r.into_body());
+        let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn direct() -> TestRequest {
+        TestRequest::default()
+            .insert_header(("host", "127.0.0.1:5801"))
+            .peer_addr("127.0.0.1:40000".parse().unwrap())
+    }
+
+    #[test]
+    fn a_direct_loopback_caller_gets_the_version_port_container_and_dockers_error() {
+        let (status, body) = answer(direct(), Ok(()));
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["port"], 5800);
+        assert_eq!(body["container"], "c0ffee");
+        assert_eq!(body["proxy"], "running");
+        let (status, body) = answer(direct(), Err("the Docker daemon at /x is unreachable".into()));
+        assert_eq!(status, 503);
+        assert_eq!(body["docker"], "the Docker daemon at /x is unreachable");
+    }
+
+    #[test]
+    fn a_caller_through_nginx_or_from_another_host_gets_the_status_only() {
+        let proxied = |h: &str| direct().insert_header((h, "203.0.113.9"));
+        let remote = TestRequest::default()
+            .insert_header(("host", "example.org"))
+            .peer_addr("203.0.113.9:40000".parse().unwrap());
+        for req in [proxied("x-forwarded-for"), proxied("x-real-ip"), remote] {
+            let (status, body) = answer(req, Ok(()));
+            assert_eq!(
+                (status, body.clone()),
+                (200, serde_json::json!({"status": "ok"})),
+                "{body}"
+            );
+        }
+        let (status, body) = answer(
+            proxied("x-forwarded-for"),
+            Err("socket /run/docker.sock: refused".into()),
+        );
+        assert_eq!(status, 503);
+        assert_eq!(body, serde_json::json!({"status": "unavailable"}));
+    }
 }

@@ -255,6 +255,14 @@ impl Suite {
         Ok(())
     }
 
+    /// Builds selfup `version` beyond [`VERSIONS`], for the few tests that
+    /// need more releases; a version already built here is built once.
+    pub fn build_extra(&self, version: &str) {
+        if let Err(e) = self.build(version) {
+            panic!("{e}");
+        }
+    }
+
     /// Images that claim version 9.0.0 and misbehave: one exits at once,
     /// one never answers, one reports another version than its label.
     fn build_fault_images(&self) -> Result<(), String> {

@@ -31,6 +31,7 @@ mod leftovers;
 mod load;
 mod proxy;
 mod restarts;
+mod retention;
 mod runner;
 mod traffic;
 mod versions;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
         versions::rollback_returns_to_the_version_before_the_last_upgrade,
         versions::tags_are_read_across_every_page_of_the_registry,
+        retention::five_upgrades_leave_three_images_of_the_repository_and_rollback_still_works,
         faults::a_successor_that_reports_another_version_is_removed,
         faults::a_successor_whose_port_is_taken_is_removed,
         faults::an_unreachable_registry_or_a_missing_tag_changes_nothing,

@@ -101,6 +101,15 @@ pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: A
                 .contains("not reachable through the proxy")
         );
     }
+    // The public /health tells the status only; the direct loopback one names the container.
+    let r = env.http.get(env.public("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+    let r = env.http.get(env.direct(env.ports[0], "/health")).send().await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["version"], "1.0.0", "{body}");
+    assert!(!body["container"].as_str().unwrap_or_default().is_empty(), "{body}");
     let direct = env.direct(env.ports[0], "/upgrade");
     let r = env.http.post(&direct).send().await.unwrap();
     assert_eq!(r.status(), 401);

@@ -22,11 +22,16 @@ pub async fn a_requirement_picks_the_highest_matching_version_and_going_lower_ne
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["available"], serde_json::json!(["1.2.0", "1.1.0", "1.0.0"]));
 
+    // A pre-release is accepted when named exactly: a 404 for a tag the registry lacks, not a 400.
+    let (status, body) = env.upgrade(b, Some("=1.3.0-rc.1")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("=1.3.0-rc.1"), "{body}");
+
     let (status, body) = env.upgrade(b, Some("1.0")).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("=1.0.0"), "{body}");
 
-    for bad in ["1.2.3", "^1", "x", "1.x", "=1.0"] {
+    for bad in ["1.2.3", "^1", "x", "1.x", "=1.0", "=1.2.0+b1", "1.3-rc.1"] {
         let (status, body) = env.upgrade(b, Some(bad)).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(
@@ -59,11 +64,12 @@ pub async fn a_requirement_picks_the_highest_matching_version_and_going_lower_ne
         .map(|r| (r["requested"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
         .collect();
     assert_eq!(
-        &outcomes[..4],
+        &outcomes[..5],
         &[
             ("=1.0.0", "upgraded"),
             ("1", "upgraded"),
             ("1.0", "failed"),
+            ("=1.3.0-rc.1", "failed"),
             ("4", "failed")
         ],
         "{status}"
