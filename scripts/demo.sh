@@ -25,13 +25,17 @@ purge() {
   docker network ls -q --filter label=selfup.e2e | xargs -r docker network rm >/dev/null
   docker volume ls -q --filter label=selfup.e2e | xargs -r docker volume rm -f >/dev/null
   docker volume rm -f selfup_data >/dev/null 2>&1 || true
-  {
-    docker images -q --filter label=selfup.e2e
-    docker images -q --filter label=org.opencontainers.image.title=selfup
-    docker images -q --filter label=org.opencontainers.image.title=selfup-nginx
-    docker images -q 'selfup/*'
-    docker images -q 'localhost:5000/*'
-  } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  # Twice: an image that is the parent of another (the nginx image's imported
+  # root) can only go once its child has gone.
+  for _ in 1 2; do
+    {
+      docker images -q --filter label=selfup.e2e
+      docker images -q --filter label=org.opencontainers.image.title=selfup
+      docker images -q --filter label=org.opencontainers.image.title=selfup-nginx
+      docker images -q 'selfup/*'
+      docker images -q 'localhost:5000/*'
+    } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  done
   registry/start.sh stop >/dev/null
   docker logout localhost:5000 >/dev/null 2>&1 || true
   rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live /run/selfup
