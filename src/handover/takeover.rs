@@ -85,15 +85,7 @@ impl Orchestrator {
     /// Waits for the elder's go-ahead, or for the elder to be gone, then takes over.
     async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
         self.shared.set_takeover(TakeoverPhase::WaitingForGo);
-        let mine = self
-            .engine
-            .inspect_container(me)
-            .await
-            .map_err(|source| TakeoverError::Docker {
-                context: "inspecting this container".into(),
-                source,
-            })?;
-        let my_created = created_key(mine.created.as_deref().unwrap_or_default());
+        let my_created = self.created(me).await?;
         let deadline = Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
@@ -149,15 +141,7 @@ impl Orchestrator {
     /// A plain start: the newest running sibling takes over from the rest.
     async fn converge(&self, me: &str) -> Result<(), TakeoverError> {
         let all = self.others(me).await?;
-        let mine = self
-            .engine
-            .inspect_container(me)
-            .await
-            .map_err(|source| TakeoverError::Docker {
-                context: "inspecting this container".into(),
-                source,
-            })?;
-        let my_key = created_key(mine.created.as_deref().unwrap_or_default());
+        let my_key = self.created(me).await?;
         if let Some(newer) = all
             .iter()
             .find(|s| s.running && (s.created, s.id.as_str()) > (my_key, me))
@@ -174,6 +158,19 @@ impl Orchestrator {
             return Ok(());
         }
         self.take_over(me, all.into_iter().map(|s| s.id).collect()).await
+    }
+
+    /// When this container was created, ordered as [`created_key`] orders.
+    async fn created(&self, me: &str) -> Result<(i64, u32), TakeoverError> {
+        let mine = self
+            .engine
+            .inspect_container(me)
+            .await
+            .map_err(|source| TakeoverError::Docker {
+                context: "inspecting this container".into(),
+                source,
+            })?;
+        Ok(created_key(mine.created.as_deref().unwrap_or_default()))
     }
 
     /// The other containers of this instance's group.

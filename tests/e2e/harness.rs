@@ -594,6 +594,12 @@ impl Env {
         answer
     }
 
+    /// `GET url` as JSON; panics when there is no JSON answer.
+    pub async fn get_json(&self, url: &str) -> Value {
+        let r = self.http.get(url).send().await.expect("an answer");
+        r.json().await.expect("a JSON answer")
+    }
+
     /// `GET /status` of the instance on `port`.
     pub async fn status(&self, port: u16) -> Value {
         let r = self

@@ -140,15 +140,7 @@ async fn interrupt_the_elder_while_its_successor_starts(suite: Arc<Suite>, how: 
     env.wait_takeover_done(a).await;
     assert_stays_single(&env, &survivor, Duration::from_secs(3)).await;
     assert_eq!(env.upstream_primary(), format!("127.0.0.1:{a}"));
-    let phase: Value = env
-        .http
-        .get(env.direct(a, "/handover"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let phase: Value = env.get_json(&env.direct(a, "/handover")).await;
     assert_eq!(phase["phase"], "done", "{phase}");
 }
 
@@ -187,15 +179,7 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     let env = suite.live_env(&[], "1.0.0").await;
     let [a, b] = env.ports;
     docker(&["stop", &env.nginx]);
-    let health: Value = env
-        .http
-        .get(env.direct(a, "/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = env.get_json(&env.direct(a, "/health")).await;
     assert_eq!(health["status"], "ok", "{health}");
     assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
     suite.release(&env.repository, "1.1.0");
@@ -208,15 +192,7 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     docker(&["start", &env.nginx]);
     env.wait_public_version("1.1.0").await;
     assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
-    let health: Value = env
-        .http
-        .get(env.direct(b, "/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = env.get_json(&env.direct(b, "/health")).await;
     assert_eq!(health["proxy"], "running", "{health}");
 }
 
