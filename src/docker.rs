@@ -204,7 +204,7 @@ impl Engine {
         };
         let target = image.to_string();
         let mut stream = docker.create_image(Some(options), None, credentials);
-        let pulled = tokio::time::timeout(PULL_DEADLINE, async {
+        within(PULL_DEADLINE, "pulling", &target, async {
             while let Some(item) = stream.next().await {
                 let info = item.map_err(self.err("pulling", &target))?;
                 if let Some(detail) = info.error_detail {
@@ -217,12 +217,7 @@ impl Engine {
             }
             Ok(())
         })
-        .await;
-        pulled.unwrap_or(Err(DockerError::DeadlinePassed {
-            op: "pulling",
-            target,
-            waited: PULL_DEADLINE,
-        }))
+        .await
     }
 
     pub async fn inspect_image(&self, image: &str) -> Result<ImageInspect, DockerError> {
@@ -380,7 +375,7 @@ impl Engine {
             .await
             .map_err(self.err("creating exec in", &target))?;
         let mut output = String::new();
-        let ran = tokio::time::timeout(EXEC_DEADLINE, async {
+        within(EXEC_DEADLINE, "running exec in", &target, async {
             if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } = docker
                 .start_exec(&exec.id, None)
                 .await
@@ -393,12 +388,7 @@ impl Engine {
             }
             Ok(())
         })
-        .await;
-        ran.unwrap_or(Err(DockerError::DeadlinePassed {
-            op: "running exec in",
-            target: target.clone(),
-            waited: EXEC_DEADLINE,
-        }))?;
+        .await?;
         let inspect = docker
             .inspect_exec(&exec.id)
             .await
@@ -444,21 +434,33 @@ impl Engine {
         };
         let mut stream = docker.logs(id, Some(options));
         let mut text = String::new();
-        let read = tokio::time::timeout(LOGS_DEADLINE, async {
+        within(LOGS_DEADLINE, "reading logs of", id, async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(self.err("reading logs of", id))?;
                 text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             }
             Ok(())
         })
-        .await;
-        read.unwrap_or(Err(DockerError::DeadlinePassed {
-            op: "reading logs of",
-            target: id.to_string(),
-            waited: LOGS_DEADLINE,
-        }))?;
+        .await?;
         Ok(text)
     }
+}
+
+/// Runs a streamed call within `waited`: bollard's own timeout covers only
+/// the response head, not the stream behind it.
+async fn within<T>(
+    waited: Duration,
+    op: &'static str,
+    target: &str,
+    work: impl std::future::Future<Output = Result<T, DockerError>>,
+) -> Result<T, DockerError> {
+    tokio::time::timeout(waited, work).await.unwrap_or_else(|_| {
+        Err(DockerError::DeadlinePassed {
+            op,
+            target: target.to_string(),
+            waited,
+        })
+    })
 }
 
 /// An image reference with an explicit tag: `registry/repository:tag`.
