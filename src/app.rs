@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::companion::Companion;
 use crate::companion::auth::{ApiKey, KeySource};
+use crate::companion::journal::Swaps;
 use crate::config::Settings;
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
@@ -49,6 +50,7 @@ pub struct Application {
     port: u16,
     server: Server,
     orchestrator: Arc<Orchestrator>,
+    companion: Option<Arc<Companion>>,
 }
 
 impl Application {
@@ -71,8 +73,11 @@ impl Application {
             // Before the first request: the elder's go-ahead may come at once.
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
-        let companion = build_companion(&settings, &engine, &self_id)?;
-        let orchestrator = Arc::new(Orchestrator::new(settings.clone(), engine, shared, self_id));
+        let swaps = open_swaps(&settings);
+        let companion = build_companion(&settings, &engine, &self_id, &swaps)?;
+        let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
+        orchestrator.swaps = swaps;
+        let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
@@ -82,7 +87,7 @@ impl Application {
         let control = bind_control(&settings, port);
         let state = AppState {
             orchestrator: orchestrator.clone(),
-            companion,
+            companion: companion.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
         let server = HttpServer::new(move || {
@@ -151,6 +156,7 @@ impl Application {
             port,
             server,
             orchestrator,
+            companion,
         })
     }
 
@@ -170,7 +176,15 @@ impl Application {
             handle.stop(true).await;
         });
         let orchestrator = self.orchestrator.clone();
-        tokio::spawn(async move { orchestrator.reconcile().await });
+        let companion = self.companion.clone();
+        tokio::spawn(async move {
+            orchestrator.reconcile().await;
+            // Once this instance is the live one (or a plain start): an elder
+            // it took over from is gone, and holds no swap any more.
+            if let Some(companion) = companion {
+                companion.recover().await;
+            }
+        });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         self.server.await
     }
@@ -194,17 +208,40 @@ fn bind_control(
     }
 }
 
+/// The companion's swaps in the data directory, in companion mode with a
+/// data directory; without one, each instance locks only its own swaps.
+fn open_swaps(settings: &Settings) -> Option<Arc<Swaps>> {
+    if !settings.companion || !settings.data_dir.is_dir() {
+        return None;
+    }
+    match Swaps::open(&settings.data_dir) {
+        Ok(swaps) => Some(Arc::new(swaps)),
+        Err(e) => {
+            tracing::warn!(path = %settings.data_dir.display(), error = %e, "companion swaps are locked in this instance only");
+            None
+        }
+    }
+}
+
 /// Companion mode's updater, when it is on.
 fn build_companion(
     settings: &Arc<Settings>,
     engine: &Arc<Engine>,
     self_id: &Option<String>,
+    swaps: &Option<Arc<Swaps>>,
 ) -> std::io::Result<Option<Arc<Companion>>> {
     if !settings.companion {
         return Ok(None);
     }
     let key = companion_key(settings)?;
-    let companion = Companion::new(settings.clone(), engine.clone(), Registry::new(), key, self_id.clone());
+    let companion = Companion::new(
+        settings.clone(),
+        engine.clone(),
+        Registry::new(),
+        key,
+        self_id.clone(),
+        swaps.clone(),
+    );
     Ok(Some(Arc::new(companion)))
 }
 

@@ -42,3 +42,23 @@ pub fn inspect_error(id: &str) -> Option<DockerError> {
             }
         })
 }
+
+/// `FAULT_SWAP_EXIT=<container>:<phase>[,...]`: the instance exits (code
+/// 70, no cleanup) right after the swap of `<container>` wrote its journal
+/// at `<phase>` (`planned`, `aside`, `created`, `started`, `checked`), as a
+/// crash there would leave it.
+pub fn swap_exit(container: &str, phase: crate::companion::journal::Phase) {
+    let Ok(spec) = std::env::var("FAULT_SWAP_EXIT") else {
+        return;
+    };
+    let phase = serde_json::to_value(phase).ok();
+    let phase = phase.as_ref().and_then(|p| p.as_str()).unwrap_or_default();
+    let hit = spec
+        .split(',')
+        .filter_map(|item| item.split_once(':'))
+        .any(|(c, p)| c == container && p == phase);
+    if hit {
+        tracing::warn!(container, phase, "fault switch: exiting mid-swap");
+        std::process::exit(70);
+    }
+}

@@ -15,9 +15,14 @@
 //!    started, and must stay up, or pass its HEALTHCHECK, within the deadline.
 //!    Then the old one is removed; otherwise the new one is removed and the old
 //!    one gets its name back and runs again.
+//! 6. [`journal`]: with a data directory, the one-swap-per-container lock and
+//!    the swap's journal are files there, shared by every instance: a
+//!    self-upgrade waits for running swaps, and an instance that starts
+//!    resolves a swap left half-done ([`Companion::recover`]).
 
 pub mod auth;
 pub mod credentials;
+pub mod journal;
 pub mod plan;
 
 use std::collections::HashSet;
@@ -36,6 +41,7 @@ use crate::handover::target::{self, Decision, Requirement, RequirementError};
 use crate::registry::{Registry, RegistryError};
 use auth::ApiKey;
 use credentials::{CredentialsError, Helpers, RegistryAuth};
+use journal::{Claim, Entry, Phase, Resolution, Seen, SwapRecord, Swaps};
 use plan::{Placement, Verdict};
 
 /// How often a new container is looked at while it comes up.
@@ -65,6 +71,10 @@ pub enum UpdateError {
     NotRunning { container: String, state: String },
     #[error("an update of container {container} is already running; try again when it is done")]
     Busy { container: String },
+    #[error("a self-upgrade of this service is running; try again when it is done")]
+    UpgradeRunning,
+    #[error("the swap lock in the data directory: {0}")]
+    Lock(std::io::Error),
     #[error("container {container} is this companion itself; it upgrades itself through /upgrade")]
     OwnContainer { container: String },
     #[error("container {container} runs {image:?}, which is not a repository:tag reference: {reason}")]
@@ -174,14 +184,20 @@ pub struct Companion {
     helpers: Helpers,
     /// This instance's own container id: it is never a target.
     self_id: Option<String>,
-    /// Ids and names of the containers being updated: one update each at a time.
+    /// Ids and names of the containers being updated by this instance.
     running: Mutex<HashSet<String>>,
+    /// The swaps of every instance that shares the data directory, if there is one.
+    swaps: Option<Arc<Swaps>>,
 }
 
 /// Holds a container's update slot; releasing it is dropping it, on every path.
 struct Slot<'a> {
     companion: &'a Companion,
     keys: Vec<String>,
+    /// The shared hold that keeps a self-upgrade waiting, and the claim
+    /// across instances, with a data directory.
+    _entry: Option<Entry>,
+    claim: Option<Claim>,
 }
 
 impl Drop for Slot<'_> {
@@ -214,6 +230,7 @@ impl Companion {
         registry: Registry,
         key: ApiKey,
         self_id: Option<String>,
+        swaps: Option<Arc<Swaps>>,
     ) -> Companion {
         Companion {
             settings,
@@ -223,6 +240,7 @@ impl Companion {
             helpers: Helpers::from_env(),
             self_id,
             running: Mutex::default(),
+            swaps,
         }
     }
 
@@ -242,10 +260,10 @@ impl Companion {
         self.check_registry(image.registry_host())?;
         self.not_busy(container)?;
         let old = self.target(container).await?;
-        let _slot = self.take_slot(&old)?;
+        let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(image.registry_host()).await?;
-        self.replace(old, image, auth).await
+        self.replace(old, image, auth, &mut slot).await
     }
 
     /// `POST /update/<container>/<req>`: recreates `container` from the
@@ -270,7 +288,7 @@ impl Companion {
         }
         let host = current.registry_host().to_string();
         self.check_registry(&host)?;
-        let _slot = self.take_slot(&old)?;
+        let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(&host).await?;
         let registry = current
@@ -316,7 +334,7 @@ impl Companion {
                 Decision::Upgrade | Decision::Rollback => {}
             }
         }
-        self.replace(old, image, auth).await
+        self.replace(old, image, auth, &mut slot).await
     }
 
     fn check_registry(&self, host: &str) -> Result<(), UpdateError> {
@@ -365,21 +383,55 @@ impl Companion {
                 container: container.to_string(),
             });
         }
+        // Another instance's swap, under any name or id it has meanwhile.
+        if let Some(other) = self
+            .swaps
+            .as_ref()
+            .and_then(|swaps| swaps.running().into_iter().find(|r| r.concerns(container)))
+        {
+            return Err(UpdateError::Busy {
+                container: other.container,
+            });
+        }
         Ok(())
     }
 
     /// Takes the container's update slot, by id and by name: a request by
     /// name during an update must not reach the new container either.
-    fn take_slot(&self, old: &ContainerInspectResponse) -> Result<Slot<'_>, UpdateError> {
-        let keys = vec![old.id.clone().unwrap_or_default(), name_of(old)];
-        let mut running = self.running();
-        if keys.iter().any(|k| running.contains(k)) {
-            return Err(UpdateError::Busy {
-                container: name_of(old),
-            });
+    /// With a data directory, the slot also holds the container's claim
+    /// across instances, and keeps a self-upgrade waiting.
+    async fn take_slot(&self, old: &ContainerInspectResponse) -> Result<Slot<'_>, UpdateError> {
+        let name = name_of(old);
+        let keys = vec![old.id.clone().unwrap_or_default(), name.clone()];
+        {
+            let mut running = self.running();
+            if keys.iter().any(|k| running.contains(k)) {
+                return Err(UpdateError::Busy { container: name });
+            }
+            running.extend(keys.iter().cloned());
         }
-        running.extend(keys.iter().cloned());
-        Ok(Slot { companion: self, keys })
+        let mut slot = Slot {
+            companion: self,
+            keys,
+            _entry: None,
+            claim: None,
+        };
+        if let Some(swaps) = &self.swaps {
+            slot._entry = Some(
+                swaps
+                    .enter()
+                    .map_err(UpdateError::Lock)?
+                    .ok_or(UpdateError::UpgradeRunning)?,
+            );
+            slot.claim = Some(
+                swaps
+                    .claim(&name)
+                    .await
+                    .map_err(UpdateError::Lock)?
+                    .ok_or(UpdateError::Busy { container: name })?,
+            );
+        }
+        Ok(slot)
     }
 
     /// Inspects again under the slot: an update that just finished may have
@@ -423,6 +475,7 @@ impl Companion {
         old: ContainerInspectResponse,
         image: ImageRef,
         auth: Option<RegistryAuth>,
+        slot: &mut Slot<'_>,
     ) -> Result<UpdateOutcome, UpdateError> {
         let started = Instant::now();
         let name = name_of(&old);
@@ -492,6 +545,22 @@ impl Companion {
             aside: &aside,
             image: image.to_string(),
             stopped_old: false,
+            journal: slot.claim.as_ref().map(|claim| {
+                (
+                    claim,
+                    SwapRecord {
+                        container: name.clone(),
+                        old_id: old_id.clone(),
+                        aside: aside.clone(),
+                        image: image.to_string(),
+                        phase: Phase::Planned,
+                        new_id: None,
+                        stop_first: matches!(placement, Placement::StopFirst(_)),
+                        restart_policy: restart_policy.clone(),
+                        owner: self.self_id.clone(),
+                    },
+                )
+            }),
         };
         let new_id = match swap.run(&old, body, later_networks, restart_policy, &placement).await {
             Ok(id) => id,
@@ -508,7 +577,11 @@ impl Companion {
                 match &restored {
                     Ok(()) => tracing::warn!(container = %name, %reason, "update failed; the old container runs again"),
                     Err(e) => {
-                        tracing::error!(container = %name, %reason, error = %e, "update failed and the rollback too")
+                        tracing::error!(container = %name, %reason, error = %e, "update failed and the rollback too");
+                        // Half-done: the next instance to start tries again.
+                        if let Some(claim) = slot.claim.as_mut() {
+                            claim.keep();
+                        }
                     }
                 }
                 return Err(UpdateError::Failed {
@@ -580,6 +653,134 @@ impl Companion {
     }
 }
 
+/// What a container of a half-done swap is now; `None` if Docker cannot say.
+async fn seen(engine: &Engine, id: &str) -> Result<(Seen, Option<ContainerInspectResponse>), String> {
+    match engine.inspect_container(id).await {
+        Ok(c) => {
+            let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
+            Ok((if running { Seen::Running } else { Seen::Stopped }, Some(c)))
+        }
+        Err(DockerError::NoSuchContainer(_)) => Ok((Seen::Absent, None)),
+        Err(e) => Err(format!("inspecting {id}: {e}")),
+    }
+}
+
+impl Companion {
+    /// How long an instance that starts waits for a self-upgrade to release
+    /// the swaps before it resolves the half-done ones.
+    const RECOVER_WAIT: Duration = Duration::from_secs(120);
+
+    /// Resolves the swaps that an instance left half-done when it died (see
+    /// [`journal::resolve`] for the rule). Runs once this instance has
+    /// reconciled, so an elder it took over from is gone and holds nothing.
+    pub async fn recover(&self) {
+        let Some(swaps) = &self.swaps else { return };
+        let started = Instant::now();
+        let _entry = loop {
+            match swaps.enter() {
+                Ok(Some(entry)) => break entry,
+                Ok(None) if started.elapsed() < Self::RECOVER_WAIT => sleep(POLL).await,
+                Ok(None) => {
+                    tracing::warn!("a self-upgrade still runs: half-done swaps are left to the next instance");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for half-done swaps");
+                    return;
+                }
+            }
+        };
+        for (record, mut claim) in swaps.orphans().await {
+            tracing::warn!(container = %record.container, phase = ?record.phase, owner = ?record.owner, "found a half-done swap");
+            match self.resolve_orphan(&record).await {
+                Ok(done) => tracing::info!(
+                    container = %record.container,
+                    done,
+                    ms = started.elapsed().as_millis() as u64,
+                    "half-done swap resolved"
+                ),
+                Err(e) => {
+                    tracing::error!(container = %record.container, error = %e, "a half-done swap is still half-done; the next start tries again");
+                    claim.keep();
+                }
+            }
+        }
+    }
+
+    /// Finishes or rolls back one half-done swap; says which.
+    async fn resolve_orphan(&self, record: &SwapRecord) -> Result<&'static str, String> {
+        let (old_seen, old) = seen(&self.engine, &record.old_id).await?;
+        // The new container: the one the journal names, else whatever holds
+        // the name now that is not the old one (created before it was noted).
+        let new_id = match &record.new_id {
+            Some(id) => Some(id.clone()),
+            None => match self.engine.inspect_container(&record.container).await {
+                Ok(c) => c.id.filter(|id| *id != record.old_id),
+                Err(DockerError::NoSuchContainer(_)) => None,
+                Err(e) => return Err(format!("inspecting {}: {e}", record.container)),
+            },
+        };
+        let new_seen = match &new_id {
+            Some(id) => seen(&self.engine, id).await?.0,
+            None => Seen::Absent,
+        };
+        let swap = Swap {
+            companion: self,
+            name: &record.container,
+            old_id: &record.old_id,
+            aside: &record.aside,
+            image: record.image.clone(),
+            stopped_old: record.stop_first,
+            journal: None,
+        };
+        match journal::resolve(record.phase, old_seen, new_seen) {
+            Resolution::Forget => Err("neither the old nor the new container exists".into()),
+            Resolution::RollBack => swap.roll_back(new_id.as_deref()).await.map(|()| "rolled back"),
+            Resolution::Finish => {
+                let new_id = new_id.unwrap_or_default();
+                match self.finish(record, &new_id, new_seen, old.as_ref()).await {
+                    Ok(()) => Ok("finished"),
+                    Err(reason) => {
+                        tracing::warn!(container = %record.container, %reason, "the new container did not come up: rolling back");
+                        match old {
+                            Some(_) => swap.roll_back(Some(&new_id)).await.map(|()| "rolled back"),
+                            None => Err(reason),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last steps of a swap whose new container exists: started, watched,
+    /// given its restart policy; then the old one is removed.
+    async fn finish(
+        &self,
+        record: &SwapRecord,
+        new_id: &str,
+        new_seen: Seen,
+        old: Option<&ContainerInspectResponse>,
+    ) -> Result<(), String> {
+        if new_seen != Seen::Running {
+            self.engine
+                .start_container(new_id)
+                .await
+                .map_err(|e| format!("starting it: {e}"))?;
+        }
+        self.watch(new_id).await?;
+        if let Some(policy) = record.restart_policy.clone() {
+            self.engine
+                .set_restart_policy(new_id, policy)
+                .await
+                .map_err(|e| format!("it is up, but {e}"))?;
+        }
+        match old {
+            Some(old) => self.retire(old, &record.aside).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// One swap of an old container for a new one, and how to undo it.
 struct Swap<'a> {
     companion: &'a Companion,
@@ -589,11 +790,31 @@ struct Swap<'a> {
     image: String,
     /// Whether the old container was stopped (stop-first), so a rollback starts it.
     stopped_old: bool,
+    /// The claim across instances and the journal written under it, with a data directory.
+    journal: Option<(&'a Claim, SwapRecord)>,
 }
 
 impl Swap<'_> {
     fn engine(&self) -> &Engine {
         &self.companion.engine
+    }
+
+    /// Writes the journal at `phase`: what is done so far. A journal that
+    /// cannot be written does not stop the swap (the old record, or none, says
+    /// less than happened, and a restart resolves from what Docker shows).
+    fn note(&mut self, phase: Phase, new_id: Option<&str>) {
+        let Some((claim, record)) = self.journal.as_mut() else {
+            return;
+        };
+        record.phase = phase;
+        if let Some(id) = new_id {
+            record.new_id = Some(id.to_string());
+        }
+        if let Err(e) = claim.write(record) {
+            tracing::warn!(container = self.name, error = %e, "the swap journal could not be written");
+        }
+        #[cfg(feature = "faults")]
+        crate::faults::swap_exit(self.name, phase);
     }
 
     /// Renames the old container aside, creates, connects and starts the new
@@ -607,6 +828,7 @@ impl Swap<'_> {
         restart_policy: Option<bollard::models::RestartPolicy>,
         placement: &Placement,
     ) -> Result<String, (String, Option<String>)> {
+        self.note(Phase::Planned, None);
         if let Placement::StopFirst(_) = placement {
             self.engine()
                 .stop_container(self.old_id, plan::stop_timeout(old))
@@ -618,11 +840,13 @@ impl Swap<'_> {
             .rename_container(self.old_id, self.aside)
             .await
             .map_err(|e| (format!("renaming the old container aside: {e}"), None))?;
+        self.note(Phase::Aside, None);
         let new_id = self
             .engine()
             .create_container(self.name, body)
             .await
             .map_err(|e| (format!("creating the new container from {}: {e}", self.image), None))?;
+        self.note(Phase::Created, Some(&new_id));
         let fail = |reason: String| (reason, Some(new_id.clone()));
         for (network, endpoint) in later_networks {
             self.engine()
@@ -634,6 +858,7 @@ impl Swap<'_> {
             .start_container(&new_id)
             .await
             .map_err(|e| fail(format!("starting it: {e}")))?;
+        self.note(Phase::Started, None);
         self.companion.watch(&new_id).await.map_err(fail)?;
         if let Some(policy) = restart_policy {
             self.engine()
@@ -641,6 +866,7 @@ impl Swap<'_> {
                 .await
                 .map_err(|e| fail(format!("it is up, but {e}")))?;
         }
+        self.note(Phase::Checked, None);
         Ok(new_id)
     }
 

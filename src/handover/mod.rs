@@ -111,6 +111,11 @@ pub enum UpgradeError {
     BadRequirement(#[from] RequirementError),
     #[error("an upgrade is already running")]
     InProgress(InProgress),
+    #[error(
+        "companion updates of {} still ran after {waited_secs}s; the upgrade did not start: try again when they are done",
+        containers.join(", ")
+    )]
+    CompanionBusy { containers: Vec<String>, waited_secs: u64 },
     #[error("this instance is still taking over from its elder ({0:?}); try again when it is done")]
     TakeoverUnderway(crate::state::TakeoverPhase),
     #[error("no previous version is known: this instance was not started by an upgrade")]
@@ -216,6 +221,9 @@ pub struct Orchestrator {
     /// This instance's control socket, once bound; published when this
     /// instance becomes the live one.
     pub control: std::sync::OnceLock<crate::control::ControlSocket>,
+    /// The companion's swaps in the data directory, shared with every
+    /// instance: an upgrade waits for running ones.
+    pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
 }
 
 impl Orchestrator {
@@ -244,6 +252,7 @@ impl Orchestrator {
             version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
             http,
             control: std::sync::OnceLock::new(),
+            swaps: None,
         }
     }
 

@@ -14,6 +14,7 @@ use super::{
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use crate::companion::credentials::{self, Helpers, RegistryAuth};
+use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::{DockerError, ImageRef};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
@@ -73,6 +74,25 @@ impl Drop for Flight<'_> {
 }
 
 impl Orchestrator {
+    /// Waits (at most `update_deadline`) until no companion swap runs, then
+    /// keeps new ones from starting, in this instance and in the successor,
+    /// until the upgrade is over (the hold is dropped, or this process ends).
+    async fn hold_swaps(&self, flight: &Flight<'_>) -> Result<Option<UpgradeGate>, UpgradeError> {
+        let Some(swaps) = &self.swaps else { return Ok(None) };
+        flight.step("waiting for companion updates");
+        let bound = self.settings.update_deadline();
+        match swaps.hold_for_upgrade(bound).await {
+            Ok(gate) => Ok(Some(gate)),
+            Err(GateError::Busy(containers)) => Err(UpgradeError::CompanionBusy {
+                containers,
+                waited_secs: bound.as_secs(),
+            }),
+            Err(GateError::Io(e)) => Err(UpgradeError::Internal(format!(
+                "the swap lock in the data directory: {e}"
+            ))),
+        }
+    }
+
     /// Runs one upgrade as the elder, start to finish, and records it.
     #[tracing::instrument(skip(self), fields(from = %self.version))]
     pub async fn upgrade(&self, target: Target) -> Result<UpgradeOutcome, UpgradeError> {
@@ -174,6 +194,8 @@ impl Orchestrator {
             Decision::Rollback => true,
         };
 
+        // No companion swap runs across the handover, in either instance.
+        let _swaps = self.hold_swaps(flight).await?;
         flight.step("starting the successor");
         let t = Instant::now();
         let elder = self

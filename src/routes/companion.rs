@@ -56,6 +56,7 @@ impl ResponseError for CompanionError {
                 } => StatusCode::NOT_FOUND,
                 NotRunning { .. }
                 | Busy { .. }
+                | UpgradeRunning
                 | OwnContainer { .. }
                 | NotATag { .. }
                 | Lower { .. }
@@ -64,6 +65,7 @@ impl ResponseError for CompanionError {
                 Registry { .. } | Credentials { .. } | Pull { .. } | Docker { .. } | Failed { .. } => {
                     StatusCode::BAD_GATEWAY
                 }
+                Lock(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -73,6 +75,7 @@ impl ResponseError for CompanionError {
         if let CompanionError::Update(e) = self {
             match e {
                 UpdateError::NoMatch { available, .. } => body["available"] = json!(available),
+                UpdateError::Busy { container } => body["container"] = json!(container),
                 UpdateError::Failed {
                     container,
                     log,
@@ -220,6 +223,7 @@ mod tests {
             409
         );
         assert_eq!(status(UpdateError::Busy { container: "a".into() }), 409);
+        assert_eq!(status(UpdateError::UpgradeRunning), 409);
         let unreachable = crate::docker::DockerError::Unreachable {
             socket: "s".into(),
             reason: "r".into(),

@@ -15,7 +15,9 @@ impl ResponseError for UpgradeError {
         use UpgradeError::*;
         match self {
             BadRequirement(_) => StatusCode::BAD_REQUEST,
-            InProgress(_) | TakeoverUnderway(_) | NotInContainer | NoPrevious | Lower { .. } => StatusCode::CONFLICT,
+            InProgress(_) | CompanionBusy { .. } | TakeoverUnderway(_) | NotInContainer | NoPrevious | Lower { .. } => {
+                StatusCode::CONFLICT
+            }
             NoMatch { .. }
             | PreviousImageGone { .. }
             | Registry {
@@ -49,6 +51,7 @@ impl ResponseError for UpgradeError {
                 });
             }
             NoMatch { available, .. } => body["available"] = json!(available),
+            CompanionBusy { containers, .. } => body["companion_updates"] = json!(containers),
             SuccessorUnhealthy { log, port, .. } | TakeoverFailed { log, port, .. } => {
                 body["successor_port"] = json!(port);
                 body["successor_log"] = json!(log.lines().collect::<Vec<_>>());
