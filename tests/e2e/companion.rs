@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
 
 /// The repository (in the suite's registry) of the images the targets run.
-const APP: &str = "companion/app";
+pub(crate) const APP: &str = "companion/app";
 /// The entrypoint of the target images: runs until SIGTERM, then exits 0.
 const LOOP: &str = r#"ENTRYPOINT ["/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"]"#;
 const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "true"]"#;
@@ -32,7 +32,7 @@ static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
 /// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
 /// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
 /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
-fn app_images(suite: &Suite) {
+pub(crate) fn app_images(suite: &Suite) {
     let built = IMAGES.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -73,13 +73,13 @@ fn app_images(suite: &Suite) {
 }
 
 /// One test's world: a companion container and everything the test made.
-struct World {
-    suite: Arc<Suite>,
+pub(crate) struct World {
+    pub(crate) suite: Arc<Suite>,
     /// The value of `selfup.e2e.test` on everything this test creates.
     test: String,
-    port: u16,
-    key: String,
-    companion: String,
+    pub(crate) port: u16,
+    pub(crate) key: String,
+    pub(crate) companion: String,
     networks: Vec<String>,
     volumes: Vec<String>,
     dirs: Vec<PathBuf>,
@@ -89,7 +89,7 @@ struct World {
 }
 
 impl World {
-    fn new(suite: Arc<Suite>) -> World {
+    pub(crate) fn new(suite: Arc<Suite>) -> World {
         app_images(&suite);
         let test = format!("{}c{}", suite.run_id, NEXT.fetch_add(1, Ordering::SeqCst));
         World {
@@ -107,7 +107,7 @@ impl World {
     }
 
     /// The labels every object of this test carries, as `docker` arguments.
-    fn labels(&self) -> Vec<String> {
+    pub(crate) fn labels(&self) -> Vec<String> {
         vec![
             "--label".into(),
             format!("selfup.e2e={}", self.suite.run_id),
@@ -116,7 +116,7 @@ impl World {
         ]
     }
 
-    fn name(&self, what: &str) -> String {
+    pub(crate) fn name(&self, what: &str) -> String {
         format!("selfupe2e-{}-{what}", self.test)
     }
 
@@ -137,7 +137,7 @@ impl World {
         name
     }
 
-    fn volume(&mut self, what: &str) -> String {
+    pub(crate) fn volume(&mut self, what: &str) -> String {
         let name = self.name(what);
         run(Command::new("docker")
             .args(["volume", "create"])
@@ -150,14 +150,29 @@ impl World {
     /// Starts the companion with `allowed` registries, the extra `docker
     /// run` arguments, and this world's API key unless `generated_key`.
     async fn start_companion(&mut self, allowed: &[&str], extra: &[String], generated_key: bool) {
+        let (name, port, image) = (self.companion.clone(), self.port, self.suite.image("selfup", "1.0.0"));
+        self.start_instance(&name, port, &image, allowed, extra, generated_key)
+            .await;
+    }
+
+    /// Starts a companion container `name` from `image` on `port`.
+    pub(crate) async fn start_instance(
+        &self,
+        name: &str,
+        port: u16,
+        image: &str,
+        allowed: &[&str],
+        extra: &[String],
+        generated_key: bool,
+    ) {
         let allowed = serde_json::to_string(allowed).unwrap();
         let mut cmd = Command::new("docker");
-        cmd.args(["run", "-d", "--name", &self.companion, "--network", "host"])
+        cmd.args(["run", "-d", "--name", name, "--network", "host"])
             .args(self.labels())
             .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
             .args(["-e", "SELFUP_COMPANION=true"])
-            .args(["-e", &format!("SELFUP_PORT={}", self.port)])
-            .args(["-e", &format!("SELFUP_PORTS=[{},{}]", self.port, free_port())])
+            .args(["-e", &format!("SELFUP_PORT={port}")])
+            .args(["-e", &format!("SELFUP_PORTS=[{port},{}]", free_port())])
             .args(["-e", "SELFUP_NGINX_CONTAINER="])
             .args(["-e", &format!("SELFUP_ALLOWED_REGISTRIES={allowed}")])
             .args(["-e", "SELFUP_UPDATE_DEADLINE_SECS=20"])
@@ -165,13 +180,18 @@ impl World {
         if !generated_key {
             cmd.args(["-e", &format!("SELFUP_API_KEY={}", self.key)]);
         }
-        cmd.args(extra).arg(self.suite.image("selfup", "1.0.0"));
+        cmd.args(extra).arg(image);
         run(&mut cmd);
-        self.wait_companion().await;
+        self.wait_instance(port).await;
     }
 
     async fn wait_companion(&self) {
-        let url = self.url("/health");
+        self.wait_instance(self.port).await;
+    }
+
+    /// Waits until the companion on `port` answers `/health`.
+    pub(crate) async fn wait_instance(&self, port: u16) {
+        let url = format!("http://127.0.0.1:{port}/health");
         eventually("the companion's /health", Duration::from_secs(30), || async {
             let r = self.suite.http.get(&url).send().await.ok()?;
             (r.status() == 200).then_some(())
@@ -185,7 +205,7 @@ impl World {
 
     /// Creates (and starts, unless `start` is false) a target container:
     /// labelled for this test, with `args` before the image.
-    fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
+    pub(crate) fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
         self.target_with_command(what, args, image, &[], start)
     }
 
@@ -207,10 +227,15 @@ impl World {
 
     /// `POST path` with a raw body and an `Authorization` header: (status, JSON body).
     async fn post_raw(&self, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        self.post_raw_at(self.port, path, authorization, body).await
+    }
+
+    /// [`World::post_raw`] to the instance on `port`.
+    async fn post_raw_at(&self, port: u16, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
         let mut request = self
             .suite
             .http
-            .post(self.url(path))
+            .post(format!("http://127.0.0.1:{port}{path}"))
             .header("content-type", "application/json")
             .body(body.to_string());
         if let Some(a) = authorization {
@@ -224,12 +249,17 @@ impl World {
     }
 
     /// `POST /update` with the key.
-    async fn update(&self, container: &str, image: &str) -> (u16, Value) {
-        let body = json!({ "container": container, "image": image }).to_string();
-        self.post_raw("/update", Some(&self.key), &body).await
+    pub(crate) async fn update(&self, container: &str, image: &str) -> (u16, Value) {
+        self.update_at(self.port, container, image).await
     }
 
-    fn logs(&self) -> String {
+    /// `POST /update` with the key to the instance on `port`.
+    pub(crate) async fn update_at(&self, port: u16, container: &str, image: &str) -> (u16, Value) {
+        let body = json!({ "container": container, "image": image }).to_string();
+        self.post_raw_at(port, "/update", Some(&self.key), &body).await
+    }
+
+    pub(crate) fn logs(&self) -> String {
         Command::new("docker")
             .args(["logs", &self.companion])
             .output()
@@ -238,7 +268,7 @@ impl World {
     }
 
     /// Every container this test made, by name.
-    fn containers(&self) -> BTreeSet<String> {
+    pub(crate) fn containers(&self) -> BTreeSet<String> {
         docker(&[
             "ps",
             "-a",
@@ -360,13 +390,13 @@ fn rand_u128() -> u128 {
 }
 
 /// `docker inspect` of one object.
-fn inspect(name: &str) -> Value {
+pub(crate) fn inspect(name: &str) -> Value {
     let text = docker(&["inspect", name]);
     let mut all: Vec<Value> = serde_json::from_str(&text).unwrap();
     all.remove(0)
 }
 
-fn exists(name: &str) -> bool {
+pub(crate) fn exists(name: &str) -> bool {
     Command::new("docker")
         .args(["inspect", "-f", "{{.Id}}", name])
         .output()
@@ -506,7 +536,7 @@ fn settings_diff(before: &Value, after: &Value) -> BTreeMap<String, (Value, Valu
         .collect()
 }
 
-fn is_running(name: &str) -> bool {
+pub(crate) fn is_running(name: &str) -> bool {
     inspect(name)["State"]["Running"] == true
 }
 
