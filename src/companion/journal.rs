@@ -132,11 +132,15 @@ pub struct Swaps {
 
 /// A swap's shared hold on the gate: a self-upgrade waits until none is left.
 #[derive(Debug)]
-pub struct Entry(#[allow(dead_code)] File);
+pub struct Entry {
+    _gate: File,
+}
 
 /// A self-upgrade's exclusive hold on the gate: no swap starts while it lasts.
 #[derive(Debug)]
-pub struct UpgradeGate(#[allow(dead_code)] File);
+pub struct UpgradeGate {
+    _gate: File,
+}
 
 /// Why a self-upgrade did not get the gate.
 #[derive(Debug)]
@@ -215,7 +219,7 @@ impl Swaps {
     pub fn enter(&self) -> io::Result<Option<Entry>> {
         let gate = self.gate()?;
         match gate.try_lock_shared() {
-            Ok(()) => Ok(Some(Entry(gate))),
+            Ok(()) => Ok(Some(Entry { _gate: gate })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(e),
         }
@@ -229,7 +233,7 @@ impl Swaps {
         let mut logged = false;
         loop {
             match gate.try_lock() {
-                Ok(()) => return Ok(UpgradeGate(gate)),
+                Ok(()) => return Ok(UpgradeGate { _gate: gate }),
                 Err(TryLockError::Error(e)) => return Err(GateError::Io(e)),
                 Err(TryLockError::WouldBlock) => {}
             }
