@@ -94,3 +94,27 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
         .map_err(UpgradeError::Internal)??;
     Ok(HttpResponse::Ok().json(outcome))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn an_upgrade_refused_for_running_companion_updates_is_a_409_that_names_them() {
+        let refused = UpgradeError::CompanionBusy {
+            containers: vec!["app".into(), "db".into()],
+            waited_secs: 60,
+        };
+        assert_eq!(refused.status_code(), StatusCode::CONFLICT);
+        let body = actix_web::body::to_bytes(refused.error_response().into_body())
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["companion_updates"], json!(["app", "db"]));
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("companion updates of app, db still ran after 60s"),
+            "{error}"
+        );
+    }
+}
