@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
-        swaps::a_companion_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container,
+        swaps::an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container,
         swaps::an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back_or_finishing,
         swaps::a_second_instance_gets_409_for_a_container_whose_swap_runs_in_the_first,
         leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,

@@ -39,9 +39,7 @@ fn restart_policy(name: &str) -> String {
         .to_string()
 }
 
-pub async fn a_companion_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container(
-    suite: Arc<Suite>,
-) {
+pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container(suite: Arc<Suite>) {
     let w = World::new(suite.clone());
     let allowed = serde_json::to_string(&[&suite.registry]).unwrap();
     let env = suite
