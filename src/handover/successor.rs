@@ -13,8 +13,8 @@ use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
-use crate::companion::credentials::{self, Helpers, RegistryAuth};
 use crate::docker::{DockerError, ImageRef};
+use crate::registry::credentials::{self, Helpers, RegistryAuth};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.

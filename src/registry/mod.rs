@@ -6,6 +6,8 @@
 //! the time of the whole listing. Past a bound the answer is an error, never
 //! a truncated tag list used as if it were whole.
 
+pub mod credentials;
+
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, LINK};
