@@ -278,11 +278,7 @@ impl Companion {
             .unwrap_or_else(|| credentials::DOCKER_HUB.into());
         let tags = self
             .registry
-            .tags(
-                &registry,
-                &current.path,
-                auth.as_ref().and_then(RegistryAuth::basic).as_ref(),
-            )
+            .tags(&registry, &current.path, auth.as_ref())
             .await
             .map_err(|source| UpdateError::Registry {
                 repository: current.repository(),

@@ -331,11 +331,7 @@ impl Orchestrator {
         }
         let tags = self
             .registry
-            .tags(
-                &self.settings.registry,
-                &self.settings.image,
-                auth.and_then(RegistryAuth::basic).as_ref(),
-            )
+            .tags(&self.settings.registry, &self.settings.image, auth)
             .await
             .map_err(|source| UpgradeError::Registry {
                 requirement: requirement.to_string(),
