@@ -64,7 +64,7 @@ pub enum RegistryError {
     #[error("the registry answered {status} to {url}")]
     Status { url: String, status: u16 },
     /// An answer outside what the client follows or the bounds it keeps.
-    #[error("the registry at {registry} sent a tag list selfup does not use: {reason}")]
+    #[error("the registry at {registry} sent an answer selfup does not use: {reason}")]
     Untrusted { registry: String, reason: String },
 }
 
