@@ -10,9 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine as _;
+
+use crate::harness::eventually;
 
 /// What the front saw, for the test to assert on.
 #[derive(Debug, Default, Clone)]
@@ -46,7 +49,7 @@ pub struct TokenFront {
 impl TokenFront {
     /// A front on a free loopback port for the registry at `backend`, taking
     /// `user`/`password` (the same as the registry's own).
-    pub fn start(backend: &str, user: &str, password: &str) -> TokenFront {
+    pub async fn start(backend: &str, user: &str, password: &str) -> TokenFront {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -75,7 +78,16 @@ impl TokenFront {
         .unwrap()
         .run();
         let handle = server.handle();
+        // The server starts when its task is first polled: wait until it
+        // answers, before the test blocks its thread on a command.
         tokio::spawn(server);
+        let url = format!("http://{addr}/v2/");
+        let http = front.http.clone();
+        eventually("the token front to answer", Duration::from_secs(10), || {
+            let request = http.get(&url).send();
+            async move { request.await.ok().map(|_| ()) }
+        })
+        .await;
         TokenFront { addr, front, handle }
     }
 
