@@ -6,8 +6,8 @@
 //! 2. [`Companion::update`] / [`Companion::update_to`]: the image must come from
 //!    an allowed registry, the container must exist, run and carry
 //!    `selfup.enable=true`; one update per container at a time.
-//! 3. [`credentials`]: the registry's credentials from a `config.json`, for the
-//!    tag list and the pull.
+//! 3. [`crate::registry::credentials`]: the registry's credentials from a
+//!    `config.json`, for the tag list and the pull.
 //! 4. [`plan`]: the clone (the [`crate::handover::clone`] rules plus what
 //!    another container needs), and whether it can run beside the old one.
 //! 5. The swap: the old container is renamed aside (and stopped first only if
@@ -21,7 +21,6 @@
 //!    resolves a swap left half-done ([`Companion::recover`]).
 
 pub mod auth;
-pub mod credentials;
 pub mod journal;
 pub mod plan;
 
@@ -38,9 +37,9 @@ use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
 use crate::handover::COMPOSE_IMAGE;
 use crate::handover::clone::{Overrides, clone_body};
 use crate::handover::target::{self, Decision, Requirement, RequirementError};
+use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use crate::registry::{Registry, RegistryError};
 use auth::ApiKey;
-use credentials::{CredentialsError, Helpers, RegistryAuth};
 use journal::{Claim, Entry, Phase, Resolution, Seen, SwapRecord, Swaps};
 use plan::{Placement, Verdict};
 
@@ -297,11 +296,7 @@ impl Companion {
             .unwrap_or_else(|| credentials::DOCKER_HUB.into());
         let tags = self
             .registry
-            .tags(
-                &registry,
-                &current.path,
-                auth.as_ref().and_then(RegistryAuth::basic).as_ref(),
-            )
+            .tags(&registry, &current.path, auth.as_ref())
             .await
             .map_err(|source| UpdateError::Registry {
                 repository: current.repository(),
