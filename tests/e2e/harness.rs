@@ -221,17 +221,16 @@ impl Suite {
         let root = repo_root();
         let tree = root.join("target/e2e-src").join(tree);
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
+        let dirs = ["src", "docker", "tests", "benches"];
+        // A file removed or moved in the tree must not linger in the copy
+        // (`cp -p` keeps the times, so cargo still rebuilds nothing unchanged).
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(tree.join(dir));
+        }
         run(Command::new("cp")
             .arg("-rp")
-            .args([
-                "Cargo.toml",
-                "Cargo.lock",
-                "build.sh",
-                "src",
-                "docker",
-                "tests",
-                "benches",
-            ])
+            .args(["Cargo.toml", "Cargo.lock", "build.sh"])
+            .args(dirs)
             .arg(&tree)
             .current_dir(&root));
         let t = Instant::now();
