@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
 
 /// The repository (in the suite's registry) of the images the targets run.
-const APP: &str = "companion/app";
+pub const APP: &str = "companion/app";
 /// The entrypoint of the target images: runs until SIGTERM, then exits 0.
 const LOOP: &str = r#"ENTRYPOINT ["/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"]"#;
 const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "true"]"#;
@@ -32,7 +32,7 @@ static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
 /// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
 /// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
 /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
-fn app_images(suite: &Suite) {
+pub fn app_images(suite: &Suite) {
     let built = IMAGES.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

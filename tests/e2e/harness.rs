@@ -410,6 +410,8 @@ pub struct Env {
     pub repository: String,
     pub ports: [u16; 2],
     pub public_port: u16,
+    /// nginx's server for companion mode's `/update` (8081 in the shipped config).
+    pub deploy_port: u16,
     pub nginx: String,
     dir: PathBuf,
     compose_files: [PathBuf; 2],
@@ -423,10 +425,11 @@ impl Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
         std::fs::create_dir_all(dir.join("live")).unwrap();
-        let (a, b, public_port) = (free_port(), free_port(), free_port());
+        let (a, b, public_port, deploy_port) = (free_port(), free_port(), free_port(), free_port());
         let nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf"))
             .unwrap()
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"));
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"))
+            .replace("listen 127.0.0.1:8081;", &format!("listen 127.0.0.1:{deploy_port};"));
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
@@ -463,6 +466,7 @@ impl Env {
             repository,
             ports: [a, b],
             public_port,
+            deploy_port,
             nginx,
             compose_files: [repo_root().join("docker/compose.yml"), dir.join("override.yml")],
             dir,
@@ -474,6 +478,12 @@ impl Env {
 
     /// Runs docker-compose on the shipped compose file plus this test's override.
     pub fn compose(&self, args: &[&str]) -> String {
+        self.compose_with(&[], args)
+    }
+
+    /// [`Env::compose`] with more variables in docker-compose's environment,
+    /// as an operator sets them in the shell.
+    pub fn compose_with(&self, vars: &[(&str, &str)], args: &[&str]) -> String {
         let mut cmd = Command::new("docker-compose");
         for f in &self.compose_files {
             cmd.arg("-f").arg(f);
@@ -484,7 +494,9 @@ impl Env {
             .env("SELFUP_IMAGE", &self.repository)
             .env("SELFUP_NGINX_IMAGE", &self.nginx_image)
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
-            .env("SELFUP_CONTROL_DIR", self.dir.join("control"));
+            .env("SELFUP_CONTROL_DIR", self.dir.join("control"))
+            .env("SELFUP_UPDATE_DIR", self.dir.join("update"))
+            .envs(vars.iter().copied());
         run(&mut cmd)
     }
 
@@ -662,6 +674,11 @@ impl Env {
     /// The live instance's control socket, as the host sees it.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control/control.sock")
+    }
+
+    /// The live instance's update socket (companion mode), as the host sees it.
+    pub fn update_socket(&self) -> PathBuf {
+        self.dir.join("update/update.sock")
     }
 }
 
