@@ -74,7 +74,7 @@ pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_be
 ) {
     app_images(&suite);
     let remote = documented_command("\"$SELFUP_URL/update\"");
-    let local = documented_command("--unix-socket /run/selfup-update/update.sock")
+    let local = documented_command("--max-time 300 --unix-socket /run/selfup-update/update.sock")
         .replace("/run/selfup-update/update.sock", "\"$UPDATE_SOCKET\"");
 
     // selfup as the recipe starts it: compose, companion mode on.
@@ -124,16 +124,17 @@ pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_be
             ],
         )
     };
-    let updated = |(code, answer): (i32, Value), image: &str| {
+    let updated = |(code, answer): (i32, Value), image: &str, how: &str| {
         assert_eq!(code, 0, "curl failed: {answer}");
         assert_eq!(answer["status"], "updated", "{answer}");
         assert_eq!(answer["new_image"], image, "{answer}");
         assert_eq!(image_of(&target.0), image);
+        eprintln!("    {how}: updated in {} ms", answer["duration_ms"]);
     };
 
     // Another host's CI job, through nginx's deploy server.
     let image = suite.image(APP, "1.1.0");
-    updated(job(&remote, &image), &image);
+    updated(job(&remote, &image), &image, "through nginx, selfup 1.0.0");
     // What the deploy server and the update socket refuse.
     let (code, answer) = ci_job(
         &remote,
@@ -167,9 +168,9 @@ pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_be
 
     // The same calls reach the new instance, and its companion.
     let image = suite.image(APP, "2.0.0");
-    updated(job(&remote, &image), &image);
+    updated(job(&remote, &image), &image, "through nginx, selfup 1.1.0 on the other port");
     let image = suite.image(APP, "1.0.0");
-    updated(job(&local, &image), &image);
+    updated(job(&local, &image), &image, "on the update socket, selfup 1.1.0");
     let (_, body) = on_update_socket(&env, "GET", "/");
     assert!(
         body.contains("1.1.0"),
