@@ -12,10 +12,11 @@
 //! - [`state`]: the one small struct the routes share with the orchestrator.
 //! - [`handover`]: the protocol, read top to bottom in the order it runs.
 //! - [`companion`]: companion mode, `/update` of *other* containers: the API
-//!   key, registry credentials, and the swap with its rollback.
+//!   key, admission, and the swap with its rollback.
 //! - [`retention`]: which old images of this service a takeover removes.
 //! - [`proxy`]: nginx's upstream include, its config test and reload.
-//! - [`registry`]: tags and digests over the registry API.
+//! - [`registry`]: tags and digests over the registry API (Basic or bearer
+//!   token), and the credentials for it from a `config.json`; both roles use it.
 //! - [`docker`]: the one wrapper around bollard, one call a method.
 //! - [`identity`]: how a container finds its own id.
 //! - [`secret`]: tokens and their constant-time comparison.

@@ -6,8 +6,8 @@
 //! 2. [`Companion::update`] / [`Companion::update_to`]: the image must come from
 //!    an allowed registry, the container must exist, run and carry
 //!    `selfup.enable=true`; one update per container at a time.
-//! 3. [`credentials`]: the registry's credentials from a `config.json`, for the
-//!    tag list and the pull.
+//! 3. [`crate::registry::credentials`]: the registry's credentials from a
+//!    `config.json`, for the tag list and the pull.
 //! 4. [`plan`]: the clone (the [`crate::handover::clone`] rules plus what
 //!    another container needs), and whether it can run beside the old one.
 //! 5. The swap: the old container is renamed aside (and stopped first only if
@@ -17,7 +17,6 @@
 //!    one gets its name back and runs again.
 
 pub mod auth;
-pub mod credentials;
 pub mod plan;
 
 use std::collections::HashSet;
@@ -33,9 +32,9 @@ use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
 use crate::handover::COMPOSE_IMAGE;
 use crate::handover::clone::{Overrides, clone_body};
 use crate::handover::target::{self, Decision, Requirement, RequirementError};
+use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use crate::registry::{Registry, RegistryError};
 use auth::ApiKey;
-use credentials::{CredentialsError, Helpers, RegistryAuth};
 use plan::{Placement, Verdict};
 
 /// How often a new container is looked at while it comes up.
@@ -279,11 +278,7 @@ impl Companion {
             .unwrap_or_else(|| credentials::DOCKER_HUB.into());
         let tags = self
             .registry
-            .tags(
-                &registry,
-                &current.path,
-                auth.as_ref().and_then(RegistryAuth::basic).as_ref(),
-            )
+            .tags(&registry, &current.path, auth.as_ref())
             .await
             .map_err(|source| UpdateError::Registry {
                 repository: current.repository(),

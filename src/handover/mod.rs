@@ -133,7 +133,7 @@ pub enum UpgradeError {
     #[error("credentials for {registry}: {source}")]
     Credentials {
         registry: String,
-        source: crate::companion::credentials::CredentialsError,
+        source: crate::registry::credentials::CredentialsError,
     },
     #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
     NoVersion { image: String, found: Option<String> },

@@ -13,8 +13,8 @@ use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
-use crate::companion::credentials::{self, Helpers, RegistryAuth};
 use crate::docker::{DockerError, ImageRef};
+use crate::registry::credentials::{self, Helpers, RegistryAuth};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.
@@ -331,11 +331,7 @@ impl Orchestrator {
         }
         let tags = self
             .registry
-            .tags(
-                &self.settings.registry,
-                &self.settings.image,
-                auth.and_then(RegistryAuth::basic).as_ref(),
-            )
+            .tags(&self.settings.registry, &self.settings.image, auth)
             .await
             .map_err(|source| UpgradeError::Registry {
                 requirement: requirement.to_string(),
