@@ -168,7 +168,11 @@ pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_be
 
     // The same calls reach the new instance, and its companion.
     let image = suite.image(APP, "2.0.0");
-    updated(job(&remote, &image), &image, "through nginx, selfup 1.1.0 on the other port");
+    updated(
+        job(&remote, &image),
+        &image,
+        "through nginx, selfup 1.1.0 on the other port",
+    );
     let image = suite.image(APP, "1.0.0");
     updated(job(&local, &image), &image, "on the update socket, selfup 1.1.0");
     let (_, body) = on_update_socket(&env, "GET", "/");
