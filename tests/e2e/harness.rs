@@ -221,19 +221,21 @@ impl Suite {
         let root = repo_root();
         let tree = root.join("target/e2e-src").join(tree);
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-        run(Command::new("cp")
-            .arg("-rp")
-            .args([
-                "Cargo.toml",
-                "Cargo.lock",
-                "build.sh",
-                "src",
-                "docker",
-                "tests",
-                "benches",
-            ])
-            .arg(&tree)
-            .current_dir(&root));
+        let copied = [
+            "Cargo.toml",
+            "Cargo.lock",
+            "build.sh",
+            "src",
+            "docker",
+            "tests",
+            "benches",
+        ];
+        // A file moved or removed in this tree must not live on in the copy;
+        // `cp -p` keeps the times, so cargo rebuilds only what changed.
+        for dir in copied.iter().map(|name| tree.join(name)).filter(|path| path.is_dir()) {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        run(Command::new("cp").arg("-rp").args(copied).arg(&tree).current_dir(&root));
         let t = Instant::now();
         let out = Command::new("./build.sh")
             .arg(version)
