@@ -21,6 +21,7 @@
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
 mod checks;
+mod ci;
 mod companion;
 mod cycle;
 mod faults;
@@ -104,6 +105,7 @@ fn main() -> ExitCode {
         swaps::an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container,
         swaps::an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back_or_finishing,
         swaps::a_second_instance_gets_409_for_a_container_whose_swap_runs_in_the_first,
+        ci::a_ci_job_updates_a_container_through_nginx_and_the_update_socket_before_and_after_selfup_upgrades_itself,
         leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
         load::a_dropped_load_stops_its_clients_and_closes_their_connections,
         runner::the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_nothing,
