@@ -31,6 +31,7 @@ pub mod faults;
 pub mod handover;
 pub mod identity;
 pub mod proxy;
+pub mod recreate;
 pub mod registry;
 pub mod retention;
 pub mod routes;

@@ -8,7 +8,7 @@
 //!    `selfup.enable=true`; one update per container at a time.
 //! 3. [`credentials`]: the registry's credentials from a `config.json`, for the
 //!    tag list and the pull.
-//! 4. [`plan`]: the clone (the [`crate::handover::clone`] rules plus what
+//! 4. [`placement`]: the clone (the [`crate::recreate::clone`] rules plus what
 //!    another container needs), and whether it can run beside the old one.
 //! 5. The swap: the old container is renamed aside (and stopped first only if
 //!    both cannot run at once), the new one is created under its name and
@@ -18,7 +18,7 @@
 
 pub mod auth;
 pub mod credentials;
-pub mod plan;
+pub mod placement;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -31,12 +31,12 @@ use tokio::time::{Instant, sleep};
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
 use crate::handover::COMPOSE_IMAGE;
-use crate::handover::clone::{Overrides, clone_body};
-use crate::handover::target::{self, Decision, Requirement, RequirementError};
+use crate::recreate::clone::{Overrides, clone_body};
+use crate::recreate::version::{self as target, Decision, Requirement, RequirementError};
 use crate::registry::{Registry, RegistryError};
 use auth::ApiKey;
 use credentials::{CredentialsError, Helpers, RegistryAuth};
-use plan::{Placement, Verdict};
+use placement::{Placement, Verdict};
 
 /// How often a new container is looked at while it comes up.
 const POLL: Duration = Duration::from_millis(250);
@@ -56,7 +56,7 @@ pub enum UpdateError {
     RegistryNotAllowed { registry: String, allowed: Vec<String> },
     #[error(
         "container {container} is not labelled {}=true, so it may not be updated",
-        plan::ENABLE_LABEL
+        placement::ENABLE_LABEL
     )]
     NotEnabled { container: String },
     #[error("no such container: {0}")]
@@ -333,7 +333,7 @@ impl Companion {
 
     /// The container a request names, if it may be updated now.
     async fn target(&self, container: &str) -> Result<ContainerInspectResponse, UpdateError> {
-        if !plan::is_container_name(container) {
+        if !placement::is_container_name(container) {
             return Err(UpdateError::BadContainerName(container.chars().take(128).collect()));
         }
         let old = self.engine.inspect_container(container).await.map_err(|e| match e {
@@ -341,7 +341,7 @@ impl Companion {
             other => UpdateError::docker(format!("inspecting container {container}"))(other),
         })?;
         let name = name_of(&old);
-        if !plan::is_enabled(&old) {
+        if !placement::is_enabled(&old) {
             return Err(UpdateError::NotEnabled { container: name });
         }
         if old.id.is_some() && old.id == self.self_id {
@@ -472,17 +472,17 @@ impl Companion {
             ..Default::default()
         };
         let mut body = clone_body(&old, old_config.as_ref(), &overrides);
-        plan::complete_clone(&mut body, &old);
-        let later_networks = plan::split_networks(&mut body);
-        let restart_policy = plan::defer_restart_policy(&mut body);
-        let placement = plan::placement(&old);
-        if let (Placement::StopFirst(reason), true) = (&placement, plan::auto_removes(&old)) {
+        placement::complete_clone(&mut body, &old);
+        let later_networks = placement::split_networks(&mut body);
+        let restart_policy = placement::defer_restart_policy(&mut body);
+        let placement = placement::placement(&old);
+        if let (Placement::StopFirst(reason), true) = (&placement, placement::auto_removes(&old)) {
             return Err(UpdateError::AutoRemove {
                 container: name,
                 reason: reason.clone(),
             });
         }
-        let aside = plan::aside_name(&name, &old_id);
+        let aside = placement::aside_name(&name, &old_id);
         tracing::info!(container = %name, ?placement, "replacing");
 
         let mut swap = Swap {
@@ -544,7 +544,7 @@ impl Companion {
     /// Stops (if still running) and removes the old container, keeping its volumes.
     async fn retire(&self, old: &ContainerInspectResponse, aside: &str) -> Result<(), String> {
         let id = old.id.clone().unwrap_or_default();
-        match self.engine.stop_container(&id, plan::stop_timeout(old)).await {
+        match self.engine.stop_container(&id, placement::stop_timeout(old)).await {
             // --rm: Docker removed it on the stop.
             Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
             Err(e) => {
@@ -564,7 +564,7 @@ impl Companion {
         let settle = self.settings.update_settle();
         loop {
             let waiting = match self.engine.inspect_container(id).await {
-                Ok(c) => match plan::verdict(&c, started.elapsed(), settle) {
+                Ok(c) => match placement::verdict(&c, started.elapsed(), settle) {
                     Verdict::Up => return Ok(()),
                     Verdict::Failed(reason) => return Err(reason),
                     Verdict::Waiting(what) => what,
@@ -609,7 +609,7 @@ impl Swap<'_> {
     ) -> Result<String, (String, Option<String>)> {
         if let Placement::StopFirst(_) = placement {
             self.engine()
-                .stop_container(self.old_id, plan::stop_timeout(old))
+                .stop_container(self.old_id, placement::stop_timeout(old))
                 .await
                 .map_err(|e| (format!("stopping the old container: {e}"), None))?;
             self.stopped_old = true;

@@ -7,10 +7,8 @@
 //! 4. [`takeover`]: the successor switches nginx, waits out the old workers,
 //!    stops and removes its elder; at start-up every instance reconciles.
 
-pub mod clone;
-pub mod successor;
+pub mod elder;
 pub mod takeover;
-pub mod target;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +23,7 @@ use crate::docker::{DockerError, Engine};
 use crate::proxy::{Nginx, ProxyError};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{InProgress, Shared};
-use target::RequirementError;
+use crate::recreate::version::{self as target, RequirementError};
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::companion::{Companion, UpdateError};
-use crate::handover::target::Requirement;
+use crate::recreate::version::Requirement;
 use crate::registry::RegistryError;
 use crate::routes::refuse_cross_site;
 

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::handover::target::Requirement;
+use crate::recreate::version::Requirement;
 use crate::handover::{Target, UpgradeError};
 use crate::registry::RegistryError;
 use crate::routes::guard_control;

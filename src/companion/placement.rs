@@ -2,7 +2,7 @@
 //! be updated, whether its successor can run beside it, what the clone needs
 //! beyond the cloning rules, and whether the new container came up.
 //!
-//! The cloning rules themselves are [`crate::handover::clone`]; what is here
+//! The cloning rules themselves are [`crate::recreate::clone`]; what is here
 //! only adds what recreating *another* container needs on top of them.
 
 use std::collections::{HashMap, HashSet};

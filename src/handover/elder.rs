@@ -6,9 +6,9 @@ use std::time::Duration;
 use semver::Version;
 use tokio::time::{Instant, sleep};
 
-use super::clone::{Overrides, clone_body};
+use crate::recreate::clone::{Overrides, clone_body};
 use super::takeover::STOPPING_THE_ELDER;
-use super::target::{self, Decision, Requirement};
+use crate::recreate::version::{self as target, Decision, Requirement};
 use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
