@@ -227,7 +227,7 @@ impl Settings {
             );
         }
         for registry in &self.allowed_registries {
-            let parsed = crate::docker::ImageRef::parse(&format!("{registry}/image:tag"));
+            let parsed = crate::image_ref::ImageRef::parse(&format!("{registry}/image:tag"));
             if !parsed.is_ok_and(|r| r.registry.as_deref() == Some(registry.as_str())) {
                 return invalid(
                     "allowed_registries",

@@ -22,6 +22,7 @@
 //! - `faults`: fault switches that only test images carry (feature `faults`).
 
 pub mod app;
+pub mod atomic;
 pub mod companion;
 pub mod config;
 pub mod control;
@@ -30,6 +31,7 @@ pub mod docker;
 pub mod faults;
 pub mod handover;
 pub mod identity;
+pub mod image_ref;
 pub mod proxy;
 pub mod recreate;
 pub mod registry;

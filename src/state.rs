@@ -141,7 +141,7 @@ impl Shared {
         if let Some(path) = &self.history_file {
             let saved = serde_json::to_string_pretty(&history)
                 .map_err(std::io::Error::other)
-                .and_then(|text| crate::proxy::write_atomically(path, &text));
+                .and_then(|text| crate::atomic::write_atomically(path, &text));
             if let Err(e) = saved {
                 tracing::warn!(path = %path.display(), error = %e, "the upgrade history is kept in memory only");
             }
@@ -176,7 +176,7 @@ impl Shared {
         record.taken_over.truncate(TAKEOVERS_LEN);
         let saved = serde_json::to_string_pretty(&record)
             .map_err(std::io::Error::other)
-            .and_then(|text| crate::proxy::write_atomically(path, &text));
+            .and_then(|text| crate::atomic::write_atomically(path, &text));
         if let Err(e) = saved {
             tracing::warn!(path = %path.display(), error = %e, "the takeover is not recorded: a restart would run it again");
         }

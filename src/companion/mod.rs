@@ -29,8 +29,9 @@ use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
 use crate::config::Settings;
-use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
+use crate::docker::{DockerError, Engine};
 use crate::handover::COMPOSE_IMAGE;
+use crate::image_ref::{ImageRef, ImageRefError};
 use crate::recreate::clone::{Overrides, clone_body};
 use crate::recreate::version::{self as target, Decision, Requirement, RequirementError};
 use crate::registry::{Registry, RegistryError};

@@ -6,15 +6,16 @@ use std::time::Duration;
 use semver::Version;
 use tokio::time::{Instant, sleep};
 
-use crate::recreate::clone::{Overrides, clone_body};
 use super::takeover::STOPPING_THE_ELDER;
-use crate::recreate::version::{self as target, Decision, Requirement};
 use super::{
     COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
     PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use crate::companion::credentials::{self, Helpers, RegistryAuth};
-use crate::docker::{DockerError, ImageRef};
+use crate::docker::DockerError;
+use crate::image_ref::ImageRef;
+use crate::recreate::clone::{Overrides, clone_body};
+use crate::recreate::version::{self as target, Decision, Requirement};
 use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
 
 /// How often the elder looks at its successor while waiting.

@@ -21,9 +21,9 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
 use crate::proxy::{Nginx, ProxyError};
+use crate::recreate::version::{self as target, RequirementError};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{InProgress, Shared};
-use crate::recreate::version::{self as target, RequirementError};
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";

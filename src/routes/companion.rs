@@ -12,10 +12,10 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::companion::{Companion, UpdateError};
 use crate::recreate::version::Requirement;
 use crate::registry::RegistryError;
+use crate::routes::AppState;
 use crate::routes::refuse_cross_site;
 
 /// Why a companion request was refused or failed.

@@ -4,10 +4,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::recreate::version::Requirement;
 use crate::handover::{Target, UpgradeError};
+use crate::recreate::version::Requirement;
 use crate::registry::RegistryError;
+use crate::routes::AppState;
 use crate::routes::guard_control;
 
 impl ResponseError for UpgradeError {
