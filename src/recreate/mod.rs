@@ -6,7 +6,13 @@
 //!
 //! - [`version`]: which tag a requirement picks, what an image's label says,
 //!   and whether a version is an upgrade, a rollback or refused.
+//! - [`resolve`]: one path from a request to an image: pick the tag, pull,
+//!   inspect, read the version, decide.
 //! - [`clone`]: the create body of a container recreated from a new image.
+//! - [`watch`]: one watcher that says whether a new container came up or
+//!   died, and the stop-then-remove of an old one.
 
 pub mod clone;
+pub mod resolve;
 pub mod version;
+pub mod watch;

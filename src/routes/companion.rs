@@ -14,9 +14,7 @@ use serde_json::json;
 
 use crate::companion::{Companion, UpdateError};
 use crate::recreate::version::Requirement;
-use crate::registry::RegistryError;
-use crate::routes::AppState;
-use crate::routes::refuse_cross_site;
+use crate::routes::{AppState, refuse_cross_site, resolve_details, resolve_status};
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +46,13 @@ impl ResponseError for CompanionError {
             CompanionError::Update(e) => match e {
                 BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
                 RegistryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
-                NoSuchContainer(_)
-                | NoMatch { .. }
-                | Registry {
-                    source: RegistryError::UnknownRepository { .. },
-                    ..
-                } => StatusCode::NOT_FOUND,
-                NotRunning { .. }
-                | Busy { .. }
-                | OwnContainer { .. }
-                | NotATag { .. }
-                | Lower { .. }
-                | AutoRemove { .. } => StatusCode::CONFLICT,
-                e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-                Registry { .. } | Credentials { .. } | Pull { .. } | Docker { .. } | Failed { .. } => {
-                    StatusCode::BAD_GATEWAY
+                NoSuchContainer(_) => StatusCode::NOT_FOUND,
+                NotRunning { .. } | Busy { .. } | OwnContainer { .. } | NotATag { .. } | AutoRemove { .. } => {
+                    StatusCode::CONFLICT
                 }
+                Resolve(e) => resolve_status(e),
+                e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+                Credentials { .. } | Docker { .. } | Failed { .. } => StatusCode::BAD_GATEWAY,
             },
         }
     }
@@ -72,7 +61,7 @@ impl ResponseError for CompanionError {
         let mut body = json!({ "status": "failed", "error": self.to_string() });
         if let CompanionError::Update(e) = self {
             match e {
-                UpdateError::NoMatch { available, .. } => body["available"] = json!(available),
+                UpdateError::Resolve(e) => resolve_details(e, &mut body),
                 UpdateError::Failed {
                     container,
                     log,
@@ -168,6 +157,7 @@ pub async fn update_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recreate::resolve::ResolveError;
 
     #[test]
     fn a_body_that_is_not_the_expected_json_says_what_was_wrong() {
@@ -225,10 +215,10 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(
-            status(UpdateError::Pull {
+            status(UpdateError::Resolve(ResolveError::Pull {
                 image: "i".into(),
                 source: unreachable
-            }),
+            })),
             503
         );
         let refused = crate::docker::DockerError::Call {
@@ -237,10 +227,10 @@ mod tests {
             message: "manifest unknown".into(),
         };
         assert_eq!(
-            status(UpdateError::Pull {
+            status(UpdateError::Resolve(ResolveError::Pull {
                 image: "i".into(),
                 source: refused
-            }),
+            })),
             502
         );
     }

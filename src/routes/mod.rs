@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::companion::Companion;
 use crate::config::Settings;
 use crate::handover::Orchestrator;
+use crate::recreate::resolve::ResolveError;
 
 /// What every handler gets.
 #[derive(Debug, Clone)]
@@ -55,6 +56,32 @@ impl AppState {
             .spawn(fut)
             .await
             .map_err(|e| format!("internal task failed: {e}"))
+    }
+}
+
+/// The status of a failure on the way to an image, the same for both
+/// roles: a lower version is a conflict, an unknown version or repository is
+/// not found, a silent Docker daemon is unavailable, and any other failure of
+/// the registry, the pull or the image is a bad gateway.
+pub fn resolve_status(e: &ResolveError) -> StatusCode {
+    match e {
+        ResolveError::Lower { .. } => StatusCode::CONFLICT,
+        ResolveError::NoMatch { .. } => StatusCode::NOT_FOUND,
+        e if e.unknown_repository() => StatusCode::NOT_FOUND,
+        e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+        ResolveError::Registry { .. }
+        | ResolveError::Pull { .. }
+        | ResolveError::Inspect { .. }
+        | ResolveError::NoVersion { .. }
+        | ResolveError::LabelMismatch { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Adds what a failure on the way to an image tells beyond its message: the
+/// versions there are, when none matched.
+pub fn resolve_details(e: &ResolveError, body: &mut serde_json::Value) {
+    if let ResolveError::NoMatch { available, .. } = e {
+        body["available"] = json!(available);
     }
 }
 
