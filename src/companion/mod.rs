@@ -86,7 +86,7 @@ pub enum UpdateError {
     Failed {
         container: String,
         image: String,
-        reason: SwapError,
+        reason: Box<SwapError>,
         log: String,
         restored: Result<(), String>,
     },
@@ -369,7 +369,7 @@ impl Companion {
                 return Err(UpdateError::Failed {
                     container: name,
                     image: image.to_string(),
-                    reason,
+                    reason: Box::new(reason),
                     log,
                     restored,
                 });
@@ -406,7 +406,9 @@ mod tests {
         let restored = UpdateError::Failed {
             container: "app".into(),
             image: "r:5000/app:2".into(),
-            reason: SwapError::NotUp(crate::recreate::watch::WaitError::Died("it exited with code 3".into())),
+            reason: Box::new(SwapError::NotUp(crate::recreate::watch::WaitError::Died(
+                "it exited with code 3".into(),
+            ))),
             log: String::new(),
             restored: Ok(()),
         };
@@ -418,7 +420,9 @@ mod tests {
         let broken = UpdateError::Failed {
             container: "app".into(),
             image: "r:5000/app:2".into(),
-            reason: SwapError::NotUp(crate::recreate::watch::WaitError::Died("it exited with code 3".into())),
+            reason: Box::new(SwapError::NotUp(crate::recreate::watch::WaitError::Died(
+                "it exited with code 3".into(),
+            ))),
             log: String::new(),
             restored: Err("renaming: conflict".into()),
         };
