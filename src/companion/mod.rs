@@ -153,9 +153,9 @@ pub enum UpdateOutcome {
 /// The companion: everything an update needs, passed in.
 #[derive(Debug)]
 pub struct Companion {
-    pub settings: Arc<Settings>,
-    pub engine: Arc<Engine>,
-    pub registry: Registry,
+    settings: Arc<Settings>,
+    engine: Arc<Engine>,
+    registry: Registry,
     key: ApiKey,
     helpers: Helpers,
     /// This instance's own container id: it is never a target.
@@ -403,29 +403,22 @@ mod tests {
 
     #[test]
     fn a_failure_says_whether_the_old_container_runs_again() {
-        let restored = UpdateError::Failed {
+        let failed = |restored| UpdateError::Failed {
             container: "app".into(),
             image: "r:5000/app:2".into(),
             reason: Box::new(SwapError::NotUp(crate::recreate::watch::WaitError::Died(
                 "it exited with code 3".into(),
             ))),
             log: String::new(),
-            restored: Ok(()),
+            restored,
         };
+        let restored = failed(Ok(()));
         let text = restored.to_string();
         assert!(
             text.contains("exited with code 3") && text.contains("old container runs again"),
             "{text}"
         );
-        let broken = UpdateError::Failed {
-            container: "app".into(),
-            image: "r:5000/app:2".into(),
-            reason: Box::new(SwapError::NotUp(crate::recreate::watch::WaitError::Died(
-                "it exited with code 3".into(),
-            ))),
-            log: String::new(),
-            restored: Err("renaming: conflict".into()),
-        };
+        let broken = failed(Err("renaming: conflict".into()));
         assert!(
             broken
                 .to_string()

@@ -463,35 +463,18 @@ mod tests {
     #[test]
     fn anonymous_volumes_are_carried_over_by_name_and_explicit_ones_are_left_alone() {
         let mut c = container("bridge");
+        let volume = |name: &str, destination: &str, rw: bool| MountPoint {
+            typ: Some("volume".into()),
+            name: Some(name.into()),
+            destination: Some(destination.into()),
+            rw: Some(rw),
+            ..Default::default()
+        };
         c.mounts = Some(vec![
-            MountPoint {
-                typ: Some("volume".into()),
-                name: Some("named".into()),
-                destination: Some("/named".into()),
-                rw: Some(true),
-                ..Default::default()
-            },
-            MountPoint {
-                typ: Some("volume".into()),
-                name: Some("f00d".into()),
-                destination: Some("/anon".into()),
-                rw: Some(true),
-                ..Default::default()
-            },
-            MountPoint {
-                typ: Some("volume".into()),
-                name: Some("beef".into()),
-                destination: Some("/readonly".into()),
-                rw: Some(false),
-                ..Default::default()
-            },
-            MountPoint {
-                typ: Some("volume".into()),
-                name: Some("cafe".into()),
-                destination: Some("/mounted".into()),
-                rw: Some(true),
-                ..Default::default()
-            },
+            volume("named", "/named", true),
+            volume("f00d", "/anon", true),
+            volume("beef", "/readonly", false),
+            volume("cafe", "/mounted", true),
             MountPoint {
                 typ: Some("bind".into()),
                 source: Some("/srv".into()),

@@ -536,17 +536,13 @@ impl Env {
 
     /// The ids of this project's selfup containers (any state).
     pub fn selfup_containers(&self) -> Vec<String> {
-        docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            "label=com.docker.compose.service=selfup",
-        ])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+        containers_with(
+            &[
+                &format!("label=com.docker.compose.project={}", self.project),
+                "label=com.docker.compose.service=selfup",
+            ],
+            "{{.ID}}",
+        )
     }
 
     /// Waits until exactly one selfup container of this project exists.
@@ -729,6 +725,16 @@ impl Drop for Env {
     }
 }
 
+/// The containers, running or not, that match every filter, as `format` prints them.
+fn containers_with(filters: &[&str], format: &str) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "-a", "--format", format]);
+    for filter in filters {
+        cmd.args(["--filter", filter]);
+    }
+    run(&mut cmd).split_whitespace().map(str::to_string).collect()
+}
+
 /// Labels of a container.
 pub fn labels(id: &str) -> HashMap<String, String> {
     let json = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]);
@@ -833,18 +839,19 @@ fn wait_for_registry(address: &str, status: &str) -> Result<(), String> {
 /// second registry and temporary files its test made, all labelled
 /// `selfup.e2e=<run>` and `selfup.e2e.test=<test>` and removed on drop.
 pub struct CompanionEnv {
-    pub suite: Arc<Suite>,
+    suite: Arc<Suite>,
     /// The value of `selfup.e2e.test` on everything this test creates.
     pub test: String,
     pub port: u16,
     pub key: String,
     pub companion: String,
-    pub networks: Vec<String>,
+    networks: Vec<String>,
+    /// Volumes removed on drop; a test adds those its containers made.
     pub volumes: Vec<String>,
-    pub dirs: Vec<PathBuf>,
-    pub images: Vec<String>,
+    dirs: Vec<PathBuf>,
+    images: Vec<String>,
     /// A second registry, with htpasswd authentication, as a host process.
-    pub registry: Option<Child>,
+    registry: Option<Child>,
 }
 
 impl CompanionEnv {
@@ -886,23 +893,27 @@ impl CompanionEnv {
         dir
     }
 
+    /// Creates a network labelled for this test, removed on drop.
     pub fn network(&mut self, what: &str) -> String {
-        let name = self.name(what);
-        run(Command::new("docker")
-            .args(["network", "create"])
-            .args(self.labels())
-            .arg(&name));
+        let name = self.create("network", what);
         self.networks.push(name.clone());
         name
     }
 
+    /// Creates a volume labelled for this test, removed on drop.
     pub fn volume(&mut self, what: &str) -> String {
+        let name = self.create("volume", what);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// `docker <kind> create` with this test's labels.
+    fn create(&self, kind: &str, what: &str) -> String {
         let name = self.name(what);
         run(Command::new("docker")
-            .args(["volume", "create"])
+            .args([kind, "create"])
             .args(self.labels())
             .arg(&name));
-        self.volumes.push(name.clone());
         name
     }
 
@@ -998,17 +1009,9 @@ impl CompanionEnv {
 
     /// Every container this test made, by name.
     pub fn containers(&self) -> BTreeSet<String> {
-        docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=selfup.e2e.test={}", self.test),
-            "--format",
-            "{{.Names}}",
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect()
+        containers_with(&[&format!("label=selfup.e2e.test={}", self.test)], "{{.Names}}")
+            .into_iter()
+            .collect()
     }
 
     /// Starts a registry with htpasswd authentication (`user`/`password`), and
