@@ -189,6 +189,14 @@ mod tests {
             container: "nginx".into(),
         };
         assert_eq!(status(UpgradeError::Proxy(nginx_down)), 502);
+        let unreadable = UpgradeError::Credentials {
+            registry: "r".into(),
+            source: crate::companion::credentials::CredentialsError::Read {
+                path: "/root/.docker/config.json".into(),
+                reason: "permission denied".into(),
+            },
+        };
+        assert_eq!(status(unreadable), 500);
         assert_eq!(status(UpgradeError::Internal("x".into())), 500);
     }
 
