@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn an_image_retention_below_two_is_refused() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.set_env("SELFUP_IMAGE_RETENTION", "1");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("image_retention: must be at least 2"), "{err}");
