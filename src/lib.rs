@@ -20,8 +20,7 @@
 //!   it runs: the elder's side ([`handover::elder`]), then the successor's
 //!   ([`handover::takeover`]).
 //! - [`companion`]: companion mode, `/update` of *other* containers:
-//!   admission, the API key, registry credentials, placement, and the swap
-//!   with its rollback.
+//!   admission, the API key, placement, and the swap with its rollback.
 //!
 //! The layer beneath both roles, which imports neither:
 //!
@@ -33,7 +32,8 @@
 //!
 //! - [`retention`]: which old images of this service a takeover removes.
 //! - [`proxy`]: nginx's upstream include, its config test and reload.
-//! - [`registry`]: tags and digests over the registry API.
+//! - [`registry`]: tags and digests over the registry API (Basic or bearer
+//!   token), and the credentials for it from a `config.json`; both roles use it.
 //! - [`docker`]: the one wrapper around bollard, one call a method.
 //! - [`image_ref`]: image references, parsed and checked.
 //! - [`atomic`]: the one way a file is replaced, whole or not at all.

@@ -6,8 +6,8 @@
 //! 2. [`admission`]: the image must come from an allowed registry, the
 //!    container must exist, run and carry `selfup.enable=true`; one update per
 //!    container at a time.
-//! 3. [`credentials`]: the registry's credentials from a `config.json`, for the
-//!    tag list and the pull.
+//! 3. [`crate::registry::credentials`]: the registry's credentials from a
+//!    `config.json`, for the tag list and the pull.
 //! 4. The image: the tag, the pull and the decision, by
 //!    [`crate::recreate::resolve`].
 //! 5. The clone ([`crate::recreate::clone`]) and its [`placement`]: beside
@@ -16,7 +16,6 @@
 
 pub mod admission;
 pub mod auth;
-pub mod credentials;
 pub mod placement;
 pub mod swap;
 
@@ -35,8 +34,8 @@ use crate::recreate::resolve::{self, Go, ResolveError};
 use crate::recreate::version::{self, Requirement, RequirementError};
 use crate::recreate::watch;
 use crate::registry::Registry;
+use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use auth::ApiKey;
-use credentials::{CredentialsError, Helpers, RegistryAuth};
 use placement::Placement;
 use swap::{NewContainer, Swap, SwapError, SwapFailure};
 
@@ -244,8 +243,7 @@ impl Companion {
         let _slot = self.take_slot(&old)?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(&host).await?;
-        let basic = auth.as_ref().and_then(RegistryAuth::basic);
-        let (image, version) = resolve::pick(&self.registry, &current, &requirement, basic.as_ref()).await?;
+        let (image, version) = resolve::pick(&self.registry, &current, &requirement, auth.as_ref()).await?;
         if let (Some(version), Some(running)) = (version, self.running_version(&old, &current).await)
             && resolve::decide(&running, &version, &requirement)? == Go::AlreadyThere
         {

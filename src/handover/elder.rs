@@ -10,13 +10,13 @@ use super::{
     ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
     Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
-use crate::companion::credentials::{self, Helpers, RegistryAuth};
 use crate::docker::DockerError;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::resolve::{self, Go};
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
+use crate::registry::credentials::{self, Helpers, RegistryAuth};
 use crate::state::{InProgress, Outcome, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 
 /// How often the elder looks at its successor while waiting.
@@ -113,8 +113,7 @@ impl Orchestrator {
                 let auth = self.registry_auth().await?;
                 let repository = ImageRef::parse(&self.settings.image_ref("latest"))
                     .map_err(|e| UpgradeError::Internal(e.to_string()))?;
-                let basic = auth.as_ref().and_then(RegistryAuth::basic);
-                let (image, _) = resolve::pick(&self.registry, &repository, requirement, basic.as_ref()).await?;
+                let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
                 timings.resolve_ms = started.elapsed().as_millis();
                 flight.step(UpgradeStep::Pulling);
                 let t = Instant::now();

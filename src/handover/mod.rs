@@ -126,7 +126,7 @@ pub enum UpgradeError {
     #[error("credentials for {registry}: {source}")]
     Credentials {
         registry: String,
-        source: crate::companion::credentials::CredentialsError,
+        source: crate::registry::credentials::CredentialsError,
     },
     #[error("{context}: {source}")]
     Docker { context: String, source: DockerError },

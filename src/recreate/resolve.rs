@@ -13,7 +13,8 @@ use semver::Version;
 use super::version::{self, Decision, Requirement};
 use crate::docker::{DockerError, Engine};
 use crate::image_ref::ImageRef;
-use crate::registry::{Credentials, Registry, RegistryError};
+use crate::registry::credentials::RegistryAuth;
+use crate::registry::{Registry, RegistryError};
 
 /// Why no image to go to was found, or why it may not be gone to.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +76,13 @@ pub async fn pick(
     registry: &Registry,
     repository: &ImageRef,
     requirement: &Requirement,
-    basic: Option<&Credentials>,
+    auth: Option<&RegistryAuth>,
 ) -> Result<(ImageRef, Option<Version>), ResolveError> {
     if *requirement == Requirement::Latest {
         return Ok((repository.with_tag("latest"), None));
     }
     let tags = registry
-        .tags(repository.registry_host(), &repository.path, basic)
+        .tags(repository.registry_host(), &repository.path, auth)
         .await
         .map_err(|source| ResolveError::Registry {
             requirement: requirement.to_string(),

@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(status(UpgradeError::Proxy(nginx_down)), 502);
         let unreadable = UpgradeError::Credentials {
             registry: "r".into(),
-            source: crate::companion::credentials::CredentialsError::Read {
+            source: crate::registry::credentials::CredentialsError::Read {
                 path: "/root/.docker/config.json".into(),
                 reason: "permission denied".into(),
             },

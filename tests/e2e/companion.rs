@@ -806,6 +806,90 @@ pub async fn an_update_pulls_through_a_password_protected_registry_with_config_j
     );
 }
 
+pub async fn an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token(suite: Arc<Suite>) {
+    let mut w = suite.companion_env();
+    let (backend, backend_config) = w.private_registry("ci", "pa55:word");
+    let front = crate::token_front::TokenFront::start(&backend, "ci", "pa55:word").await;
+    let registry = front.addr.clone();
+    for tag in ["1.0.0", "1.1.0", "2.0.0"] {
+        w.push_private(&suite.image(APP, tag), &format!("{backend}/app:{tag}"), &backend_config);
+    }
+    // The target runs 1.0.0 under the front's name; 1.1.0 is only in the registry.
+    let running = format!("{registry}/app:1.0.0");
+    docker(&["tag", &suite.image(APP, "1.0.0"), &running]);
+    w.images.push(running.clone());
+    let wanted = format!("{registry}/app:1.1.0");
+    w.images.push(wanted.clone());
+    assert!(!exists(&wanted));
+    // Basic credentials alone get a bearer challenge, not the tag list.
+    let basic = run(Command::new("curl").args([
+        "-s",
+        "-u",
+        "ci:pa55:word",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{registry}/v2/app/tags/list"),
+    ]));
+    assert!(basic.starts_with("HTTP/1.1 401"), "{basic}");
+    assert!(basic.contains("Bearer realm="), "{basic}");
+
+    let config_dir = w.dir("front-config");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ci:pa55:word");
+    let config = json!({ "auths": { registry.clone(): { "auth": auth } } });
+    std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+    let mount = format!(
+        "{}:/etc/selfup/docker/config.json:ro",
+        config_dir.join("config.json").display()
+    );
+    w.start_companion(&[&suite.registry, &registry], &["-v".into(), mount], false)
+        .await;
+    let app = w.target("app", &["--label", "selfup.enable=true"], &running, true);
+
+    let (status, body) = w.post_raw(&format!("/update/{app}/1.1"), Some(&w.key), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated");
+    assert_eq!(body["new_image"], wanted.as_str());
+    assert_eq!(inspect(&app)["Config"]["Image"], wanted.as_str());
+    let seen = front.seen();
+    // The companion's tag list and the Engine's pull both asked for tokens,
+    // for the repository's pull scope, and went through with them.
+    assert!(seen.tokens.len() >= 2, "{seen:?}");
+    assert!(
+        seen.tokens
+            .iter()
+            .all(|q| q.get("scope").map(String::as_str) == Some("repository:app:pull")),
+        "{seen:?}"
+    );
+    assert!(seen.passed.iter().any(|p| p == "GET /v2/app/tags/list"), "{seen:?}");
+    // The Engine's pull asks for the manifest (the layers, and maybe the
+    // manifest, are on the machine already, under the suite's name).
+    assert!(
+        seen.passed.iter().any(|p| p.contains(" /v2/app/manifests/")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.refused, 0, "{seen:?}");
+
+    // A requirement no tag meets is a 404 listing what the registry has.
+    let (status, body) = w.post_raw(&format!("/update/{app}/3"), Some(&w.key), "").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["available"], json!(["2.0.0", "1.1.0", "1.0.0"]), "{body}");
+
+    // Wrong credentials: the token service refuses them, and so does the update.
+    let wrong = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ci:wrong");
+    let config = json!({ "auths": { registry.clone(): { "auth": wrong } } });
+    std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+    let (status, body) = w.post_raw(&format!("/update/{app}/2"), Some(&w.key), "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("refused the credentials"),
+        "{body}"
+    );
+    assert!(front.seen().refused >= 1);
+    assert_eq!(inspect(&app)["Config"]["Image"], wanted.as_str());
+}
+
 pub async fn a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts(suite: Arc<Suite>) {
     use std::os::unix::fs::PermissionsExt;
     let mut w = suite.companion_env();

@@ -849,7 +849,8 @@ pub struct CompanionEnv {
     /// Volumes removed on drop; a test adds those its containers made.
     pub volumes: Vec<String>,
     dirs: Vec<PathBuf>,
-    images: Vec<String>,
+    /// Images removed on drop; a test adds those it tags.
+    pub images: Vec<String>,
     /// A second registry, with htpasswd authentication, as a host process.
     registry: Option<Child>,
 }

@@ -33,6 +33,7 @@ mod proxy;
 mod restarts;
 mod retention;
 mod runner;
+mod token_front;
 mod traffic;
 mod versions;
 
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
         companion::unlabelled_containers_and_unlisted_registries_are_refused_with_403,
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
+        companion::an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
         leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
         load::a_dropped_load_stops_its_clients_and_closes_their_connections,

@@ -19,8 +19,6 @@ use bollard::auth::DockerCredentials;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::registry::Credentials;
-
 /// Docker Hub's name in image references.
 pub const DOCKER_HUB: &str = "docker.io";
 /// Docker Hub's key in `config.json`, and the server its helpers expect.
@@ -84,12 +82,9 @@ impl RegistryAuth {
         }
     }
 
-    /// For `Registry::tags`: Basic credentials, when there is a password.
-    pub fn basic(&self) -> Option<Credentials> {
-        Some(Credentials {
-            username: self.username.clone()?,
-            password: self.password.clone()?,
-        })
+    /// For the registry API: username and password, when there is a password.
+    pub fn basic(&self) -> Option<(&str, &str)> {
+        Some((self.username.as_deref()?, self.password.as_deref()?))
     }
 }
 
@@ -384,8 +379,7 @@ mod tests {
         assert_eq!(found.username.as_deref(), Some("alice"));
         assert_eq!(found.password.as_deref(), Some("s3cr:et"));
         assert_eq!(found.server, "127.0.0.1:5001");
-        let basic = found.basic().unwrap();
-        assert_eq!((basic.username.as_str(), basic.password.as_str()), ("alice", "s3cr:et"));
+        assert_eq!(found.basic(), Some(("alice", "s3cr:et")));
         let docker = found.docker();
         assert_eq!(docker.serveraddress.as_deref(), Some("127.0.0.1:5001"));
         assert_eq!(docker.password.as_deref(), Some("s3cr:et"));
