@@ -118,6 +118,18 @@ pub enum TakeoverPhase {
     Failed { reason: String },
 }
 
+impl std::fmt::Display for TakeoverPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TakeoverPhase::Idle => f.write_str("idle"),
+            TakeoverPhase::WaitingForGo => f.write_str("waiting for the elder's go-ahead"),
+            TakeoverPhase::Running { step } => step.fmt(f),
+            TakeoverPhase::Done => f.write_str("done"),
+            TakeoverPhase::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
 /// A finished upgrade, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRecord {
@@ -344,6 +356,11 @@ mod tests {
             TakeoverPhase::Running {
                 step: TakeoverStep::StoppingTheElder
             }
+        );
+        assert_eq!(phase.to_string(), "stopping the elder");
+        assert_eq!(
+            TakeoverPhase::WaitingForGo.to_string(),
+            "waiting for the elder's go-ahead"
         );
     }
 

@@ -409,7 +409,7 @@ impl Orchestrator {
                     Ok(TakeoverPhase::Running {
                         step: TakeoverStep::StoppingTheElder,
                     }) => Ok(()),
-                    Ok(phase) => Err(Unconfirmed::Stopped(format!("{phase:?}"))),
+                    Ok(phase) => Err(Unconfirmed::Stopped(phase.to_string())),
                     Err(e) => Err(Unconfirmed::Stopped(format!("unknown ({e})"))),
                 };
             }

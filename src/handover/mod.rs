@@ -111,7 +111,7 @@ pub enum UpgradeError {
     BadRequirement(#[from] RequirementError),
     #[error("an upgrade is already running")]
     InProgress(InProgress),
-    #[error("this instance is still taking over from its elder ({0:?}); try again when it is done")]
+    #[error("this instance is still taking over from its elder ({0}); try again when it is done")]
     TakeoverUnderway(crate::state::TakeoverPhase),
     #[error("no previous version is known: this instance was not started by an upgrade")]
     NoPrevious,
