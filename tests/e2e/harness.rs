@@ -212,6 +212,10 @@ impl Suite {
         let root = repo_root();
         let tree = root.join("target/e2e-src").join(tree);
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
+        // A file moved or removed in the tree must not linger in the copy.
+        for dir in ["src", "docker", "tests", "benches"] {
+            let _ = std::fs::remove_dir_all(tree.join(dir));
+        }
         run(Command::new("cp")
             .arg("-rp")
             .args([
