@@ -38,7 +38,7 @@ purge() {
   done
   registry/start.sh stop >/dev/null
   docker logout localhost:5000 >/dev/null 2>&1 || true
-  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live /run/selfup
+  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live /run/selfup /run/selfup-update
 }
 case "${1:-}" in
   down) down; echo "selfup and nginx removed"; exit 0 ;;
@@ -56,7 +56,7 @@ wait_for() { # url text
 SELFUP_NGINX_IMAGE=${SELFUP_NGINX_IMAGE:-$(scripts/setup.sh)}
 export SELFUP_NGINX_IMAGE
 down
-for port in 5800 5801 8080; do
+for port in 5800 5801 8080 8081; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "demo: port $port is already in use" >&2; exit 1; fi
 done
 mkdir -p nginx/live

@@ -2,6 +2,7 @@
 //! server beside the start-up reconcile until a stop signal drains it.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use actix_web::{App, HttpServer, web};
 use crate::companion::Companion;
 use crate::companion::auth::{ApiKey, KeySource};
 use crate::config::Settings;
+use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
@@ -56,9 +58,16 @@ impl Application {
         let port = listener.local_addr()?.port();
         // After the port: an instance that cannot have the port never
         // touches the socket of the one that has it.
-        let control = bind_control(&settings, port);
+        let control = bind_socket(&settings.control_socket, port, Access::Root);
+        let update = match settings.companion {
+            true => bind_socket(&settings.update_socket, port, Access::Anyone),
+            false => None,
+        };
+        // Where the update socket's connections arrive (their local address),
+        // to mark them: nothing on them is an operator's.
+        let update_staged = update.as_ref().map(|(socket, _)| socket.staged().to_path_buf());
         let state = AppState::new(orchestrator.clone(), companion, tokio::runtime::Handle::current());
-        let server = HttpServer::new(move || {
+        let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
@@ -107,19 +116,23 @@ impl Application {
                 )
                 .default_service(web::to(routes::not_found))
         })
+        .on_connect(move |connection, extensions| {
+            if arrived_on(connection, update_staged.as_deref()) {
+                extensions.insert(routes::OnUpdateSocket);
+            }
+        })
         .workers(2)
         .keep_alive(Duration::from_secs(settings.keep_alive_secs))
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()
         .listen(listener)?;
-        let server = match control {
-            Some((socket, uds)) => {
-                let _ = orchestrator.control.set(socket);
-                server.listen_uds(uds)?
-            }
-            None => server,
+        let mut sockets = Vec::new();
+        for (socket, uds) in [control, update].into_iter().flatten() {
+            server = server.listen_uds(uds)?;
+            sockets.push(socket);
         }
-        .run();
+        let _ = orchestrator.control.set(sockets);
+        let server = server.run();
         Ok(Application {
             port,
             server,
@@ -149,22 +162,29 @@ impl Application {
     }
 }
 
-/// This instance's control socket, unless `control_socket` is empty. One
-/// that cannot be bound is logged, not fatal: the ports still serve.
-fn bind_control(
-    settings: &Settings,
-    port: u16,
-) -> Option<(crate::control::ControlSocket, std::os::unix::net::UnixListener)> {
-    if settings.control_socket.as_os_str().is_empty() {
+/// This instance's socket at `path` (the control or the update socket),
+/// unless `path` is empty. One that cannot be bound is logged, not fatal: the
+/// ports still serve.
+fn bind_socket(path: &Path, port: u16, access: Access) -> Option<(ControlSocket, std::os::unix::net::UnixListener)> {
+    if path.as_os_str().is_empty() {
         return None;
     }
-    match crate::control::ControlSocket::bind(&settings.control_socket, port) {
+    match ControlSocket::bind(path, port, access) {
         Ok(bound) => Some(bound),
         Err(e) => {
-            tracing::warn!(path = %settings.control_socket.display(), error = %e, "no control socket");
+            tracing::warn!(path = %path.display(), error = %e, "no socket");
             None
         }
     }
+}
+
+/// Whether a connection was accepted on the unix socket bound at `staged`.
+fn arrived_on(connection: &dyn std::any::Any, staged: Option<&Path>) -> bool {
+    let Some(staged) = staged else { return false };
+    connection
+        .downcast_ref::<tokio::net::UnixStream>()
+        .and_then(|stream| stream.local_addr().ok())
+        .is_some_and(|local| local.as_pathname() == Some(staged))
 }
 
 /// Companion mode's updater, when it is on.

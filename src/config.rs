@@ -77,6 +77,13 @@ pub struct Settings {
     /// `control`). Clients that send a secret use it, never a port. An empty
     /// path turns it off.
     pub control_socket: PathBuf,
+    /// Companion mode's update socket: the stable address nginx passes a CI
+    /// runner's `/update` to. A unix socket anyone may connect to, in a
+    /// directory only root can write, held by the live instance across
+    /// handovers like `control_socket`; it serves the companion's endpoints
+    /// (the key guards them) and never the control endpoints. An empty path
+    /// turns it off.
+    pub update_socket: PathBuf,
     /// How long a recreated container has to pass its HEALTHCHECK, when its
     /// image has one, before the old container is restored.
     pub update_deadline_secs: u64,
@@ -112,6 +119,7 @@ impl Default for Settings {
             allowed_registries: vec!["localhost:5000".into()],
             docker_config: PathBuf::from("/etc/selfup/docker/config.json"),
             control_socket: PathBuf::from("/run/selfup/control.sock"),
+            update_socket: PathBuf::from("/run/selfup-update/update.sock"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
         }
@@ -236,6 +244,18 @@ impl Settings {
                     ),
                 );
             }
+        }
+        if !self.update_socket.as_os_str().is_empty()
+            && !self.control_socket.as_os_str().is_empty()
+            && self.update_socket.parent() == self.control_socket.parent()
+        {
+            return invalid(
+                "update_socket",
+                format!(
+                    "{:?} must be in another directory than control_socket ({:?}): anyone may enter the update socket's, only root the control socket's",
+                    self.update_socket, self.control_socket
+                ),
+            );
         }
         if self.update_deadline_secs == 0 {
             return invalid("update_deadline_secs", "must be at least 1".into());
@@ -477,6 +497,7 @@ mod tests {
             ("SELFUP_ALLOWED_REGISTRIES", r#"["nodot"]"#, "allowed_registries"),
             ("SELFUP_UPDATE_DEADLINE_SECS", "0", "update_deadline_secs"),
             ("SELFUP_UPDATE_SETTLE_SECS", "61", "update_settle_secs"),
+            ("SELFUP_UPDATE_SOCKET", "/run/selfup/update.sock", "update_socket"),
         ] {
             jailed(|jail| {
                 jail.set_env(key, value);

@@ -11,13 +11,42 @@
 //! and, once it is the live instance, renames a link to it over the public
 //! path: an atomic swap, so a client always reaches one instance, and the
 //! elder keeps answering the connections it already has while it drains.
+//!
+//! Companion mode adds a second socket of the same kind, the update socket,
+//! for nginx to pass a CI runner's `/update` to: its directory only root can
+//! write, so nobody else can put a name there, but anyone may connect,
+//! nginx's unprivileged workers included; connections on it are served the
+//! companion's endpoints and the public ones, never the control endpoints
+//! (see `routes::guard_loopback`).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-/// This instance's control socket, bound and perhaps not yet published.
+/// Who may connect to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Root only: directory 0700, socket 0600. The control socket.
+    Root,
+    /// Any local process: directory 0755 (only root can make or replace a
+    /// name in it), socket 0666. The update socket, which nginx's workers
+    /// reach and whose endpoints the companion's key guards.
+    Anyone,
+}
+
+impl Access {
+    /// The modes of the directory and of the socket.
+    fn modes(self) -> (u32, u32) {
+        match self {
+            Access::Root => (0o700, 0o600),
+            Access::Anyone => (0o755, 0o666),
+        }
+    }
+}
+
+/// This instance's control (or update) socket, bound and perhaps not yet
+/// published.
 #[derive(Debug)]
 pub struct ControlSocket {
     /// Where this instance's socket is bound until it is published.
@@ -27,10 +56,12 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Makes `public`'s directory root-only and binds this instance's socket
-    /// beside it (named for `port`, so that elder and successor never share
-    /// a path), replacing a stale one an earlier instance on that port left.
-    pub fn bind(public: &Path, port: u16) -> io::Result<(ControlSocket, UnixListener)> {
+    /// Gives `public`'s directory the modes of `access` and binds this
+    /// instance's socket beside it (named for `port`, so that elder and
+    /// successor never share a path), replacing a stale one an earlier
+    /// instance on that port left.
+    pub fn bind(public: &Path, port: u16, access: Access) -> io::Result<(ControlSocket, UnixListener)> {
+        let (dir_mode, socket_mode) = access.modes();
         let dir = public
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -39,14 +70,14 @@ impl ControlSocket {
             .file_name()
             .ok_or_else(|| io::Error::other(format!("{} names no file", public.display())))?;
         std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
         let staged = dir.join(format!(".{}.{port}", name.to_string_lossy()));
         match std::fs::remove_file(&staged) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
         let listener = UnixListener::bind(&staged)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(socket_mode))?;
         Ok((
             ControlSocket {
                 staged,
@@ -73,6 +104,12 @@ impl ControlSocket {
     pub fn public(&self) -> &Path {
         &self.public
     }
+
+    /// Where this instance's socket is bound: the local address of every
+    /// connection it accepts, whichever name the client used.
+    pub fn staged(&self) -> &Path {
+        &self.staged
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +127,10 @@ mod tests {
         })
     }
 
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     fn read(path: &Path) -> String {
         let mut conn = UnixStream::connect(path).unwrap();
         let mut text = String::new();
@@ -101,11 +142,10 @@ mod tests {
     fn the_public_path_moves_from_the_elder_to_its_successor_in_a_root_only_directory() {
         let dir = std::env::temp_dir().join(format!("selfup-control-{}", std::process::id()));
         let public = dir.join("run/control.sock");
-        let (elder, elder_listener) = ControlSocket::bind(&public, 5800).unwrap();
+        let (elder, elder_listener) = ControlSocket::bind(&public, 5800, Access::Root).unwrap();
         assert!(!public.exists(), "not published before the instance is live");
         elder.publish().unwrap();
         elder.publish().unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(public.parent().unwrap()), 0o700);
         assert_eq!(mode(&public), 0o600);
 
@@ -113,7 +153,7 @@ mod tests {
         assert_eq!(read(&public), "elder");
         served.join().unwrap();
 
-        let (successor, successor_listener) = ControlSocket::bind(&public, 5801).unwrap();
+        let (successor, successor_listener) = ControlSocket::bind(&public, 5801, Access::Root).unwrap();
         let served = answer(&elder_listener, b"elder");
         assert_eq!(
             read(&public),
@@ -134,10 +174,25 @@ mod tests {
         drop((elder, elder_listener));
 
         // A later instance on the elder's port replaces its stale path only.
-        let (_, _listener) = ControlSocket::bind(&public, 5800).unwrap();
+        let (_, _listener) = ControlSocket::bind(&public, 5800, Access::Root).unwrap();
         successor.publish().unwrap();
         let served = answer(&successor_listener, b"successor");
         assert_eq!(read(&public), "successor");
+        served.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_update_socket_is_open_to_anyone_in_a_directory_only_root_can_write() {
+        let dir = std::env::temp_dir().join(format!("selfup-update-{}", std::process::id()));
+        let public = dir.join("run/update.sock");
+        let (socket, listener) = ControlSocket::bind(&public, 5800, Access::Anyone).unwrap();
+        socket.publish().unwrap();
+        assert_eq!(mode(public.parent().unwrap()), 0o755);
+        assert_eq!(mode(&public), 0o666);
+        assert_eq!(socket.staged(), public.parent().unwrap().join(".update.sock.5800"));
+        let served = answer(&listener, b"update");
+        assert_eq!(read(&public), "update");
         served.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -196,9 +196,9 @@ pub struct Orchestrator {
     pub version: Version,
     /// For talking to instances on loopback: no proxy, no pooling across runtimes.
     pub http: reqwest::Client,
-    /// This instance's control socket, once bound; published when this
-    /// instance becomes the live one.
-    pub control: std::sync::OnceLock<crate::control::ControlSocket>,
+    /// This instance's control socket and, in companion mode, its update
+    /// socket, once bound; published when this instance becomes the live one.
+    pub control: std::sync::OnceLock<Vec<crate::control::ControlSocket>>,
 }
 
 impl Orchestrator {
@@ -230,13 +230,14 @@ impl Orchestrator {
         }
     }
 
-    /// Makes this instance's control socket the one clients reach: called
-    /// whenever this instance becomes (or again becomes) the live one.
+    /// Makes this instance's control (and update) socket the one clients
+    /// reach: called whenever this instance becomes (or again becomes) the
+    /// live one.
     pub fn publish_control(&self) {
-        if let Some(control) = self.control.get() {
+        for control in self.control.get().into_iter().flatten() {
             match control.publish() {
-                Ok(()) => tracing::info!(path = %control.public().display(), "control socket published"),
-                Err(e) => tracing::warn!(error = %e, "could not publish the control socket"),
+                Ok(()) => tracing::info!(path = %control.public().display(), "socket published"),
+                Err(e) => tracing::warn!(path = %control.public().display(), error = %e, "could not publish a socket"),
             }
         }
     }

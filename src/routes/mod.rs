@@ -146,14 +146,34 @@ pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
     Ok(())
 }
 
+/// The mark of a connection accepted on companion mode's update socket
+/// (`update_socket`), which any local process, nginx's workers among them,
+/// may open: it is never a loopback operator's.
+#[derive(Debug, Clone, Copy)]
+pub struct OnUpdateSocket;
+
+/// The refusal of a control endpoint on the update socket, if that is where
+/// the connection came.
+fn on_update_socket(marked: bool) -> Option<HttpResponse> {
+    marked.then(|| {
+        json_error(
+            StatusCode::FORBIDDEN,
+            "the update socket serves only the companion's /update; control endpoints answer on loopback and the control socket",
+        )
+    })
+}
+
 /// The operator's endpoints (`/upgrade`, `/rollback`, `/status`,
 /// `/handover`): no browser request ([`refuse_cross_site`]); a `Host` that
 /// names a loopback address, so a page that rebinds its own name to
 /// 127.0.0.1 is refused; a direct loopback caller (or one on the control
-/// socket), never one that came through a proxy. Authentication is the
-/// caller's next step.
+/// socket), never one that came through a proxy or the update socket.
+/// Authentication is the caller's next step.
 pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     refuse_cross_site(req)?;
+    if let Some(refused) = on_update_socket(req.conn_data::<OnUpdateSocket>().is_some()) {
+        return Err(refused);
+    }
     let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
     if !host.is_some_and(is_loopback_host) {
         return Err(json_error(
@@ -348,5 +368,15 @@ mod tests {
     fn the_control_socket_has_no_peer_address_and_passes() {
         let req = TestRequest::default().insert_header(("host", "localhost"));
         assert_eq!(refused(req), None);
+    }
+
+    #[test]
+    fn the_update_socket_never_passes_even_without_a_proxy_header() {
+        assert!(on_update_socket(false).is_none());
+        let refused = on_update_socket(true).unwrap();
+        assert_eq!(refused.status(), 403);
+        let body = actix_web::body::to_bytes(refused.into_body());
+        let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("update socket"));
     }
 }

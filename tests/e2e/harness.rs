@@ -212,23 +212,21 @@ impl Suite {
         let root = repo_root();
         let tree = root.join("target/e2e-src").join(tree);
         std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-        // A file moved or removed in the tree must not linger in the copy.
-        for dir in ["src", "docker", "tests", "benches"] {
-            let _ = std::fs::remove_dir_all(tree.join(dir));
+        let copied = [
+            "Cargo.toml",
+            "Cargo.lock",
+            "build.sh",
+            "src",
+            "docker",
+            "tests",
+            "benches",
+        ];
+        // A file moved or removed in this tree must not live on in the copy;
+        // `cp -p` keeps the times, so cargo rebuilds only what changed.
+        for dir in copied.iter().map(|name| tree.join(name)).filter(|path| path.is_dir()) {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
         }
-        run(Command::new("cp")
-            .arg("-rp")
-            .args([
-                "Cargo.toml",
-                "Cargo.lock",
-                "build.sh",
-                "src",
-                "docker",
-                "tests",
-                "benches",
-            ])
-            .arg(&tree)
-            .current_dir(&root));
+        run(Command::new("cp").arg("-rp").args(copied).arg(&tree).current_dir(&root));
         let t = Instant::now();
         let out = Command::new("./build.sh")
             .arg(version)
@@ -386,7 +384,7 @@ impl Suite {
     /// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
     /// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
     /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
-    fn companion_images(&self) {
+    pub fn companion_images(&self) {
         let suite = self;
         let built = self.companion_images.get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
@@ -454,6 +452,8 @@ pub struct Env {
     pub repository: String,
     pub ports: [u16; 2],
     pub public_port: u16,
+    /// nginx's server for companion mode's `/update` (8081 in the shipped config).
+    pub deploy_port: u16,
     pub nginx: String,
     dir: PathBuf,
     compose_files: [PathBuf; 2],
@@ -467,10 +467,11 @@ impl Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
         std::fs::create_dir_all(dir.join("live")).unwrap();
-        let (a, b, public_port) = (free_port(), free_port(), free_port());
+        let (a, b, public_port, deploy_port) = (free_port(), free_port(), free_port(), free_port());
         let nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf"))
             .unwrap()
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"));
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"))
+            .replace("listen 127.0.0.1:8081;", &format!("listen 127.0.0.1:{deploy_port};"));
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
@@ -507,6 +508,7 @@ impl Env {
             repository,
             ports: [a, b],
             public_port,
+            deploy_port,
             nginx,
             compose_files: [repo_root().join("docker/compose.yml"), dir.join("override.yml")],
             dir,
@@ -518,6 +520,12 @@ impl Env {
 
     /// Runs docker-compose on the shipped compose file plus this test's override.
     pub fn compose(&self, args: &[&str]) -> String {
+        self.compose_with(&[], args)
+    }
+
+    /// [`Env::compose`] with more variables in docker-compose's environment,
+    /// as an operator sets them in the shell.
+    pub fn compose_with(&self, vars: &[(&str, &str)], args: &[&str]) -> String {
         let mut cmd = Command::new("docker-compose");
         for f in &self.compose_files {
             cmd.arg("-f").arg(f);
@@ -528,7 +536,9 @@ impl Env {
             .env("SELFUP_IMAGE", &self.repository)
             .env("SELFUP_NGINX_IMAGE", &self.nginx_image)
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
-            .env("SELFUP_CONTROL_DIR", self.dir.join("control"));
+            .env("SELFUP_CONTROL_DIR", self.dir.join("control"))
+            .env("SELFUP_UPDATE_DIR", self.dir.join("update"))
+            .envs(vars.iter().copied());
         run(&mut cmd)
     }
 
@@ -702,6 +712,11 @@ impl Env {
     /// The live instance's control socket, as the host sees it.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control/control.sock")
+    }
+
+    /// The live instance's update socket (companion mode), as the host sees it.
+    pub fn update_socket(&self) -> PathBuf {
+        self.dir.join("update/update.sock")
     }
 }
 

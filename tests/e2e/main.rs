@@ -21,6 +21,7 @@
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
 mod checks;
+mod ci;
 mod companion;
 mod cycle;
 mod faults;
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
         companion::an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
+        ci::a_ci_job_updates_a_container_through_nginx_and_the_update_socket_before_and_after_selfup_upgrades_itself,
         leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
         load::a_dropped_load_stops_its_clients_and_closes_their_connections,
         runner::the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_nothing,
