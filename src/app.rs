@@ -1,7 +1,6 @@
 //! The application: binds the listener, registers every route, and runs the
 //! server beside the start-up reconcile until a stop signal drains it.
 
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,33 +18,11 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
-use crate::routes::{self, companion, handover, info, status, upgrade};
+use crate::routes::{self, AppState, companion, handover, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
 pub const ECHO_LIMIT: usize = 64 * 1024;
-
-/// What every handler gets.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub orchestrator: Arc<Orchestrator>,
-    /// Companion mode's updater of other containers; `None` when it is off.
-    pub companion: Option<Arc<Companion>>,
-    /// The main runtime: Docker and registry calls run there, not on the
-    /// HTTP workers' single-threaded runtimes.
-    runtime: tokio::runtime::Handle,
-}
-
-impl AppState {
-    /// Runs a future on the main runtime and waits for it; a panic in it
-    /// becomes an error, never a dead worker.
-    pub async fn spawn<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
-        self.runtime
-            .spawn(fut)
-            .await
-            .map_err(|e| format!("internal task failed: {e}"))
-    }
-}
 
 /// A bound, not yet running, selfup server.
 pub struct Application {
@@ -94,11 +71,11 @@ impl Application {
         // Where the update socket's connections arrive (their local address),
         // to mark them: nothing on them is an operator's.
         let update_staged = update.as_ref().map(|(socket, _)| socket.staged().to_path_buf());
-        let state = AppState {
-            orchestrator: orchestrator.clone(),
-            companion: companion.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        };
+        let state = AppState::new(
+            orchestrator.clone(),
+            companion.clone(),
+            tokio::runtime::Handle::current(),
+        );
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))

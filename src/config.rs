@@ -235,7 +235,7 @@ impl Settings {
             );
         }
         for registry in &self.allowed_registries {
-            let parsed = crate::docker::ImageRef::parse(&format!("{registry}/image:tag"));
+            let parsed = crate::image_ref::ImageRef::parse(&format!("{registry}/image:tag"));
             if !parsed.is_ok_and(|r| r.registry.as_deref() == Some(registry.as_str())) {
                 return invalid(
                     "allowed_registries",
@@ -408,7 +408,7 @@ mod tests {
 
     #[test]
     fn an_image_retention_below_two_is_refused() {
-        Jail::expect_with(|jail| {
+        jailed(|jail| {
             jail.set_env("SELFUP_IMAGE_RETENTION", "1");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("image_retention: must be at least 2"), "{err}");

@@ -5,24 +5,44 @@
 //!
 //! - [`config`]: the typed, layered settings (defaults, TOML, `SELFUP_*`).
 //! - [`telemetry`]: the tracing subscriber.
-//! - [`app`]: the HTTP server, its routes and the state they share.
-//! - [`routes`]: one file per group of endpoints; errors become JSON.
+//! - [`app`]: the HTTP server: it binds the listener and registers every route.
+//! - [`routes`]: one file per group of endpoints, the state every handler
+//!   gets, and errors as JSON.
 //! - [`control`]: the stable control address, a root-only unix socket that
 //!   the live instance holds across handovers.
-//! - [`state`]: the one small struct the routes share with the orchestrator.
-//! - [`handover`]: the protocol, read top to bottom in the order it runs.
-//! - [`companion`]: companion mode, `/update` of *other* containers: the API
-//!   key, admission, and the swap with its rollback.
+//! - [`state`]: the one small struct the routes share with the orchestrator,
+//!   with the upgrade's steps, the takeover's phases and the history.
+//!
+//! The two roles, each in its own folder, neither importing the other's
+//! workings:
+//!
+//! - [`handover`]: the self-upgrade protocol, read top to bottom in the order
+//!   it runs: the elder's side ([`handover::elder`]), then the successor's
+//!   ([`handover::takeover`]).
+//! - [`companion`]: companion mode, `/update` of *other* containers:
+//!   admission, the API key, placement, and the swap with its rollback.
+//!
+//! The layer beneath both roles, which imports neither:
+//!
+//! - [`recreate`]: recreating a container from a new image: the version
+//!   rules, the cloning rules, one resolve-pull-decide path, and one watcher
+//!   that says whether a new container came up or died.
+//!
+//! And what everything stands on:
+//!
 //! - [`retention`]: which old images of this service a takeover removes.
 //! - [`proxy`]: nginx's upstream include, its config test and reload.
 //! - [`registry`]: tags and digests over the registry API (Basic or bearer
 //!   token), and the credentials for it from a `config.json`; both roles use it.
 //! - [`docker`]: the one wrapper around bollard, one call a method.
+//! - [`image_ref`]: image references, parsed and checked.
+//! - [`atomic`]: the one way a file is replaced, whole or not at all.
 //! - [`identity`]: how a container finds its own id.
 //! - [`secret`]: tokens and their constant-time comparison.
 //! - `faults`: fault switches that only test images carry (feature `faults`).
 
 pub mod app;
+pub mod atomic;
 pub mod companion;
 pub mod config;
 pub mod control;
@@ -31,7 +51,9 @@ pub mod docker;
 pub mod faults;
 pub mod handover;
 pub mod identity;
+pub mod image_ref;
 pub mod proxy;
+pub mod recreate;
 pub mod registry;
 pub mod retention;
 pub mod routes;

@@ -15,7 +15,7 @@ use semver::Version;
 use crate::config::Settings;
 use crate::docker::Engine;
 use crate::handover::PREVIOUS_IMAGE_LABEL;
-use crate::handover::target::{VERSION_LABEL, tag_version};
+use crate::recreate::version::{VERSION_LABEL, tag_version};
 
 /// One local image of this service's repository.
 #[derive(Debug, Clone, PartialEq, Eq)]

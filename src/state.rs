@@ -32,10 +32,77 @@ pub struct InProgress {
     /// What was asked for: `latest`, `2`, `=1.4.0`.
     pub requirement: String,
     /// The step the upgrade is at.
-    pub step: &'static str,
+    pub step: UpgradeStep,
     /// When it started.
     #[serde(skip)]
     pub started: Instant,
+}
+
+/// The elder's steps in an upgrade, in the order they run; `/status` and
+/// a refused second request name the one under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpgradeStep {
+    /// Finding the image: the registry's tags, or the previous version's image.
+    #[serde(rename = "resolving")]
+    Resolving,
+    #[serde(rename = "pulling")]
+    Pulling,
+    /// Holding the swap lock: companion updates in either instance finish first.
+    #[serde(rename = "waiting for companion updates")]
+    WaitingForCompanionUpdates,
+    /// Creating and starting the successor on the other port.
+    #[serde(rename = "starting the successor")]
+    StartingTheSuccessor,
+    /// Polling the successor's `/health` until it answers as itself.
+    #[serde(rename = "health-checking the successor")]
+    HealthChecking,
+    /// The go-ahead is given; waiting for the successor to stop this instance.
+    #[serde(rename = "waiting for the successor's takeover")]
+    WaitingForTakeover,
+}
+
+impl std::fmt::Display for UpgradeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpgradeStep::Resolving => "resolving",
+            UpgradeStep::Pulling => "pulling",
+            UpgradeStep::WaitingForCompanionUpdates => "waiting for companion updates",
+            UpgradeStep::StartingTheSuccessor => "starting the successor",
+            UpgradeStep::HealthChecking => "health-checking the successor",
+            UpgradeStep::WaitingForTakeover => "waiting for the successor's takeover",
+        })
+    }
+}
+
+/// The successor's steps in a takeover, in the order they run. The elder
+/// reads them from the successor's `/handover`, so their names are the wire
+/// format between two versions: they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TakeoverStep {
+    /// Writing nginx's include and reloading it.
+    #[serde(rename = "switching nginx")]
+    SwitchingNginx,
+    /// Asking nginx until it answers with this version.
+    #[serde(rename = "confirming through nginx")]
+    ConfirmingThroughNginx,
+    /// Waiting for the workers of the old configuration to finish.
+    #[serde(rename = "waiting for old nginx workers")]
+    WaitingForOldWorkers,
+    /// Stopping and removing the elder: an elder that gets a stop signal at
+    /// this step has been taken over from.
+    #[serde(rename = "stopping the elder")]
+    StoppingTheElder,
+}
+
+impl std::fmt::Display for TakeoverStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TakeoverStep::SwitchingNginx => "switching nginx",
+            TakeoverStep::ConfirmingThroughNginx => "confirming through nginx",
+            TakeoverStep::WaitingForOldWorkers => "waiting for old nginx workers",
+            TakeoverStep::StoppingTheElder => "stopping the elder",
+        })
+    }
 }
 
 /// The successor's side of the handover.
@@ -48,11 +115,23 @@ pub enum TakeoverPhase {
     /// Started by an elder; waiting for its go-ahead after its health check.
     WaitingForGo,
     /// Switching nginx, draining, stopping the elder.
-    Running { step: String },
+    Running { step: TakeoverStep },
     /// This instance is the one live instance.
     Done,
     /// The takeover failed; the elder keeps serving and removes this instance.
     Failed { reason: String },
+}
+
+impl std::fmt::Display for TakeoverPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TakeoverPhase::Idle => f.write_str("idle"),
+            TakeoverPhase::WaitingForGo => f.write_str("waiting for the elder's go-ahead"),
+            TakeoverPhase::Running { step } => step.fmt(f),
+            TakeoverPhase::Done => f.write_str("done"),
+            TakeoverPhase::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
 }
 
 /// A finished upgrade, for `/status`.
@@ -62,12 +141,33 @@ pub struct UpgradeRecord {
     pub to: Option<String>,
     /// What was asked for: `latest`, `2`, `=1.4.0`, `rollback`.
     pub requested: String,
-    /// `upgraded`, `already_there` or `failed`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error: Option<String>,
     pub duration_ms: u128,
     /// Seconds since the epoch.
     pub finished_at: u64,
+}
+
+/// How a finished upgrade ended, as the history records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A successor took over.
+    Upgraded,
+    /// The target was what ran: nothing was done.
+    AlreadyThere,
+    /// Refused, or it did not work; the record's `error` says why.
+    Failed,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Upgraded => "upgraded",
+            Outcome::AlreadyThere => "already_there",
+            Outcome::Failed => "failed",
+        })
+    }
 }
 
 /// What the routes and the orchestrator share.
@@ -141,7 +241,7 @@ impl Shared {
         if let Some(path) = &self.history_file {
             let saved = serde_json::to_string_pretty(&history)
                 .map_err(std::io::Error::other)
-                .and_then(|text| crate::proxy::write_atomically(path, &text));
+                .and_then(|text| crate::atomic::write_atomically(path, &text));
             if let Err(e) = saved {
                 tracing::warn!(path = %path.display(), error = %e, "the upgrade history is kept in memory only");
             }
@@ -176,7 +276,7 @@ impl Shared {
         record.taken_over.truncate(TAKEOVERS_LEN);
         let saved = serde_json::to_string_pretty(&record)
             .map_err(std::io::Error::other)
-            .and_then(|text| crate::proxy::write_atomically(path, &text));
+            .and_then(|text| crate::atomic::write_atomically(path, &text));
         if let Err(e) = saved {
             tracing::warn!(path = %path.display(), error = %e, "the takeover is not recorded: a restart would run it again");
         }
@@ -208,7 +308,7 @@ mod tests {
             from: "1.0.0".into(),
             to: Some("1.1.0".into()),
             requested: "latest".into(),
-            outcome: "upgraded".into(),
+            outcome: Outcome::Upgraded,
             error: None,
             duration_ms: 400,
             finished_at: n,
@@ -229,6 +329,43 @@ mod tests {
         assert_eq!(history.front().unwrap().finished_at, 11);
         assert_eq!(history.back().unwrap().finished_at, 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn steps_and_outcomes_are_written_as_they_display() {
+        for step in [
+            UpgradeStep::Resolving,
+            UpgradeStep::Pulling,
+            UpgradeStep::StartingTheSuccessor,
+            UpgradeStep::HealthChecking,
+            UpgradeStep::WaitingForTakeover,
+        ] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        for step in [
+            TakeoverStep::SwitchingNginx,
+            TakeoverStep::ConfirmingThroughNginx,
+            TakeoverStep::WaitingForOldWorkers,
+            TakeoverStep::StoppingTheElder,
+        ] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        for outcome in [Outcome::Upgraded, Outcome::AlreadyThere, Outcome::Failed] {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.to_string());
+        }
+        let phase: TakeoverPhase =
+            serde_json::from_str(r#"{"phase": "running", "step": "stopping the elder"}"#).unwrap();
+        assert_eq!(
+            phase,
+            TakeoverPhase::Running {
+                step: TakeoverStep::StoppingTheElder
+            }
+        );
+        assert_eq!(phase.to_string(), "stopping the elder");
+        assert_eq!(
+            TakeoverPhase::WaitingForGo.to_string(),
+            "waiting for the elder's go-ahead"
+        );
     }
 
     #[test]

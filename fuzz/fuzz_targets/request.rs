@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use selfup::docker::ImageRef;
-use selfup::handover::target::Requirement;
+use selfup::image_ref::ImageRef;
+use selfup::recreate::version::Requirement;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -164,7 +164,7 @@ impl Claim {
     /// Writes the swap's journal.
     pub fn write(&self, record: &SwapRecord) -> io::Result<()> {
         let text = serde_json::to_string_pretty(record).map_err(io::Error::other)?;
-        crate::proxy::write_atomically(&self.journal, &text)
+        crate::atomic::write_atomically(&self.journal, &text)
     }
 
     /// Leaves the journal in place: the swap could not be finished or undone,

@@ -3,50 +3,49 @@
 //! knows whether the new container came up. In the order an update runs:
 //!
 //! 1. [`auth`]: the request carries the API key (checked by the route).
-//! 2. [`Companion::update`] / [`Companion::update_to`]: the image must come from
-//!    an allowed registry, the container must exist, run and carry
-//!    `selfup.enable=true`; one update per container at a time.
+//! 2. [`admission`]: the image must come from an allowed registry, the
+//!    container must exist, run and carry `selfup.enable=true`; one update per
+//!    container at a time.
 //! 3. [`crate::registry::credentials`]: the registry's credentials from a
 //!    `config.json`, for the tag list and the pull.
-//! 4. [`plan`]: the clone (the [`crate::handover::clone`] rules plus what
-//!    another container needs), and whether it can run beside the old one.
-//! 5. The swap: the old container is renamed aside (and stopped first only if
-//!    both cannot run at once), the new one is created under its name and
-//!    started, and must stay up, or pass its HEALTHCHECK, within the deadline.
-//!    Then the old one is removed; otherwise the new one is removed and the old
-//!    one gets its name back and runs again.
-//! 6. [`journal`]: with a data directory, the one-swap-per-container lock and
+//! 4. The image: the tag, the pull and the decision, by
+//!    [`crate::recreate::resolve`].
+//! 5. The clone ([`crate::recreate::clone`]) and its [`placement`]: beside
+//!    the old container, or after stopping it.
+//! 6. The [`swap`], and its rollback if the new container does not come up.
+//! 7. [`journal`]: with a data directory, the one-swap-per-container lock and
 //!    the swap's journal are files there, shared by every instance: a
 //!    self-upgrade waits for running swaps, and an instance that starts
 //!    resolves a swap left half-done ([`Companion::recover`]).
 
+pub mod admission;
 pub mod auth;
 pub mod journal;
-pub mod plan;
+pub mod placement;
+pub mod swap;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
+use bollard::models::ContainerInspectResponse;
 use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
 use crate::config::Settings;
-use crate::docker::{DockerError, Engine, ImageRef, ImageRefError};
-use crate::handover::COMPOSE_IMAGE;
-use crate::handover::clone::{Overrides, clone_body};
-use crate::handover::target::{self, Decision, Requirement, RequirementError};
+use crate::docker::{DockerError, Engine};
+use crate::image_ref::{ImageRef, ImageRefError};
+use crate::recreate::clone::{self, COMPOSE_IMAGE, Overrides, clone_body};
+use crate::recreate::resolve::{self, Go, ResolveError};
+use crate::recreate::version::{self, Requirement, RequirementError};
+use crate::recreate::watch;
+use crate::registry::Registry;
 use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
-use crate::registry::{Registry, RegistryError};
+use admission::Slot;
 use auth::ApiKey;
-use journal::{Claim, Entry, Phase, Resolution, Seen, SwapRecord, Swaps};
-use plan::{Placement, Verdict};
-
-/// How often a new container is looked at while it comes up.
-const POLL: Duration = Duration::from_millis(250);
-/// How many log lines of a failed new container the answer carries.
-const LOG_LINES: usize = 20;
+use journal::{Phase, Resolution, Seen, SwapRecord, Swaps};
+use placement::Placement;
+use swap::{NewContainer, Swap, SwapError, SwapFailure};
 
 /// Why an update did not happen, or did not stick. Each variant says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +60,7 @@ pub enum UpdateError {
     RegistryNotAllowed { registry: String, allowed: Vec<String> },
     #[error(
         "container {container} is not labelled {}=true, so it may not be updated",
-        plan::ENABLE_LABEL
+        admission::ENABLE_LABEL
     )]
     NotEnabled { container: String },
     #[error("no such container: {0}")]
@@ -86,23 +85,11 @@ pub enum UpdateError {
         "container {container} runs with --rm and {reason}: stopping it first would remove it, leaving nothing to roll back to"
     )]
     AutoRemove { container: String, reason: String },
-    #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
-    Lower {
-        running: semver::Version,
-        target: semver::Version,
-    },
-    #[error("no version in {repository} matches {requirement}")]
-    NoMatch {
-        requirement: String,
-        repository: String,
-        available: Vec<String>,
-    },
-    #[error("listing the tags of {repository}: {source}")]
-    Registry { repository: String, source: RegistryError },
+    /// The way to the image: the registry, the pull, the decision.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     #[error("credentials for {registry}: {source}")]
     Credentials { registry: String, source: CredentialsError },
-    #[error("pulling {image}: {source}")]
-    Pull { image: String, source: DockerError },
     #[error("{context}: {source}")]
     Docker { context: String, source: DockerError },
     /// The new container did not come up; `restored` says whether the old one runs again.
@@ -110,13 +97,13 @@ pub enum UpdateError {
     Failed {
         container: String,
         image: String,
-        reason: String,
+        reason: Box<SwapError>,
         log: String,
         restored: Result<(), String>,
     },
 }
 
-fn failed_message(container: &str, image: &str, reason: &str, restored: &Result<(), String>) -> String {
+fn failed_message(container: &str, image: &str, reason: &SwapError, restored: &Result<(), String>) -> String {
     match restored {
         Ok(()) => format!(
             "updating container {container} to {image} failed: {reason}; the old container runs again under its name"
@@ -136,7 +123,8 @@ impl UpdateError {
     /// Whether the Docker daemon itself did not answer.
     pub fn docker_unreachable(&self) -> bool {
         match self {
-            UpdateError::Docker { source, .. } | UpdateError::Pull { source, .. } => source.is_unreachable(),
+            UpdateError::Docker { source, .. } => source.is_unreachable(),
+            UpdateError::Resolve(e) => e.docker_unreachable(),
             _ => false,
         }
     }
@@ -176,9 +164,9 @@ pub enum UpdateOutcome {
 /// The companion: everything an update needs, passed in.
 #[derive(Debug)]
 pub struct Companion {
-    pub settings: Arc<Settings>,
-    pub engine: Arc<Engine>,
-    pub registry: Registry,
+    settings: Arc<Settings>,
+    engine: Arc<Engine>,
+    registry: Registry,
     key: ApiKey,
     helpers: Helpers,
     /// This instance's own container id: it is never a target.
@@ -187,25 +175,6 @@ pub struct Companion {
     running: Mutex<HashSet<String>>,
     /// The swaps of every instance that shares the data directory, if there is one.
     swaps: Option<Arc<Swaps>>,
-}
-
-/// Holds a container's update slot; releasing it is dropping it, on every path.
-struct Slot<'a> {
-    companion: &'a Companion,
-    keys: Vec<String>,
-    /// The shared hold that keeps a self-upgrade waiting, and the claim
-    /// across instances, with a data directory.
-    _entry: Option<Entry>,
-    claim: Option<Claim>,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut running = self.companion.running();
-        for key in &self.keys {
-            running.remove(key);
-        }
-    }
 }
 
 /// The container's name without Docker's leading slash.
@@ -290,156 +259,18 @@ impl Companion {
         let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(&host).await?;
-        let registry = current
-            .registry
-            .clone()
-            .unwrap_or_else(|| credentials::DOCKER_HUB.into());
-        let tags = self
-            .registry
-            .tags(&registry, &current.path, auth.as_ref())
-            .await
-            .map_err(|source| UpdateError::Registry {
-                repository: current.repository(),
-                source,
-            })?;
-        let Some((tag, version)) = target::select(&requirement, &tags) else {
-            return Err(UpdateError::NoMatch {
-                requirement: requirement.to_string(),
-                repository: current.repository(),
-                available: target::available(&tags),
+        let (image, version) = resolve::pick(&self.registry, &current, &requirement, auth.as_ref()).await?;
+        if let (Some(version), Some(running)) = (version, self.running_version(&old, &current).await)
+            && resolve::decide(&running, &version, &requirement)? == Go::AlreadyThere
+        {
+            return Ok(UpdateOutcome::Unchanged {
+                message: format!("container '{name}' already runs version {running}"),
+                container: name,
+                image: reference,
+                image_id: old.image.clone().unwrap_or_default(),
             });
-        };
-        let image = current.with_tag(tag);
-        if let Some(running) = self.running_version(&old, &current).await {
-            match target::decide(&running, &version, &requirement) {
-                Decision::AlreadyThere => {
-                    return Ok(UpdateOutcome::Unchanged {
-                        message: format!("container '{name}' already runs version {running}"),
-                        container: name,
-                        image: reference,
-                        image_id: old.image.clone().unwrap_or_default(),
-                    });
-                }
-                Decision::RefuseLower => {
-                    return Err(UpdateError::Lower {
-                        running,
-                        target: version,
-                    });
-                }
-                Decision::Upgrade | Decision::Rollback => {}
-            }
         }
         self.replace(old, image, auth, &mut slot).await
-    }
-
-    fn check_registry(&self, host: &str) -> Result<(), UpdateError> {
-        let allowed = &self.settings.allowed_registries;
-        if allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
-            Ok(())
-        } else {
-            Err(UpdateError::RegistryNotAllowed {
-                registry: host.to_string(),
-                allowed: allowed.clone(),
-            })
-        }
-    }
-
-    /// The container a request names, if it may be updated now.
-    async fn target(&self, container: &str) -> Result<ContainerInspectResponse, UpdateError> {
-        if !plan::is_container_name(container) {
-            return Err(UpdateError::BadContainerName(container.chars().take(128).collect()));
-        }
-        let old = self.engine.inspect_container(container).await.map_err(|e| match e {
-            DockerError::NoSuchContainer(_) => UpdateError::NoSuchContainer(container.to_string()),
-            other => UpdateError::docker(format!("inspecting container {container}"))(other),
-        })?;
-        let name = name_of(&old);
-        if !plan::is_enabled(&old) {
-            return Err(UpdateError::NotEnabled { container: name });
-        }
-        if old.id.is_some() && old.id == self.self_id {
-            return Err(UpdateError::OwnContainer { container: name });
-        }
-        let state = old.state.clone().unwrap_or_default();
-        if state.running != Some(true) || state.restarting == Some(true) {
-            return Err(UpdateError::NotRunning {
-                container: name,
-                state: state.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
-            });
-        }
-        Ok(old)
-    }
-
-    /// Refuses a request by the name of a container being updated before
-    /// looking it up: mid-swap, the name may be nobody's, or the new container's.
-    fn not_busy(&self, container: &str) -> Result<(), UpdateError> {
-        if self.running().contains(container) {
-            return Err(UpdateError::Busy {
-                container: container.to_string(),
-            });
-        }
-        // Another instance's swap, under any name or id it has meanwhile.
-        if let Some(other) = self
-            .swaps
-            .as_ref()
-            .and_then(|swaps| swaps.running().into_iter().find(|r| r.concerns(container)))
-        {
-            return Err(UpdateError::Busy {
-                container: other.container,
-            });
-        }
-        Ok(())
-    }
-
-    /// Takes the container's update slot, by id and by name: a request by
-    /// name during an update must not reach the new container either.
-    /// With a data directory, the slot also holds the container's claim
-    /// across instances, and keeps a self-upgrade waiting.
-    async fn take_slot(&self, old: &ContainerInspectResponse) -> Result<Slot<'_>, UpdateError> {
-        let name = name_of(old);
-        let keys = vec![old.id.clone().unwrap_or_default(), name.clone()];
-        {
-            let mut running = self.running();
-            if keys.iter().any(|k| running.contains(k)) {
-                return Err(UpdateError::Busy { container: name });
-            }
-            running.extend(keys.iter().cloned());
-        }
-        let mut slot = Slot {
-            companion: self,
-            keys,
-            _entry: None,
-            claim: None,
-        };
-        if let Some(swaps) = &self.swaps {
-            slot._entry = Some(
-                swaps
-                    .enter()
-                    .map_err(UpdateError::Lock)?
-                    .ok_or(UpdateError::UpgradeRunning)?,
-            );
-            slot.claim = Some(
-                swaps
-                    .claim(&name)
-                    .await
-                    .map_err(UpdateError::Lock)?
-                    .ok_or(UpdateError::Busy { container: name })?,
-            );
-        }
-        Ok(slot)
-    }
-
-    /// Inspects again under the slot: an update that just finished may have
-    /// replaced what the first look saw.
-    async fn still_running(&self, old: &ContainerInspectResponse) -> Result<ContainerInspectResponse, UpdateError> {
-        let id = old.id.clone().unwrap_or_default();
-        let fresh = self.target(&id).await?;
-        if name_of(&fresh) != name_of(old) {
-            return Err(UpdateError::Busy {
-                container: name_of(old),
-            });
-        }
-        Ok(fresh)
     }
 
     async fn credentials(&self, host: &str) -> Result<Option<RegistryAuth>, UpdateError> {
@@ -457,11 +288,11 @@ impl Companion {
 
     /// The version the container runs: its tag's, else its image's label.
     async fn running_version(&self, old: &ContainerInspectResponse, current: &ImageRef) -> Option<semver::Version> {
-        if let Some(v) = target::tag_version(&current.tag) {
+        if let Some(v) = version::tag_version(&current.tag) {
             return Some(v);
         }
         let image = self.engine.inspect_image(old.image.as_deref()?).await.ok()?;
-        semver::Version::parse(target::version_label(&image)?).ok()
+        semver::Version::parse(version::version_label(&image)?).ok()
     }
 
     /// Pulls `image` and swaps the new container in for `old`.
@@ -479,20 +310,8 @@ impl Companion {
         let old_image_id = old.image.clone().unwrap_or_default();
 
         tracing::info!(container = %name, image = %image, "pulling");
-        self.engine
-            .pull(&image, auth.as_ref().map(RegistryAuth::docker))
-            .await
-            .map_err(|source| UpdateError::Pull {
-                image: image.to_string(),
-                source,
-            })?;
-        let new_image_id = self
-            .engine
-            .inspect_image(&image.to_string())
-            .await
-            .map_err(UpdateError::docker(format!("inspecting the pulled image {image}")))?
-            .id
-            .unwrap_or_default();
+        let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
+        let new_image_id = pulled.id.unwrap_or_default();
         if new_image_id == old_image_id {
             return Ok(UpdateOutcome::Unchanged {
                 message: format!("container '{name}' already runs image '{image}'"),
@@ -520,25 +339,32 @@ impl Companion {
             ..Default::default()
         };
         let mut body = clone_body(&old, old_config.as_ref(), &overrides);
-        plan::complete_clone(&mut body, &old);
-        let later_networks = plan::split_networks(&mut body);
-        let restart_policy = plan::defer_restart_policy(&mut body);
-        let placement = plan::placement(&old);
-        if let (Placement::StopFirst(reason), true) = (&placement, plan::auto_removes(&old)) {
+        clone::complete_clone(&mut body, &old);
+        let later_networks = clone::split_networks(&mut body);
+        let restart_policy = clone::defer_restart_policy(&mut body);
+        let new = NewContainer {
+            body,
+            later_networks,
+            restart_policy,
+        };
+        let placement = placement::placement(&old);
+        if let (Placement::StopFirst(reason), true) = (&placement, placement::auto_removes(&old)) {
             return Err(UpdateError::AutoRemove {
                 container: name,
                 reason: reason.clone(),
             });
         }
-        let aside = plan::aside_name(&name, &old_id);
+        let aside = placement::aside_name(&name, &old_id);
         tracing::info!(container = %name, ?placement, "replacing");
 
         let mut swap = Swap {
-            companion: self,
+            engine: &self.engine,
             name: &name,
             old_id: &old_id,
             aside: &aside,
             image: image.to_string(),
+            deadline: self.settings.update_deadline(),
+            settle: self.settings.update_settle(),
             stopped_old: false,
             journal: slot.claim.as_ref().map(|claim| {
                 (
@@ -551,21 +377,17 @@ impl Companion {
                         phase: Phase::Planned,
                         new_id: None,
                         stop_first: matches!(placement, Placement::StopFirst(_)),
-                        restart_policy: restart_policy.clone(),
+                        restart_policy: new.restart_policy.clone(),
                         owner: self.self_id.clone(),
                     },
                 )
             }),
         };
-        let new_id = match swap.run(&old, body, later_networks, restart_policy, &placement).await {
+        let new_id = match swap.run(&old, new, &placement).await {
             Ok(id) => id,
-            Err((reason, new_id)) => {
+            Err(SwapFailure { reason, new_id }) => {
                 let log = match &new_id {
-                    Some(id) => self
-                        .engine
-                        .logs_tail(id, LOG_LINES)
-                        .await
-                        .unwrap_or_else(|e| format!("(no log: {e})")),
+                    Some(id) => watch::log_tail(&self.engine, id).await,
                     None => String::new(),
                 };
                 let restored = swap.roll_back(new_id.as_deref()).await;
@@ -582,14 +404,14 @@ impl Companion {
                 return Err(UpdateError::Failed {
                     container: name,
                     image: image.to_string(),
-                    reason,
+                    reason: Box::new(reason),
                     log,
                     restored,
                 });
             }
         };
 
-        let warning = self.retire(&old, &aside).await.err();
+        let warning = swap.retire(&old).await.err();
         match &warning {
             Some(w) => tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays"),
             None => tracing::info!(container = %name, image = %image, new = %short(&new_id), "updated"),
@@ -608,47 +430,9 @@ impl Companion {
             duration_ms: started.elapsed().as_millis(),
         })
     }
-
-    /// Stops (if still running) and removes the old container, keeping its volumes.
-    async fn retire(&self, old: &ContainerInspectResponse, aside: &str) -> Result<(), String> {
-        let id = old.id.clone().unwrap_or_default();
-        match self.engine.stop_container(&id, plan::stop_timeout(old)).await {
-            // --rm: Docker removed it on the stop.
-            Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "stopping the old container failed; removing it by force")
-            }
-        }
-        match self.engine.remove_container(&id, true).await {
-            Ok(()) | Err(DockerError::NoSuchContainer(_)) => Ok(()),
-            Err(e) => Err(format!("the old container was left as {aside}: {e}")),
-        }
-    }
-
-    /// Watches a new container until it is up, fails, or the deadline passes.
-    async fn watch(&self, id: &str) -> Result<(), String> {
-        let started = Instant::now();
-        let deadline = self.settings.update_deadline();
-        let settle = self.settings.update_settle();
-        loop {
-            let waiting = match self.engine.inspect_container(id).await {
-                Ok(c) => match plan::verdict(&c, started.elapsed(), settle) {
-                    Verdict::Up => return Ok(()),
-                    Verdict::Failed(reason) => return Err(reason),
-                    Verdict::Waiting(what) => what,
-                },
-                Err(DockerError::NoSuchContainer(_)) => return Err("it was removed".into()),
-                Err(e) => format!("inspecting it: {e}"),
-            };
-            if started.elapsed() >= deadline {
-                return Err(format!("not up within {deadline:?} (waiting for {waiting})"));
-            }
-            sleep(POLL).await;
-        }
-    }
 }
 
-/// What a container of a half-done swap is now; `None` if Docker cannot say.
+/// What a container of a half-done swap is now; an error if Docker cannot say.
 async fn seen(engine: &Engine, id: &str) -> Result<(Seen, Option<ContainerInspectResponse>), String> {
     match engine.inspect_container(id).await {
         Ok(c) => {
@@ -664,6 +448,8 @@ impl Companion {
     /// How long an instance that starts waits for a self-upgrade to release
     /// the swaps before it resolves the half-done ones.
     const RECOVER_WAIT: Duration = Duration::from_secs(120);
+    /// How often it looks again meanwhile.
+    const RECOVER_POLL: Duration = Duration::from_millis(250);
 
     /// Resolves the swaps that an instance left half-done when it died (see
     /// [`journal::resolve`] for the rule). Runs once this instance has
@@ -674,7 +460,7 @@ impl Companion {
         let _entry = loop {
             match swaps.enter() {
                 Ok(Some(entry)) => break entry,
-                Ok(None) if started.elapsed() < Self::RECOVER_WAIT => sleep(POLL).await,
+                Ok(None) if started.elapsed() < Self::RECOVER_WAIT => sleep(Self::RECOVER_POLL).await,
                 Ok(None) => {
                     tracing::warn!("a self-upgrade still runs: half-done swaps are left to the next instance");
                     return;
@@ -720,11 +506,13 @@ impl Companion {
             None => Seen::Absent,
         };
         let swap = Swap {
-            companion: self,
+            engine: &self.engine,
             name: &record.container,
             old_id: &record.old_id,
             aside: &record.aside,
             image: record.image.clone(),
+            deadline: self.settings.update_deadline(),
+            settle: self.settings.update_settle(),
             stopped_old: record.stop_first,
             journal: None,
         };
@@ -733,7 +521,7 @@ impl Companion {
             Resolution::RollBack => swap.roll_back(new_id.as_deref()).await.map(|()| "rolled back"),
             Resolution::Finish => {
                 let new_id = new_id.unwrap_or_default();
-                match self.finish(record, &new_id, new_seen, old.as_ref()).await {
+                match swap.finish(record, &new_id, new_seen, old.as_ref()).await {
                     Ok(()) => Ok("finished"),
                     Err(reason) => {
                         tracing::warn!(container = %record.container, %reason, "the new container did not come up: rolling back");
@@ -746,153 +534,6 @@ impl Companion {
             }
         }
     }
-
-    /// The last steps of a swap whose new container exists: started, watched,
-    /// given its restart policy; then the old one is removed.
-    async fn finish(
-        &self,
-        record: &SwapRecord,
-        new_id: &str,
-        new_seen: Seen,
-        old: Option<&ContainerInspectResponse>,
-    ) -> Result<(), String> {
-        if new_seen != Seen::Running {
-            self.engine
-                .start_container(new_id)
-                .await
-                .map_err(|e| format!("starting it: {e}"))?;
-        }
-        self.watch(new_id).await?;
-        if let Some(policy) = record.restart_policy.clone() {
-            self.engine
-                .set_restart_policy(new_id, policy)
-                .await
-                .map_err(|e| format!("it is up, but {e}"))?;
-        }
-        match old {
-            Some(old) => self.retire(old, &record.aside).await,
-            None => Ok(()),
-        }
-    }
-}
-
-/// One swap of an old container for a new one, and how to undo it.
-struct Swap<'a> {
-    companion: &'a Companion,
-    name: &'a str,
-    old_id: &'a str,
-    aside: &'a str,
-    image: String,
-    /// Whether the old container was stopped (stop-first), so a rollback starts it.
-    stopped_old: bool,
-    /// The claim across instances and the journal written under it, with a data directory.
-    journal: Option<(&'a Claim, SwapRecord)>,
-}
-
-impl Swap<'_> {
-    fn engine(&self) -> &Engine {
-        &self.companion.engine
-    }
-
-    /// Writes the journal at `phase`: what is done so far. A journal that
-    /// cannot be written does not stop the swap (the old record, or none, says
-    /// less than happened, and a restart resolves from what Docker shows).
-    fn note(&mut self, phase: Phase, new_id: Option<&str>) {
-        let Some((claim, record)) = self.journal.as_mut() else {
-            return;
-        };
-        record.phase = phase;
-        if let Some(id) = new_id {
-            record.new_id = Some(id.to_string());
-        }
-        if let Err(e) = claim.write(record) {
-            tracing::warn!(container = self.name, error = %e, "the swap journal could not be written");
-        }
-        #[cfg(feature = "faults")]
-        crate::faults::swap_exit(self.name, phase);
-    }
-
-    /// Renames the old container aside, creates, connects and starts the new
-    /// one under its name, and watches it. Fails with the reason and, once
-    /// it exists, the new container's id.
-    async fn run(
-        &mut self,
-        old: &ContainerInspectResponse,
-        body: bollard::models::ContainerCreateBody,
-        later_networks: Vec<(String, bollard::models::EndpointSettings)>,
-        restart_policy: Option<bollard::models::RestartPolicy>,
-        placement: &Placement,
-    ) -> Result<String, (String, Option<String>)> {
-        self.note(Phase::Planned, None);
-        if let Placement::StopFirst(_) = placement {
-            self.engine()
-                .stop_container(self.old_id, plan::stop_timeout(old))
-                .await
-                .map_err(|e| (format!("stopping the old container: {e}"), None))?;
-            self.stopped_old = true;
-        }
-        self.engine()
-            .rename_container(self.old_id, self.aside)
-            .await
-            .map_err(|e| (format!("renaming the old container aside: {e}"), None))?;
-        self.note(Phase::Aside, None);
-        let new_id = self
-            .engine()
-            .create_container(self.name, body)
-            .await
-            .map_err(|e| (format!("creating the new container from {}: {e}", self.image), None))?;
-        self.note(Phase::Created, Some(&new_id));
-        let fail = |reason: String| (reason, Some(new_id.clone()));
-        for (network, endpoint) in later_networks {
-            self.engine()
-                .connect_network(&network, &new_id, endpoint)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        self.engine()
-            .start_container(&new_id)
-            .await
-            .map_err(|e| fail(format!("starting it: {e}")))?;
-        self.note(Phase::Started, None);
-        self.companion.watch(&new_id).await.map_err(fail)?;
-        if let Some(policy) = restart_policy {
-            self.engine()
-                .set_restart_policy(&new_id, policy)
-                .await
-                .map_err(|e| fail(format!("it is up, but {e}")))?;
-        }
-        self.note(Phase::Checked, None);
-        Ok(new_id)
-    }
-
-    /// Removes the new container, gives the old one its name back, and starts it if it was stopped.
-    async fn roll_back(&self, new_id: Option<&str>) -> Result<(), String> {
-        if let Some(id) = new_id {
-            match self.engine().remove_container(id, true).await {
-                Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
-                Err(e) => return Err(format!("removing the new container: {e}")),
-            }
-        }
-        let old = self
-            .engine()
-            .inspect_container(self.old_id)
-            .await
-            .map_err(|e| format!("inspecting the old container: {e}"))?;
-        if name_of(&old) != self.name {
-            self.engine()
-                .rename_container(self.old_id, self.name)
-                .await
-                .map_err(|e| format!("renaming the old container back to {}: {e}", self.name))?;
-        }
-        let running = old.state.as_ref().and_then(|s| s.running) == Some(true);
-        if self.stopped_old || !running {
-            self.engine()
-                .start_container(self.old_id)
-                .await
-                .map_err(|e| format!("starting the old container again: {e}"))?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -901,25 +542,22 @@ mod tests {
 
     #[test]
     fn a_failure_says_whether_the_old_container_runs_again() {
-        let restored = UpdateError::Failed {
+        let failed = |restored| UpdateError::Failed {
             container: "app".into(),
             image: "r:5000/app:2".into(),
-            reason: "it exited with code 3".into(),
+            reason: Box::new(SwapError::NotUp(crate::recreate::watch::WaitError::Died(
+                "it exited with code 3".into(),
+            ))),
             log: String::new(),
-            restored: Ok(()),
+            restored,
         };
+        let restored = failed(Ok(()));
         let text = restored.to_string();
         assert!(
             text.contains("exited with code 3") && text.contains("old container runs again"),
             "{text}"
         );
-        let broken = UpdateError::Failed {
-            container: "app".into(),
-            image: "r:5000/app:2".into(),
-            reason: "it exited with code 3".into(),
-            log: String::new(),
-            restored: Err("renaming: conflict".into()),
-        };
+        let broken = failed(Err("renaming: conflict".into()));
         assert!(
             broken
                 .to_string()

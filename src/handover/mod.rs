@@ -1,16 +1,16 @@
 //! The handover protocol, in the order it runs:
 //!
-//! 1. [`target`]: which image an upgrade request means, and whether to go there.
-//! 2. [`clone`]: the successor's container, cloned from the elder's.
-//! 3. [`successor`]: the elder pulls, starts the successor on the other port,
-//!    health-checks it and gives it the go-ahead.
-//! 4. [`takeover`]: the successor switches nginx, waits out the old workers,
+//! 1. [`elder`]: the live instance (the elder) resolves and pulls the
+//!    target ([`crate::recreate::resolve`]), starts a successor cloned from its
+//!    own container ([`crate::recreate::clone`]) on the other port,
+//!    health-checks it, gives it the go-ahead, and waits to be stopped by it.
+//! 2. [`takeover`]: the successor switches nginx, waits out the old workers,
 //!    stops and removes its elder; at start-up every instance reconciles.
+//!
+//! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
-pub mod clone;
-pub mod successor;
+pub mod elder;
 pub mod takeover;
-pub mod target;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,15 +23,15 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
 use crate::proxy::{Nginx, ProxyError};
-use crate::registry::{Registry, RegistryError};
+use crate::recreate::resolve::ResolveError;
+use crate::recreate::version::{Requirement, RequirementError};
+use crate::recreate::watch::WaitError;
+use crate::registry::Registry;
 use crate::state::{InProgress, Shared};
-use target::RequirementError;
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
-/// Compose compares this with the image id behind the tag.
-pub const COMPOSE_IMAGE: &str = "com.docker.compose.image";
 /// Groups instances that are not started by compose.
 pub const GROUP_LABEL: &str = "selfup.group";
 /// The environment variables an elder sets on its successor only.
@@ -47,7 +47,7 @@ pub const PREVIOUS_IMAGE_LABEL: &str = "selfup.previous.image";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A registry tag: `:latest` or the highest match of a requirement.
-    Registry(target::Requirement),
+    Registry(Requirement),
     /// The version that ran before the last upgrade, from its local image.
     Previous,
 }
@@ -116,7 +116,7 @@ pub enum UpgradeError {
         containers.join(", ")
     )]
     CompanionBusy { containers: Vec<String>, waited_secs: u64 },
-    #[error("this instance is still taking over from its elder ({0:?}); try again when it is done")]
+    #[error("this instance is still taking over from its elder ({0}); try again when it is done")]
     TakeoverUnderway(crate::state::TakeoverPhase),
     #[error("no previous version is known: this instance was not started by an upgrade")]
     NoPrevious,
@@ -124,38 +124,21 @@ pub enum UpgradeError {
     PreviousImageGone { version: String, image: String },
     #[error("this instance does not run in a Docker container, so it cannot start a successor")]
     NotInContainer,
-    #[error("resolving {requirement}: {source}")]
-    Registry { requirement: String, source: RegistryError },
-    #[error("no version in {repository} matches {requirement}")]
-    NoMatch {
-        requirement: String,
-        repository: String,
-        available: Vec<String>,
-    },
-    #[error("pulling {image}: {source}")]
-    Pull { image: String, source: DockerError },
+    /// The way to the target: the registry, the pull, the label, the decision.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     /// The `docker_config` file names no usable credentials for the registry.
     #[error("credentials for {registry}: {source}")]
     Credentials {
         registry: String,
         source: crate::registry::credentials::CredentialsError,
     },
-    #[error("image {image} has no semver label org.opencontainers.image.version (found {found:?})")]
-    NoVersion { image: String, found: Option<String> },
-    #[error("image {image} is labelled version {label}, which does not satisfy {requirement}: refused")]
-    LabelMismatch {
-        image: String,
-        label: Version,
-        requirement: String,
-    },
-    #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
-    Lower { running: Version, target: Version },
     #[error("{context}: {source}")]
     Docker { context: String, source: DockerError },
     #[error("the successor on port {port} did not become healthy: {reason}")]
-    SuccessorUnhealthy { port: u16, reason: String, log: String },
+    SuccessorUnhealthy { port: u16, reason: WaitError, log: String },
     #[error("the successor on port {port} failed to take over: {reason}")]
-    TakeoverFailed { port: u16, reason: String, log: String },
+    TakeoverFailed { port: u16, reason: WaitError, log: String },
     #[error(
         "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
     )]
@@ -278,14 +261,6 @@ impl Orchestrator {
             return Ok(Vec::new());
         }
         self.engine.list_by_labels(&group).await
-    }
-
-    /// The last lines of a container's log, or why they could not be read.
-    pub async fn log_tail(&self, id: &str) -> String {
-        self.engine
-            .logs_tail(id, 20)
-            .await
-            .unwrap_or_else(|e| format!("(no log: {e})"))
     }
 }
 

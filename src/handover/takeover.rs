@@ -13,12 +13,8 @@ use tokio::time::{Instant, sleep};
 use super::{Orchestrator, base_name, instance_addr};
 use crate::docker::DockerError;
 use crate::proxy::ProxyError;
-use crate::state::TakeoverPhase;
-
-/// The takeover step during which the successor stops its elder: an elder
-/// that gets a stop signal while its successor is at this step has been
-/// taken over from.
-pub const STOPPING_THE_ELDER: &str = "stopping the elder";
+use crate::recreate::watch::{self, StopFailed};
+use crate::state::{TakeoverPhase, TakeoverStep};
 
 /// Why a takeover failed.
 #[derive(Debug, thiserror::Error)]
@@ -201,68 +197,45 @@ impl Orchestrator {
         Ok(out)
     }
 
-    /// Waits until a container is no longer running, or `bound` passes.
-    async fn wait_stopped(&self, id: &str, bound: Duration) {
-        let deadline = Instant::now() + bound;
-        while Instant::now() < deadline {
-            match self.engine.inspect_container(id).await {
-                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {}
-                Err(DockerError::NoSuchContainer(_)) | Ok(_) => return,
-                Err(_) => {}
-            }
-            sleep(Duration::from_millis(250)).await;
-        }
-    }
-
     /// Points nginx here, waits until it serves this version and its old
     /// workers are done, then stops (gracefully) and removes `elders`. A
     /// stopped nginx (a reboot, a fresh `compose up`) gets the include only.
     #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
     async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
-        let step = |s: &str| self.shared.set_takeover(TakeoverPhase::Running { step: s.to_string() });
+        let step = |step| self.shared.set_takeover(TakeoverPhase::Running { step });
         let port = self.settings.port;
         // One budget for the whole switch: the elder waits this long plus a
         // margin, so it never gives up while this instance still works.
         let deadline = Instant::now() + self.settings.takeover_deadline();
         let left = || deadline.saturating_duration_since(Instant::now());
         if let Some(proxy) = &self.proxy {
-            step("switching nginx");
+            step(TakeoverStep::SwitchingNginx);
             let old_workers = proxy
                 .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
                 .await?;
             // A stopped nginx has only had its include written: there is
             // nothing to confirm through it and no old worker to wait for.
             if let Some(old_workers) = old_workers {
-                step("confirming through nginx");
+                step(TakeoverStep::ConfirmingThroughNginx);
                 proxy.confirm_serving(&self.version.to_string(), port, left()).await?;
-                step("waiting for old nginx workers");
+                step(TakeoverStep::WaitingForOldWorkers);
                 proxy.wait_old_workers(&old_workers, left()).await?;
             }
         }
         // The traffic is here: so is the control address, before the elder stops.
         self.publish_control();
-        step(STOPPING_THE_ELDER);
+        step(TakeoverStep::StoppingTheElder);
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {
             tracing::info!(container = %id, "stopping and removing");
-            match self.engine.stop_container(id, stop).await {
-                Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
-                Err(e) => {
-                    // The elder may still be draining requests: it is removed
-                    // once it has stopped, not killed by a forced remove.
-                    tracing::warn!(container = %id, error = %e, "stop failed; waiting for it to stop");
-                    self.wait_stopped(id, stop + Duration::from_secs(5)).await;
-                }
-            }
-            match self.engine.remove_container(id, false).await {
-                Ok(()) | Err(DockerError::NoSuchContainer(_)) => {}
-                Err(source) => {
-                    return Err(TakeoverError::Docker {
-                        context: format!("removing the elder {id}"),
-                        source,
-                    });
-                }
-            }
+            // The elder may still be draining requests: it is removed once
+            // it has stopped, not killed by a forced remove.
+            watch::stop_and_remove(&self.engine, id, stop, StopFailed::WaitForIt)
+                .await
+                .map_err(|source| TakeoverError::Docker {
+                    context: format!("removing the elder {id}"),
+                    source,
+                })?;
         }
         if let Ok(c) = self.engine.inspect_container(me).await {
             let name = c.name.unwrap_or_default();

@@ -12,11 +12,9 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::companion::{Companion, UpdateError};
-use crate::handover::target::Requirement;
-use crate::registry::RegistryError;
-use crate::routes::refuse_cross_site;
+use crate::recreate::version::Requirement;
+use crate::routes::{AppState, refuse_cross_site, resolve_details, resolve_status};
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +46,16 @@ impl ResponseError for CompanionError {
             CompanionError::Update(e) => match e {
                 BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
                 RegistryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
-                NoSuchContainer(_)
-                | NoMatch { .. }
-                | Registry {
-                    source: RegistryError::UnknownRepository { .. },
-                    ..
-                } => StatusCode::NOT_FOUND,
+                NoSuchContainer(_) => StatusCode::NOT_FOUND,
                 NotRunning { .. }
                 | Busy { .. }
                 | UpgradeRunning
                 | OwnContainer { .. }
                 | NotATag { .. }
-                | Lower { .. }
                 | AutoRemove { .. } => StatusCode::CONFLICT,
+                Resolve(e) => resolve_status(e),
                 e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-                Registry { .. } | Credentials { .. } | Pull { .. } | Docker { .. } | Failed { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                Credentials { .. } | Docker { .. } | Failed { .. } => StatusCode::BAD_GATEWAY,
                 Lock(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -74,7 +65,7 @@ impl ResponseError for CompanionError {
         let mut body = json!({ "status": "failed", "error": self.to_string() });
         if let CompanionError::Update(e) = self {
             match e {
-                UpdateError::NoMatch { available, .. } => body["available"] = json!(available),
+                UpdateError::Resolve(e) => resolve_details(e, &mut body),
                 UpdateError::Busy { container } => body["container"] = json!(container),
                 UpdateError::Failed {
                     container,
@@ -171,6 +162,7 @@ pub async fn update_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recreate::resolve::ResolveError;
 
     #[test]
     fn a_body_that_is_not_the_expected_json_says_what_was_wrong() {
@@ -229,10 +221,10 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(
-            status(UpdateError::Pull {
+            status(UpdateError::Resolve(ResolveError::Pull {
                 image: "i".into(),
                 source: unreachable
-            }),
+            })),
             503
         );
         let refused = crate::docker::DockerError::Call {
@@ -241,10 +233,10 @@ mod tests {
             message: "manifest unknown".into(),
         };
         assert_eq!(
-            status(UpdateError::Pull {
+            status(UpdateError::Resolve(ResolveError::Pull {
                 image: "i".into(),
                 source: refused
-            }),
+            })),
             502
         );
     }

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::routes::AppState;
 use crate::routes::{guard_loopback, json_error, presents};
 use crate::state::TakeoverPhase;
 

@@ -7,8 +7,8 @@ use actix_web::http::header::ACCEPT;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::handover::Orchestrator;
+use crate::routes::AppState;
 
 fn wants_json(req: &HttpRequest) -> bool {
     req.headers()

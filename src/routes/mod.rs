@@ -1,11 +1,15 @@
-//! The HTTP endpoints, one file per group, and what they share: JSON errors
-//! and the guard in front of the control endpoints.
+//! The HTTP endpoints, one file per group, and what they share: the state
+//! every handler gets ([`AppState`]), JSON errors and the guard in front of
+//! the control endpoints.
 
 pub mod companion;
 pub mod handover;
 pub mod info;
 pub mod status;
 pub mod upgrade;
+
+use std::future::Future;
+use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -15,7 +19,71 @@ use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::companion::Companion;
 use crate::config::Settings;
+use crate::handover::Orchestrator;
+use crate::recreate::resolve::ResolveError;
+
+/// What every handler gets.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    /// Companion mode's updater of other containers; `None` when it is off.
+    pub companion: Option<Arc<Companion>>,
+    /// The main runtime: Docker and registry calls run there, not on the
+    /// HTTP workers' single-threaded runtimes.
+    runtime: tokio::runtime::Handle,
+}
+
+impl AppState {
+    /// The state of every handler, whose calls to Docker and registries run on `runtime`.
+    pub fn new(
+        orchestrator: Arc<Orchestrator>,
+        companion: Option<Arc<Companion>>,
+        runtime: tokio::runtime::Handle,
+    ) -> AppState {
+        AppState {
+            orchestrator,
+            companion,
+            runtime,
+        }
+    }
+
+    /// Runs a future on the main runtime and waits for it; a panic in it
+    /// becomes an error, never a dead worker.
+    pub async fn spawn<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
+        self.runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| format!("internal task failed: {e}"))
+    }
+}
+
+/// The status of a failure on the way to an image, the same for both
+/// roles: a lower version is a conflict, an unknown version or repository is
+/// not found, a silent Docker daemon is unavailable, and any other failure of
+/// the registry, the pull or the image is a bad gateway.
+pub fn resolve_status(e: &ResolveError) -> StatusCode {
+    match e {
+        ResolveError::Lower { .. } => StatusCode::CONFLICT,
+        ResolveError::NoMatch { .. } => StatusCode::NOT_FOUND,
+        e if e.unknown_repository() => StatusCode::NOT_FOUND,
+        e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+        ResolveError::Registry { .. }
+        | ResolveError::Pull { .. }
+        | ResolveError::Inspect { .. }
+        | ResolveError::NoVersion { .. }
+        | ResolveError::LabelMismatch { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Adds what a failure on the way to an image tells beyond its message: the
+/// versions there are, when none matched.
+pub fn resolve_details(e: &ResolveError, body: &mut serde_json::Value) {
+    if let ResolveError::NoMatch { available, .. } = e {
+        body["available"] = json!(available);
+    }
+}
 
 /// A JSON error body a person can act on.
 pub fn json_error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {

@@ -3,8 +3,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::handover::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL};
+use crate::routes::AppState;
 use crate::routes::guard_control;
 
 pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

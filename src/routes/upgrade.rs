@@ -4,36 +4,23 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::handover::target::Requirement;
 use crate::handover::{Target, UpgradeError};
-use crate::registry::RegistryError;
-use crate::routes::guard_control;
+use crate::recreate::version::Requirement;
+use crate::routes::{AppState, guard_control, resolve_details, resolve_status};
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
         use UpgradeError::*;
         match self {
             BadRequirement(_) => StatusCode::BAD_REQUEST,
-            InProgress(_) | CompanionBusy { .. } | TakeoverUnderway(_) | NotInContainer | NoPrevious | Lower { .. } => {
+            InProgress(_) | CompanionBusy { .. } | TakeoverUnderway(_) | NotInContainer | NoPrevious => {
                 StatusCode::CONFLICT
             }
-            NoMatch { .. }
-            | PreviousImageGone { .. }
-            | Registry {
-                source: RegistryError::UnknownRepository { .. },
-                ..
-            } => StatusCode::NOT_FOUND,
-            Docker { source, .. } | Pull { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+            PreviousImageGone { .. } => StatusCode::NOT_FOUND,
+            Resolve(e) => resolve_status(e),
+            Docker { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
             Proxy(crate::proxy::ProxyError::Docker(e)) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-            Registry { .. }
-            | Pull { .. }
-            | NoVersion { .. }
-            | LabelMismatch { .. }
-            | Docker { .. }
-            | SuccessorUnhealthy { .. }
-            | TakeoverFailed { .. }
-            | Proxy(_) => StatusCode::BAD_GATEWAY,
+            Docker { .. } | SuccessorUnhealthy { .. } | TakeoverFailed { .. } | Proxy(_) => StatusCode::BAD_GATEWAY,
             StoppedBeforeConfirmation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -50,7 +37,7 @@ impl ResponseError for UpgradeError {
                     "running_for_ms": running.started.elapsed().as_millis(),
                 });
             }
-            NoMatch { available, .. } => body["available"] = json!(available),
+            Resolve(e) => resolve_details(e, &mut body),
             CompanionBusy { containers, .. } => body["companion_updates"] = json!(containers),
             SuccessorUnhealthy { log, port, .. } | TakeoverFailed { log, port, .. } => {
                 body["successor_port"] = json!(port);
@@ -97,7 +84,139 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::docker::DockerError;
+    use crate::recreate::resolve::ResolveError;
+    use crate::recreate::version::RequirementError;
+    use crate::recreate::watch::WaitError;
+    use crate::registry::RegistryError;
+    use crate::state::{TakeoverPhase, UpgradeStep};
+
+    fn unreachable() -> DockerError {
+        DockerError::Unreachable {
+            socket: "s".into(),
+            reason: "r".into(),
+        }
+    }
+
+    fn refused() -> DockerError {
+        DockerError::Call {
+            op: "pulling",
+            target: "i".into(),
+            message: "manifest unknown".into(),
+        }
+    }
+
+    #[test]
+    fn each_cause_has_its_status() {
+        let status = |e: UpgradeError| e.status_code().as_u16();
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        assert_eq!(status(UpgradeError::BadRequirement(RequirementError("x".into()))), 400);
+        let running = crate::state::InProgress {
+            requirement: "latest".into(),
+            step: UpgradeStep::Pulling,
+            started: std::time::Instant::now(),
+        };
+        assert_eq!(status(UpgradeError::InProgress(running)), 409);
+        assert_eq!(status(UpgradeError::TakeoverUnderway(TakeoverPhase::WaitingForGo)), 409);
+        assert_eq!(status(UpgradeError::NotInContainer), 409);
+        assert_eq!(status(UpgradeError::NoPrevious), 409);
+        let lower = ResolveError::Lower {
+            running: v("1.1.0"),
+            target: v("1.0.0"),
+        };
+        assert_eq!(status(lower.into()), 409);
+        let gone = UpgradeError::PreviousImageGone {
+            version: "1.0.0".into(),
+            image: "sha256:1".into(),
+        };
+        assert_eq!(status(gone), 404);
+        let no_match = ResolveError::NoMatch {
+            requirement: "4".into(),
+            repository: "r/selfup".into(),
+            available: vec!["1.0.0".into()],
+        };
+        assert_eq!(status(no_match.into()), 404);
+        let unknown = ResolveError::Registry {
+            requirement: "2".into(),
+            repository: "r/selfup".into(),
+            source: RegistryError::UnknownRepository {
+                registry: "r".into(),
+                repository: "selfup".into(),
+            },
+        };
+        assert_eq!(status(unknown.into()), 404);
+        let pull = |source| {
+            UpgradeError::from(ResolveError::Pull {
+                image: "i".into(),
+                source,
+            })
+        };
+        assert_eq!(status(pull(unreachable())), 503);
+        assert_eq!(status(pull(refused())), 502);
+        assert_eq!(status(UpgradeError::docker("inspecting")(unreachable())), 503);
+        assert_eq!(status(UpgradeError::docker("inspecting")(refused())), 502);
+        let no_label = ResolveError::NoVersion {
+            image: "i".into(),
+            found: None,
+        };
+        assert_eq!(status(no_label.into()), 502);
+        let unhealthy = UpgradeError::SuccessorUnhealthy {
+            port: 5801,
+            reason: WaitError::Expired {
+                what: "no healthy answer",
+                waited: Duration::from_secs(30),
+                last: None,
+            },
+            log: String::new(),
+        };
+        assert_eq!(status(unhealthy), 502);
+        let failed = UpgradeError::TakeoverFailed {
+            port: 5801,
+            reason: WaitError::Died("it exited with code 3".into()),
+            log: String::new(),
+        };
+        assert_eq!(status(failed), 502);
+        let stopped = UpgradeError::StoppedBeforeConfirmation {
+            port: 5801,
+            phase: "WaitingForGo".into(),
+        };
+        assert_eq!(status(stopped), 503);
+        assert_eq!(
+            status(UpgradeError::Proxy(crate::proxy::ProxyError::Docker(unreachable()))),
+            503
+        );
+        let nginx_down = crate::proxy::ProxyError::NotRunning {
+            container: "nginx".into(),
+        };
+        assert_eq!(status(UpgradeError::Proxy(nginx_down)), 502);
+        let unreadable = UpgradeError::Credentials {
+            registry: "r".into(),
+            source: crate::registry::credentials::CredentialsError::Read {
+                path: "/root/.docker/config.json".into(),
+                reason: "permission denied".into(),
+            },
+        };
+        assert_eq!(status(unreadable), 500);
+        assert_eq!(status(UpgradeError::Internal("x".into())), 500);
+    }
+
+    #[test]
+    fn a_failed_successor_answer_carries_its_port_and_log() {
+        let e = UpgradeError::SuccessorUnhealthy {
+            port: 5801,
+            reason: WaitError::Died("it exited with code 3".into()),
+            log: "one\ntwo".into(),
+        };
+        let response = e.error_response();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            e.to_string(),
+            "the successor on port 5801 did not become healthy: it exited with code 3"
+        );
+    }
 
     #[actix_web::test]
     async fn an_upgrade_refused_for_running_companion_updates_is_a_409_that_names_them() {

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::companion::{APP, app_images};
-use crate::harness::{Container, Env, Suite, docker, eventually, run};
+use crate::harness::{APP, Container, Env, Suite, docker, eventually, run};
 
 /// The first fenced `sh` block of `docs/companion.md` that contains `marker`.
 fn documented_command(marker: &str) -> String {
@@ -72,7 +71,7 @@ fn on_update_socket(env: &Env, method: &str, path: &str) -> (u16, String) {
 pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_before_and_after_selfup_upgrades_itself(
     suite: Arc<Suite>,
 ) {
-    app_images(&suite);
+    suite.companion_images();
     let remote = documented_command("\"$SELFUP_URL/update\"");
     let local = documented_command("--max-time 300 --unix-socket /run/selfup-update/update.sock")
         .replace("/run/selfup-update/update.sock", "\"$UPDATE_SOCKET\"");

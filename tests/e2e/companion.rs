@@ -2,392 +2,18 @@
 //! socket recreates *other* containers on request, keeps their settings,
 //! rolls back what does not come up, and refuses what it must refuse.
 //!
-//! Every test labels what it creates `selfup.e2e=<run>` and
-//! `selfup.e2e.test=<test>`, and its [`World`] removes all of it on drop
-//! (containers, networks, volumes, a second registry, temporary files), even
-//! when the test fails.
+//! Every test gets its environment from [`Suite::companion_env`], which
+//! labels what it creates and removes all of it on drop, even when the test
+//! fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Suite, docker, eventually, free_port, run, run_quietly};
-
-/// The repository (in the suite's registry) of the images the targets run.
-pub(crate) const APP: &str = "companion/app";
-/// The entrypoint of the target images: runs until SIGTERM, then exits 0.
-const LOOP: &str = r#"ENTRYPOINT ["/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"]"#;
-const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "true"]"#;
-const UNHEALTHY: &str =
-    r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
-
-/// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
-/// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
-/// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
-pub(crate) fn app_images(suite: &Suite) {
-    let built = IMAGES.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
-        let images = [
-            ("1.0.0", "v1", HEALTHY),
-            ("1.1.0", "v1.1", HEALTHY),
-            ("2.0.0", "v2", HEALTHY),
-            ("plain-1", "plain1", ""),
-            ("plain-2", "plain2", ""),
-            ("unhealthy", "sick", UNHEALTHY),
-        ];
-        for (tag, mode, healthcheck) in images {
-            let version = if tag.contains('.') { tag } else { "0.0.1" };
-            let dockerfile = format!(
-                "FROM scratch\nCOPY busybox /busybox\nENV APP_MODE={mode}\n\
-                 LABEL org.opencontainers.image.version={version} app.flavour={mode}\n{healthcheck}\n{LOOP}\n"
-            );
-            std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
-            let image = suite.image(APP, tag);
-            let out = Command::new("docker")
-                .args(["build", "-q", "--label", &suite.label(), "-t", &image])
-                .arg(&dir)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
-            docker(&["push", "-q", &image]);
-        }
-        suite.publish(&suite.image("fixtures", "crash"), APP, "crash");
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(())
-    });
-    if let Err(e) = built {
-        panic!("the companion test images could not be built: {e}");
-    }
-}
-
-/// One test's world: a companion container and everything the test made.
-pub(crate) struct World {
-    pub(crate) suite: Arc<Suite>,
-    /// The value of `selfup.e2e.test` on everything this test creates.
-    test: String,
-    pub(crate) port: u16,
-    pub(crate) key: String,
-    pub(crate) companion: String,
-    networks: Vec<String>,
-    volumes: Vec<String>,
-    dirs: Vec<PathBuf>,
-    images: Vec<String>,
-    /// A second registry, with htpasswd authentication, as a host process.
-    registry: Option<Child>,
-}
-
-impl World {
-    pub(crate) fn new(suite: Arc<Suite>) -> World {
-        app_images(&suite);
-        let test = format!("{}c{}", suite.run_id, NEXT.fetch_add(1, Ordering::SeqCst));
-        World {
-            suite,
-            companion: format!("selfupe2e-{test}-companion"),
-            test,
-            port: free_port(),
-            key: format!("e2e-key-{:032x}", rand_u128()),
-            networks: Vec::new(),
-            volumes: Vec::new(),
-            dirs: Vec::new(),
-            images: Vec::new(),
-            registry: None,
-        }
-    }
-
-    /// The labels every object of this test carries, as `docker` arguments.
-    pub(crate) fn labels(&self) -> Vec<String> {
-        vec![
-            "--label".into(),
-            format!("selfup.e2e={}", self.suite.run_id),
-            "--label".into(),
-            format!("selfup.e2e.test={}", self.test),
-        ]
-    }
-
-    pub(crate) fn name(&self, what: &str) -> String {
-        format!("selfupe2e-{}-{what}", self.test)
-    }
-
-    fn dir(&mut self, what: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(self.name(what));
-        std::fs::create_dir_all(&dir).unwrap();
-        self.dirs.push(dir.clone());
-        dir
-    }
-
-    fn network(&mut self, what: &str) -> String {
-        let name = self.name(what);
-        run(Command::new("docker")
-            .args(["network", "create"])
-            .args(self.labels())
-            .arg(&name));
-        self.networks.push(name.clone());
-        name
-    }
-
-    pub(crate) fn volume(&mut self, what: &str) -> String {
-        let name = self.name(what);
-        run(Command::new("docker")
-            .args(["volume", "create"])
-            .args(self.labels())
-            .arg(&name));
-        self.volumes.push(name.clone());
-        name
-    }
-
-    /// Starts the companion with `allowed` registries, the extra `docker
-    /// run` arguments, and this world's API key unless `generated_key`.
-    async fn start_companion(&mut self, allowed: &[&str], extra: &[String], generated_key: bool) {
-        let (name, port, image) = (self.companion.clone(), self.port, self.suite.image("selfup", "1.0.0"));
-        self.start_instance(&name, port, &image, allowed, extra, generated_key)
-            .await;
-    }
-
-    /// Starts a companion container `name` from `image` on `port`.
-    pub(crate) async fn start_instance(
-        &self,
-        name: &str,
-        port: u16,
-        image: &str,
-        allowed: &[&str],
-        extra: &[String],
-        generated_key: bool,
-    ) {
-        let allowed = serde_json::to_string(allowed).unwrap();
-        let mut cmd = Command::new("docker");
-        cmd.args(["run", "-d", "--name", name, "--network", "host"])
-            .args(self.labels())
-            .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
-            .args(["-e", "SELFUP_COMPANION=true"])
-            .args(["-e", &format!("SELFUP_PORT={port}")])
-            .args(["-e", &format!("SELFUP_PORTS=[{port},{}]", free_port())])
-            .args(["-e", "SELFUP_NGINX_CONTAINER="])
-            .args(["-e", &format!("SELFUP_ALLOWED_REGISTRIES={allowed}")])
-            .args(["-e", "SELFUP_UPDATE_DEADLINE_SECS=20"])
-            .args(["-e", "SELFUP_UPDATE_SETTLE_SECS=2"]);
-        if !generated_key {
-            cmd.args(["-e", &format!("SELFUP_API_KEY={}", self.key)]);
-        }
-        cmd.args(extra).arg(image);
-        run(&mut cmd);
-        self.wait_instance(port).await;
-    }
-
-    async fn wait_companion(&self) {
-        self.wait_instance(self.port).await;
-    }
-
-    /// Waits until the companion on `port` answers `/health`.
-    pub(crate) async fn wait_instance(&self, port: u16) {
-        let url = format!("http://127.0.0.1:{port}/health");
-        eventually("the companion's /health", Duration::from_secs(30), || async {
-            let r = self.suite.http.get(&url).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Creates (and starts, unless `start` is false) a target container:
-    /// labelled for this test, with `args` before the image.
-    pub(crate) fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
-        self.target_with_command(what, args, image, &[], start)
-    }
-
-    /// [`World::target`] with `command` after the image.
-    fn target_with_command(&self, what: &str, args: &[&str], image: &str, command: &[&str], start: bool) -> String {
-        let name = self.name(what);
-        let mut cmd = Command::new("docker");
-        cmd.args(["create", "--name", &name])
-            .args(self.labels())
-            .args(args)
-            .arg(image)
-            .args(command);
-        run(&mut cmd);
-        if start {
-            docker(&["start", &name]);
-        }
-        name
-    }
-
-    /// `POST path` with a raw body and an `Authorization` header: (status, JSON body).
-    async fn post_raw(&self, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
-        self.post_raw_at(self.port, path, authorization, body).await
-    }
-
-    /// [`World::post_raw`] to the instance on `port`.
-    async fn post_raw_at(&self, port: u16, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
-        let mut request = self
-            .suite
-            .http
-            .post(format!("http://127.0.0.1:{port}{path}"))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(a) = authorization {
-            request = request.header("authorization", a);
-        }
-        let response = request.send().await.expect("the companion answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {status} {text}"));
-        (status, json)
-    }
-
-    /// `POST /update` with the key.
-    pub(crate) async fn update(&self, container: &str, image: &str) -> (u16, Value) {
-        self.update_at(self.port, container, image).await
-    }
-
-    /// `POST /update` with the key to the instance on `port`.
-    pub(crate) async fn update_at(&self, port: u16, container: &str, image: &str) -> (u16, Value) {
-        let body = json!({ "container": container, "image": image }).to_string();
-        self.post_raw_at(port, "/update", Some(&self.key), &body).await
-    }
-
-    pub(crate) fn logs(&self) -> String {
-        Command::new("docker")
-            .args(["logs", &self.companion])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
-            .unwrap_or_default()
-    }
-
-    /// Every container this test made, by name.
-    pub(crate) fn containers(&self) -> BTreeSet<String> {
-        docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=selfup.e2e.test={}", self.test),
-            "--format",
-            "{{.Names}}",
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect()
-    }
-
-    /// Starts a registry with htpasswd authentication (`user`/`password`), and
-    /// a private `DOCKER_CONFIG` for the docker CLI with its credentials.
-    fn private_registry(&mut self, user: &str, password: &str) -> (String, PathBuf) {
-        let dir = self.dir("registry");
-        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
-        std::fs::write(dir.join("htpasswd"), htpasswd).unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let process = Command::new("docker-registry")
-            .args([
-                "serve",
-                crate::harness::repo_root()
-                    .join("registry/config.yml")
-                    .to_str()
-                    .unwrap(),
-            ])
-            .env("REGISTRY_HTTP_ADDR", &address)
-            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir.join("data"))
-            .env("REGISTRY_AUTH", "htpasswd")
-            .env("REGISTRY_AUTH_HTPASSWD_REALM", "selfup-e2e")
-            .env("REGISTRY_AUTH_HTPASSWD_PATH", dir.join("htpasswd"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry runs");
-        self.registry = Some(process);
-        let config_dir = self.dir("docker-config");
-        let auth = run(Command::new("sh").args(["-c", &format!("printf %s '{user}:{password}' | base64 -w0")]));
-        let config = json!({ "auths": { address.clone(): { "auth": auth.trim() } } });
-        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
-        let start = std::time::Instant::now();
-        // Up when it challenges for credentials.
-        while Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://{address}/v2/"),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout) != "401")
-            .unwrap_or(true)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the private registry did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (address, config_dir)
-    }
-
-    /// Tags a suite image into the private registry and pushes it with the private DOCKER_CONFIG.
-    fn push_private(&mut self, source: &str, target: &str, docker_config: &PathBuf) {
-        docker(&["tag", source, target]);
-        self.images.push(target.to_string());
-        run(Command::new("docker")
-            .env("DOCKER_CONFIG", docker_config)
-            .args(["push", "-q", target]));
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
-            let log = self.logs();
-            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("middleware::logger")).collect();
-            eprintln!(
-                "--- companion {}\n{}",
-                self.companion,
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-        let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=selfup.e2e.test={}", self.test)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for id in ids.split_whitespace() {
-            // -v: the anonymous volumes this test's containers made go too.
-            run_quietly(Command::new("docker").args(["rm", "-f", "-v", id]));
-        }
-        for network in &self.networks {
-            run_quietly(Command::new("docker").args(["network", "rm", network]));
-        }
-        for volume in &self.volumes {
-            run_quietly(Command::new("docker").args(["volume", "rm", "-f", volume]));
-        }
-        if !self.images.is_empty() {
-            run_quietly(Command::new("docker").args(["rmi", "-f"]).args(&self.images));
-        }
-        if let Some(registry) = &mut self.registry {
-            let _ = registry.kill();
-            let _ = registry.wait();
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn rand_u128() -> u128 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    nanos ^ ((std::process::id() as u128) << 64) ^ (NEXT.load(Ordering::SeqCst) as u128).rotate_left(32)
-}
+use crate::harness::{APP, CompanionEnv, Suite, docker, free_port, run};
 
 /// `docker inspect` of one object.
 pub(crate) fn inspect(name: &str) -> Value {
@@ -411,7 +37,7 @@ fn timestamp() -> String {
 }
 
 /// The start and die events of this test's containers between two times: (action, id).
-fn events(world: &World, since: &str, until: &str) -> Vec<(String, String)> {
+fn events(world: &CompanionEnv, since: &str, until: &str) -> Vec<(String, String)> {
     docker(&[
         "events",
         "--since",
@@ -541,7 +167,7 @@ pub(crate) fn is_running(name: &str) -> bool {
 }
 
 pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_both_images(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let front = w.network("front");
     let back = w.network("back");
@@ -758,7 +384,7 @@ pub async fn an_update_keeps_every_setting_of_the_container_and_answers_with_bot
 pub async fn a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time(
     suite: Arc<Suite>,
 ) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let net = w.network("net");
     let app = w.target(
@@ -808,7 +434,7 @@ pub async fn a_container_without_published_ports_is_replaced_beside_the_old_one_
 
 /// Updates `app` to a failing image and checks that the old container runs
 /// again, under its name, and that nothing else is left.
-async fn assert_rolled_back(w: &World, app: &str, image: &str, reason: &str, log_line: Option<&str>) -> Value {
+async fn assert_rolled_back(w: &CompanionEnv, app: &str, image: &str, reason: &str, log_line: Option<&str>) -> Value {
     let before = inspect(app);
     let (status, body) = w.update(app, image).await;
     assert_eq!(status, 502, "{body}");
@@ -833,7 +459,7 @@ async fn assert_rolled_back(w: &World, app: &str, image: &str, reason: &str, log
 }
 
 pub async fn a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container_runs_again(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let host_port = free_port().to_string();
     let app = w.target(
@@ -875,7 +501,7 @@ pub async fn a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container
 pub async fn a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old_container_keeps_running(
     suite: Arc<Suite>,
 ) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let net = w.network("net");
     let app = w.target(
@@ -900,7 +526,7 @@ pub async fn a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old
 }
 
 pub async fn requests_without_the_right_key_are_refused_with_401_and_no_detail(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let app = w.target(
         "app",
@@ -943,7 +569,7 @@ pub async fn requests_without_the_right_key_are_refused_with_401_and_no_detail(s
 }
 
 pub async fn unlabelled_containers_and_unlisted_registries_are_refused_with_403(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let plain = w.target("plain", &[], &suite.image(APP, "plain-1"), true);
     let off = w.target(
@@ -985,7 +611,7 @@ pub async fn unlabelled_containers_and_unlisted_registries_are_refused_with_403(
 }
 
 pub async fn bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     w.start_companion(&[&suite.registry], &[], false).await;
     let app = w.target(
         "app",
@@ -1118,7 +744,7 @@ pub async fn bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong(s
 }
 
 pub async fn an_update_pulls_through_a_password_protected_registry_with_config_json_credentials(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     let (registry, docker_config) = w.private_registry("ci", "pa55:word");
     for tag in ["1.0.0", "1.1.0", "2.0.0"] {
         w.push_private(&suite.image(APP, tag), &format!("{registry}/app:{tag}"), &docker_config);
@@ -1181,7 +807,7 @@ pub async fn an_update_pulls_through_a_password_protected_registry_with_config_j
 }
 
 pub async fn an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     let (backend, backend_config) = w.private_registry("ci", "pa55:word");
     let front = crate::token_front::TokenFront::start(&backend, "ci", "pa55:word").await;
     let registry = front.addr.clone();
@@ -1266,7 +892,7 @@ pub async fn an_update_resolves_its_requirement_on_a_registry_that_wants_a_beare
 
 pub async fn a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts(suite: Arc<Suite>) {
     use std::os::unix::fs::PermissionsExt;
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     let data = w.dir("data");
     let mount = format!("{}:/data", data.display());
     w.start_companion(&[&suite.registry], &["-v".into(), mount], true).await;

@@ -1,15 +1,19 @@
 //! What every end-to-end test stands on: a registry of its own, the selfup
-//! images built by `build.sh`, fault images, and per-test environments (a
-//! compose project, an nginx, a port pair) that remove themselves on drop.
+//! images built by `build.sh`, fault images, and per-test environments that
+//! remove themselves on drop: [`Env`] (a compose project, an nginx, a port
+//! pair) for the self-upgrade, [`CompanionEnv`] (a companion container and
+//! its targets) for companion mode. [`Suite::env`] and
+//! [`Suite::companion_env`] are the one way to get either.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The versions `build.sh` builds for the suite.
 pub const VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
@@ -20,6 +24,13 @@ const PROJECT_PREFIX: &str = "selfupe2e";
 /// The label on every container, network, volume and image a run makes; its
 /// value is the run's id ([`this_run_id`]).
 pub const LABEL: &str = "selfup.e2e";
+/// The repository (in the suite's registry) of the images the targets run.
+pub const APP: &str = "companion/app";
+/// The entrypoint of the target images: runs until SIGTERM, then exits 0.
+const LOOP: &str = r#"ENTRYPOINT ["/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /busybox sleep 1; done"]"#;
+const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "true"]"#;
+const UNHEALTHY: &str =
+    r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
 
 /// Runs a command, returning stdout; panics with stderr when it fails.
 pub fn run(cmd: &mut Command) -> String {
@@ -124,6 +135,8 @@ pub struct Suite {
     pub http: reqwest::Client,
     /// selfup 1.1.0 built with the `faults` feature, built by the first test that asks.
     faults_build: std::sync::OnceLock<Result<String, String>>,
+    /// The companion tests' target images, built by the first test that asks.
+    companion_images: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl Suite {
@@ -150,14 +163,7 @@ impl Suite {
         let registry = format!("127.0.0.1:{port}");
         let registry_dir = std::env::temp_dir().join(format!("selfup-e2e-registry-{run_id}"));
         std::fs::create_dir_all(&registry_dir).map_err(|e| e.to_string())?;
-        let registry_process = Command::new("docker-registry")
-            .args(["serve", repo_root().join("registry/config.yml").to_str().unwrap()])
-            .env("REGISTRY_HTTP_ADDR", &registry)
-            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &registry_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))?;
+        let registry_process = spawn_registry(&registry, &registry_dir, None)?;
         let suite = Suite {
             run_id,
             registry,
@@ -166,6 +172,7 @@ impl Suite {
             nginx_image,
             next_env: AtomicUsize::new(0),
             faults_build: std::sync::OnceLock::new(),
+            companion_images: std::sync::OnceLock::new(),
             // No idle connections kept: ports are reused from test to test, and
             // a pooled connection to a server that is gone fails the next request.
             http: reqwest::Client::builder()
@@ -175,28 +182,12 @@ impl Suite {
                 .build()
                 .unwrap(),
         };
-        suite.wait_for_registry()?;
+        wait_for_registry(&suite.registry, "200")?;
         for version in VERSIONS {
             suite.build(version)?;
         }
         suite.build_fault_images()?;
         Ok(suite)
-    }
-
-    fn wait_for_registry(&self) -> Result<(), String> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if Command::new("curl")
-                .args(["-fs", "-o", "/dev/null", &format!("http://{}/v2/", self.registry)])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-            {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("the test registry on {} did not come up", self.registry))
     }
 
     /// `build.sh VERSION` in a copy of the tree (build.sh sets the version in
@@ -384,6 +375,55 @@ impl Suite {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
         Env::new(self, n, extra_env)
     }
+
+    /// A fresh companion-mode environment, with the target images built.
+    pub fn companion_env(self: &Arc<Self>) -> CompanionEnv {
+        CompanionEnv::new(self.clone())
+    }
+
+    /// Builds and pushes the target images once per run: `1.0.0`, `1.1.0`,
+    /// `2.0.0` (healthy, each with its own `APP_MODE`), `plain-1` and `plain-2`
+    /// (no HEALTHCHECK), `unhealthy`, and the suite's crash image as `crash`.
+    pub fn companion_images(&self) {
+        let suite = self;
+        let built = self.companion_images.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("selfup-e2e-companion-images-{}", suite.run_id));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::copy("/usr/bin/busybox", dir.join("busybox")).map_err(|e| e.to_string())?;
+            let images = [
+                ("1.0.0", "v1", HEALTHY),
+                ("1.1.0", "v1.1", HEALTHY),
+                ("2.0.0", "v2", HEALTHY),
+                ("plain-1", "plain1", ""),
+                ("plain-2", "plain2", ""),
+                ("unhealthy", "sick", UNHEALTHY),
+            ];
+            for (tag, mode, healthcheck) in images {
+                let version = if tag.contains('.') { tag } else { "0.0.1" };
+                let dockerfile = format!(
+                    "FROM scratch\nCOPY busybox /busybox\nENV APP_MODE={mode}\n\
+                     LABEL org.opencontainers.image.version={version} app.flavour={mode}\n{healthcheck}\n{LOOP}\n"
+                );
+                std::fs::write(dir.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
+                let image = suite.image(APP, tag);
+                let out = Command::new("docker")
+                    .args(["build", "-q", "--label", &suite.label(), "-t", &image])
+                    .arg(&dir)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+                docker(&["push", "-q", &image]);
+            }
+            suite.publish(&suite.image("fixtures", "crash"), APP, "crash");
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        });
+        if let Err(e) = built {
+            panic!("the companion test images could not be built: {e}");
+        }
+    }
 }
 
 impl Drop for Suite {
@@ -510,17 +550,13 @@ impl Env {
 
     /// The ids of this project's selfup containers (any state).
     pub fn selfup_containers(&self) -> Vec<String> {
-        docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            "label=com.docker.compose.service=selfup",
-        ])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+        containers_with(
+            &[
+                &format!("label=com.docker.compose.project={}", self.project),
+                "label=com.docker.compose.service=selfup",
+            ],
+            "{{.ID}}",
+        )
     }
 
     /// Waits until exactly one selfup container of this project exists.
@@ -708,6 +744,16 @@ impl Drop for Env {
     }
 }
 
+/// The containers, running or not, that match every filter, as `format` prints them.
+fn containers_with(filters: &[&str], format: &str) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "-a", "--format", format]);
+    for filter in filters {
+        cmd.args(["--filter", filter]);
+    }
+    run(&mut cmd).split_whitespace().map(str::to_string).collect()
+}
+
 /// Labels of a container.
 pub fn labels(id: &str) -> HashMap<String, String> {
     let json = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]);
@@ -762,4 +808,332 @@ impl Env {
             .unwrap_or_default()
             .to_string()
     }
+}
+
+/// Starts a `docker-registry` on `address` storing under `data`; with
+/// `htpasswd`, it asks for those credentials.
+fn spawn_registry(address: &str, data: &Path, htpasswd: Option<&Path>) -> Result<Child, String> {
+    let mut cmd = Command::new("docker-registry");
+    cmd.args(["serve", repo_root().join("registry/config.yml").to_str().unwrap()])
+        .env("REGISTRY_HTTP_ADDR", address)
+        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(htpasswd) = htpasswd {
+        cmd.env("REGISTRY_AUTH", "htpasswd")
+            .env("REGISTRY_AUTH_HTPASSWD_REALM", "selfup-e2e")
+            .env("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd);
+    }
+    cmd.spawn()
+        .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))
+}
+
+/// Waits until the registry on `address` answers `/v2/` with `status`
+/// (`200` when it is open, `401` when it asks for credentials).
+fn wait_for_registry(address: &str, status: &str) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let answered = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{address}/v2/"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if answered == status {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the registry on {address} did not come up"))
+}
+
+/// A companion-mode environment: a selfup container in companion mode on
+/// host networking, and the target containers, networks, volumes, images, a
+/// second registry and temporary files its test made, all labelled
+/// `selfup.e2e=<run>` and `selfup.e2e.test=<test>` and removed on drop.
+pub struct CompanionEnv {
+    pub suite: Arc<Suite>,
+    /// The value of `selfup.e2e.test` on everything this test creates.
+    pub test: String,
+    pub port: u16,
+    pub key: String,
+    pub companion: String,
+    networks: Vec<String>,
+    /// Volumes removed on drop; a test adds those its containers made.
+    pub volumes: Vec<String>,
+    dirs: Vec<PathBuf>,
+    /// Images removed on drop; a test adds those it tags.
+    pub images: Vec<String>,
+    /// A second registry, with htpasswd authentication, as a host process.
+    registry: Option<Child>,
+}
+
+impl CompanionEnv {
+    fn new(suite: Arc<Suite>) -> CompanionEnv {
+        suite.companion_images();
+        let test = format!("{}c{}", suite.run_id, suite.next_env.fetch_add(1, Ordering::SeqCst));
+        CompanionEnv {
+            suite,
+            companion: format!("selfupe2e-{test}-companion"),
+            test,
+            port: free_port(),
+            key: format!("e2e-key-{:032x}", random_u128()),
+            networks: Vec::new(),
+            volumes: Vec::new(),
+            dirs: Vec::new(),
+            images: Vec::new(),
+            registry: None,
+        }
+    }
+
+    /// The labels every object of this test carries, as `docker` arguments.
+    pub fn labels(&self) -> Vec<String> {
+        vec![
+            "--label".into(),
+            format!("selfup.e2e={}", self.suite.run_id),
+            "--label".into(),
+            format!("selfup.e2e.test={}", self.test),
+        ]
+    }
+
+    pub fn name(&self, what: &str) -> String {
+        format!("selfupe2e-{}-{what}", self.test)
+    }
+
+    pub fn dir(&mut self, what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(self.name(what));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.dirs.push(dir.clone());
+        dir
+    }
+
+    /// Creates a network labelled for this test, removed on drop.
+    pub fn network(&mut self, what: &str) -> String {
+        let name = self.create("network", what);
+        self.networks.push(name.clone());
+        name
+    }
+
+    /// Creates a volume labelled for this test, removed on drop.
+    pub fn volume(&mut self, what: &str) -> String {
+        let name = self.create("volume", what);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// `docker <kind> create` with this test's labels.
+    fn create(&self, kind: &str, what: &str) -> String {
+        let name = self.name(what);
+        run(Command::new("docker")
+            .args([kind, "create"])
+            .args(self.labels())
+            .arg(&name));
+        name
+    }
+
+    /// Starts the companion with `allowed` registries, the extra `docker
+    /// run` arguments, and this world's API key unless `generated_key`.
+    pub async fn start_companion(&mut self, allowed: &[&str], extra: &[String], generated_key: bool) {
+        let (name, port, image) = (self.companion.clone(), self.port, self.suite.image("selfup", "1.0.0"));
+        self.start_instance(&name, port, &image, allowed, extra, generated_key)
+            .await;
+    }
+
+    /// Starts a companion container `name` from `image` on `port`.
+    pub async fn start_instance(
+        &self,
+        name: &str,
+        port: u16,
+        image: &str,
+        allowed: &[&str],
+        extra: &[String],
+        generated_key: bool,
+    ) {
+        let allowed = serde_json::to_string(allowed).unwrap();
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "-d", "--name", name, "--network", "host"])
+            .args(self.labels())
+            .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+            .args(["-e", "SELFUP_COMPANION=true"])
+            .args(["-e", &format!("SELFUP_PORT={port}")])
+            .args(["-e", &format!("SELFUP_PORTS=[{port},{}]", free_port())])
+            .args(["-e", "SELFUP_NGINX_CONTAINER="])
+            .args(["-e", &format!("SELFUP_ALLOWED_REGISTRIES={allowed}")])
+            .args(["-e", "SELFUP_UPDATE_DEADLINE_SECS=20"])
+            .args(["-e", "SELFUP_UPDATE_SETTLE_SECS=2"]);
+        if !generated_key {
+            cmd.args(["-e", &format!("SELFUP_API_KEY={}", self.key)]);
+        }
+        cmd.args(extra).arg(image);
+        run(&mut cmd);
+        self.wait_instance(port).await;
+    }
+
+    pub async fn wait_companion(&self) {
+        self.wait_instance(self.port).await;
+    }
+
+    /// Waits until the companion on `port` answers `/health`.
+    pub async fn wait_instance(&self, port: u16) {
+        let url = format!("http://127.0.0.1:{port}/health");
+        eventually("the companion's /health", Duration::from_secs(30), || async {
+            let r = self.suite.http.get(&url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Creates (and starts, unless `start` is false) a target container:
+    /// labelled for this test, with `args` before the image.
+    pub fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
+        self.target_with_command(what, args, image, &[], start)
+    }
+
+    /// [`CompanionEnv::target`] with `command` after the image.
+    pub fn target_with_command(&self, what: &str, args: &[&str], image: &str, command: &[&str], start: bool) -> String {
+        let name = self.name(what);
+        let mut cmd = Command::new("docker");
+        cmd.args(["create", "--name", &name])
+            .args(self.labels())
+            .args(args)
+            .arg(image)
+            .args(command);
+        run(&mut cmd);
+        if start {
+            docker(&["start", &name]);
+        }
+        name
+    }
+
+    /// `POST path` with a raw body and an `Authorization` header: (status, JSON body).
+    pub async fn post_raw(&self, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        self.post_raw_at(self.port, path, authorization, body).await
+    }
+
+    /// [`CompanionEnv::post_raw`] to the instance on `port`.
+    pub async fn post_raw_at(&self, port: u16, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        let mut request = self
+            .suite
+            .http
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        let response = request.send().await.expect("the companion answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {status} {text}"));
+        (status, json)
+    }
+
+    /// `POST /update` with the key.
+    pub async fn update(&self, container: &str, image: &str) -> (u16, Value) {
+        self.update_at(self.port, container, image).await
+    }
+
+    /// `POST /update` with the key to the instance on `port`.
+    pub async fn update_at(&self, port: u16, container: &str, image: &str) -> (u16, Value) {
+        let body = json!({ "container": container, "image": image }).to_string();
+        self.post_raw_at(port, "/update", Some(&self.key), &body).await
+    }
+
+    pub fn logs(&self) -> String {
+        Command::new("docker")
+            .args(["logs", &self.companion])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .unwrap_or_default()
+    }
+
+    /// Every container this test made, by name.
+    pub fn containers(&self) -> BTreeSet<String> {
+        containers_with(&[&format!("label=selfup.e2e.test={}", self.test)], "{{.Names}}")
+            .into_iter()
+            .collect()
+    }
+
+    /// Starts a registry with htpasswd authentication (`user`/`password`), and
+    /// a private `DOCKER_CONFIG` for the docker CLI with its credentials.
+    pub fn private_registry(&mut self, user: &str, password: &str) -> (String, PathBuf) {
+        let dir = self.dir("registry");
+        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+        std::fs::write(dir.join("htpasswd"), htpasswd).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let process = spawn_registry(&address, &dir.join("data"), Some(&dir.join("htpasswd"))).unwrap();
+        self.registry = Some(process);
+        let config_dir = self.dir("docker-config");
+        let auth = run(Command::new("sh").args(["-c", &format!("printf %s '{user}:{password}' | base64 -w0")]));
+        let config = json!({ "auths": { address.clone(): { "auth": auth.trim() } } });
+        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+        // Up when it challenges for credentials.
+        wait_for_registry(&address, "401").unwrap();
+        (address, config_dir)
+    }
+
+    /// Tags a suite image into the private registry and pushes it with the private DOCKER_CONFIG.
+    pub fn push_private(&mut self, source: &str, target: &str, docker_config: &PathBuf) {
+        docker(&["tag", source, target]);
+        self.images.push(target.to_string());
+        run(Command::new("docker")
+            .env("DOCKER_CONFIG", docker_config)
+            .args(["push", "-q", target]));
+    }
+}
+
+impl Drop for CompanionEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+            let log = self.logs();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("middleware::logger")).collect();
+            eprintln!(
+                "--- companion {}\n{}",
+                self.companion,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=selfup.e2e.test={}", self.test)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            // -v: the anonymous volumes this test's containers made go too.
+            run_quietly(Command::new("docker").args(["rm", "-f", "-v", id]));
+        }
+        for network in &self.networks {
+            run_quietly(Command::new("docker").args(["network", "rm", network]));
+        }
+        for volume in &self.volumes {
+            run_quietly(Command::new("docker").args(["volume", "rm", "-f", volume]));
+        }
+        if !self.images.is_empty() {
+            run_quietly(Command::new("docker").args(["rmi", "-f"]).args(&self.images));
+        }
+        if let Some(registry) = &mut self.registry {
+            let _ = registry.kill();
+            let _ = registry.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A number nobody guesses twice in a run, for API keys.
+fn random_u128() -> u128 {
+    static DRAWS: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    nanos ^ ((std::process::id() as u128) << 64) ^ (DRAWS.fetch_add(1, Ordering::SeqCst) as u128).rotate_left(32)
 }

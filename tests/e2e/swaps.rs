@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::companion::{APP, World, exists, inspect, is_running};
-use crate::harness::{Suite, eventually, free_port};
+use crate::companion::{exists, inspect, is_running};
+use crate::harness::{APP, Suite, eventually, free_port};
 
 /// The name the companion gives an old container while it is aside.
 fn aside_of(app: &str) -> String {
@@ -40,7 +40,7 @@ fn restart_policy(name: &str) -> String {
 }
 
 pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container(suite: Arc<Suite>) {
-    let w = World::new(suite.clone());
+    let w = suite.companion_env();
     let allowed = serde_json::to_string(&[&suite.registry]).unwrap();
     let env = suite
         .live_env(
@@ -122,7 +122,7 @@ pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_n
 }
 
 pub async fn an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back_or_finishing(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     let data = w.volume("data");
     let faulty = suite.faults_image();
     let healthy = |tag: &str| suite.image(APP, tag);
@@ -253,7 +253,7 @@ pub async fn an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back
 }
 
 pub async fn a_second_instance_gets_409_for_a_container_whose_swap_runs_in_the_first(suite: Arc<Suite>) {
-    let mut w = World::new(suite.clone());
+    let mut w = suite.companion_env();
     let data = w.volume("data");
     let image = suite.image("selfup", "1.0.0");
     let extra: Vec<String> = [

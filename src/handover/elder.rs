@@ -4,19 +4,21 @@
 use std::time::Duration;
 
 use semver::Version;
-use tokio::time::{Instant, sleep};
+use tokio::time::Instant;
 
-use super::clone::{Overrides, clone_body};
-use super::takeover::STOPPING_THE_ELDER;
-use super::target::{self, Decision, Requirement};
 use super::{
-    COMPOSE_IMAGE, ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL,
-    PREVIOUS_VERSION_LABEL, Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
+    ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
+    Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use crate::companion::journal::{GateError, UpgradeGate};
-use crate::docker::{DockerError, ImageRef};
+use crate::docker::DockerError;
+use crate::image_ref::ImageRef;
+use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
+use crate::recreate::resolve::{self, Go};
+use crate::recreate::version::Requirement;
+use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{InProgress, TakeoverPhase, UpgradeRecord, now_secs};
+use crate::state::{InProgress, Outcome, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 
 /// How often the elder looks at its successor while waiting.
 const POLL: Duration = Duration::from_millis(25);
@@ -28,7 +30,7 @@ const ELDER_MARGIN: Duration = Duration::from_secs(10);
 /// Why the elder has no confirmed takeover.
 enum Unconfirmed {
     /// The successor failed, exited, or ran out of time: it is removed.
-    Failed(String),
+    Failed(WaitError),
     /// This instance was asked to stop (SIGTERM) before the successor said it
     /// is stopping it; the successor, at the phase named, is left to finish.
     Stopped(String),
@@ -53,17 +55,17 @@ impl<'a> Flight<'a> {
         }
         status.upgrade = Some(InProgress {
             requirement: target.to_string(),
-            step: "resolving",
+            step: UpgradeStep::Resolving,
             started: std::time::Instant::now(),
         });
         Ok(Flight { orchestrator })
     }
 
-    fn step(&self, step: &'static str) {
+    fn step(&self, step: UpgradeStep) {
         if let Some(u) = self.orchestrator.shared.status().upgrade.as_mut() {
             u.step = step;
         }
-        tracing::info!(step, "upgrade");
+        tracing::info!(%step, "upgrade");
     }
 }
 
@@ -79,7 +81,7 @@ impl Orchestrator {
     /// until the upgrade is over (the hold is dropped, or this process ends).
     async fn hold_swaps(&self, flight: &Flight<'_>) -> Result<Option<UpgradeGate>, UpgradeError> {
         let Some(swaps) = &self.swaps else { return Ok(None) };
-        flight.step("waiting for companion updates");
+        flight.step(UpgradeStep::WaitingForCompanionUpdates);
         let bound = self.settings.update_deadline();
         match swaps.hold_for_upgrade(bound).await {
             Ok(gate) => Ok(Some(gate)),
@@ -100,15 +102,15 @@ impl Orchestrator {
         let started = Instant::now();
         let result = self.run_upgrade(&flight, &target, started).await;
         let (outcome, to, error) = match &result {
-            Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", Some(to.clone()), None),
-            Ok(UpgradeOutcome::AlreadyThere { version, .. }) => ("already_there", Some(version.clone()), None),
-            Err(e) => ("failed", None, Some(e.to_string())),
+            Ok(UpgradeOutcome::Upgraded { to, .. }) => (Outcome::Upgraded, Some(to.clone()), None),
+            Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
+            Err(e) => (Outcome::Failed, None, Some(e.to_string())),
         };
         self.shared.record(UpgradeRecord {
             from: self.version.to_string(),
             to,
             requested: target.to_string(),
-            outcome: outcome.to_string(),
+            outcome,
             error,
             duration_ms: started.elapsed().as_millis(),
             finished_at: now_secs(),
@@ -126,77 +128,48 @@ impl Orchestrator {
         let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
 
         // The image to run, by tag where there is one, and how it may be compared.
-        let (image, requirement) = match target {
+        let (image, new_image, requirement) = match target {
             Target::Registry(requirement) => {
                 let auth = self.registry_auth().await?;
-                let image = self.resolve(requirement, auth.as_ref()).await?;
+                let repository = ImageRef::parse(&self.settings.image_ref("latest"))
+                    .map_err(|e| UpgradeError::Internal(e.to_string()))?;
+                let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
                 timings.resolve_ms = started.elapsed().as_millis();
-                flight.step("pulling");
+                flight.step(UpgradeStep::Pulling);
                 let t = Instant::now();
-                self.engine
-                    .pull(&image, auth.as_ref().map(RegistryAuth::docker))
-                    .await
-                    .map_err(|source| UpgradeError::Pull {
-                        image: image.to_string(),
-                        source,
-                    })?;
+                let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
                 timings.pull_ms = t.elapsed().as_millis();
-                (image.to_string(), requirement.clone())
+                (image.to_string(), pulled, requirement.clone())
             }
             Target::Previous => {
                 let previous = self.previous(&me).await?;
                 timings.resolve_ms = started.elapsed().as_millis();
+                let inspected = resolve::inspect(&self.engine, &previous.image_ref).await?;
                 // A rollback names its version exactly: going down is the point.
-                (previous.image_ref, Requirement::Exact(previous.version))
+                (previous.image_ref, inspected, Requirement::Exact(previous.version))
             }
         };
-
-        let new_image = self
-            .engine
-            .inspect_image(&image.to_string())
-            .await
-            .map_err(UpgradeError::docker(format!("inspecting the pulled image {image}")))?;
-        let label = target::version_label(&new_image).map(str::to_string);
-        let version = label
-            .as_deref()
-            .and_then(|l| Version::parse(l).ok())
-            .ok_or_else(|| UpgradeError::NoVersion {
-                image: image.to_string(),
-                found: label.clone(),
-            })?;
-        if !requirement.admits(&version) {
-            return Err(UpgradeError::LabelMismatch {
-                image: image.to_string(),
-                label: version,
-                requirement: requirement.to_string(),
-            });
-        }
+        let version = resolve::labelled_version(&image, &new_image, &requirement)?;
         // What runs is what was checked: the successor is created from this
         // image id, not from the tag, which may move meanwhile.
         let image_id = new_image
             .id
             .clone()
             .ok_or_else(|| UpgradeError::Internal(format!("the image {image} has no id")))?;
-        let rollback = match target::decide(&self.version, &version, &requirement) {
-            Decision::AlreadyThere => {
+        let rollback = match resolve::decide(&self.version, &version, &requirement)? {
+            Go::AlreadyThere => {
                 return Ok(UpgradeOutcome::AlreadyThere {
                     version: version.to_string(),
                     message: format!("already at {version}: nothing to do"),
                 });
             }
-            Decision::RefuseLower => {
-                return Err(UpgradeError::Lower {
-                    running: self.version.clone(),
-                    target: version,
-                });
-            }
-            Decision::Upgrade => false,
-            Decision::Rollback => true,
+            Go::Upgrade => false,
+            Go::Rollback => true,
         };
 
         // No companion swap runs across the handover, in either instance.
         let _swaps = self.hold_swaps(flight).await?;
-        flight.step("starting the successor");
+        flight.step(UpgradeStep::StartingTheSuccessor);
         let t = Instant::now();
         let elder = self
             .engine
@@ -241,13 +214,13 @@ impl Orchestrator {
             let log = self.discard(&successor).await;
             return Err(UpgradeError::SuccessorUnhealthy {
                 port: new_port,
-                reason: e.to_string(),
+                reason: WaitError::Failed(e.to_string()),
                 log,
             });
         }
         timings.start_ms = t.elapsed().as_millis();
 
-        flight.step("health-checking the successor");
+        flight.step(UpgradeStep::HealthChecking);
         let t = Instant::now();
         if let Err(reason) = self.wait_healthy(&successor, new_port, &version).await {
             let log = self.discard(&successor).await;
@@ -259,7 +232,7 @@ impl Orchestrator {
         }
         timings.health_ms = t.elapsed().as_millis();
 
-        flight.step("waiting for the successor's takeover");
+        flight.step(UpgradeStep::WaitingForTakeover);
         let t = Instant::now();
         match self.go_and_wait(&successor, new_port, &token).await {
             Ok(()) => {}
@@ -331,8 +304,6 @@ impl Orchestrator {
         })
     }
 
-    /// The image an upgrade request means: `:latest`, or the tag of the
-    /// highest registry version that matches.
     /// The registry's credentials from the `docker_config` file, the same
     /// lookup companion mode makes; none when the file or its entry is absent.
     async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
@@ -343,30 +314,6 @@ impl Orchestrator {
                 registry: registry.clone(),
                 source,
             })
-    }
-
-    async fn resolve(&self, requirement: &Requirement, auth: Option<&RegistryAuth>) -> Result<ImageRef, UpgradeError> {
-        let repository =
-            ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
-        if *requirement == Requirement::Latest {
-            return Ok(repository);
-        }
-        let tags = self
-            .registry
-            .tags(&self.settings.registry, &self.settings.image, auth)
-            .await
-            .map_err(|source| UpgradeError::Registry {
-                requirement: requirement.to_string(),
-                source,
-            })?;
-        match target::select(requirement, &tags) {
-            Some((tag, _)) => Ok(repository.with_tag(tag)),
-            None => Err(UpgradeError::NoMatch {
-                requirement: requirement.to_string(),
-                repository: repository.repository(),
-                available: target::available(&tags),
-            }),
-        }
     }
 
     /// Removes what an interrupted upgrade left: stopped siblings and a
@@ -404,9 +351,8 @@ impl Orchestrator {
     /// container (its id must match) with the target version; fails fast if
     /// it exits, reports another version, or another listener answers.
     #[tracing::instrument(skip(self))]
-    async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), String> {
-        let deadline = self.settings.health_deadline();
-        let start = Instant::now();
+    async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), WaitError> {
+        let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), POLL);
         let url = format!("http://{}/health", instance_addr(port));
         let mut last: String;
         loop {
@@ -417,13 +363,16 @@ impl Orchestrator {
                         // handover secret: a stray listener on the port is not it.
                         let container = body["container"].as_str().unwrap_or_default();
                         if container != successor {
-                            return Err(format!(
+                            return Err(WaitError::Failed(format!(
                                 "port {port} is answered by something else than the successor {} (container {container:?})",
                                 &successor[..successor.len().min(12)]
-                            ));
+                            )));
                         }
                         if body["version"] != version.to_string() {
-                            return Err(format!("it reports version {}, expected {version}", body["version"]));
+                            return Err(WaitError::Failed(format!(
+                                "it reports version {}, expected {version}",
+                                body["version"]
+                            )));
                         }
                         return Ok(());
                     }
@@ -432,42 +381,22 @@ impl Orchestrator {
                 Ok(r) => last = format!("/health answered {}", r.status()),
                 Err(e) => last = format!("/health: {e}"),
             }
-            if let Some(exit) = self.exited(successor).await {
-                return Err(exit);
+            if let Some(exit) = watcher.died().await {
+                return Err(WaitError::Died(exit));
             }
-            if start.elapsed() >= deadline {
-                return Err(format!("no healthy answer within {deadline:?} (last: {last})"));
+            if let Some(expired) = watcher.expired("no healthy answer", Some(format!("last: {last}"))) {
+                return Err(expired);
             }
-            sleep(POLL).await;
+            watcher.pause().await;
         }
     }
 
     /// Removes a successor that will not take over, keeping the tail of its
     /// log for the answer.
     async fn discard(&self, successor: &str) -> String {
-        let log = self.log_tail(successor).await;
+        let log = watch::log_tail(&self.engine, successor).await;
         let _ = self.engine.remove_container(successor, true).await;
         log
-    }
-
-    /// `Some(why)` if the container is no longer running.
-    async fn exited(&self, id: &str) -> Option<String> {
-        match self.engine.inspect_container(id).await {
-            Ok(c) => {
-                // A restart policy copied from the elder brings a crashing
-                // successor back, so a restart counts as an exit.
-                let restarts = c.restart_count.unwrap_or(0);
-                let state = c.state.unwrap_or_default();
-                let down = state.running != Some(true) || state.restarting == Some(true) || restarts > 0;
-                down.then(|| match (state.exit_code, restarts) {
-                    (Some(code), 0) => format!("it exited with code {code}"),
-                    (Some(code), n) => format!("it exited with code {code} (and was restarted {n} times)"),
-                    (None, _) => "it is not running".to_string(),
-                })
-            }
-            Err(DockerError::NoSuchContainer(_)) => Some("it was removed".into()),
-            Err(_) => None,
-        }
     }
 
     /// Tells the successor to take over, then waits for the stop signal it
@@ -483,36 +412,41 @@ impl Orchestrator {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| Unconfirmed::Failed(format!("go-ahead not delivered: {e}")))?;
+            .map_err(|e| Unconfirmed::Failed(WaitError::Failed(format!("go-ahead not delivered: {e}"))))?;
         if !go.status().is_success() {
-            return Err(Unconfirmed::Failed(format!("go-ahead refused with {}", go.status())));
+            return Err(Unconfirmed::Failed(WaitError::Failed(format!(
+                "go-ahead refused with {}",
+                go.status()
+            ))));
         }
         let mut shutdown = self.shared.shutdown.subscribe();
         let budget = self.settings.takeover_deadline() + ELDER_MARGIN;
-        let deadline = Instant::now() + budget;
+        let watcher = Watcher::new(&self.engine, successor, budget, POLL);
         loop {
             if *shutdown.borrow_and_update() {
                 // A stop signal is the successor's only when it says so: an
                 // operator's `docker stop` looks the same from here.
                 return match self.successor_phase(&base, token).await {
                     Ok(TakeoverPhase::Done) => Ok(()),
-                    Ok(TakeoverPhase::Running { step }) if step == STOPPING_THE_ELDER => Ok(()),
-                    Ok(phase) => Err(Unconfirmed::Stopped(format!("{phase:?}"))),
+                    Ok(TakeoverPhase::Running {
+                        step: TakeoverStep::StoppingTheElder,
+                    }) => Ok(()),
+                    Ok(phase) => Err(Unconfirmed::Stopped(phase.to_string())),
                     Err(e) => Err(Unconfirmed::Stopped(format!("unknown ({e})"))),
                 };
             }
             tokio::select! {
                 _ = shutdown.changed() => continue,
-                _ = sleep(POLL) => {}
+                _ = watcher.pause() => {}
             }
             if let Ok(TakeoverPhase::Failed { reason }) = self.successor_phase(&base, token).await {
-                return Err(Unconfirmed::Failed(reason));
+                return Err(Unconfirmed::Failed(WaitError::Failed(reason)));
             }
-            if let Some(exit) = self.exited(successor).await {
-                return Err(Unconfirmed::Failed(exit));
+            if let Some(exit) = watcher.died().await {
+                return Err(Unconfirmed::Failed(WaitError::Died(exit)));
             }
-            if Instant::now() >= deadline {
-                return Err(Unconfirmed::Failed(format!("not done within {budget:?}")));
+            if let Some(expired) = watcher.expired("not done", None) {
+                return Err(Unconfirmed::Failed(expired));
             }
         }
     }

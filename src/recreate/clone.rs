@@ -1,13 +1,23 @@
 //! The cloning rules: how a container is recreated from a new image with the
-//! settings its operator gave it, and none of the settings its old image gave it.
+//! settings its operator gave it, and none of the settings its old image gave
+//! it; what recreating a container other than selfup adds to them
+//! ([`complete_clone`]); and how the create body meets the Engine
+//! ([`split_networks`], [`defer_restart_policy`]).
 //!
 //! Everything here is pure, so the rules are unit-tested without an Engine.
 
 use std::collections::HashMap;
 
+use std::collections::HashSet;
+
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, NetworkingConfig,
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, MountType,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
+
+/// Compose compares this label with the image id behind the tag: a clone
+/// that carries it gets the new image's id.
+pub const COMPOSE_IMAGE: &str = "com.docker.compose.image";
 
 /// What the new container gets beyond a faithful copy.
 #[derive(Debug, Clone, Default)]
@@ -81,10 +91,7 @@ pub fn clone_body(
     };
 
     let host_config = container.host_config.clone();
-    let network_mode = host_config
-        .as_ref()
-        .and_then(|h| h.network_mode.clone())
-        .unwrap_or_default();
+    let network_mode = network_mode(container);
 
     ContainerCreateBody {
         // The Engine assigns these; a copied hostname would be the old id.
@@ -157,6 +164,137 @@ fn networking(container: &ContainerInspectResponse, network_mode: &str) -> Optio
     })
 }
 
+/// What recreating another container needs beyond the cloning rules:
+/// its anonymous volumes (the data must not stay behind in a volume nobody
+/// mounts), and a hostname its operator chose (the rules drop the hostname,
+/// which for selfup's own clones is only the old id).
+pub fn complete_clone(body: &mut ContainerCreateBody, container: &ContainerInspectResponse) {
+    keep_anonymous_volumes(body, container);
+    let mode = network_mode(container);
+    if mode != "host" && !mode.starts_with("container:") {
+        let config = container.config.clone().unwrap_or_default();
+        if let Some(hostname) = config.hostname.filter(|h| !h.is_empty() && *h != short_id(container)) {
+            body.hostname = Some(hostname);
+        }
+        body.domainname = config.domainname.filter(|d| !d.is_empty());
+    }
+}
+
+/// Mounts the old container's anonymous volumes (`-v /path`, an image's
+/// `VOLUME`, `--mount type=volume` without a source) by name in the new one.
+fn keep_anonymous_volumes(body: &mut ContainerCreateBody, container: &ContainerInspectResponse) {
+    let Some(host_config) = body.host_config.as_mut() else {
+        return;
+    };
+    let volumes = container
+        .mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            (m.typ.as_deref() == Some("volume")).then_some(())?;
+            Some((m.name?, m.destination?, m.rw != Some(false)))
+        });
+    for (name, destination, writable) in volumes {
+        let bound: HashSet<&str> = host_config
+            .binds
+            .iter()
+            .flatten()
+            .filter_map(|b| b.split(':').nth(1))
+            .collect();
+        if bound.contains(destination.as_str()) {
+            continue;
+        }
+        if let Some(mount) = host_config
+            .mounts
+            .iter_mut()
+            .flatten()
+            .find(|m| m.target.as_deref() == Some(destination.as_str()))
+        {
+            if mount.typ == Some(MountType::VOLUME) && mount.source.as_deref().unwrap_or_default().is_empty() {
+                mount.source = Some(name);
+            }
+            continue;
+        }
+        let bind = if writable {
+            format!("{name}:{destination}")
+        } else {
+            format!("{name}:{destination}:ro")
+        };
+        host_config.binds.get_or_insert_with(Vec::new).push(bind);
+    }
+}
+
+/// Holds back the restart policy until the new container is up: a crash
+/// then shows as the exit it is (with its code), not as a restart loop, and a
+/// rolled-back container is not brought back by Docker. Returns the policy
+/// to set once the container is up, if it has one.
+pub fn defer_restart_policy(body: &mut ContainerCreateBody) -> Option<RestartPolicy> {
+    let host_config = body.host_config.as_mut()?;
+    let policy = host_config.restart_policy.take()?;
+    let none = matches!(
+        policy.name,
+        None | Some(RestartPolicyNameEnum::EMPTY | RestartPolicyNameEnum::NO)
+    );
+    if none {
+        host_config.restart_policy = Some(policy);
+        return None;
+    }
+    host_config.restart_policy = Some(RestartPolicy {
+        name: Some(RestartPolicyNameEnum::NO),
+        maximum_retry_count: None,
+    });
+    Some(policy)
+}
+
+/// Engines before API 1.44 take one network at create time: keeps the
+/// network the container's network mode names (else the first by name) in
+/// the body, and returns the others, to connect before the start.
+pub fn split_networks(body: &mut ContainerCreateBody) -> Vec<(String, EndpointSettings)> {
+    let mode = body
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let Some(config) = body.networking_config.as_mut() else {
+        return Vec::new();
+    };
+    let Some(mut endpoints) = config.endpoints_config.take() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = endpoints.keys().cloned().collect();
+    names.sort();
+    let primary = if endpoints.contains_key(&mode) {
+        Some(mode)
+    } else if mode == "default" && endpoints.contains_key("bridge") {
+        Some("bridge".to_string())
+    } else {
+        names.first().cloned()
+    };
+    let mut later = Vec::new();
+    for name in names {
+        if Some(&name) != primary.as_ref() {
+            let endpoint = endpoints.remove(&name).unwrap_or_default();
+            later.push((name, endpoint));
+        }
+    }
+    config.endpoints_config = Some(endpoints);
+    later
+}
+
+/// The container's network mode (`bridge`, `host`, `container:<id>`, a network's name).
+pub fn network_mode(container: &ContainerInspectResponse) -> String {
+    container
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default()
+}
+
+fn short_id(container: &ContainerInspectResponse) -> String {
+    container.id.as_deref().unwrap_or_default().chars().take(12).collect()
+}
+
 fn without_defaults(values: Vec<String>, defaults: &[String]) -> Vec<String> {
     values.into_iter().filter(|v| !defaults.contains(v)).collect()
 }
@@ -172,7 +310,7 @@ fn non_empty(values: Vec<String>) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{HostConfig, NetworkSettings};
+    use bollard::models::{HostConfig, Mount, MountPoint, NetworkSettings};
 
     fn image_defaults() -> ImageConfig {
         ImageConfig {
@@ -320,5 +458,123 @@ mod tests {
         };
         let body = clone_body(&c, Some(&image_defaults()), &o);
         assert_eq!(body.env, Some(vec!["A=1".into(), "SELFUP_PORT=5801".into()]));
+    }
+
+    #[test]
+    fn anonymous_volumes_are_carried_over_by_name_and_explicit_ones_are_left_alone() {
+        let mut c = container("bridge");
+        let volume = |name: &str, destination: &str, rw: bool| MountPoint {
+            typ: Some("volume".into()),
+            name: Some(name.into()),
+            destination: Some(destination.into()),
+            rw: Some(rw),
+            ..Default::default()
+        };
+        c.mounts = Some(vec![
+            volume("named", "/named", true),
+            volume("f00d", "/anon", true),
+            volume("beef", "/readonly", false),
+            volume("cafe", "/mounted", true),
+            MountPoint {
+                typ: Some("bind".into()),
+                source: Some("/srv".into()),
+                destination: Some("/srv".into()),
+                ..Default::default()
+            },
+        ]);
+        let mut body = ContainerCreateBody {
+            host_config: Some(HostConfig {
+                binds: Some(vec!["named:/named".into(), "/srv:/srv:ro".into()]),
+                mounts: Some(vec![Mount {
+                    target: Some("/mounted".into()),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        complete_clone(&mut body, &c);
+        let hc = body.host_config.unwrap();
+        assert_eq!(
+            hc.binds.unwrap(),
+            vec!["named:/named", "/srv:/srv:ro", "f00d:/anon", "beef:/readonly:ro"]
+        );
+        assert_eq!(hc.mounts.unwrap()[0].source.as_deref(), Some("cafe"));
+    }
+
+    #[test]
+    fn an_operator_hostname_is_kept_and_the_engine_assigned_one_is_not() {
+        let mut body = ContainerCreateBody::default();
+        complete_clone(&mut body, &container("bridge"));
+        assert_eq!(body.hostname, None);
+        let mut c = container("bridge");
+        c.config.as_mut().unwrap().hostname = Some("rabbit".into());
+        c.config.as_mut().unwrap().domainname = Some("example".into());
+        complete_clone(&mut body, &c);
+        assert_eq!(body.hostname.as_deref(), Some("rabbit"));
+        assert_eq!(body.domainname.as_deref(), Some("example"));
+        let mut host = container("host");
+        host.config.as_mut().unwrap().hostname = Some("the-host".into());
+        let mut body = ContainerCreateBody::default();
+        complete_clone(&mut body, &host);
+        assert_eq!(body.hostname, None);
+    }
+
+    #[test]
+    fn the_restart_policy_waits_until_the_new_container_is_up() {
+        let with_policy = |name| ContainerCreateBody {
+            host_config: Some(HostConfig {
+                restart_policy: Some(RestartPolicy {
+                    name: Some(name),
+                    maximum_retry_count: Some(3),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut body = with_policy(RestartPolicyNameEnum::ON_FAILURE);
+        let deferred = defer_restart_policy(&mut body).unwrap();
+        assert_eq!(deferred.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(deferred.maximum_retry_count, Some(3));
+        let now = body.host_config.unwrap().restart_policy.unwrap();
+        assert_eq!(now.name, Some(RestartPolicyNameEnum::NO));
+        let mut no = with_policy(RestartPolicyNameEnum::NO);
+        assert_eq!(defer_restart_policy(&mut no), None);
+        assert_eq!(defer_restart_policy(&mut ContainerCreateBody::default()), None);
+    }
+
+    #[test]
+    fn the_network_mode_network_is_created_with_and_the_others_are_connected_later() {
+        let endpoint = |alias: &str| EndpointSettings {
+            aliases: Some(vec![alias.to_string()]),
+            ..Default::default()
+        };
+        let mut body = ContainerCreateBody {
+            host_config: Some(HostConfig {
+                network_mode: Some("front".into()),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([
+                    ("back".to_string(), endpoint("b")),
+                    ("front".to_string(), endpoint("f")),
+                    ("admin".to_string(), endpoint("a")),
+                ])),
+            }),
+            ..Default::default()
+        };
+        let later = split_networks(&mut body);
+        let kept = body.networking_config.unwrap().endpoints_config.unwrap();
+        assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["front"]);
+        assert_eq!(
+            later
+                .iter()
+                .map(|(n, e)| (n.as_str(), e.aliases.clone().unwrap()[0].clone()))
+                .collect::<Vec<_>>(),
+            vec![("admin", "a".to_string()), ("back", "b".to_string())]
+        );
+        let mut none = ContainerCreateBody::default();
+        assert!(split_networks(&mut none).is_empty());
     }
 }

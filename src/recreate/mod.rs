@@ -1,0 +1,18 @@
+//! What both roles stand on: recreating a container from a new image.
+//!
+//! The self-upgrade ([`crate::handover`]) and companion mode
+//! ([`crate::companion`]) do the same things in a different order; the
+//! rules they share live here, and nothing here knows either role.
+//!
+//! - [`version`]: which tag a requirement picks, what an image's label says,
+//!   and whether a version is an upgrade, a rollback or refused.
+//! - [`resolve`]: one path from a request to an image: pick the tag, pull,
+//!   inspect, read the version, decide.
+//! - [`clone`]: the create body of a container recreated from a new image.
+//! - [`watch`]: one watcher that says whether a new container came up or
+//!   died, and the stop-then-remove of an old one.
+
+pub mod clone;
+pub mod resolve;
+pub mod version;
+pub mod watch;
