@@ -54,8 +54,10 @@ pub fn exit_reason(container: &ContainerInspectResponse) -> Option<String> {
     if state.running == Some(true) && state.restarting != Some(true) && restarts == 0 {
         return None;
     }
-    let code = state.exit_code.map_or("an unknown code".to_string(), |c| c.to_string());
-    let mut reason = format!("it exited with code {code}");
+    let mut reason = match state.exit_code {
+        Some(code) => format!("it exited with code {code}"),
+        None => "it exited with an unknown code".to_string(),
+    };
     if restarts > 0 {
         reason.push_str(&format!(" and was restarted {restarts} times"));
     }
@@ -298,7 +300,7 @@ mod tests {
         restarting.state.as_mut().unwrap().restarting = Some(true);
         assert_eq!(
             exit_reason(&restarting).as_deref(),
-            Some("it exited with code an unknown code")
+            Some("it exited with an unknown code")
         );
         let mut killed = container();
         killed.state.as_mut().unwrap().oom_killed = Some(true);
