@@ -8,8 +8,8 @@
 //! - [`app`]: the HTTP server: it binds the listener and registers every route.
 //! - [`routes`]: one file per group of endpoints, the state every handler
 //!   gets, and errors as JSON.
-//! - [`control`]: the stable control address, a root-only unix socket that
-//!   the live instance holds across handovers.
+//! - [`control`]: the stable addresses the live instance holds across
+//!   handovers: the root-only control socket and companion mode's update socket.
 //! - [`state`]: the one small struct the routes share with the orchestrator,
 //!   with the upgrade's steps, the takeover's phases and the history.
 //!
@@ -20,7 +20,8 @@
 //!   it runs: the elder's side ([`handover::elder`]), then the successor's
 //!   ([`handover::takeover`]).
 //! - [`companion`]: companion mode, `/update` of *other* containers:
-//!   admission, the API key, placement, and the swap with its rollback.
+//!   admission, the API key, placement, the swap with its rollback, and the
+//!   swap journal every instance shares.
 //!
 //! The layer beneath both roles, which imports neither:
 //!
