@@ -38,7 +38,7 @@ purge() {
   done
   registry/start.sh stop >/dev/null
   docker logout localhost:5000 >/dev/null 2>&1 || true
-  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" nginx/live /run/selfup /run/selfup-update
+  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" /run/selfup /run/selfup-public
 }
 case "${1:-}" in
   down) down; echo "selfup and nginx removed"; exit 0 ;;
@@ -59,8 +59,6 @@ down
 for port in 5800 5801 8080 8081; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "demo: port $port is already in use" >&2; exit 1; fi
 done
-mkdir -p nginx/live
-cp nginx/upstream.conf.default nginx/live/upstream.conf
 
 say ./build.sh 1.0.0; ./build.sh 1.0.0
 say "${compose[*]}" -f docker/compose.yml -p selfup up -d; compose up -d
@@ -71,7 +69,7 @@ say curl localhost:5800/upgrade; curl -s localhost:5800/upgrade; echo
 say curl localhost:5801; curl -s localhost:5801
 say curl localhost:8080; curl -s localhost:8080
 say curl localhost:5800; curl -s --max-time 2 localhost:5800 || echo "(nothing listens on 5800 any more)"
-# The elder is gone once its drain ends.
+# The elder is gone once its linger (4.5 s) and its drain end.
 wait_for_one() {
   for _ in $(seq 1 200); do
     [ "$(docker ps -aq --filter label=com.docker.compose.project=selfup --filter label=com.docker.compose.service=selfup | wc -l)" = 1 ] && return 0

@@ -2,11 +2,13 @@
 //! server beside the start-up reconcile until a stop signal drains it.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
+use actix_web::http::ConnectionType;
 use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
@@ -68,16 +70,36 @@ impl Application {
             true => bind_socket(&settings.update_socket, port, Access::Anyone),
             false => None,
         };
-        // Where the update socket's connections arrive (their local address),
-        // to mark them: nothing on them is an operator's.
-        let update_staged = update.as_ref().map(|(socket, _)| socket.staged().to_path_buf());
+        let live = bind_socket(&settings.live_socket, port, Access::Anyone);
+        // Where each socket's connections arrive (their local address), to
+        // mark them: nothing on the update or the live socket is an operator's.
+        let staged = |bound: &Option<(ControlSocket, _)>| bound.as_ref().map(|(s, _)| s.staged().to_path_buf());
+        let arrivals = Arrivals {
+            control: staged(&control),
+            update: staged(&update),
+        };
+        let lingering = orchestrator.shared.clone();
         let state = AppState::new(
             orchestrator.clone(),
             companion.clone(),
             tokio::runtime::Handle::current(),
         );
         let mut server = HttpServer::new(move || {
+            let lingering = lingering.clone();
             App::new()
+                .wrap_fn(move |req, srv| {
+                    let answer = srv.call(req);
+                    let lingering = lingering.clone();
+                    async move {
+                        let mut res = answer.await?;
+                        // Taken over from: nginx's pooled connections to this
+                        // instance close with their next answer.
+                        if lingering.lingering.load(Ordering::Relaxed) {
+                            res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+                        }
+                        Ok(res)
+                    }
+                })
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
                 .app_data(web::Data::new(state.clone()))
@@ -126,9 +148,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .on_connect(move |connection, extensions| {
-            if arrived_on(connection, update_staged.as_deref()) {
-                extensions.insert(routes::OnUpdateSocket);
-            }
+            extensions.insert(arrivals.listener(connection));
         })
         .workers(2)
         .keep_alive(Duration::from_secs(settings.keep_alive_secs))
@@ -136,7 +156,7 @@ impl Application {
         .disable_signals()
         .listen(listener)?;
         let mut sockets = Vec::new();
-        for (socket, uds) in [control, update].into_iter().flatten() {
+        for (socket, uds) in [control, update, live].into_iter().flatten() {
             server = server.listen_uds(uds)?;
             sockets.push(socket);
         }
@@ -158,11 +178,23 @@ impl Application {
     /// in-flight requests (an elder's `/upgrade` among them) finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
-        let shared = self.orchestrator.shared.clone();
+        let stopping = self.orchestrator.clone();
         tokio::spawn(async move {
             wait_for_stop_signal().await;
-            tracing::info!("stop signal: draining");
+            let shared = &stopping.shared;
             shared.shutdown.send_replace(true);
+            if stopping.taken_over_from() {
+                // actix closes idle keep-alive connections at once on a
+                // graceful stop, and nginx may be sending on one of them
+                // that instant: serve until nginx's upstream keep-alive
+                // has closed every idle one, closing each busy one with
+                // its answer.
+                let linger = stopping.settings.linger();
+                tracing::info!(?linger, "stop signal after a takeover: lingering, then draining");
+                shared.lingering.store(true, Ordering::Relaxed);
+                tokio::time::sleep(linger).await;
+            }
+            tracing::info!("stop signal: draining");
             handle.stop(true).await;
         });
         let orchestrator = self.orchestrator.clone();
@@ -211,13 +243,30 @@ fn open_swaps(settings: &Settings) -> Option<Arc<Swaps>> {
     }
 }
 
-/// Whether a connection was accepted on the unix socket bound at `staged`.
-fn arrived_on(connection: &dyn std::any::Any, staged: Option<&Path>) -> bool {
-    let Some(staged) = staged else { return false };
-    connection
-        .downcast_ref::<tokio::net::UnixStream>()
-        .and_then(|stream| stream.local_addr().ok())
-        .is_some_and(|local| local.as_pathname() == Some(staged))
+/// Where each unix socket's connections arrive: the paths
+/// they are bound at, their connections' local address.
+#[derive(Clone)]
+struct Arrivals {
+    control: Option<PathBuf>,
+    update: Option<PathBuf>,
+}
+
+impl Arrivals {
+    /// The listener `connection` was accepted on: a unix connection on
+    /// neither the control nor the update socket is on the live socket (one
+    /// whose own address cannot be told included: the public endpoints only).
+    fn listener(&self, connection: &dyn std::any::Any) -> routes::Listener {
+        let Some(stream) = connection.downcast_ref::<tokio::net::UnixStream>() else {
+            return routes::Listener::Port;
+        };
+        let local = stream.local_addr().ok();
+        let path = local.as_ref().and_then(|l| l.as_pathname());
+        match path {
+            Some(p) if self.control.as_deref() == Some(p) => routes::Listener::Control,
+            Some(p) if self.update.as_deref() == Some(p) => routes::Listener::Update,
+            _ => routes::Listener::Live,
+        }
+    }
 }
 
 /// Companion mode's updater, when it is on.

@@ -1,5 +1,5 @@
-//! The one way a file is replaced: whole or not at all. nginx's upstream
-//! include, the upgrade history and the handover record are written so.
+//! The one way a file is replaced: whole or not at all. The upgrade
+//! history and the handover record are written so.
 
 use std::path::Path;
 

@@ -40,12 +40,19 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// HTTP keep-alive of the app; nginx's upstream keep-alive must be shorter.
     pub keep_alive_secs: u64,
-    /// The nginx container to switch; empty: no proxy in front of this instance.
+    /// The nginx container in front of this instance, whose state `/health`
+    /// reports; empty: no proxy.
     pub nginx_container: String,
-    /// The upstream include file, inside a directory that nginx also mounts.
-    pub nginx_include: PathBuf,
-    /// nginx's public address, used to confirm that the new version answers there.
-    pub nginx_url: String,
+    /// The public traffic's address: a unix socket nginx's upstream names,
+    /// in a directory only root can write, that the live instance holds
+    /// (see `control`). A successor takes it over in one rename; nginx
+    /// never reloads. An empty path turns it off.
+    pub live_socket: PathBuf,
+    /// How long an elder keeps serving after its successor took the live
+    /// socket, answering with `Connection: close`, before its graceful stop:
+    /// longer than nginx's upstream `keepalive_timeout` (4 s), so nginx
+    /// never sends on a pooled connection the elder is closing.
+    pub linger_ms: u64,
     /// When set, `/upgrade` and `/rollback` require `Authorization: Bearer <token>`.
     pub upgrade_token: Option<String>,
     /// Set by an elder on the successor it creates: the secret the elder's
@@ -107,8 +114,8 @@ impl Default for Settings {
             shutdown_timeout_secs: 25,
             keep_alive_secs: 5,
             nginx_container: "selfup-nginx".into(),
-            nginx_include: PathBuf::from("/etc/selfup/nginx/upstream.conf"),
-            nginx_url: "http://127.0.0.1:8080".into(),
+            live_socket: PathBuf::from("/run/selfup-public/live.sock"),
+            linger_ms: 4500,
             upgrade_token: None,
             handover_token: None,
             handover_elder: None,
@@ -119,7 +126,7 @@ impl Default for Settings {
             allowed_registries: vec!["localhost:5000".into()],
             docker_config: PathBuf::from("/etc/selfup/docker/config.json"),
             control_socket: PathBuf::from("/run/selfup/control.sock"),
-            update_socket: PathBuf::from("/run/selfup-update/update.sock"),
+            update_socket: PathBuf::from("/run/selfup-public/update.sock"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
         }
@@ -189,6 +196,15 @@ impl Settings {
                 return invalid(field, "must be at least 1".into());
             }
         }
+        if self.linger_ms + self.shutdown_timeout_secs * 1000 >= self.stop_timeout_secs * 1000 {
+            return invalid(
+                "linger_ms",
+                format!(
+                    "{} ms and shutdown_timeout_secs ({}) must end before stop_timeout_secs ({}), or Docker kills the elder mid-drain",
+                    self.linger_ms, self.shutdown_timeout_secs, self.stop_timeout_secs
+                ),
+            );
+        }
         if self.shutdown_timeout_secs >= self.stop_timeout_secs {
             return invalid(
                 "shutdown_timeout_secs",
@@ -198,16 +214,23 @@ impl Settings {
                 ),
             );
         }
-        if !self.nginx_container.is_empty() {
-            if self.nginx_include.file_name().is_none() || self.nginx_include.parent().is_none() {
-                return invalid("nginx_include", format!("{:?} is not a file path", self.nginx_include));
-            }
-            if !self.nginx_url.starts_with("http://") && !self.nginx_url.starts_with("https://") {
-                return invalid(
-                    "nginx_url",
-                    format!("expected an http(s) URL, got {:?}", self.nginx_url),
-                );
-            }
+        if !self.live_socket.as_os_str().is_empty()
+            && !self.control_socket.as_os_str().is_empty()
+            && self.live_socket.parent() == self.control_socket.parent()
+        {
+            return invalid(
+                "live_socket",
+                format!(
+                    "{:?} must be in another directory than control_socket ({:?}): nginx's workers enter the live socket's, only root the control socket's",
+                    self.live_socket, self.control_socket
+                ),
+            );
+        }
+        if !self.live_socket.as_os_str().is_empty() && self.live_socket == self.update_socket {
+            return invalid(
+                "live_socket",
+                format!("{:?} is also update_socket: they need two names", self.live_socket),
+            );
         }
         if self.image_retention < 2 {
             return invalid(
@@ -289,6 +312,11 @@ impl Settings {
     /// Whether a proxy is in front of this instance.
     pub fn proxy_enabled(&self) -> bool {
         !self.nginx_container.is_empty()
+    }
+
+    /// How long an elder keeps serving after its successor took the live socket.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
     }
 
     pub fn health_deadline(&self) -> Duration {
@@ -498,6 +526,8 @@ mod tests {
             ("SELFUP_UPDATE_DEADLINE_SECS", "0", "update_deadline_secs"),
             ("SELFUP_UPDATE_SETTLE_SECS", "61", "update_settle_secs"),
             ("SELFUP_UPDATE_SOCKET", "/run/selfup/update.sock", "update_socket"),
+            ("SELFUP_LIVE_SOCKET", "/run/selfup/live.sock", "live_socket"),
+            ("SELFUP_LIVE_SOCKET", "/run/selfup-public/update.sock", "live_socket"),
         ] {
             jailed(|jail| {
                 jail.set_env(key, value);

@@ -12,7 +12,9 @@
 //! path: an atomic swap, so a client always reaches one instance, and the
 //! elder keeps answering the connections it already has while it drains.
 //!
-//! Companion mode adds a second socket of the same kind, the update socket,
+//! The live socket, which nginx's upstream names, is the third: public
+//! traffic follows the live instance by the same rename, and nginx never
+//! reloads. Companion mode adds the update socket,
 //! for nginx to pass a CI runner's `/update` to: its directory only root can
 //! write, so nobody else can put a name there, but anyone may connect,
 //! nginx's unprivileged workers included; connections on it are served the
@@ -30,8 +32,9 @@ pub enum Access {
     /// Root only: directory 0700, socket 0600. The control socket.
     Root,
     /// Any local process: directory 0755 (only root can make or replace a
-    /// name in it), socket 0666. The update socket, which nginx's workers
-    /// reach and whose endpoints the companion's key guards.
+    /// name in it), socket 0666. The live and the update socket, which
+    /// nginx's workers reach: the live one serves the public endpoints only,
+    /// the companion's key guards the update one's.
     Anyone,
 }
 
@@ -100,6 +103,18 @@ impl ControlSocket {
         std::fs::rename(&link, &self.public)
     }
 
+    /// Whether the public path names another socket than this instance's:
+    /// another instance published its own over it. A missing public path is
+    /// nobody's.
+    pub fn held_by_another(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.public), std::fs::metadata(&self.staged)) {
+            (Ok(public), Ok(mine)) => (public.dev(), public.ino()) != (mine.dev(), mine.ino()),
+            (Ok(_), Err(_)) => true,
+            (Err(_), _) => false,
+        }
+    }
+
     /// The path clients use.
     pub fn public(&self) -> &Path {
         &self.public
@@ -144,6 +159,7 @@ mod tests {
         let public = dir.join("run/control.sock");
         let (elder, elder_listener) = ControlSocket::bind(&public, 5800, Access::Root).unwrap();
         assert!(!public.exists(), "not published before the instance is live");
+        assert!(!elder.held_by_another(), "an unpublished path is nobody's");
         elder.publish().unwrap();
         elder.publish().unwrap();
         assert_eq!(mode(public.parent().unwrap()), 0o700);
@@ -154,6 +170,7 @@ mod tests {
         served.join().unwrap();
 
         let (successor, successor_listener) = ControlSocket::bind(&public, 5801, Access::Root).unwrap();
+        assert!(!elder.held_by_another() && successor.held_by_another());
         let served = answer(&elder_listener, b"elder");
         assert_eq!(
             read(&public),
@@ -162,6 +179,7 @@ mod tests {
         );
         served.join().unwrap();
         successor.publish().unwrap();
+        assert!(elder.held_by_another() && !successor.held_by_another());
         let served = answer(&successor_listener, b"successor");
         assert_eq!(read(&public), "successor");
         served.join().unwrap();

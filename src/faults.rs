@@ -5,6 +5,9 @@
 //!
 //! - `FAULT_INSPECT_ERRORS=<n>`: the first `n` inspections of a container
 //!   other than this one fail as a daemon error (HTTP 500) would.
+//! - `FAULT_TAKEOVER_PAUSE_MS=<n>`: a successor waits `n` ms after it has
+//!   published its sockets and confirmed them, before it stops its elder:
+//!   a window in which to kill it, or stop the elder, after the switch.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,5 +63,17 @@ pub fn swap_exit(container: &str, phase: crate::companion::journal::Phase) {
     if hit {
         tracing::warn!(container, phase, "fault switch: exiting mid-swap");
         std::process::exit(70);
+    }
+}
+
+/// Waits as `FAULT_TAKEOVER_PAUSE_MS` says, if it is set.
+pub async fn takeover_pause() {
+    let pause = std::env::var("FAULT_TAKEOVER_PAUSE_MS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if pause > 0 {
+        tracing::warn!(pause_ms = pause, "fault switch: pausing the takeover after the switch");
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
 }

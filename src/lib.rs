@@ -9,7 +9,8 @@
 //! - [`routes`]: one file per group of endpoints, the state every handler
 //!   gets, and errors as JSON.
 //! - [`control`]: the stable addresses the live instance holds across
-//!   handovers: the root-only control socket and companion mode's update socket.
+//!   handovers: the live socket nginx sends public traffic to, the root-only
+//!   control socket and companion mode's update socket.
 //! - [`state`]: the one small struct the routes share with the orchestrator,
 //!   with the upgrade's steps, the takeover's phases and the history.
 //!
@@ -32,7 +33,7 @@
 //! And what everything stands on:
 //!
 //! - [`retention`]: which old images of this service a takeover removes.
-//! - [`proxy`]: nginx's upstream include, its config test and reload.
+//! - [`proxy`]: whether nginx runs (it follows the live socket, never reloaded).
 //! - [`registry`]: tags and digests over the registry API (Basic or bearer
 //!   token), and the credentials for it from a `config.json`; both roles use it.
 //! - [`docker`]: the one wrapper around bollard, one call a method.

@@ -79,15 +79,14 @@ impl std::fmt::Display for UpgradeStep {
 /// format between two versions: they never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TakeoverStep {
-    /// Writing nginx's include and reloading it.
-    #[serde(rename = "switching nginx")]
-    SwitchingNginx,
-    /// Asking nginx until it answers with this version.
-    #[serde(rename = "confirming through nginx")]
-    ConfirmingThroughNginx,
-    /// Waiting for the workers of the old configuration to finish.
-    #[serde(rename = "waiting for old nginx workers")]
-    WaitingForOldWorkers,
+    /// Renaming this instance's sockets over the public paths (the live
+    /// socket nginx connects to, the control and update sockets).
+    #[serde(rename = "publishing the sockets")]
+    PublishingSockets,
+    /// Asking through the live socket's public path until this very
+    /// instance answers there.
+    #[serde(rename = "confirming through the live socket")]
+    ConfirmingThroughLiveSocket,
     /// Stopping and removing the elder: an elder that gets a stop signal at
     /// this step has been taken over from.
     #[serde(rename = "stopping the elder")]
@@ -97,9 +96,8 @@ pub enum TakeoverStep {
 impl std::fmt::Display for TakeoverStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TakeoverStep::SwitchingNginx => "switching nginx",
-            TakeoverStep::ConfirmingThroughNginx => "confirming through nginx",
-            TakeoverStep::WaitingForOldWorkers => "waiting for old nginx workers",
+            TakeoverStep::PublishingSockets => "publishing the sockets",
+            TakeoverStep::ConfirmingThroughLiveSocket => "confirming through the live socket",
             TakeoverStep::StoppingTheElder => "stopping the elder",
         })
     }
@@ -114,7 +112,7 @@ pub enum TakeoverPhase {
     Idle,
     /// Started by an elder; waiting for its go-ahead after its health check.
     WaitingForGo,
-    /// Switching nginx, draining, stopping the elder.
+    /// Publishing the sockets, confirming, stopping the elder.
     Running { step: TakeoverStep },
     /// This instance is the one live instance.
     Done,
@@ -185,6 +183,9 @@ pub struct Shared {
     pub go: Notify,
     /// Becomes `true` when this instance is asked to stop (SIGTERM, SIGINT).
     pub shutdown: watch::Sender<bool>,
+    /// `true` while this instance, taken over from, lingers before its
+    /// graceful stop: every answer then closes its connection.
+    pub lingering: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Shared {
@@ -195,6 +196,7 @@ impl Default for Shared {
             handover_file: None,
             go: Notify::new(),
             shutdown: watch::channel(false).0,
+            lingering: Default::default(),
         }
     }
 }
@@ -343,9 +345,8 @@ mod tests {
             assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
         }
         for step in [
-            TakeoverStep::SwitchingNginx,
-            TakeoverStep::ConfirmingThroughNginx,
-            TakeoverStep::WaitingForOldWorkers,
+            TakeoverStep::PublishingSockets,
+            TakeoverStep::ConfirmingThroughLiveSocket,
             TakeoverStep::StoppingTheElder,
         ] {
             assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());

@@ -238,7 +238,7 @@ impl Orchestrator {
             Ok(()) => {}
             Err(Unconfirmed::Failed(reason)) => {
                 let log = self.discard(&successor).await;
-                self.reclaim(old_port).await;
+                self.reclaim();
                 return Err(UpgradeError::TakeoverFailed {
                     port: new_port,
                     reason,
@@ -464,24 +464,12 @@ impl Orchestrator {
         r.json::<TakeoverPhase>().await.map_err(|e| e.to_string())
     }
 
-    /// Points nginx back at this instance after a failed takeover (the
-    /// backup line has kept it serving meanwhile).
-    async fn reclaim(&self, port: u16) {
-        let Some(proxy) = &self.proxy else { return };
-        if proxy.current_primary() == Some(instance_addr(port)) {
-            return;
-        }
-        match proxy
-            .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(port, "reclaimed nginx");
-                self.publish_control();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not reclaim nginx; its backup line still reaches this instance")
-            }
-        }
+    /// Takes the sockets back after a failed takeover: nginx's next
+    /// upstream connection reaches this instance again (publishing is
+    /// idempotent, so it does not matter whether the successor got as far
+    /// as publishing its own).
+    fn reclaim(&self) {
+        self.publish_sockets();
+        tracing::info!(port = self.settings.port, "sockets reclaimed");
     }
 }

@@ -4,7 +4,8 @@
 //!    target ([`crate::recreate::resolve`]), starts a successor cloned from its
 //!    own container ([`crate::recreate::clone`]) on the other port,
 //!    health-checks it, gives it the go-ahead, and waits to be stopped by it.
-//! 2. [`takeover`]: the successor switches nginx, waits out the old workers,
+//! 2. [`takeover`]: the successor publishes its live socket (nginx's
+//!    upstream), confirms through it,
 //!    stops and removes its elder; at start-up every instance reconciles.
 //!
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
@@ -22,7 +23,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
-use crate::proxy::{Nginx, ProxyError};
+use crate::proxy::Nginx;
 use crate::recreate::resolve::ResolveError;
 use crate::recreate::version::{Requirement, RequirementError};
 use crate::recreate::watch::WaitError;
@@ -143,8 +144,6 @@ pub enum UpgradeError {
         "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
     )]
     StoppedBeforeConfirmation { port: u16, phase: String },
-    #[error("nginx: {0}")]
-    Proxy(#[from] ProxyError),
     #[error("{0}")]
     Internal(String),
 }
@@ -211,14 +210,9 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(settings: Arc<Settings>, engine: Arc<Engine>, shared: Arc<Shared>, self_id: Option<String>) -> Self {
-        let proxy = settings.proxy_enabled().then(|| {
-            Nginx::new(
-                engine.clone(),
-                settings.nginx_container.clone(),
-                settings.nginx_include.clone(),
-                settings.nginx_url.trim_end_matches('/').to_string(),
-            )
-        });
+        let proxy = settings
+            .proxy_enabled()
+            .then(|| Nginx::new(engine.clone(), settings.nginx_container.clone()));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(0)
@@ -239,10 +233,24 @@ impl Orchestrator {
         }
     }
 
-    /// Makes this instance's control (and update) socket the one clients
-    /// reach: called whenever this instance becomes (or again becomes) the
-    /// live one.
-    pub fn publish_control(&self) {
+    /// This instance's live socket, once bound.
+    pub fn live_socket(&self) -> Option<&crate::control::ControlSocket> {
+        self.control
+            .get()?
+            .iter()
+            .find(|s| s.public() == self.settings.live_socket)
+    }
+
+    /// Whether another instance has published its live socket over this
+    /// one's: this instance has been taken over from.
+    pub fn taken_over_from(&self) -> bool {
+        self.live_socket().is_some_and(|live| live.held_by_another())
+    }
+
+    /// Makes this instance's sockets (live, control, update) the ones
+    /// clients and nginx reach: called whenever this instance becomes (or
+    /// again becomes) the live one.
+    pub fn publish_sockets(&self) {
         for control in self.control.get().into_iter().flatten() {
             match control.publish() {
                 Ok(()) => tracing::info!(path = %control.public().display(), "socket published"),

@@ -10,17 +10,20 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
-use super::{Orchestrator, base_name, instance_addr};
+use super::{Orchestrator, base_name};
 use crate::docker::DockerError;
-use crate::proxy::ProxyError;
 use crate::recreate::watch::{self, StopFailed};
 use crate::state::{TakeoverPhase, TakeoverStep};
 
 /// Why a takeover failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
-    #[error("switching nginx: {0}")]
-    Proxy(#[from] ProxyError),
+    #[error("the live socket {path} did not reach this instance within {waited:?}: last seen {last_seen}")]
+    LiveNotConfirmed {
+        path: String,
+        waited: Duration,
+        last_seen: String,
+    },
     #[error("{context}: {source}")]
     Docker { context: String, source: DockerError },
 }
@@ -51,7 +54,7 @@ impl Orchestrator {
     pub async fn reconcile(&self) {
         let Some(me) = self.self_id.clone() else {
             tracing::info!("not running in a container: nothing to reconcile");
-            self.publish_control();
+            self.publish_sockets();
             return;
         };
         // The handover settings stay in the container's environment for good,
@@ -145,11 +148,10 @@ impl Orchestrator {
             tracing::info!(newer = %newer.id, "a newer sibling runs: it converges, not this instance");
             return Ok(());
         }
-        if all.is_empty()
-            && let Some(proxy) = &self.proxy
-            && proxy.current_primary() == Some(instance_addr(self.settings.port))
-        {
-            self.publish_control();
+        if all.is_empty() {
+            // Alone (a fresh start, a restart): the sockets are this
+            // instance's, whoever held them before.
+            self.publish_sockets();
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
@@ -197,33 +199,24 @@ impl Orchestrator {
         Ok(out)
     }
 
-    /// Points nginx here, waits until it serves this version and its old
-    /// workers are done, then stops (gracefully) and removes `elders`. A
-    /// stopped nginx (a reboot, a fresh `compose up`) gets the include only.
+    /// Publishes this instance's sockets (nginx's next upstream connection
+    /// reaches it), confirms through the live socket's public path that it
+    /// does, then stops (gracefully) and removes `elders`. nginx is not
+    /// asked anything: whether it runs or not, it connects to the path.
     #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
     async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
         let step = |step| self.shared.set_takeover(TakeoverPhase::Running { step });
-        let port = self.settings.port;
-        // One budget for the whole switch: the elder waits this long plus a
+        // One budget for the switch: the elder waits this long plus a
         // margin, so it never gives up while this instance still works.
         let deadline = Instant::now() + self.settings.takeover_deadline();
-        let left = || deadline.saturating_duration_since(Instant::now());
-        if let Some(proxy) = &self.proxy {
-            step(TakeoverStep::SwitchingNginx);
-            let old_workers = proxy
-                .point_at(instance_addr(port), instance_addr(self.settings.other_port(port)))
-                .await?;
-            // A stopped nginx has only had its include written: there is
-            // nothing to confirm through it and no old worker to wait for.
-            if let Some(old_workers) = old_workers {
-                step(TakeoverStep::ConfirmingThroughNginx);
-                proxy.confirm_serving(&self.version.to_string(), port, left()).await?;
-                step(TakeoverStep::WaitingForOldWorkers);
-                proxy.wait_old_workers(&old_workers, left()).await?;
-            }
+        step(TakeoverStep::PublishingSockets);
+        self.publish_sockets();
+        if let Some(live) = self.live_socket() {
+            step(TakeoverStep::ConfirmingThroughLiveSocket);
+            self.confirm_live(me, live.public(), deadline).await?;
         }
-        // The traffic is here: so is the control address, before the elder stops.
-        self.publish_control();
+        #[cfg(feature = "faults")]
+        crate::faults::takeover_pause().await;
         step(TakeoverStep::StoppingTheElder);
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {
@@ -251,6 +244,43 @@ impl Orchestrator {
         tracing::info!("this instance is the live one");
         crate::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
         Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// Asks `GET /health` through the live socket's public path until this
+    /// very container answers there: the path nginx connects to is this
+    /// instance's.
+    async fn confirm_live(&self, me: &str, path: &std::path::Path, deadline: Instant) -> Result<(), TakeoverError> {
+        let started = Instant::now();
+        let client = reqwest::Client::builder()
+            .unix_socket(path)
+            .timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| TakeoverError::LiveNotConfirmed {
+                path: path.display().to_string(),
+                waited: Duration::ZERO,
+                last_seen: e.to_string(),
+            })?;
+        loop {
+            let last_seen = match client.get("http://localhost/health").send().await {
+                Ok(r) => match r.json::<serde_json::Value>().await {
+                    Ok(body) if body["container"] == me => return Ok(()),
+                    Ok(body) => format!("container {}", body["container"]),
+                    Err(e) => format!("unreadable answer: {e}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(TakeoverError::LiveNotConfirmed {
+                    path: path.display().to_string(),
+                    waited: started.elapsed(),
+                    last_seen,
+                });
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::companion::{Companion, UpdateError};
 use crate::recreate::version::Requirement;
-use crate::routes::{AppState, refuse_cross_site, resolve_details, resolve_status};
+use crate::routes::{AppState, Listener, refuse_cross_site, resolve_details, resolve_status};
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,9 @@ pub async fn update(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
+    if let Some(refused) = Listener::of(&req).refuse_update() {
+        return Ok(refused);
+    }
     if let Err(refused) = refuse_cross_site(&req) {
         return Ok(refused);
     }
@@ -146,6 +149,9 @@ pub async fn update_to(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
+    if let Some(refused) = Listener::of(&req).refuse_update() {
+        return Ok(refused);
+    }
     if let Err(refused) = refuse_cross_site(&req) {
         return Ok(refused);
     }

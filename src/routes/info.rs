@@ -41,12 +41,23 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
         .await
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let detail = crate::routes::guard_loopback(&req).is_ok();
+    let detail = direct_caller(&req);
     let proxy = match detail {
         true => Some(proxy_state(&state).await),
         false => None,
     };
     health_answer(&state.orchestrator, docker, proxy)
+}
+
+/// Whether `req` comes from a direct loopback caller, who gets the detail:
+/// one the control guard lets through, or one on the live socket that did
+/// not come through a proxy (the successor confirming that the live socket
+/// reaches it; nginx adds `X-Forwarded-For` to every public request).
+fn direct_caller(req: &HttpRequest) -> bool {
+    if crate::routes::Listener::of(req) == crate::routes::Listener::Live {
+        return !crate::routes::proxied(req);
+    }
+    crate::routes::guard_loopback(req).is_ok()
 }
 
 /// Whether nginx runs. Reported, not judged: this instance is healthy with

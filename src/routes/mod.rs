@@ -146,21 +146,63 @@ pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
     Ok(())
 }
 
-/// The mark of a connection accepted on companion mode's update socket
-/// (`update_socket`), which any local process, nginx's workers among them,
-/// may open: it is never a loopback operator's.
-#[derive(Debug, Clone, Copy)]
-pub struct OnUpdateSocket;
+/// The listener a connection arrived on, which the server records for each
+/// connection as it accepts it (see `app`): the unix sockets any local
+/// process may open (the live socket nginx's workers send public traffic
+/// to, and companion mode's update socket) are never an operator's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// This instance's TCP port.
+    Port,
+    /// The control socket, in a directory only root can enter.
+    Control,
+    /// Companion mode's update socket: `/update` and the public endpoints.
+    Update,
+    /// The live socket: public traffic from nginx, the public endpoints only.
+    Live,
+}
 
-/// The refusal of a control endpoint on the update socket, if that is where
-/// the connection came.
-fn on_update_socket(marked: bool) -> Option<HttpResponse> {
-    marked.then(|| {
-        json_error(
-            StatusCode::FORBIDDEN,
-            "the update socket serves only the companion's /update; control endpoints answer on loopback and the control socket",
-        )
-    })
+impl Listener {
+    /// Where `req`'s connection arrived; a connection the server did not
+    /// mark (a test request) counts as one on the port.
+    pub fn of(req: &HttpRequest) -> Listener {
+        req.conn_data::<Listener>().copied().unwrap_or(Listener::Port)
+    }
+
+    /// The refusal of a control endpoint on this listener, if it is one that
+    /// any local process may open.
+    fn refuse_control(self) -> Option<HttpResponse> {
+        let reason = match self {
+            Listener::Port | Listener::Control => return None,
+            Listener::Update => {
+                "the update socket serves only the companion's /update; control endpoints answer on loopback and the control socket"
+            }
+            Listener::Live => {
+                "the live socket carries public traffic only; control endpoints answer on loopback and the control socket"
+            }
+        };
+        Some(json_error(StatusCode::FORBIDDEN, reason))
+    }
+
+    /// The refusal of the companion's `/update` on the live socket: public
+    /// traffic never reaches it, whatever nginx's config says.
+    pub fn refuse_update(self) -> Option<HttpResponse> {
+        (self == Listener::Live).then(|| {
+            json_error(
+                StatusCode::FORBIDDEN,
+                "the live socket carries public traffic only; /update answers on the update socket",
+            )
+        })
+    }
+}
+
+/// Whether `req` names a proxy it came through (nginx adds
+/// `X-Forwarded-For` to every public request).
+pub fn proxied(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    ["x-forwarded-for", "x-real-ip", "forwarded"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
 }
 
 /// The operator's endpoints (`/upgrade`, `/rollback`, `/status`,
@@ -171,7 +213,7 @@ fn on_update_socket(marked: bool) -> Option<HttpResponse> {
 /// Authentication is the caller's next step.
 pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     refuse_cross_site(req)?;
-    if let Some(refused) = on_update_socket(req.conn_data::<OnUpdateSocket>().is_some()) {
+    if let Some(refused) = Listener::of(req).refuse_control() {
         return Err(refused);
     }
     let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
@@ -184,10 +226,7 @@ pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
             ),
         ));
     }
-    let headers = req.headers();
-    let proxied = ["x-forwarded-for", "x-real-ip", "forwarded"]
-        .iter()
-        .any(|h| headers.contains_key(*h));
+    let proxied = proxied(req);
     // No peer address: the request came over the control socket, whose
     // directory only root can enter.
     let loopback = req.peer_addr().is_none_or(|a| a.ip().is_loopback());
@@ -371,12 +410,18 @@ mod tests {
     }
 
     #[test]
-    fn the_update_socket_never_passes_even_without_a_proxy_header() {
-        assert!(on_update_socket(false).is_none());
-        let refused = on_update_socket(true).unwrap();
-        assert_eq!(refused.status(), 403);
-        let body = actix_web::body::to_bytes(refused.into_body());
-        let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
-        assert!(String::from_utf8_lossy(&body).contains("update socket"));
+    fn the_update_and_live_sockets_never_pass_even_without_a_proxy_header() {
+        assert!(Listener::Port.refuse_control().is_none());
+        assert!(Listener::Control.refuse_control().is_none());
+        for (listener, names) in [(Listener::Update, "update socket"), (Listener::Live, "live socket")] {
+            let refused = listener.refuse_control().unwrap();
+            assert_eq!(refused.status(), 403);
+            let body = actix_web::body::to_bytes(refused.into_body());
+            let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+            assert!(String::from_utf8_lossy(&body).contains(names), "{listener:?}");
+        }
+        assert_eq!(Listener::Live.refuse_update().map(|r| r.status().as_u16()), Some(403));
+        assert!(Listener::Update.refuse_update().is_none());
+        assert!(Listener::Port.refuse_update().is_none());
     }
 }

@@ -19,8 +19,7 @@ impl ResponseError for UpgradeError {
             PreviousImageGone { .. } => StatusCode::NOT_FOUND,
             Resolve(e) => resolve_status(e),
             Docker { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-            Proxy(crate::proxy::ProxyError::Docker(e)) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-            Docker { .. } | SuccessorUnhealthy { .. } | TakeoverFailed { .. } | Proxy(_) => StatusCode::BAD_GATEWAY,
+            Docker { .. } | SuccessorUnhealthy { .. } | TakeoverFailed { .. } => StatusCode::BAD_GATEWAY,
             StoppedBeforeConfirmation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -184,14 +183,6 @@ mod tests {
             phase: "WaitingForGo".into(),
         };
         assert_eq!(status(stopped), 503);
-        assert_eq!(
-            status(UpgradeError::Proxy(crate::proxy::ProxyError::Docker(unreachable()))),
-            503
-        );
-        let nginx_down = crate::proxy::ProxyError::NotRunning {
-            container: "nginx".into(),
-        };
-        assert_eq!(status(UpgradeError::Proxy(nginx_down)), 502);
         let unreadable = UpgradeError::Credentials {
             registry: "r".into(),
             source: crate::registry::credentials::CredentialsError::Read {

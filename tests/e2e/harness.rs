@@ -466,7 +466,7 @@ impl Env {
     fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)]) -> Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
-        std::fs::create_dir_all(dir.join("live")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         let (a, b, public_port, deploy_port) = (free_port(), free_port(), free_port(), free_port());
         let nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf"))
             .unwrap()
@@ -475,17 +475,11 @@ impl Env {
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
-        std::fs::write(
-            dir.join("live/upstream.conf"),
-            format!("server 127.0.0.1:{a} max_fails=1 fail_timeout=2s;\nserver 127.0.0.1:{b} backup;\n"),
-        )
-        .unwrap();
         let nginx = format!("{project}-nginx");
         let mut env: Vec<(String, String)> = vec![
             ("SELFUP_PORT".into(), a.to_string()),
             ("SELFUP_PORTS".into(), format!("[{a},{b}]")),
             ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
-            ("SELFUP_NGINX_URL".into(), format!("http://127.0.0.1:{public_port}")),
             ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
             ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
         ];
@@ -494,11 +488,9 @@ impl Env {
             env.push((k.to_string(), v.to_string()));
         }
         let environment: String = env.iter().map(|(k, v)| format!("      {k}: '{v}'\n")).collect();
-        let live = dir.join("live");
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}    volumes:\n      - {live}:/etc/selfup/nginx\n  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\n      - {live}:/etc/nginx/selfup:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n",
+            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n",
             run = suite.run_id,
-            live = live.display(),
             conf = dir.join("nginx.conf").display(),
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
@@ -537,7 +529,7 @@ impl Env {
             .env("SELFUP_NGINX_IMAGE", &self.nginx_image)
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
             .env("SELFUP_CONTROL_DIR", self.dir.join("control"))
-            .env("SELFUP_UPDATE_DIR", self.dir.join("update"))
+            .env("SELFUP_PUBLIC_DIR", self.dir.join("public"))
             .envs(vars.iter().copied());
         run(&mut cmd)
     }
@@ -716,7 +708,12 @@ impl Env {
 
     /// The live instance's update socket (companion mode), as the host sees it.
     pub fn update_socket(&self) -> PathBuf {
-        self.dir.join("update/update.sock")
+        self.dir.join("public/update.sock")
+    }
+
+    /// The live socket nginx sends public traffic to, as the host sees it.
+    pub fn live_socket(&self) -> PathBuf {
+        self.dir.join("public/live.sock")
     }
 }
 
@@ -796,17 +793,18 @@ impl Env {
             self.version_at(&self.public("/")).await,
             Some((version.to_string(), self.ports[0]))
         );
-        assert_eq!(self.upstream_primary(), format!("127.0.0.1:{}", self.ports[0]));
+        assert_eq!(self.live_port(), Some(self.ports[0]));
     }
 
-    /// The primary server of the nginx include, as written now.
-    pub fn upstream_primary(&self) -> String {
-        let text = std::fs::read_to_string(self.path().join("live/upstream.conf")).unwrap();
-        text.lines()
-            .find(|l| l.starts_with("server ") && !l.contains("backup"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or_default()
-            .to_string()
+    /// The port of the instance whose socket the live socket's path names
+    /// now (each instance binds its own beside it, named for its port).
+    pub fn live_port(&self) -> Option<u16> {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let live = inode(&self.live_socket())?;
+        self.ports
+            .into_iter()
+            .find(|port| inode(&self.path().join(format!("public/.live.sock.{port}"))) == Some(live))
     }
 }
 
