@@ -190,7 +190,7 @@ pub async fn the_successor_takes_over_when_the_elder_is_killed_after_starting_it
 /// Sends `POST /echo` through nginx with a body that trickles in over
 /// `duration`: it keeps one of nginx's workers busy for that long. `sent`
 /// fires once the request head is on its way.
-async fn slow_echo(
+pub async fn slow_echo(
     public_port: u16,
     duration: Duration,
     sent: tokio::sync::oneshot::Sender<()>,
@@ -224,10 +224,11 @@ async fn slow_echo(
 pub async fn the_elder_reclaims_the_live_socket_when_the_successor_dies_after_the_switch(suite: Arc<Suite>) {
     // The successor pauses after it has published its sockets (a fault
     // switch of the test image): that is when it dies.
+    let faulty = suite.faults_image();
     let env = suite.live_env(&[("FAULT_TAKEOVER_PAUSE_MS", "3000")], "1.0.0").await;
     let [a, b] = env.ports;
     let elder = env.container_on(a).unwrap();
-    suite.release(&env.repository, "1.1.0");
+    suite.publish(&faulty, &env.repository, "latest");
     let load = Load::start(env.public(""), 3, 100_000, Duration::from_secs(60));
     let (sent, head_sent) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn(slow_echo(env.public_port, Duration::from_secs(6), sent));

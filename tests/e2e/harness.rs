@@ -15,6 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+/// How long an elder serves after its successor took the live socket (the
+/// `linger_ms` default): nginx may reuse a pooled connection to it until then.
+pub const LINGER: Duration = Duration::from_millis(4500);
+
 /// The versions `build.sh` builds for the suite.
 pub const VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
 /// The version label the fault images carry: higher than any real build.

@@ -35,6 +35,7 @@ mod restarts;
 mod retention;
 mod runner;
 mod swaps;
+mod switch;
 mod token_front;
 mod traffic;
 mod versions;
@@ -65,6 +66,9 @@ fn main() -> ExitCode {
         cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving,
         proxy::stopping_nginx_lets_a_request_in_flight_finish,
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
+        switch::eight_keep_alive_clients_see_no_failure_across_five_upgrades,
+        switch::a_slow_public_post_gets_its_answer_while_upgrades_run_in_their_usual_time,
+        switch::a_foreign_listener_on_the_idle_port_or_in_the_socket_directory_receives_nothing,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
         guard::browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades,
         guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,
