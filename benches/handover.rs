@@ -3,13 +3,16 @@
 //!
 //!   cargo bench --bench handover [-- UPGRADES CLIENTS]     (defaults: 5 upgrades, 8 clients)
 //!
-//! Prints, for each strategy: requests sent and failed, p99 and max latency
-//! inside the upgrade windows and outside them, and the upgrade time (from
-//! the request to the answer, or from `docker stop` to the new instance's
-//! first healthy answer) as median and max. Then UPGRADES upgrades with no
-//! load: the time from the request to the answer (median, min, max) and the
-//! median of each step the answer's `timings` report. It is not a test:
-//! nothing fails.
+//! Prints, for clients that keep their connection to nginx and for clients
+//! that open a new one per request (and for a stop-then-start recreate under
+//! keep-alive clients): requests sent and failed, p50 and p99 latency inside
+//! the upgrade windows and outside them, and the upgrade time (from the
+//! request to the answer, or from `docker stop` to the new instance's first
+//! healthy answer) as median and max, with the median of each step the
+//! answers' `timings` report. Then UPGRADES upgrades with no load (median,
+//! min, max, and the steps' medians), and the throughput through nginx
+//! (CLIENTS clients for 10 s) with public keep-alive on and off. It is not a
+//! test: nothing fails.
 
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{Suite, docker, eventually};
-use load::{Load, Sample};
+use load::{Connections, Load, Sample};
 
 /// The versions the upgrades cycle through, each named exactly.
 const CYCLE: [&str; 3] = ["1.1.0", "1.2.0", "1.0.0"];
@@ -32,6 +35,8 @@ struct Figures {
     name: &'static str,
     samples: Vec<Sample>,
     windows: Vec<(Instant, Instant)>,
+    /// Each upgrade's own timings of its steps (ms), in [`STEPS`] order.
+    steps: Vec<[u64; STEPS.len()]>,
 }
 
 fn main() -> ExitCode {
@@ -49,29 +54,39 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    let blue_green = runtime.block_on(blue_green(suite.clone(), upgrades, clients));
+    let keep_alive = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
+    let new_connections = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::New));
     let recreate = runtime.block_on(recreate(suite.clone(), upgrades, clients));
     let unloaded = runtime.block_on(unloaded(suite.clone(), upgrades));
+    let throughput_on = runtime.block_on(throughput(suite.clone(), clients, true));
+    let throughput_off = runtime.block_on(throughput(suite.clone(), clients, false));
     drop(runtime);
     drop(suite);
     println!("\n{upgrades} upgrades per strategy under {clients} clients (GET / and POST /echo through nginx)\n");
     println!(
-        "{:<22} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
+        "{:<34} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
         "strategy",
         "requests",
         "failed",
         "errors for",
+        "p50 upgrading",
         "p99 upgrading",
-        "max upgrading",
+        "p50 steady",
         "p99 steady",
-        "max steady",
         "upgrade median",
         "upgrade max"
     );
-    for f in [blue_green, recreate] {
-        print_row(&f);
+    for f in [&keep_alive, &new_connections, &recreate] {
+        print_row(f);
+    }
+    for f in [&keep_alive, &new_connections] {
+        println!("{}: median steps: {}", f.name, step_medians(&f.steps));
     }
     print_unloaded(&unloaded);
+    println!(
+        "\nthroughput through nginx, {clients} clients for 10 s: public keep-alive on {:.0} req/s, off {:.0} req/s",
+        throughput_on, throughput_off
+    );
     ExitCode::SUCCESS
 }
 
@@ -106,17 +121,21 @@ async fn unloaded(suite: Arc<Suite>, upgrades: usize) -> Vec<Unloaded> {
         let (status, body) = env.upgrade(live, Some(&format!("={version}"))).await;
         let answered = asked.elapsed();
         assert_eq!(status, 200, "{body}");
-        let steps = STEPS.map(|s| body["timings"][format!("{s}_ms")].as_u64().unwrap_or_default());
-        runs.push(Unloaded { answered, steps });
+        runs.push(Unloaded {
+            answered,
+            steps: steps_of(&body),
+        });
         live = body["new_port"].as_u64().unwrap() as u16;
         env.wait_takeover_done(live).await;
     }
     runs
 }
 
-fn print_unloaded(runs: &[Unloaded]) {
-    let mut answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
-    answered.sort();
+/// The median of each step over `runs`, as `resolve 2 ms, pull 26 ms, ...`.
+fn step_medians(runs: &[[u64; STEPS.len()]]) -> String {
+    if runs.is_empty() {
+        return "none".into();
+    }
     let median = |mut v: Vec<u64>| {
         v.sort();
         v[v.len() / 2]
@@ -124,28 +143,73 @@ fn print_unloaded(runs: &[Unloaded]) {
     let steps: Vec<String> = STEPS
         .iter()
         .enumerate()
-        .map(|(i, s)| format!("{s} {} ms", median(runs.iter().map(|r| r.steps[i]).collect())))
+        .map(|(i, s)| format!("{s} {} ms", median(runs.iter().map(|r| r[i]).collect())))
         .collect();
+    steps.join(", ")
+}
+
+fn print_unloaded(runs: &[Unloaded]) {
+    let mut answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
+    answered.sort();
+    let steps: Vec<[u64; STEPS.len()]> = runs.iter().map(|r| r.steps).collect();
     println!(
         "\n{} upgrades without load: answered in {} median ({} to {}); median steps: {}",
         runs.len(),
         ms(percentile(&answered, 0.5)),
         ms(answered[0]),
         ms(answered[answered.len() - 1]),
-        steps.join(", ")
+        step_medians(&steps)
     );
 }
 
-async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures {
+/// Requests per second through nginx from `clients` keep-alive clients for
+/// 10 s, with nginx's public keep-alive on (as shipped) or off
+/// (`keepalive_timeout 0`: a new connection per request).
+async fn throughput(suite: Arc<Suite>, clients: usize, keep_alive: bool) -> f64 {
+    let env = suite.env(&[]);
+    if !keep_alive {
+        let conf = env.path().join("nginx.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.contains("keepalive_timeout 65s;"));
+        std::fs::write(&conf, text.replace("keepalive_timeout 65s;", "keepalive_timeout 0;")).unwrap();
+    }
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    let load = Load::start(env.public(""), clients, usize::MAX, Duration::from_secs(60));
+    steady(&load, clients).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let to = Instant::now();
+    let samples = load.finish().await;
+    let done = samples
+        .iter()
+        .filter(|s| s.error.is_none() && s.sent >= from && s.sent + s.latency <= to)
+        .count();
+    done as f64 / (to - from).as_secs_f64()
+}
+
+/// The answer's own timings of each step (ms), in [`STEPS`] order.
+fn steps_of(body: &serde_json::Value) -> [u64; STEPS.len()] {
+    STEPS.map(|s| body["timings"][format!("{s}_ms")].as_u64().unwrap_or_default())
+}
+
+async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize, connections: Connections) -> Figures {
     let env = suite.env(&[]);
     for v in ["1.1.0", "1.2.0", "1.0.0"] {
         suite.release(&env.repository, v);
     }
     env.up("1.0.0").await;
-    let load = Load::start(env.public(""), clients, usize::MAX, Duration::from_secs(600));
+    let load = Load::start_with(
+        env.public(""),
+        clients,
+        usize::MAX,
+        Duration::from_secs(600),
+        connections,
+    );
     steady(&load, clients).await;
     let mut live = env.ports[0];
     let mut windows = Vec::new();
+    let mut steps = Vec::new();
     for i in 0..upgrades {
         let version = CYCLE[i % CYCLE.len()];
         let asked = Instant::now();
@@ -153,14 +217,19 @@ async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figur
         let answered = Instant::now();
         assert_eq!(status, 200, "{body}");
         windows.push((asked, answered));
+        steps.push(steps_of(&body));
         live = body["new_port"].as_u64().unwrap() as u16;
         env.wait_takeover_done(live).await;
         steady(&load, clients).await;
     }
     Figures {
-        name: "blue-green (selfup)",
+        name: match connections {
+            Connections::KeepAlive => "selfup, keep-alive clients",
+            Connections::New => "selfup, a new connection per request",
+        },
         samples: load.finish().await,
         windows,
+        steps,
     }
 }
 
@@ -169,6 +238,7 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
     // way stop-then-start updaters do it: stop, remove, run the new image.
     let env = suite.env(&[]);
     let port = env.ports[0];
+    let public = env.path().join("public");
     let nginx = docker(&[
         "run",
         "-d",
@@ -181,7 +251,7 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
         "-v",
         &format!("{}:/etc/nginx/nginx.conf:ro", env.path().join("nginx.conf").display()),
         "-v",
-        &format!("{}:/etc/nginx/selfup:ro", env.path().join("live").display()),
+        &format!("{}:/run/selfup-public:ro", public.display()),
         &suite.nginx_image,
     ]);
     let _nginx = harness::Container(nginx.trim().to_string());
@@ -197,6 +267,8 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
             &format!("com.docker.compose.project={}", env.project),
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &format!("{}:/run/selfup-public", public.display()),
             "-e",
             &format!("SELFUP_PORT={port}"),
             "-e",
@@ -239,6 +311,7 @@ async fn recreate(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures
         name: "stop-then-start",
         samples,
         windows,
+        steps: Vec::new(),
     }
 }
 
@@ -285,15 +358,15 @@ fn print_row(f: &Figures) {
         })
         .sum();
     println!(
-        "{:<22} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
+        "{:<34} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
         f.name,
         f.samples.len(),
         failed.len(),
         ms(errors_for),
+        ms(percentile(&inside, 0.5)),
         ms(percentile(&inside, 0.99)),
-        ms(inside.last().copied().unwrap_or_default()),
+        ms(percentile(&outside, 0.5)),
         ms(percentile(&outside, 0.99)),
-        ms(outside.last().copied().unwrap_or_default()),
         ms(percentile(&durations, 0.5)),
         ms(durations.last().copied().unwrap_or_default()),
     );

@@ -12,6 +12,8 @@ use super::{
 };
 use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
+use bollard::models::ImageInspect;
+
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::resolve::{self, Go};
@@ -20,8 +22,13 @@ use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
 use crate::state::{InProgress, Outcome, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 
-/// How often the elder looks at its successor while waiting.
+/// How often the elder looks at its successor (the Engine's view of it)
+/// while waiting.
 const POLL: Duration = Duration::from_millis(25);
+/// How often the elder asks the successor's `/health` while it starts: a
+/// refused connect costs well under a millisecond, and the successor
+/// answers a few ms after its process starts.
+const HEALTH_POLL: Duration = Duration::from_millis(5);
 /// How much longer than the successor's takeover budget the elder waits for
 /// it: the go-ahead's delivery, and the successor's last steps before it
 /// stops the elder.
@@ -137,7 +144,10 @@ impl Orchestrator {
                 timings.resolve_ms = started.elapsed().as_millis();
                 flight.step(UpgradeStep::Pulling);
                 let t = Instant::now();
-                let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
+                let pulled = match self.local_at_tag_digest(&image, auth.as_ref()).await {
+                    Some(local) => local,
+                    None => resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?,
+                };
                 timings.pull_ms = t.elapsed().as_millis();
                 (image.to_string(), pulled, requirement.clone())
             }
@@ -304,6 +314,25 @@ impl Orchestrator {
         })
     }
 
+    /// The local image `image` names, if it is already what the registry's
+    /// tag points at (the same digest): no pull needed. Any doubt (an error,
+    /// no digest) is `None`, and the image is pulled.
+    async fn local_at_tag_digest(&self, image: &ImageRef, auth: Option<&RegistryAuth>) -> Option<ImageInspect> {
+        let remote = self
+            .registry
+            .manifest_digest(image.registry_host(), &image.path, &image.tag, auth)
+            .await
+            .ok()??;
+        let local = self.engine.inspect_image(&image.to_string()).await.ok()?;
+        let wanted = format!("{}@{remote}", image.repository());
+        local
+            .repo_digests
+            .as_ref()?
+            .iter()
+            .any(|d| *d == wanted)
+            .then_some(local)
+    }
+
     /// The registry's credentials from the `docker_config` file, the same
     /// lookup companion mode makes; none when the file or its entry is absent.
     async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
@@ -352,9 +381,10 @@ impl Orchestrator {
     /// it exits, reports another version, or another listener answers.
     #[tracing::instrument(skip(self))]
     async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), WaitError> {
-        let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), POLL);
+        let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), HEALTH_POLL);
         let url = format!("http://{}/health", instance_addr(port));
         let mut last: String;
+        let mut looked = Instant::now();
         loop {
             match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
@@ -381,8 +411,11 @@ impl Orchestrator {
                 Ok(r) => last = format!("/health answered {}", r.status()),
                 Err(e) => last = format!("/health: {e}"),
             }
-            if let Some(exit) = watcher.died().await {
-                return Err(WaitError::Died(exit));
+            if looked.elapsed() >= POLL {
+                looked = Instant::now();
+                if let Some(exit) = watcher.died().await {
+                    return Err(WaitError::Died(exit));
+                }
             }
             if let Some(expired) = watcher.expired("no healthy answer", Some(format!("last: {last}"))) {
                 return Err(expired);

@@ -200,6 +200,9 @@ pub struct Orchestrator {
     pub version: Version,
     /// For talking to instances on loopback: no proxy, no pooling across runtimes.
     pub http: reqwest::Client,
+    /// For asking through the live socket's public path (`live_socket`), if
+    /// there is one; built once, before any takeover needs it.
+    pub live_http: Option<reqwest::Client>,
     /// This instance's control socket and, in companion mode, its update
     /// socket, once bound; published when this instance becomes the live one.
     pub control: std::sync::OnceLock<Vec<crate::control::ControlSocket>>,
@@ -219,6 +222,14 @@ impl Orchestrator {
             .no_proxy()
             .build()
             .expect("a reqwest client with static settings builds");
+        let live_http = (!settings.live_socket.as_os_str().is_empty()).then(|| {
+            reqwest::Client::builder()
+                .unix_socket(settings.live_socket.as_path())
+                .timeout(Duration::from_secs(1))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a reqwest client with static settings builds")
+        });
         Orchestrator {
             settings,
             engine,
@@ -228,6 +239,7 @@ impl Orchestrator {
             self_id,
             version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
             http,
+            live_http,
             control: std::sync::OnceLock::new(),
             swaps: None,
         }

@@ -85,6 +85,10 @@ impl Orchestrator {
     async fn as_successor(&self, me: &str, elder: &str) -> Result<(), TakeoverError> {
         self.shared.set_takeover(TakeoverPhase::WaitingForGo);
         let my_created = self.created(me).await?;
+        // Looked up while the elder health-checks this instance, not after
+        // its go-ahead: the takeover then makes no Engine call before the
+        // switch.
+        let mut elders = self.others(me).await?;
         let deadline = Instant::now() + self.settings.health_deadline() + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
@@ -109,7 +113,6 @@ impl Orchestrator {
                 _ = sleep(Duration::from_millis(250)) => {}
             }
         }
-        let mut elders = self.others(me).await?;
         if !elders.iter().any(|s| s.id == elder) {
             elders.push(Sibling {
                 id: elder.to_string(),
@@ -253,16 +256,9 @@ impl Orchestrator {
     /// instance's.
     async fn confirm_live(&self, me: &str, path: &std::path::Path, deadline: Instant) -> Result<(), TakeoverError> {
         let started = Instant::now();
-        let client = reqwest::Client::builder()
-            .unix_socket(path)
-            .timeout(Duration::from_secs(1))
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| TakeoverError::LiveNotConfirmed {
-                path: path.display().to_string(),
-                waited: Duration::ZERO,
-                last_seen: e.to_string(),
-            })?;
+        let Some(client) = &self.live_http else {
+            return Ok(());
+        };
         loop {
             let last_seen = match client.get("http://localhost/health").send().await {
                 Ok(r) => match r.json::<serde_json::Value>().await {

@@ -73,8 +73,8 @@ pub async fn a_ci_job_updates_a_container_through_nginx_and_the_update_socket_be
 ) {
     suite.companion_images();
     let remote = documented_command("\"$SELFUP_URL/update\"");
-    let local = documented_command("--max-time 300 --unix-socket /run/selfup-update/update.sock")
-        .replace("/run/selfup-update/update.sock", "\"$UPDATE_SOCKET\"");
+    let local = documented_command("--max-time 300 --unix-socket /run/selfup-public/update.sock")
+        .replace("/run/selfup-public/update.sock", "\"$UPDATE_SOCKET\"");
 
     // selfup as the recipe starts it: compose, companion mode on.
     let env = suite.env(&[]);

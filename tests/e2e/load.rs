@@ -17,6 +17,15 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
+/// How a load's clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// One connection per client, reused for every request.
+    KeepAlive,
+    /// A new connection for every request.
+    New,
+}
+
 /// Clients sending requests back to back until stopped: by [`Load::finish`],
 /// by their own limits, or by dropping the `Load` (a failing test's clients
 /// stop with it instead of running into the next test).
@@ -28,8 +37,20 @@ pub struct Load {
 
 impl Load {
     /// Starts `clients` clients against `base` (nginx's public address); each
-    /// stops by itself after `max_requests` or `max_time`.
+    /// stops by itself after `max_requests` or `max_time`. Each client keeps
+    /// its connection open across requests (as far as the server lets it).
     pub fn start(base: String, clients: usize, max_requests: usize, max_time: Duration) -> Load {
+        Load::start_with(base, clients, max_requests, max_time, Connections::KeepAlive)
+    }
+
+    /// [`Load::start`], with each request on the connections `connections` says.
+    pub fn start_with(
+        base: String,
+        clients: usize,
+        max_requests: usize,
+        max_time: Duration,
+        connections: Connections,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..clients)
@@ -38,10 +59,15 @@ impl Load {
                 let samples = samples.clone();
                 let base = base.clone();
                 tokio::spawn(async move {
+                    let idle = match connections {
+                        Connections::KeepAlive => usize::MAX,
+                        Connections::New => 0,
+                    };
                     let http = reqwest::Client::builder()
                         .no_proxy()
                         .timeout(Duration::from_secs(10))
                         .pool_idle_timeout(Duration::from_secs(30))
+                        .pool_max_idle_per_host(idle)
                         .build()
                         .unwrap();
                     let start = Instant::now();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::Suite;
-use crate::load::{Load, overlapping};
+use crate::load::{Connections, Load, overlapping};
 
 pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite: Arc<Suite>) {
     let env = suite.env(&[]);
@@ -17,7 +17,8 @@ pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite:
     suite.publish(&built, &env.repository, "latest");
     env.up("1.0.0").await;
 
-    let load = Load::start(env.public(""), 6, 200_000, Duration::from_secs(120));
+    // A new connection per request here; switch.rs has clients that keep theirs.
+    let load = Load::start_with(env.public(""), 6, 200_000, Duration::from_secs(120), Connections::New);
     load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(10))
         .await;
     let mut live = env.ports[0];
