@@ -206,12 +206,7 @@ impl SetupRegistry {
             .args(["push", &target])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        (out.status.success(), crate::harness::output_text(&out))
     }
 
     fn login(&self) {

@@ -55,6 +55,15 @@ pub fn run_quietly(cmd: &mut Command) {
     let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
+/// What a finished command wrote, its standard output then its errors.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn docker(args: &[&str]) -> String {
     run(Command::new("docker").args(args))
 }
@@ -625,14 +634,7 @@ impl Env {
         let samples = load.finish().await;
         let during = crate::load::overlapping(&samples, asked, answered).len();
         assert!(during >= 4, "only {during} requests overlapped the upgrade");
-        let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
-        assert!(
-            failed.is_empty(),
-            "{} of {} requests failed around the upgrade, e.g. {:?}",
-            failed.len(),
-            samples.len(),
-            &failed[..failed.len().min(5)]
-        );
+        crate::load::assert_none_failed(&samples, "around the upgrade");
         eprintln!(
             "    {} requests around the upgrade ({during} while it ran), none failed",
             samples.len()

@@ -138,6 +138,18 @@ impl Drop for Load {
     }
 }
 
+/// Asserts that none of `samples` failed; `what` says around what.
+pub fn assert_none_failed(samples: &[Sample], what: &str) {
+    let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed {what}, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 /// The samples whose request was in flight at some moment of `[from, to]`.
 pub fn overlapping(samples: &[Sample], from: Instant, to: Instant) -> Vec<&Sample> {
     samples

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{Env, LINGER, Suite, docker};
-use crate::load::{Load, Sample, overlapping};
+use crate::load::{Load, Sample, assert_none_failed, overlapping};
 
 /// Sends two `GET /` on one connection to nginx's public port and returns
 /// both status lines: the second is answered only if nginx kept the
@@ -51,18 +51,6 @@ async fn two_requests_on_one_connection(public_port: u16) -> Vec<String> {
         statuses.push(status.trim().to_string());
     }
     statuses
-}
-
-/// Asserts that no request failed and prints how many there were.
-fn assert_none_failed(samples: &[Sample], what: &str) {
-    let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed {what}, e.g. {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
 }
 
 pub async fn eight_keep_alive_clients_see_no_failure_across_five_upgrades(suite: Arc<Suite>) {
@@ -222,12 +210,7 @@ fn as_nobody(suite: &Suite, env: &Env, script: &str) -> (i32, String) {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    (out.status.code().unwrap_or(-1), crate::harness::output_text(&out))
 }
 
 /// Restarts the live container and waits until `version` answers through
