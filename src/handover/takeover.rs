@@ -15,6 +15,10 @@ use crate::docker::DockerError;
 use crate::recreate::watch::{self, StopFailed};
 use crate::state::{TakeoverPhase, TakeoverStep};
 
+/// How many times the successor stops and removes an elder that keeps
+/// coming back (restarted while it was being stopped) before it gives up.
+const ELDER_STOP_ATTEMPTS: u32 = 3;
+
 /// Why a takeover failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -225,13 +229,20 @@ impl Orchestrator {
         for id in &elders {
             tracing::info!(container = %id, "stopping and removing");
             // The elder may still be draining requests: it is removed once
-            // it has stopped, not killed by a forced remove.
-            watch::stop_and_remove(&self.engine, id, stop, StopFailed::WaitForIt)
-                .await
-                .map_err(|source| TakeoverError::Docker {
-                    context: format!("removing the elder {id}"),
-                    source,
-                })?;
+            // it has stopped, not killed by a forced remove. One restarted
+            // meanwhile (`docker restart`, its restart policy) runs again
+            // when the remove comes: it is stopped again.
+            let mut attempts = 0;
+            while let Err(source) = watch::stop_and_remove(&self.engine, id, stop, StopFailed::WaitForIt).await {
+                attempts += 1;
+                if attempts == ELDER_STOP_ATTEMPTS {
+                    return Err(TakeoverError::Docker {
+                        context: format!("removing the elder {id}"),
+                        source,
+                    });
+                }
+                tracing::warn!(container = %id, error = %source, "the elder runs again: stopping it again");
+            }
         }
         if let Ok(c) = self.engine.inspect_container(me).await {
             let name = c.name.unwrap_or_default();
