@@ -325,12 +325,7 @@ impl Orchestrator {
             .ok()??;
         let local = self.engine.inspect_image(&image.to_string()).await.ok()?;
         let wanted = format!("{}@{remote}", image.repository());
-        local
-            .repo_digests
-            .as_ref()?
-            .iter()
-            .any(|d| *d == wanted)
-            .then_some(local)
+        local.repo_digests.as_ref()?.contains(&wanted).then_some(local)
     }
 
     /// The registry's credentials from the `docker_config` file, the same
