@@ -115,6 +115,42 @@ pub async fn pull(
     inspect(engine, &image.to_string()).await
 }
 
+/// [`pull`], reporting the bytes downloaded to `events` as they grow.
+pub async fn pull_reporting(
+    engine: &Engine,
+    image: &ImageRef,
+    credentials: Option<DockerCredentials>,
+    events: &crate::events::EventLog,
+) -> Result<ImageInspect, ResolveError> {
+    let name = image.to_string();
+    let mut progress = crate::events::PullProgress::new(crate::events::PROGRESS_EVERY);
+    let observe = |info: &bollard::models::CreateImageInfo| {
+        let detail = info.progress_detail.as_ref();
+        let reported = progress.update(
+            info.id.as_deref(),
+            info.status.as_deref(),
+            detail.and_then(|d| d.current),
+            detail.and_then(|d| d.total),
+        );
+        if let Some((done, total, layers)) = reported {
+            events.emit(crate::events::Event::PullProgress {
+                image: name.clone(),
+                done,
+                total,
+                layers,
+            });
+        }
+    };
+    engine
+        .pull_observed(image, credentials, observe)
+        .await
+        .map_err(|source| ResolveError::Pull {
+            image: image.to_string(),
+            source,
+        })?;
+    inspect(engine, &image.to_string()).await
+}
+
 /// Inspects a local image, by reference or id.
 pub async fn inspect(engine: &Engine, image: &str) -> Result<ImageInspect, ResolveError> {
     engine
