@@ -15,7 +15,7 @@
 //! - [`events`]: the event log every step is emitted to, kept in the data
 //!   volume so ids go on across generations; `/events` streams it.
 //! - [`metrics`]: the counters and histograms `/metrics` exports.
-//! - `cli` (in the binary): `selfup upgrade|status|history|rollback`, the
+//! - [`cli`]: `selfup upgrade|status|history|rollback`, the
 //!   operator's client of the control endpoints.
 //!
 //! The two roles, each in its own folder, neither importing the other's
@@ -49,6 +49,7 @@
 
 pub mod app;
 pub mod atomic;
+pub mod cli;
 pub mod companion;
 pub mod config;
 pub mod control;
