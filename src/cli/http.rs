@@ -324,14 +324,26 @@ mod tests {
         assert!(Address::parse("http://x/upgrade").is_err());
     }
 
-    #[test]
-    fn a_chunked_event_stream_is_read_event_by_event() {
+    /// A server on loopback that reads one request and writes `answer` to it,
+    /// then waits for the client to close.
+    fn serve_once(answer: impl FnOnce() -> String + Send + 'static) -> (Address, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = Address::Tcp(listener.local_addr().unwrap().to_string());
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut head = [0u8; 1024];
             let _ = s.read(&mut head).unwrap();
+            s.write_all(answer().as_bytes()).unwrap();
+            // The connection stays open until the client closes it: the
+            // client must stop where the body ends, not wait for the close.
+            let _ = s.read(&mut head);
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn a_chunked_event_stream_is_read_event_by_event() {
+        let (addr, server) = serve_once(|| {
             let body = [
                 "retry: 1000\n\n",
                 ": keep-alive\n\nid: 3\nevent: upgrade_step\ndata: {\"step\":",
@@ -345,7 +357,7 @@ mod tests {
                 out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
             }
             out.push_str("0\r\n\r\n");
-            s.write_all(out.as_bytes()).unwrap();
+            out
         });
         let response = request(&addr, "GET", "/events", &[], Some(Duration::from_secs(5))).unwrap();
         assert_eq!(response.status, 200);
@@ -373,18 +385,8 @@ mod tests {
 
     #[test]
     fn a_body_by_length_is_read_whole_and_no_further() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = Address::Tcp(listener.local_addr().unwrap().to_string());
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut head = [0u8; 1024];
-            let _ = s.read(&mut head).unwrap();
-            s.write_all(b"HTTP/1.1 409 Conflict\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}")
-                .unwrap();
-            // The connection stays open until the client closes it: the
-            // client must stop at the length, not wait for the close.
-            let _ = s.read(&mut head);
-        });
+        let (addr, server) =
+            serve_once(|| "HTTP/1.1 409 Conflict\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}".to_string());
         let response = request(&addr, "GET", "/status", &[], Some(Duration::from_secs(5))).unwrap();
         assert_eq!(response.status, 409);
         assert_eq!(response.text().unwrap(), "{\"error\":\"x\"}");

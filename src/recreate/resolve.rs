@@ -105,8 +105,18 @@ pub async fn pull(
     image: &ImageRef,
     credentials: Option<DockerCredentials>,
 ) -> Result<ImageInspect, ResolveError> {
+    pull_observed(engine, image, credentials, |_| {}).await
+}
+
+/// [`pull`], showing `observe` each message of the Engine's progress stream.
+async fn pull_observed(
+    engine: &Engine,
+    image: &ImageRef,
+    credentials: Option<DockerCredentials>,
+    observe: impl FnMut(&bollard::models::CreateImageInfo),
+) -> Result<ImageInspect, ResolveError> {
     engine
-        .pull(image, credentials)
+        .pull_observed(image, credentials, observe)
         .await
         .map_err(|source| ResolveError::Pull {
             image: image.to_string(),
@@ -141,14 +151,7 @@ pub async fn pull_reporting(
             });
         }
     };
-    engine
-        .pull_observed(image, credentials, observe)
-        .await
-        .map_err(|source| ResolveError::Pull {
-            image: image.to_string(),
-            source,
-        })?;
-    inspect(engine, &image.to_string()).await
+    pull_observed(engine, image, credentials, observe).await
 }
 
 /// Inspects a local image, by reference or id.
