@@ -50,7 +50,8 @@ pub enum Event {
         requested: String,
         to: Option<String>,
         error: Option<String>,
-        duration_ms: u128,
+        /// u64, not u128: a flattened, tagged enum cannot read a u128 back.
+        duration_ms: u64,
     },
     /// A companion update of another container began.
     UpdateStarted { container: String },
@@ -413,6 +414,51 @@ mod tests {
         let resumed: Vec<u64> = successor.after(2).iter().map(|r| r.id).collect();
         assert_eq!(resumed, vec![3, 4]);
         assert_eq!(successor.after(4), vec![]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_kind_of_event_reads_back_from_the_file() {
+        let dir = dir("kinds");
+        let log = EventLog::in_dir(&dir);
+        let all = vec![
+            Event::UpgradeStarted {
+                requested: "2".into(),
+                from: "1.0.0".into(),
+            },
+            step("pulling"),
+            Event::PullProgress {
+                image: "r/selfup:2.0.0".into(),
+                done: 5,
+                total: 9,
+                layers: 2,
+            },
+            Event::HealthAttempt {
+                attempt: 3,
+                result: "/health answered 503".into(),
+            },
+            Event::Takeover { phase: "done".into() },
+            Event::UpgradeFinished {
+                outcome: "failed".into(),
+                requested: "2".into(),
+                to: None,
+                error: Some("no version".into()),
+                duration_ms: u64::MAX,
+            },
+            Event::UpdateStarted {
+                container: "app".into(),
+            },
+            Event::UpdateFinished {
+                container: "app".into(),
+                outcome: "rolled_back".into(),
+                error: None,
+            },
+        ];
+        for event in &all {
+            log.emit(event.clone());
+        }
+        let read: Vec<Event> = EventLog::in_dir(&dir).after(0).into_iter().map(|r| r.event).collect();
+        assert_eq!(read, all);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -31,6 +31,9 @@ pub struct Metrics {
     rollbacks: Counter,
     updates: Family<Label, Counter>,
     http: Family<Label, Counter>,
+    /// The watch loop's last check: when (seconds since the epoch), and whether it worked.
+    watch_time: Gauge,
+    watch_ok: Gauge,
     started: Instant,
 }
 
@@ -83,6 +86,17 @@ impl Default for Metrics {
             http.clone(),
         );
         registry.register("selfup_build_info", "The version this instance runs", build);
+        let (watch_time, watch_ok) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "selfup_watch_last_check_timestamp_seconds",
+            "When the watch loop last asked the registry (0: not yet, or no watch loop)",
+            watch_time.clone(),
+        );
+        registry.register(
+            "selfup_watch_last_check_success",
+            "Whether the watch loop's last check worked (1) or failed (0)",
+            watch_ok.clone(),
+        );
         Metrics {
             registry,
             upgrades,
@@ -90,6 +104,8 @@ impl Default for Metrics {
             rollbacks,
             updates,
             http,
+            watch_time,
+            watch_ok,
             started: Instant::now(),
         }
     }
@@ -133,6 +149,12 @@ impl Metrics {
     pub fn answered(&self, status: StatusCode) {
         let class = format!("{}xx", status.as_u16() / 100);
         self.http.get_or_create(&[("class", class)]).inc();
+    }
+
+    /// Records a check of the watch loop, now.
+    pub fn watch_checked(&self, ok: bool) {
+        self.watch_time.set(crate::state::now_secs() as i64);
+        self.watch_ok.set(i64::from(ok));
     }
 
     /// Seconds since this instance started.
@@ -202,7 +224,14 @@ mod tests {
         m.answered(StatusCode::OK);
         m.answered(StatusCode::NOT_FOUND);
         m.answered(StatusCode::CONFLICT);
+        assert_eq!(
+            sample(&m.render(), "selfup_watch_last_check_timestamp_seconds"),
+            Some(0.0)
+        );
+        m.watch_checked(false);
         let text = m.render();
+        assert!(sample(&text, "selfup_watch_last_check_timestamp_seconds").unwrap() >= 1.7e9);
+        assert_eq!(sample(&text, "selfup_watch_last_check_success"), Some(0.0));
         assert_eq!(sample(&text, r#"selfup_upgrades_total{outcome="failed"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"selfup_upgrades_total{outcome="upgraded"}"#), Some(1.0));
         assert_eq!(sample(&text, "selfup_rollbacks_total"), Some(1.0));

@@ -257,7 +257,7 @@ impl Shared {
             requested: record.requested.clone(),
             to: record.to.clone(),
             error: record.error.clone(),
-            duration_ms: record.duration_ms,
+            duration_ms: u64::try_from(record.duration_ms).unwrap_or(u64::MAX),
         });
         let mut history = self.history();
         history.push_front(record);

@@ -185,7 +185,6 @@ struct View {
     json: bool,
     start_ms: Option<u64>,
     bar: Option<indicatif::ProgressBar>,
-    health_attempts: u64,
 }
 
 impl View {
@@ -194,7 +193,6 @@ impl View {
             json,
             start_ms: None,
             bar: None,
-            health_attempts: 0,
         }
     }
 
@@ -213,10 +211,11 @@ impl View {
             )),
             "upgrade_step" => Some(data["step"].as_str().unwrap_or("?").to_string()),
             "takeover" => Some(format!("successor: {}", data["phase"].as_str().unwrap_or("?"))),
-            "health_attempt" => {
-                self.health_attempts = data["attempt"].as_u64().unwrap_or(self.health_attempts);
-                None
-            }
+            // The attempt that passed; every attempt is in /events.
+            "health_attempt" if data["result"] == "answered as the successor" => Some(format!(
+                "the successor answered /health (attempt {})",
+                data["attempt"].as_u64().unwrap_or(0)
+            )),
             "pull_progress" => {
                 let (done, total) = (data["done"].as_u64().unwrap_or(0), data["total"].as_u64().unwrap_or(0));
                 let bar = self.bar.get_or_insert_with(|| {
@@ -236,10 +235,6 @@ impl View {
         };
         if let Some(line) = line {
             self.end_bar();
-            if kind == "upgrade_step" && self.health_attempts > 0 {
-                println!("           (healthy after {} health checks)", self.health_attempts);
-                self.health_attempts = 0;
-            }
             println!("{elapsed:>8.3}s  {line}");
         }
     }
