@@ -20,7 +20,7 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
-use crate::routes::{self, AppState, companion, handover, info, status, upgrade};
+use crate::routes::{self, AppState, companion, events, handover, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
@@ -84,8 +84,10 @@ impl Application {
             companion.clone(),
             tokio::runtime::Handle::current(),
         );
+        let metrics = orchestrator.shared.clone();
         let mut server = HttpServer::new(move || {
             let lingering = lingering.clone();
+            let metrics = metrics.clone();
             App::new()
                 .wrap_fn(move |req, srv| {
                     let answer = srv.call(req);
@@ -102,6 +104,18 @@ impl Application {
                 })
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
+                .wrap_fn(move |req, srv| {
+                    let answered = srv.call(req);
+                    let metrics = metrics.clone();
+                    async move {
+                        let res = answered.await;
+                        match &res {
+                            Ok(res) => metrics.metrics.answered(res.status()),
+                            Err(e) => metrics.metrics.answered(e.as_response_error().status_code()),
+                        }
+                        res
+                    }
+                })
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PayloadConfig::new(ECHO_LIMIT))
                 .route("/", web::get().to(info::index))
@@ -122,6 +136,16 @@ impl Application {
                 .service(
                     web::resource("/rollback")
                         .route(web::post().to(upgrade::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/events")
+                        .route(web::get().to(events::events))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/metrics")
+                        .route(web::get().to(events::metrics))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

@@ -186,6 +186,10 @@ pub struct Shared {
     /// `true` while this instance, taken over from, lingers before its
     /// graceful stop: every answer then closes its connection.
     pub lingering: std::sync::atomic::AtomicBool,
+    /// Every step of every upgrade and update, for `/events` (in the data directory when there is one).
+    pub events: crate::events::EventLog,
+    /// What `/metrics` exports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for Shared {
@@ -197,6 +201,8 @@ impl Default for Shared {
             go: Notify::new(),
             shutdown: watch::channel(false).0,
             lingering: Default::default(),
+            events: crate::events::EventLog::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -210,6 +216,7 @@ impl Shared {
         let shared = Shared {
             history_file: Some(history_file),
             handover_file: Some(data_dir.join("handover.json")),
+            events: crate::events::EventLog::in_dir(data_dir),
             ..Shared::default()
         };
         shared.status().history = history;
@@ -222,7 +229,13 @@ impl Shared {
     }
 
     pub fn set_takeover(&self, phase: TakeoverPhase) {
-        self.status().takeover = phase;
+        let event = crate::events::Event::Takeover {
+            phase: phase.to_string(),
+        };
+        let changed = std::mem::replace(&mut self.status().takeover, phase.clone()) != phase;
+        if changed {
+            self.events.emit(event);
+        }
     }
 
     /// The last finished upgrades, newest first. With a history file, the file
@@ -236,6 +249,18 @@ impl Shared {
 
     /// Adds a finished upgrade to the history, and saves it where it is kept.
     pub fn record(&self, record: UpgradeRecord) {
+        self.metrics.upgrade_finished(
+            &record.outcome.to_string(),
+            record.requested == "rollback",
+            record.duration_ms,
+        );
+        self.events.emit(crate::events::Event::UpgradeFinished {
+            outcome: record.outcome.to_string(),
+            requested: record.requested.clone(),
+            to: record.to.clone(),
+            error: record.error.clone(),
+            duration_ms: u64::try_from(record.duration_ms).unwrap_or(u64::MAX),
+        });
         let mut history = self.history();
         history.push_front(record);
         history.truncate(HISTORY_LEN);

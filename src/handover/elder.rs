@@ -10,10 +10,11 @@ use super::{
     ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
     Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
-use crate::companion::journal::{GateError, UpgradeGate};
-use crate::docker::DockerError;
 use bollard::models::ImageInspect;
 
+use crate::companion::journal::{GateError, UpgradeGate};
+use crate::docker::DockerError;
+use crate::events::Event;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::resolve::{self, Go};
@@ -65,6 +66,15 @@ impl<'a> Flight<'a> {
             step: UpgradeStep::Resolving,
             started: std::time::Instant::now(),
         });
+        drop(status);
+        let events = &orchestrator.shared.events;
+        events.emit(Event::UpgradeStarted {
+            requested: target.to_string(),
+            from: orchestrator.version.to_string(),
+        });
+        events.emit(Event::UpgradeStep {
+            step: UpgradeStep::Resolving.to_string(),
+        });
         Ok(Flight { orchestrator })
     }
 
@@ -73,6 +83,10 @@ impl<'a> Flight<'a> {
             u.step = step;
         }
         tracing::info!(%step, "upgrade");
+        self.orchestrator
+            .shared
+            .events
+            .emit(Event::UpgradeStep { step: step.to_string() });
     }
 }
 
@@ -108,6 +122,9 @@ impl Orchestrator {
         let flight = Flight::take(self, &target)?;
         let started = Instant::now();
         let result = self.run_upgrade(&flight, &target, started).await;
+        if let Ok(UpgradeOutcome::Upgraded { timings, .. }) = &result {
+            self.shared.metrics.upgrade_phases(timings);
+        }
         let (outcome, to, error) = match &result {
             Ok(UpgradeOutcome::Upgraded { to, .. }) => (Outcome::Upgraded, Some(to.clone()), None),
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
@@ -146,7 +163,10 @@ impl Orchestrator {
                 let t = Instant::now();
                 let pulled = match self.local_at_tag_digest(&image, auth.as_ref()).await {
                     Some(local) => local,
-                    None => resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?,
+                    None => {
+                        let credentials = auth.as_ref().map(RegistryAuth::docker);
+                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events).await?
+                    }
                 };
                 timings.pull_ms = t.elapsed().as_millis();
                 (image.to_string(), pulled, requirement.clone())
@@ -380,6 +400,7 @@ impl Orchestrator {
         let url = format!("http://{}/health", instance_addr(port));
         let mut last: String;
         let mut looked = Instant::now();
+        let mut attempts = crate::events::Attempts::new(&self.shared.events);
         loop {
             match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
@@ -393,6 +414,7 @@ impl Orchestrator {
                                 &successor[..successor.len().min(12)]
                             )));
                         }
+                        attempts.report("answered as the successor", true);
                         if body["version"] != version.to_string() {
                             return Err(WaitError::Failed(format!(
                                 "it reports version {}, expected {version}",
@@ -406,6 +428,7 @@ impl Orchestrator {
                 Ok(r) => last = format!("/health answered {}", r.status()),
                 Err(e) => last = format!("/health: {e}"),
             }
+            attempts.report(&last, false);
             if looked.elapsed() >= POLL {
                 looked = Instant::now();
                 if let Some(exit) = watcher.died().await {

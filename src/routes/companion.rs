@@ -12,7 +12,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::companion::{Companion, UpdateError};
+use crate::companion::{Companion, UpdateError, UpdateOutcome};
+use crate::events::Event;
 use crate::recreate::version::Requirement;
 use crate::routes::{AppState, Listener, refuse_cross_site, resolve_details, resolve_status};
 
@@ -121,6 +122,38 @@ fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
     Ok(request)
 }
 
+fn started(state: &AppState, container: &str) {
+    let container = container.to_string();
+    state
+        .orchestrator
+        .shared
+        .events
+        .emit(Event::UpdateStarted { container });
+}
+
+/// Emits the end of an update that was tried and counts it; the answer.
+fn finish(
+    state: &AppState,
+    container: &str,
+    outcome: Result<Result<UpdateOutcome, UpdateError>, String>,
+) -> Result<HttpResponse, CompanionError> {
+    let (kind, error) = match &outcome {
+        Ok(Ok(UpdateOutcome::Updated { .. })) => ("updated", None),
+        Ok(Ok(UpdateOutcome::Unchanged { .. })) => ("unchanged", None),
+        Ok(Err(e @ UpdateError::Failed { restored: Ok(()), .. })) => ("rolled_back", Some(e.to_string())),
+        Ok(Err(e)) => ("failed", Some(e.to_string())),
+        Err(e) => ("failed", Some(e.clone())),
+    };
+    let shared = &state.orchestrator.shared;
+    shared.metrics.update_finished(kind);
+    shared.events.emit(Event::UpdateFinished {
+        container: container.to_string(),
+        outcome: kind.to_string(),
+        error,
+    });
+    Ok(HttpResponse::Ok().json(outcome.map_err(CompanionError::Internal)??))
+}
+
 /// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
 pub async fn update(
     req: HttpRequest,
@@ -135,11 +168,12 @@ pub async fn update(
     }
     let companion = authorized(&req, &state)?;
     let request = parse_body(&body)?;
+    let container = request.container.clone();
+    started(&state, &container);
     let outcome = state
         .spawn(async move { companion.update(&request.container, &request.image).await })
-        .await
-        .map_err(CompanionError::Internal)??;
-    Ok(HttpResponse::Ok().json(outcome))
+        .await;
+    finish(&state, &container, outcome)
 }
 
 /// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the
@@ -158,11 +192,12 @@ pub async fn update_to(
     let companion = authorized(&req, &state)?;
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
+    let name = container.clone();
+    started(&state, &name);
     let outcome = state
         .spawn(async move { companion.update_to(&container, requirement).await })
-        .await
-        .map_err(CompanionError::Internal)??;
-    Ok(HttpResponse::Ok().json(outcome))
+        .await;
+    finish(&state, &name, outcome)
 }
 
 #[cfg(test)]

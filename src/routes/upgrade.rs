@@ -74,6 +74,12 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
         return Ok(denied);
     }
     let o = state.orchestrator.clone();
+    if super::events::wants_events(&req) {
+        return Ok(super::events::stream_upgrade(
+            &state,
+            async move { o.upgrade(target).await },
+        ));
+    }
     let outcome = state
         .spawn(async move { o.upgrade(target).await })
         .await
