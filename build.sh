@@ -9,9 +9,9 @@
 # say where to; SELFUP_IMAGE_LABELS (optional, space-separated key=value)
 # adds labels to the image. SELFUP_FEATURES (default none) names cargo features
 # to build with: the end-to-end tests' fault switches ("faults"), never a
-# release. SELFUP_PROFILE (default dist, the size-optimized profile in
-# Cargo.toml) names the cargo profile; the end-to-end suite uses release,
-# which rebuilds faster. A registry that asks for credentials gets the ones
+# release. SELFUP_PROFILE (default release) names the cargo profile; dist
+# (thin LTO, one codegen unit) makes a binary about 1 MB smaller for builds
+# two to three times slower (docs/switch.md). A registry that asks for credentials gets the ones
 # registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
 # /var/lib/selfup-registry/auth), through `docker login`.
 set -euo pipefail
@@ -51,7 +51,7 @@ target=x86_64-unknown-linux-gnu
 # so that proc-macros are still built for the host without it.
 features=()
 [ -z "${SELFUP_FEATURES:-}" ] || features=(--features "$SELFUP_FEATURES")
-profile=${SELFUP_PROFILE:-dist}
+profile=${SELFUP_PROFILE:-release}
 echo "build.sh: compiling selfup $version ($profile profile, static; the first build on a machine takes about 4 min)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --target "$target" --quiet "${features[@]}" \
   || die "the $profile build failed (its errors are above); rerun with: ./build.sh $version"

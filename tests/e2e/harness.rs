@@ -249,8 +249,6 @@ impl Suite {
             .env("SELFUP_IMAGE", repository)
             .env("SELFUP_IMAGE_LABELS", self.label())
             .env("SELFUP_FEATURES", features)
-            // The faster-building profile: the suite builds many images.
-            .env("SELFUP_PROFILE", "release")
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
