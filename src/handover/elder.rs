@@ -306,7 +306,7 @@ impl Orchestrator {
 
     /// The registry's credentials from the `docker_config` file, the same
     /// lookup companion mode makes; none when the file or its entry is absent.
-    async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
+    pub(super) async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
         let registry = &self.settings.registry;
         credentials::for_registry(&self.settings.docker_config, registry, &Helpers::from_env())
             .await

@@ -10,6 +10,7 @@
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
 pub mod elder;
+pub mod plan;
 pub mod takeover;
 
 use std::collections::HashMap;
