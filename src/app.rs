@@ -24,6 +24,9 @@ use crate::state::{Shared, TakeoverPhase};
 /// The largest body `/echo` accepts.
 pub const ECHO_LIMIT: usize = 64 * 1024;
 
+/// How long a stopping instance waits for its notifications still under way.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
+
 /// A bound, not yet running, selfup server.
 pub struct Application {
     port: u16,
@@ -56,6 +59,7 @@ impl Application {
         let companion = build_companion(&settings, &engine, &self_id, &swaps)?;
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
+        orchestrator.notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
@@ -174,9 +178,17 @@ impl Application {
             if let Some(companion) = companion {
                 companion.recover().await;
             }
+            if let Some(watch) = crate::watch::Watch::new(orchestrator) {
+                watch.run().await;
+            }
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
-        self.server.await
+        let served = self.server.await;
+        // An elder on its way out: the report of its handover is still being sent.
+        if let Some(notifier) = &self.orchestrator.notifier {
+            notifier.flush(NOTIFY_FLUSH).await;
+        }
+        served
     }
 }
 

@@ -185,6 +185,9 @@ pub struct Shared {
     pub go: Notify,
     /// Becomes `true` when this instance is asked to stop (SIGTERM, SIGINT).
     pub shutdown: watch::Sender<bool>,
+    /// Wakes the watch policy for a look at the registry now (the registry
+    /// hook); several wakes before it looks are one look.
+    pub check_now: Notify,
 }
 
 impl Default for Shared {
@@ -195,6 +198,7 @@ impl Default for Shared {
             handover_file: None,
             go: Notify::new(),
             shutdown: watch::channel(false).0,
+            check_now: Notify::new(),
         }
     }
 }

@@ -106,7 +106,7 @@ impl Orchestrator {
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
             Err(e) => (Outcome::Failed, None, Some(e.to_string())),
         };
-        self.shared.record(UpgradeRecord {
+        let record = UpgradeRecord {
             from: self.version.to_string(),
             to,
             requested: target.to_string(),
@@ -114,7 +114,9 @@ impl Orchestrator {
             error,
             duration_ms: started.elapsed().as_millis(),
             finished_at: now_secs(),
-        });
+        };
+        self.notify(&target, &record);
+        self.shared.record(record);
         result
     }
 
@@ -261,6 +263,24 @@ impl Orchestrator {
             successor: successor.chars().take(12).collect(),
             timings,
         })
+    }
+
+    /// Reports a finished upgrade or rollback to `notify_urls`, in the background.
+    fn notify(&self, target: &Target, record: &UpgradeRecord) {
+        let Some(notifier) = &self.notifier else { return };
+        let kind = match target {
+            Target::Previous => "rollback",
+            Target::Registry(_) => "upgrade",
+        };
+        let to = record.to.as_deref().unwrap_or(&record.requested);
+        notifier.send(crate::notify::Event::new(
+            kind,
+            &record.outcome.to_string(),
+            &record.from,
+            Some(to),
+            record.duration_ms,
+            record.error.as_deref(),
+        ));
     }
 
     /// The version that ran before the last upgrade, from this container's

@@ -208,6 +208,8 @@ pub struct Orchestrator {
     /// The companion's swaps in the data directory, shared with every
     /// instance: an upgrade waits for running ones.
     pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
+    /// Where finished upgrades are reported (`notify_urls`), if anywhere.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Orchestrator {
@@ -237,6 +239,7 @@ impl Orchestrator {
             http,
             control: std::sync::OnceLock::new(),
             swaps: None,
+            notifier: None,
         }
     }
 
