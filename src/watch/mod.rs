@@ -224,11 +224,11 @@ impl Watch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(candidate.digest.clone());
+        let o = &self.orchestrator;
+        tracing::info!(to = %candidate.version, reported = !first, "watch: a newer version is available (notify mode: nothing changes)");
         if !first {
             return;
         }
-        let o = &self.orchestrator;
-        tracing::info!(to = %candidate.version, "watch: a newer version is available (notify mode: nothing changes)");
         if let Some(notifier) = &o.notifier {
             let reason = format!("watch {} (notify mode)", self.requirement);
             let to = candidate.version.to_string();
