@@ -18,7 +18,7 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
-use crate::routes::{self, AppState, companion, handover, info, status, upgrade};
+use crate::routes::{self, AppState, companion, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
@@ -68,7 +68,9 @@ impl Application {
         // After the port: an instance that cannot have the port never
         // touches the socket of the one that has it.
         let control = bind_socket(&settings.control_socket, port, Access::Root);
-        let update = match settings.companion {
+        // nginx's deploy server passes the companion's /update and the
+        // registry hook to the update socket.
+        let update = match settings.companion || settings.hook_token.is_some() {
             true => bind_socket(&settings.update_socket, port, Access::Anyone),
             false => None,
         };
@@ -119,6 +121,12 @@ impl Application {
                 .service(
                     web::resource("/update/{container}/{requirement}")
                         .route(web::post().to(companion::update_to))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/hooks/registry")
+                        .app_data(web::PayloadConfig::new(hooks::HOOK_LIMIT))
+                        .route(web::post().to(hooks::registry))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

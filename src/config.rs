@@ -105,6 +105,10 @@ pub struct Settings {
     pub notify_urls: Vec<String>,
     /// The bearer token `POST /hooks/registry` requires; unset, the hook is off.
     pub hook_token: Option<String>,
+    /// Where `hook_token` is read from when it is not set: the file
+    /// `registry/start.sh` generates, mounted by compose. A missing file (or
+    /// a directory in its place) leaves the hook off.
+    pub hook_token_file: PathBuf,
 }
 
 /// What the watch policy does with a newer version.
@@ -153,6 +157,7 @@ impl Default for Settings {
             min_image_age_secs: 0,
             notify_urls: Vec::new(),
             hook_token: None,
+            hook_token_file: PathBuf::from("/etc/selfup/registry/hook_token"),
         }
     }
 }
@@ -185,7 +190,14 @@ impl Settings {
 
     /// Extracts and validates.
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        if settings.hook_token.is_none() && settings.hook_token_file.is_file() {
+            let token = std::fs::read_to_string(&settings.hook_token_file).map_err(|e| ConfigError::Invalid {
+                field: "hook_token_file",
+                reason: format!("{}: {e}", settings.hook_token_file.display()),
+            })?;
+            settings.hook_token = Some(token.trim().to_string());
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -495,6 +507,20 @@ mod tests {
             jail.set_env("SELFUP_WATCH_INTERVAL_SECS", "0");
             assert!(load_in(jail).unwrap_err().to_string().contains("watch_interval_secs"));
             jail.set_env("SELFUP_WATCH_INTERVAL_SECS", "1");
+            // Unset, the token comes from its file, if there is one.
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "absent");
+            assert_eq!(load_in(jail).unwrap().hook_token, None);
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "hook_token");
+            jail.create_file("hook_token", "0123456789abcdef0123\n")?;
+            assert_eq!(
+                load_in(jail).unwrap().hook_token.as_deref(),
+                Some("0123456789abcdef0123")
+            );
+            jail.set_env("SELFUP_HOOK_TOKEN", "0123456789abcdef-env");
+            assert_eq!(
+                load_in(jail).unwrap().hook_token.as_deref(),
+                Some("0123456789abcdef-env")
+            );
             jail.set_env("SELFUP_HOOK_TOKEN", "short");
             assert!(load_in(jail).unwrap_err().to_string().contains("hook_token"));
             Ok(())

@@ -4,6 +4,7 @@
 
 pub mod companion;
 pub mod handover;
+pub mod hooks;
 pub mod info;
 pub mod status;
 pub mod upgrade;
