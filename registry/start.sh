@@ -65,7 +65,7 @@ endpoints="- name: selfup
     Authorization: [Bearer $(cat "$auth/hook_token")]
   timeout: 2s
   threshold: 3
-  backoff: 10s
+  backoff: 2s
   ignoredmediatypes: [application/octet-stream]"
 REGISTRY_NOTIFICATIONS_ENDPOINTS=$endpoints \
 REGISTRY_HTTP_ADDR=$addr REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=$state \

@@ -106,8 +106,8 @@ pub struct Settings {
     /// The bearer token `POST /hooks/registry` requires; unset, the hook is off.
     pub hook_token: Option<String>,
     /// Where `hook_token` is read from when it is not set: the file
-    /// `registry/start.sh` generates, mounted by compose. A missing file (or
-    /// a directory in its place) leaves the hook off.
+    /// `registry/start.sh` generates, mounted by compose. A missing or empty
+    /// file (or a directory in its place) leaves the hook off.
     pub hook_token_file: PathBuf,
 }
 
@@ -196,7 +196,8 @@ impl Settings {
                 field: "hook_token_file",
                 reason: format!("{}: {e}", settings.hook_token_file.display()),
             })?;
-            settings.hook_token = Some(token.trim().to_string());
+            let token = token.trim();
+            settings.hook_token = (!token.is_empty()).then(|| token.to_string());
         }
         settings.validate()?;
         Ok(settings)
@@ -509,6 +510,9 @@ mod tests {
             jail.set_env("SELFUP_WATCH_INTERVAL_SECS", "1");
             // Unset, the token comes from its file, if there is one.
             jail.set_env("SELFUP_HOOK_TOKEN_FILE", "absent");
+            assert_eq!(load_in(jail).unwrap().hook_token, None);
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "empty");
+            jail.create_file("empty", "\n")?;
             assert_eq!(load_in(jail).unwrap().hook_token, None);
             jail.set_env("SELFUP_HOOK_TOKEN_FILE", "hook_token");
             jail.create_file("hook_token", "0123456789abcdef0123\n")?;

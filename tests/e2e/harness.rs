@@ -475,6 +475,7 @@ impl Env {
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
+        std::fs::write(dir.join("hook_token"), "").unwrap();
         std::fs::write(
             dir.join("live/upstream.conf"),
             format!("server 127.0.0.1:{a} max_fails=1 fail_timeout=2s;\nserver 127.0.0.1:{b} backup;\n"),
@@ -538,6 +539,8 @@ impl Env {
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
             .env("SELFUP_CONTROL_DIR", self.dir.join("control"))
             .env("SELFUP_UPDATE_DIR", self.dir.join("update"))
+            // An empty token file: the registry hook stays off unless a test turns it on.
+            .env("SELFUP_HOOK_TOKEN_FILE", self.dir.join("hook_token"))
             .envs(vars.iter().copied());
         run(&mut cmd)
     }

@@ -247,3 +247,152 @@ pub async fn a_failed_target_is_not_tried_again_and_a_young_one_waits_for_the_co
     assert_eq!(env.selfup_containers(), before);
     assert_eq!(env.status(env.ports[0]).await["history"], serde_json::json!([]));
 }
+
+/// A registry started by `registry/start.sh` (the shipped recipe: htpasswd,
+/// the notification token, `registry/config.yml`'s endpoint turned on) in a
+/// state directory of its own; stopped, its images untagged and its data
+/// removed on drop.
+struct NotifyingRegistry {
+    addr: String,
+    state: std::path::PathBuf,
+    images: Vec<String>,
+}
+
+impl NotifyingRegistry {
+    fn start(state: std::path::PathBuf, hook_url: &str) -> NotifyingRegistry {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let registry = NotifyingRegistry {
+            addr,
+            state,
+            images: Vec::new(),
+        };
+        crate::harness::run(registry.script().env("REGISTRY_HOOK_URL", hook_url));
+        registry
+    }
+
+    fn script(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(crate::harness::repo_root().join("registry/start.sh"));
+        cmd.env("REGISTRY_ADDR", &self.addr).env("REGISTRY_STATE", &self.state);
+        cmd
+    }
+
+    fn auth(&self, file: &str) -> std::path::PathBuf {
+        self.state.join("auth").join(file)
+    }
+
+    /// Pushes `source` as `repository:tag`, with the credentials start.sh generated.
+    fn push(&mut self, source: &str, repository: &str, tag: &str) {
+        let target = format!("{}/{repository}:{tag}", self.addr);
+        crate::harness::docker(&["tag", source, &target]);
+        self.images.push(target.clone());
+        crate::harness::run(
+            std::process::Command::new("docker")
+                .env("DOCKER_CONFIG", self.state.join("auth"))
+                .args(["push", "-q", &target]),
+        );
+    }
+}
+
+impl Drop for NotifyingRegistry {
+    fn drop(&mut self) {
+        let _ = self.script().arg("stop").output();
+        if !self.images.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .arg("rmi")
+                .args(&self.images)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+pub async fn a_push_to_the_registry_upgrades_through_its_notification_without_any_request(suite: Arc<Suite>) {
+    // Polling every hour: only the registry's notification can be quick.
+    let env = suite.env(&[("SELFUP_WATCH", "1"), ("SELFUP_WATCH_INTERVAL_SECS", "3600")]);
+    let hook = format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port);
+    let mut registry = NotifyingRegistry::start(env.path().join("registry"), &hook);
+    let repository = env.repository.clone();
+    for tag in ["1.0.0", "latest"] {
+        registry.push(&suite.image("selfup", "1.0.0"), &repository, tag);
+    }
+    let config = registry.auth("config.json");
+    let token_file = registry.auth("hook_token");
+    let vars = [
+        ("SELFUP_REGISTRY", registry.addr.as_str()),
+        ("SELFUP_REGISTRY_CONFIG", config.to_str().unwrap()),
+        ("SELFUP_HOOK_TOKEN_FILE", token_file.to_str().unwrap()),
+    ];
+    env.compose_with(&vars, &["up", "-d"]);
+    env.wait_public_version("1.0.0").await;
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+
+    // Only nginx's deploy server passes the hook, and only with the token.
+    let post = |url: String, token: Option<String>, body: Value| {
+        let http = env.http.clone();
+        async move {
+            let mut request = http.post(url).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let deploy = format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port);
+    let (status, _) = post(
+        env.public("/hooks/registry"),
+        Some(token.clone()),
+        serde_json::json!({"events": []}),
+    )
+    .await;
+    assert_eq!(status, 403, "the public side refuses the hook");
+    let (status, body) = post(
+        deploy.clone(),
+        Some("wrong-token-0123456789".into()),
+        serde_json::json!({"events": []}),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
+    // The pushes of 1.0.0 were queued while selfup was not up: the registry
+    // retries them until they arrive, and they change nothing.
+    eventually("the queued notifications of 1.0.0", Duration::from_secs(60), || async {
+        env.logs().contains("registry notification").then_some(())
+    })
+    .await;
+    // A duplicate, and a late one for an older tag, are one more look each.
+    let stale = serde_json::json!({"events": [
+        {"action": "push", "target": {"repository": repository, "tag": "1.0.0"}},
+        {"action": "push", "target": {"repository": repository, "tag": "0.9.0"}},
+    ]});
+    for _ in 0..2 {
+        let (status, body) = post(deploy.clone(), Some(token.clone()), stale.clone()).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["pushes"], 2, "{body}");
+        assert_eq!(body["checking"], true, "{body}");
+    }
+    let (status, body) = post(deploy.clone(), Some(token.clone()), serde_json::json!({"nothing": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(env.selfup_containers().len(), 1);
+    assert_eq!(
+        env.version_at(&env.public("/")).await,
+        Some(("1.0.0".into(), env.ports[0]))
+    );
+
+    // The push itself: the registry notifies, the watch looks, the upgrade runs.
+    registry.push(&suite.image("selfup", "1.1.0"), &repository, "1.1.0");
+    let pushed = std::time::Instant::now();
+    let port = env.wait_public_version("1.1.0").await;
+    let latency = pushed.elapsed();
+    eprintln!(
+        "    push of 1.1.0 to 1.1.0 answering through nginx: {} ms",
+        latency.as_millis()
+    );
+    assert_eq!(port, env.ports[1]);
+    assert!(latency < Duration::from_secs(30), "{latency:?}");
+    env.wait_single_container().await;
+    let history = env.status(port).await["history"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history[0]["requested"], "=1.1.0", "{history}");
+}
