@@ -191,6 +191,10 @@ impl Settings {
     /// Extracts and validates.
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        // Compose passes `SELFUP_WATCH=` when the shell has none: unset.
+        if settings.watch.as_deref().is_some_and(|w| w.trim().is_empty()) {
+            settings.watch = None;
+        }
         if settings.hook_token.is_none() && settings.hook_token_file.is_file() {
             let token = std::fs::read_to_string(&settings.hook_token_file).map_err(|e| ConfigError::Invalid {
                 field: "hook_token_file",
@@ -489,6 +493,8 @@ mod tests {
             let settings = load_in(jail).unwrap();
             assert_eq!((settings.watch, settings.watch_interval_secs), (None, 300));
             assert_eq!(settings.watch_mode, WatchMode::Apply);
+            jail.set_env("SELFUP_WATCH", "");
+            assert_eq!(load_in(jail).unwrap().watch, None);
             jail.set_env("SELFUP_WATCH", "^2");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("watch: invalid version requirement"), "{err}");
