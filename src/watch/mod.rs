@@ -266,16 +266,32 @@ impl Watch {
             ) => {
                 tracing::info!(error = %e, "watch: busy; trying again at the next turn")
             }
-            Err(e @ UpgradeError::StoppedBeforeConfirmation { .. }) => {
-                tracing::warn!(error = %e, "watch: stopped mid-upgrade")
-            }
-            Err(e) => {
+            Err(e) if the_image_failed(&e) => {
                 tracing::error!(to = %candidate.version, error = %e, "watch: the upgrade failed; this image is not tried again");
                 self.failed
                     .remember(&candidate.version, &candidate.digest, &e.to_string());
             }
+            // The registry, the pull, Docker, nginx, a stop signal: nothing
+            // says the image is bad.
+            Err(e) => {
+                tracing::warn!(to = %candidate.version, error = %e, "watch: the upgrade did not happen; trying again at the next turn")
+            }
         }
     }
+}
+
+/// Whether an upgrade failed because of the image itself: its successor did
+/// not come up or take over, or its label is not what the tag says. Then it is
+/// not tried again; any other failure (a registry or a Docker daemon that did
+/// not answer, a stop signal) is tried again at the next turn.
+fn the_image_failed(e: &UpgradeError) -> bool {
+    use crate::recreate::resolve::ResolveError;
+    matches!(
+        e,
+        UpgradeError::SuccessorUnhealthy { .. }
+            | UpgradeError::TakeoverFailed { .. }
+            | UpgradeError::Resolve(ResolveError::NoVersion { .. } | ResolveError::LabelMismatch { .. })
+    )
 }
 
 #[cfg(test)]
@@ -334,6 +350,34 @@ mod tests {
         };
         assert_eq!(judge_now(&pushed_again, &two, &failed), Verdict::Upgrade);
         assert_eq!(judge_now(&candidate("2.3.0", None), &two, &failed), Verdict::Upgrade);
+    }
+
+    #[test]
+    fn only_a_failure_of_the_image_itself_marks_it_failed() {
+        use crate::recreate::resolve::ResolveError;
+        use crate::recreate::watch::WaitError;
+        let unhealthy = UpgradeError::SuccessorUnhealthy {
+            port: 5801,
+            reason: WaitError::Died("it exited with code 3".into()),
+            log: String::new(),
+        };
+        assert!(the_image_failed(&unhealthy));
+        let mislabelled = ResolveError::LabelMismatch {
+            image: "r/selfup:2.2.0".into(),
+            label: v("3.0.0"),
+            requirement: "=2.2.0".into(),
+        };
+        assert!(the_image_failed(&mislabelled.into()));
+        let registry_down = ResolveError::Registry {
+            requirement: "2".into(),
+            repository: "r/selfup".into(),
+            source: crate::registry::RegistryError::Unreachable {
+                registry: "r".into(),
+                reason: "connection refused".into(),
+            },
+        };
+        assert!(!the_image_failed(&registry_down.into()));
+        assert!(!the_image_failed(&UpgradeError::Internal("x".into())));
     }
 
     #[test]
