@@ -183,9 +183,15 @@ impl Settings {
 
     /// The layered sources, for `load` and for tests.
     pub fn figment(file: &str) -> Figment {
-        Figment::from(Serialized::defaults(Settings::default()))
+        let figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
-            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG"]))
+            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG", "WATCH"]));
+        // Taken as written: figment would read `SELFUP_WATCH=1` as a number
+        // and `1.10` as the float 1.1.
+        match std::env::var("SELFUP_WATCH") {
+            Ok(watch) => figment.merge(Serialized::default("watch", watch)),
+            Err(_) => figment,
+        }
     }
 
     /// Extracts and validates.
@@ -495,6 +501,11 @@ mod tests {
             assert_eq!(settings.watch_mode, WatchMode::Apply);
             jail.set_env("SELFUP_WATCH", "");
             assert_eq!(load_in(jail).unwrap().watch, None);
+            // A number is the requirement as written, never 1.1 for 1.10.
+            for written in ["1", "1.10"] {
+                jail.set_env("SELFUP_WATCH", written);
+                assert_eq!(load_in(jail).unwrap().watch.as_deref(), Some(written));
+            }
             jail.set_env("SELFUP_WATCH", "^2");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("watch: invalid version requirement"), "{err}");
