@@ -179,7 +179,8 @@ impl Application {
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
-        tokio::spawn(async move {
+        let watching = self.orchestrator.settings.watch.is_some();
+        let background = tokio::spawn(async move {
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
@@ -192,6 +193,12 @@ impl Application {
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         let served = self.server.await;
+        // An elder whose watch started the upgrade: no request holds the
+        // drain open, so the watch finishes the upgrade (its successor's stop
+        // signal is its end) and records it before the process ends.
+        if watching {
+            let _ = tokio::time::timeout(NOTIFY_FLUSH, background).await;
+        }
         // An elder on its way out: the report of its handover is still being sent.
         if let Some(notifier) = &self.orchestrator.notifier {
             notifier.flush(NOTIFY_FLUSH).await;

@@ -34,6 +34,12 @@ use failed::FailedTargets;
 
 /// The longest wait before an image held back by the cooldown is looked at again.
 const COOLDOWN_RECHECK: Duration = Duration::from_secs(60);
+/// After a registry notification, how many times a look that found no
+/// image is repeated, [`QUICK_RETRY`] apart: the registry sends the event of
+/// a manifest push before the tag points at it, so the tag may be listed and
+/// its manifest not found yet for a few milliseconds.
+const QUICK_RETRIES: u32 = 5;
+const QUICK_RETRY: Duration = Duration::from_secs(1);
 
 /// The `watch` setting as a requirement: `latest`, or `/upgrade/<req>`'s syntax.
 pub fn policy(text: &str) -> Result<Requirement, RequirementError> {
@@ -110,6 +116,8 @@ pub struct Watch {
     failed: FailedTargets,
     /// The digests already reported in `notify` mode, so each is reported once.
     announced: Mutex<HashSet<String>>,
+    /// Quick looks left since the last registry notification.
+    quick: std::sync::atomic::AtomicU32,
 }
 
 impl Watch {
@@ -124,6 +132,7 @@ impl Watch {
             requirement,
             failed,
             announced: Mutex::default(),
+            quick: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -147,7 +156,10 @@ impl Watch {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = o.shared.check_now.notified() => tracing::debug!("watch: woken by the registry hook"),
+                _ = o.shared.check_now.notified() => {
+                    tracing::debug!("watch: woken by the registry hook");
+                    self.quick.store(QUICK_RETRIES, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -170,6 +182,11 @@ impl Watch {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(policy = %self.requirement, error = %e, "watch: no candidate");
+                let quick = self.quick.load(std::sync::atomic::Ordering::Relaxed);
+                if quick > 0 {
+                    self.quick.store(quick - 1, std::sync::atomic::Ordering::Relaxed);
+                    return QUICK_RETRY;
+                }
                 return interval;
             }
         };
