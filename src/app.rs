@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::dev::Service;
 use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
@@ -18,7 +19,7 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
-use crate::routes::{self, AppState, companion, handover, hooks, info, status, upgrade};
+use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
@@ -82,10 +83,24 @@ impl Application {
             companion.clone(),
             tokio::runtime::Handle::current(),
         );
+        let metrics = orchestrator.shared.clone();
         let mut server = HttpServer::new(move || {
+            let metrics = metrics.clone();
             App::new()
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
+                .wrap_fn(move |req, srv| {
+                    let answered = srv.call(req);
+                    let metrics = metrics.clone();
+                    async move {
+                        let res = answered.await;
+                        match &res {
+                            Ok(res) => metrics.metrics.answered(res.status()),
+                            Err(e) => metrics.metrics.answered(e.as_response_error().status_code()),
+                        }
+                        res
+                    }
+                })
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PayloadConfig::new(ECHO_LIMIT))
                 .route("/", web::get().to(info::index))
@@ -106,6 +121,16 @@ impl Application {
                 .service(
                     web::resource("/rollback")
                         .route(web::post().to(upgrade::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/events")
+                        .route(web::get().to(events::events))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/metrics")
+                        .route(web::get().to(events::metrics))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

@@ -198,6 +198,17 @@ impl Engine {
     /// Pulls one tag of an image. The tag is always explicit: without one the
     /// Engine would pull every tag of the repository.
     pub async fn pull(&self, image: &ImageRef, credentials: Option<DockerCredentials>) -> Result<(), DockerError> {
+        self.pull_observed(image, credentials, |_| {}).await
+    }
+
+    /// [`Engine::pull`], showing `observe` each message of the Engine's
+    /// progress stream (per layer: status and bytes).
+    pub async fn pull_observed(
+        &self,
+        image: &ImageRef,
+        credentials: Option<DockerCredentials>,
+        mut observe: impl FnMut(&bollard::models::CreateImageInfo),
+    ) -> Result<(), DockerError> {
         let docker = self.client().await?;
         let options = CreateImageOptions {
             from_image: Some(image.repository()),
@@ -209,6 +220,7 @@ impl Engine {
         within(PULL_DEADLINE, "pulling", &target, async {
             while let Some(item) = stream.next().await {
                 let info = item.map_err(self.err("pulling", &target))?;
+                observe(&info);
                 if let Some(detail) = info.error_detail {
                     return Err(DockerError::Call {
                         op: "pulling",

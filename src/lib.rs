@@ -12,6 +12,11 @@
 //!   handovers: the root-only control socket and companion mode's update socket.
 //! - [`state`]: the one small struct the routes share with the orchestrator,
 //!   with the upgrade's steps, the takeover's phases and the history.
+//! - [`events`]: the event log every step is emitted to, kept in the data
+//!   volume so ids go on across generations; `/events` streams it.
+//! - [`metrics`]: the counters and histograms `/metrics` exports.
+//! - [`cli`]: `selfup upgrade|status|history|rollback`, the
+//!   operator's client of the control endpoints.
 //!
 //! The two roles, each in its own folder, neither importing the other's
 //! workings:
@@ -52,15 +57,18 @@
 
 pub mod app;
 pub mod atomic;
+pub mod cli;
 pub mod companion;
 pub mod config;
 pub mod control;
 pub mod docker;
+pub mod events;
 #[cfg(feature = "faults")]
 pub mod faults;
 pub mod handover;
 pub mod identity;
 pub mod image_ref;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod recreate;

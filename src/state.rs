@@ -188,6 +188,10 @@ pub struct Shared {
     /// Wakes the watch policy for a look at the registry now (the registry
     /// hook); several wakes before it looks are one look.
     pub check_now: Notify,
+    /// Every step of every upgrade and update, for `/events` (in the data directory when there is one).
+    pub events: crate::events::EventLog,
+    /// What `/metrics` exports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for Shared {
@@ -199,6 +203,8 @@ impl Default for Shared {
             go: Notify::new(),
             shutdown: watch::channel(false).0,
             check_now: Notify::new(),
+            events: crate::events::EventLog::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -212,6 +218,7 @@ impl Shared {
         let shared = Shared {
             history_file: Some(history_file),
             handover_file: Some(data_dir.join("handover.json")),
+            events: crate::events::EventLog::in_dir(data_dir),
             ..Shared::default()
         };
         shared.status().history = history;
@@ -224,7 +231,13 @@ impl Shared {
     }
 
     pub fn set_takeover(&self, phase: TakeoverPhase) {
-        self.status().takeover = phase;
+        let event = crate::events::Event::Takeover {
+            phase: phase.to_string(),
+        };
+        let changed = std::mem::replace(&mut self.status().takeover, phase.clone()) != phase;
+        if changed {
+            self.events.emit(event);
+        }
     }
 
     /// The last finished upgrades, newest first. With a history file, the file
@@ -238,6 +251,18 @@ impl Shared {
 
     /// Adds a finished upgrade to the history, and saves it where it is kept.
     pub fn record(&self, record: UpgradeRecord) {
+        self.metrics.upgrade_finished(
+            &record.outcome.to_string(),
+            record.requested == "rollback",
+            record.duration_ms,
+        );
+        self.events.emit(crate::events::Event::UpgradeFinished {
+            outcome: record.outcome.to_string(),
+            requested: record.requested.clone(),
+            to: record.to.clone(),
+            error: record.error.clone(),
+            duration_ms: u64::try_from(record.duration_ms).unwrap_or(u64::MAX),
+        });
         let mut history = self.history();
         history.push_front(record);
         history.truncate(HISTORY_LEN);

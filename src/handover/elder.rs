@@ -12,6 +12,7 @@ use super::{
 };
 use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
+use crate::events::Event;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::resolve::{self, Go};
@@ -58,6 +59,15 @@ impl<'a> Flight<'a> {
             step: UpgradeStep::Resolving,
             started: std::time::Instant::now(),
         });
+        drop(status);
+        let events = &orchestrator.shared.events;
+        events.emit(Event::UpgradeStarted {
+            requested: target.to_string(),
+            from: orchestrator.version.to_string(),
+        });
+        events.emit(Event::UpgradeStep {
+            step: UpgradeStep::Resolving.to_string(),
+        });
         Ok(Flight { orchestrator })
     }
 
@@ -66,6 +76,10 @@ impl<'a> Flight<'a> {
             u.step = step;
         }
         tracing::info!(%step, "upgrade");
+        self.orchestrator
+            .shared
+            .events
+            .emit(Event::UpgradeStep { step: step.to_string() });
     }
 }
 
@@ -101,6 +115,9 @@ impl Orchestrator {
         let flight = Flight::take(self, &target)?;
         let started = Instant::now();
         let result = self.run_upgrade(&flight, &target, started).await;
+        if let Ok(UpgradeOutcome::Upgraded { timings, .. }) = &result {
+            self.shared.metrics.upgrade_phases(timings);
+        }
         let (outcome, to, error) = match &result {
             Ok(UpgradeOutcome::Upgraded { to, .. }) => (Outcome::Upgraded, Some(to.clone()), None),
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
@@ -139,7 +156,8 @@ impl Orchestrator {
                 timings.resolve_ms = started.elapsed().as_millis();
                 flight.step(UpgradeStep::Pulling);
                 let t = Instant::now();
-                let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
+                let credentials = auth.as_ref().map(RegistryAuth::docker);
+                let pulled = resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events).await?;
                 timings.pull_ms = t.elapsed().as_millis();
                 (image.to_string(), pulled, requirement.clone())
             }
@@ -375,6 +393,7 @@ impl Orchestrator {
         let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), POLL);
         let url = format!("http://{}/health", instance_addr(port));
         let mut last: String;
+        let mut attempts = crate::events::Attempts::new(&self.shared.events);
         loop {
             match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
@@ -388,6 +407,7 @@ impl Orchestrator {
                                 &successor[..successor.len().min(12)]
                             )));
                         }
+                        attempts.report("answered as the successor", true);
                         if body["version"] != version.to_string() {
                             return Err(WaitError::Failed(format!(
                                 "it reports version {}, expected {version}",
@@ -401,6 +421,7 @@ impl Orchestrator {
                 Ok(r) => last = format!("/health answered {}", r.status()),
                 Err(e) => last = format!("/health: {e}"),
             }
+            attempts.report(&last, false);
             if let Some(exit) = watcher.died().await {
                 return Err(WaitError::Died(exit));
             }

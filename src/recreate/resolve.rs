@@ -105,14 +105,53 @@ pub async fn pull(
     image: &ImageRef,
     credentials: Option<DockerCredentials>,
 ) -> Result<ImageInspect, ResolveError> {
+    pull_observed(engine, image, credentials, |_| {}).await
+}
+
+/// [`pull`], showing `observe` each message of the Engine's progress stream.
+async fn pull_observed(
+    engine: &Engine,
+    image: &ImageRef,
+    credentials: Option<DockerCredentials>,
+    observe: impl FnMut(&bollard::models::CreateImageInfo),
+) -> Result<ImageInspect, ResolveError> {
     engine
-        .pull(image, credentials)
+        .pull_observed(image, credentials, observe)
         .await
         .map_err(|source| ResolveError::Pull {
             image: image.to_string(),
             source,
         })?;
     inspect(engine, &image.to_string()).await
+}
+
+/// [`pull`], reporting the bytes downloaded to `events` as they grow.
+pub async fn pull_reporting(
+    engine: &Engine,
+    image: &ImageRef,
+    credentials: Option<DockerCredentials>,
+    events: &crate::events::EventLog,
+) -> Result<ImageInspect, ResolveError> {
+    let name = image.to_string();
+    let mut progress = crate::events::PullProgress::new(crate::events::PROGRESS_EVERY);
+    let observe = |info: &bollard::models::CreateImageInfo| {
+        let detail = info.progress_detail.as_ref();
+        let reported = progress.update(
+            info.id.as_deref(),
+            info.status.as_deref(),
+            detail.and_then(|d| d.current),
+            detail.and_then(|d| d.total),
+        );
+        if let Some((done, total, layers)) = reported {
+            events.emit(crate::events::Event::PullProgress {
+                image: name.clone(),
+                done,
+                total,
+                layers,
+            });
+        }
+    };
+    pull_observed(engine, image, credentials, observe).await
 }
 
 /// Inspects a local image, by reference or id.

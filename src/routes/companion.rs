@@ -4,8 +4,7 @@
 //! network, by the companion's name, and the key is the gate. Requests a
 //! browser sends for another site are refused all the same. Errors are JSON `{"error": ..}` with one status per cause.
 
-use crate::companion::UpdateOutcome;
-use crate::notify::{Event, Notifier};
+use crate::notify::{self, Notifier};
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -14,7 +13,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::companion::{Companion, UpdateError};
+use crate::companion::{Companion, UpdateError, UpdateOutcome};
+use crate::events::Event;
 use crate::recreate::version::Requirement;
 use crate::routes::{AppState, refuse_cross_site, resolve_details, resolve_status};
 
@@ -123,6 +123,38 @@ fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
     Ok(request)
 }
 
+fn started(state: &AppState, container: &str) {
+    let container = container.to_string();
+    state
+        .orchestrator
+        .shared
+        .events
+        .emit(Event::UpdateStarted { container });
+}
+
+/// Emits the end of an update that was tried and counts it; the answer.
+fn finish(
+    state: &AppState,
+    container: &str,
+    outcome: Result<Result<UpdateOutcome, UpdateError>, String>,
+) -> Result<HttpResponse, CompanionError> {
+    let (kind, error) = match &outcome {
+        Ok(Ok(UpdateOutcome::Updated { .. })) => ("updated", None),
+        Ok(Ok(UpdateOutcome::Unchanged { .. })) => ("unchanged", None),
+        Ok(Err(e @ UpdateError::Failed { restored: Ok(()), .. })) => ("rolled_back", Some(e.to_string())),
+        Ok(Err(e)) => ("failed", Some(e.to_string())),
+        Err(e) => ("failed", Some(e.clone())),
+    };
+    let shared = &state.orchestrator.shared;
+    shared.metrics.update_finished(kind);
+    shared.events.emit(Event::UpdateFinished {
+        container: container.to_string(),
+        outcome: kind.to_string(),
+        error,
+    });
+    Ok(HttpResponse::Ok().json(outcome.map_err(CompanionError::Internal)??))
+}
+
 /// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
 pub async fn update(
     req: HttpRequest,
@@ -134,6 +166,8 @@ pub async fn update(
     }
     let companion = authorized(&req, &state)?;
     let request = parse_body(&body)?;
+    let container = request.container.clone();
+    started(&state, &container);
     let notifier = state.orchestrator.notifier.clone();
     let outcome = state
         .spawn(async move {
@@ -148,9 +182,8 @@ pub async fn update(
             );
             result
         })
-        .await
-        .map_err(CompanionError::Internal)??;
-    Ok(HttpResponse::Ok().json(outcome))
+        .await;
+    finish(&state, &container, outcome)
 }
 
 /// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the
@@ -166,6 +199,8 @@ pub async fn update_to(
     let companion = authorized(&req, &state)?;
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
+    let name = container.clone();
+    started(&state, &name);
     let notifier = state.orchestrator.notifier.clone();
     let outcome = state
         .spawn(async move {
@@ -175,9 +210,8 @@ pub async fn update_to(
             report(notifier.as_deref(), &container, &asked, started, &result);
             result
         })
-        .await
-        .map_err(CompanionError::Internal)??;
-    Ok(HttpResponse::Ok().json(outcome))
+        .await;
+    finish(&state, &name, outcome)
 }
 
 /// Reports a finished companion update to `notify_urls`, in the background.
@@ -196,11 +230,11 @@ fn report(
             new_image,
             duration_ms,
             ..
-        }) => Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
+        }) => notify::Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
         Ok(UpdateOutcome::Unchanged { image, .. }) => {
-            Event::new("update", "unchanged", image, Some(image), elapsed, None)
+            notify::Event::new("update", "unchanged", image, Some(image), elapsed, None)
         }
-        Err(e) => Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
+        Err(e) => notify::Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
     };
     notifier.send(event.for_container(container));
 }

@@ -3,6 +3,7 @@
 //! the control endpoints.
 
 pub mod companion;
+pub mod events;
 pub mod handover;
 pub mod hooks;
 pub mod info;

@@ -28,6 +28,7 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     HttpResponse::Ok().json(json!({
         "version": o.version.to_string(),
         "port": o.settings.port,
+        "uptime_secs": o.shared.metrics.uptime_secs(),
         "container": o.self_id,
         "image": image["image"],
         "previous": image["previous"],

@@ -81,6 +81,12 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
         Err(e) => return Ok(json_error(StatusCode::BAD_REQUEST, e)),
     }
     let o = state.orchestrator.clone();
+    if super::events::wants_events(&req) {
+        return Ok(super::events::stream_upgrade(
+            &state,
+            async move { o.upgrade(target).await },
+        ));
+    }
     let outcome = state
         .spawn(async move { o.upgrade(target).await })
         .await

@@ -178,7 +178,9 @@ impl Watch {
     async fn check(&self) -> Duration {
         let o = &self.orchestrator;
         let interval = o.settings.watch_interval();
-        let (image, remote) = match o.remote(&self.requirement).await {
+        let found = o.remote(&self.requirement).await;
+        o.shared.metrics.watch_checked(found.is_ok());
+        let (image, remote) = match found {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(policy = %self.requirement, error = %e, "watch: no candidate");

@@ -25,6 +25,8 @@ pub async fn browser_requests_are_refused_on_every_control_endpoint_while_curl_u
         ("POST", "/upgrade/=1.1.0"),
         ("POST", "/rollback"),
         ("GET", "/status"),
+        ("GET", "/events"),
+        ("GET", "/metrics"),
         ("GET", "/handover"),
         ("POST", "/handover"),
     ];

@@ -39,6 +39,7 @@ mod token_front;
 mod traffic;
 mod unattended;
 mod versions;
+mod watching;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -115,6 +116,10 @@ fn main() -> ExitCode {
         leftovers::a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run,
         load::a_dropped_load_stops_its_clients_and_closes_their_connections,
         runner::the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_nothing,
+        watching::an_upgrade_streams_every_step_in_order_and_the_successor_resumes_after_the_last_event_id,
+        watching::pull_progress_events_carry_growing_byte_counts_for_an_image_with_a_large_layer,
+        watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
+        watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,

@@ -90,7 +90,15 @@ pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: A
     let env = suite
         .live_env(&[("SELFUP_UPGRADE_TOKEN", "s3cret-token")], "1.0.0")
         .await;
-    for path in ["/upgrade", "/upgrade/2", "/handover", "/status", "/rollback"] {
+    for path in [
+        "/upgrade",
+        "/upgrade/2",
+        "/handover",
+        "/status",
+        "/rollback",
+        "/events",
+        "/metrics",
+    ] {
         let r = env.http.post(env.public(path)).send().await.unwrap();
         assert_eq!(r.status(), 403, "{path} through nginx");
         let body: serde_json::Value = r.json().await.unwrap();

@@ -1,0 +1,588 @@
+//! The event log: every step of every upgrade and companion update, as it
+//! happens, for `GET /events` (Server-Sent Events), `/upgrade` streamed, and
+//! the CLI.
+//!
+//! Ids grow across generations: with a data directory the log is a file of
+//! JSON lines there (`events.jsonl`), shared by the elder and its successor
+//! under a file lock, so the successor continues the elder's sequence and a
+//! client that reconnects with `Last-Event-ID` resumes where it was. The file
+//! is bounded: past [`MAX_EVENTS`] lines it is cut to the newest half.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// How many events the log keeps at most (in memory, or in the file before
+/// it is cut to the newest half).
+pub const MAX_EVENTS: usize = 1000;
+/// How often pull progress is reported at most.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How often a failing health check is reported at most.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// What happened. The `type` is the SSE event name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// An upgrade (or rollback) was accepted by the live instance.
+    UpgradeStarted { requested: String, from: String },
+    /// The elder's step: resolving, pulling, starting the successor, health-checking, waiting for the takeover.
+    UpgradeStep { step: String },
+    /// Bytes of the pull downloaded so far, over every layer that has to be downloaded.
+    PullProgress {
+        image: String,
+        done: u64,
+        total: u64,
+        layers: u32,
+    },
+    /// One answer (or silence) of the successor's `/health`.
+    HealthAttempt { attempt: u32, result: String },
+    /// The successor's phase: waiting for the go-ahead, each takeover step, done or failed.
+    Takeover { phase: String },
+    /// The upgrade is over; `outcome` is `upgraded`, `already_there` or `failed`.
+    UpgradeFinished {
+        outcome: String,
+        requested: String,
+        to: Option<String>,
+        error: Option<String>,
+        /// u64, not u128: a flattened, tagged enum cannot read a u128 back.
+        duration_ms: u64,
+    },
+    /// A companion update of another container began.
+    UpdateStarted { container: String },
+    /// A companion update is over: `updated`, `unchanged`, `failed` or `rolled_back`.
+    UpdateFinished {
+        container: String,
+        outcome: String,
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    /// The SSE event name: the `type` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::UpgradeStarted { .. } => "upgrade_started",
+            Event::UpgradeStep { .. } => "upgrade_step",
+            Event::PullProgress { .. } => "pull_progress",
+            Event::HealthAttempt { .. } => "health_attempt",
+            Event::Takeover { .. } => "takeover",
+            Event::UpgradeFinished { .. } => "upgrade_finished",
+            Event::UpdateStarted { .. } => "update_started",
+            Event::UpdateFinished { .. } => "update_finished",
+        }
+    }
+
+    /// Whether the event belongs to the self-upgrade (not to a companion update).
+    pub fn is_upgrade(&self) -> bool {
+        !matches!(self, Event::UpdateStarted { .. } | Event::UpdateFinished { .. })
+    }
+}
+
+/// An event as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    /// Milliseconds since the epoch.
+    pub time_ms: u64,
+    /// The version of the instance that emitted it.
+    pub version: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Record {
+    /// The record as one Server-Sent Event.
+    pub fn to_sse(&self) -> String {
+        let data = serde_json::to_string(self).unwrap_or_default();
+        format!("id: {}\nevent: {}\ndata: {data}\n\n", self.id, self.event.name())
+    }
+}
+
+tokio::task_local! {
+    /// Set around an upgrade a request streams: the id of its `upgrade_started`
+    /// event, once emitted, so the stream knows which events are its own.
+    static OWN_START: std::sync::Arc<std::sync::OnceLock<u64>>;
+}
+
+/// Runs `fut` (an upgrade) so that the id of the `upgrade_started` event it
+/// emits lands in `cell`.
+pub async fn marking_start<F: std::future::Future>(
+    cell: std::sync::Arc<std::sync::OnceLock<u64>>,
+    fut: F,
+) -> F::Output {
+    OWN_START.scope(cell, fut).await
+}
+
+/// The log, in memory or in a file of the data directory.
+#[derive(Debug)]
+pub struct EventLog {
+    file: Option<PathBuf>,
+    memory: Mutex<VecDeque<Record>>,
+    /// The last id this instance emitted or saw in the file: wakes local streams.
+    last: watch::Sender<u64>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            file: None,
+            memory: Mutex::default(),
+            last: watch::channel(0).0,
+        }
+    }
+}
+
+impl EventLog {
+    /// A log kept in `dir/events.jsonl`, shared with every instance that mounts `dir`.
+    pub fn in_dir(dir: &Path) -> EventLog {
+        let log = EventLog {
+            file: Some(dir.join("events.jsonl")),
+            ..EventLog::default()
+        };
+        let last = log.after(0).last().map_or(0, |r| r.id);
+        log.last.send_replace(last);
+        log
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, VecDeque<Record>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `event` with the next id and wakes the streams; returns the id.
+    /// A log file that cannot be written is logged, and the event kept in memory.
+    pub fn emit(&self, event: Event) -> u64 {
+        let started = matches!(event, Event::UpgradeStarted { .. });
+        let mut record = Record {
+            id: 0,
+            time_ms: now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            event,
+        };
+        let id = match self.file.as_deref().map(|path| append(path, &mut record)) {
+            Some(Ok(id)) => id,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(error = %e, "the event log is kept in memory only");
+                }
+                let mut memory = self.memory();
+                record.id = memory
+                    .back()
+                    .map_or(*self.last.borrow(), |r| r.id.max(*self.last.borrow()))
+                    + 1;
+                memory.push_back(record.clone());
+                while memory.len() > MAX_EVENTS {
+                    memory.pop_front();
+                }
+                record.id
+            }
+        };
+        if started {
+            let _ = OWN_START.try_with(|cell| cell.set(id));
+        }
+        self.last.send_replace(id);
+        id
+    }
+
+    /// The events after `id`, oldest first: all that are kept when `id` is
+    /// older than the oldest.
+    pub fn after(&self, id: u64) -> Vec<Record> {
+        let mut found: Vec<Record> = match self.file.as_deref().map(read_all) {
+            Some(Ok(records)) => records,
+            _ => Vec::new(),
+        };
+        found.extend(self.memory().iter().cloned());
+        found.retain(|r| r.id > id);
+        found.sort_by_key(|r| r.id);
+        found.dedup_by_key(|r| r.id);
+        found
+    }
+
+    /// The newest id.
+    pub fn last_id(&self) -> u64 {
+        self.after(0).last().map_or(0, |r| r.id).max(*self.last.borrow())
+    }
+
+    /// Wakes when this instance emits; another instance's events (in the
+    /// shared file) are seen by polling [`EventLog::after`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.last.subscribe()
+    }
+}
+
+/// Appends under the file lock, with the id after the file's last one; cuts
+/// the file to the newest half past [`MAX_EVENTS`].
+fn append(path: &Path, record: &mut Record) -> std::io::Result<u64> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("lock"))?;
+    lock.lock()?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    let records = parse(&text);
+    record.id = records.last().map_or(0, |r| r.id) + 1;
+    let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
+    if records.len() + 1 > MAX_EVENTS {
+        let mut kept: String = records[records.len() + 1 - MAX_EVENTS / 2..]
+            .iter()
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .map(|l| l + "\n")
+            .collect();
+        kept.push_str(&line);
+        kept.push('\n');
+        crate::atomic::write_atomically(path, &kept)?;
+    } else {
+        // A line torn by a crash is ended first, and skipped by readers.
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        file.write_all(format!("{sep}{line}\n").as_bytes())?;
+    }
+    drop(lock);
+    Ok(record.id)
+}
+
+fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The records of a log file; a line that does not parse (torn, or from an
+/// unknown version) is skipped.
+fn parse(text: &str) -> Vec<Record> {
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Adds up a pull's per-layer progress from the Engine's stream into bytes
+/// done and total, and says when a report is due (at most every `every`, and
+/// always at the end).
+#[derive(Debug)]
+pub struct PullProgress {
+    /// Per layer: bytes downloaded, and its size once known.
+    layers: HashMap<String, (u64, u64)>,
+    every: Duration,
+    last_report: Option<Instant>,
+    last_done: u64,
+}
+
+impl PullProgress {
+    pub fn new(every: Duration) -> PullProgress {
+        PullProgress {
+            layers: HashMap::new(),
+            every,
+            last_report: None,
+            last_done: 0,
+        }
+    }
+
+    /// Takes one message of the stream (a layer id, its status, and the
+    /// progress detail); returns `(done, total, layers)` when a report is due.
+    pub fn update(
+        &mut self,
+        layer: Option<&str>,
+        status: Option<&str>,
+        current: Option<i64>,
+        total: Option<i64>,
+    ) -> Option<(u64, u64, u32)> {
+        let (Some(layer), Some(status)) = (layer, status) else {
+            return None;
+        };
+        let status = status.to_ascii_lowercase();
+        if status.starts_with("downloading") {
+            let entry = self.layers.entry(layer.to_string()).or_default();
+            if let Some(t) = total.filter(|t| *t > 0) {
+                entry.1 = t as u64;
+            }
+            if let Some(c) = current.filter(|c| *c >= 0) {
+                entry.0 = (c as u64).max(entry.0);
+            }
+        } else if status.starts_with("download complete")
+            || status.starts_with("extracting")
+            || status.starts_with("pull complete")
+        {
+            if let Some(entry) = self.layers.get_mut(layer) {
+                entry.0 = entry.0.max(entry.1);
+            }
+        } else {
+            return None;
+        }
+        let (done, total) = self.totals();
+        let due =
+            self.last_report.is_none_or(|t| t.elapsed() >= self.every) || (done == total && done > self.last_done);
+        if !due || done == self.last_done {
+            return None;
+        }
+        self.last_report = Some(Instant::now());
+        self.last_done = done;
+        Some((done, total, self.layers.len() as u32))
+    }
+
+    /// Bytes downloaded and to download, over the layers seen downloading.
+    pub fn totals(&self) -> (u64, u64) {
+        self.layers
+            .values()
+            .fold((0, 0), |(d, t), (ld, lt)| (d + ld.min(lt.max(ld)), t + lt.max(ld)))
+    }
+}
+
+/// Reports the health checks of a successor: the first attempt, then at most
+/// one every [`HEALTH_EVERY`], and the last one always.
+pub struct Attempts<'a> {
+    log: &'a EventLog,
+    attempt: u32,
+    last_report: Option<Instant>,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn new(log: &'a EventLog) -> Self {
+        Attempts {
+            log,
+            attempt: 0,
+            last_report: None,
+        }
+    }
+
+    /// One more attempt with its `result`; `last` when it is the final one.
+    pub fn report(&mut self, result: &str, last: bool) {
+        self.attempt += 1;
+        if last || self.last_report.is_none_or(|t| t.elapsed() >= HEALTH_EVERY) {
+            self.last_report = Some(Instant::now());
+            self.log.emit(Event::HealthAttempt {
+                attempt: self.attempt,
+                result: result.to_string(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("selfup-events-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn step(s: &str) -> Event {
+        Event::UpgradeStep { step: s.into() }
+    }
+
+    #[test]
+    fn ids_continue_in_the_next_instance_and_resume_after_the_last_seen() {
+        let dir = dir("resume");
+        let elder = EventLog::in_dir(&dir);
+        assert_eq!(elder.emit(step("resolving")), 1);
+        assert_eq!(elder.emit(step("pulling")), 2);
+        let successor = EventLog::in_dir(&dir);
+        assert_eq!(successor.last_id(), 2);
+        // Both write the same file: the elder's next event follows the successor's.
+        assert_eq!(
+            successor.emit(Event::Takeover {
+                phase: "switching nginx".into()
+            }),
+            3
+        );
+        assert_eq!(elder.emit(step("waiting")), 4);
+        let resumed: Vec<u64> = successor.after(2).iter().map(|r| r.id).collect();
+        assert_eq!(resumed, vec![3, 4]);
+        assert_eq!(successor.after(4), vec![]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_kind_of_event_reads_back_from_the_file() {
+        let dir = dir("kinds");
+        let log = EventLog::in_dir(&dir);
+        let all = vec![
+            Event::UpgradeStarted {
+                requested: "2".into(),
+                from: "1.0.0".into(),
+            },
+            step("pulling"),
+            Event::PullProgress {
+                image: "r/selfup:2.0.0".into(),
+                done: 5,
+                total: 9,
+                layers: 2,
+            },
+            Event::HealthAttempt {
+                attempt: 3,
+                result: "/health answered 503".into(),
+            },
+            Event::Takeover { phase: "done".into() },
+            Event::UpgradeFinished {
+                outcome: "failed".into(),
+                requested: "2".into(),
+                to: None,
+                error: Some("no version".into()),
+                duration_ms: u64::MAX,
+            },
+            Event::UpdateStarted {
+                container: "app".into(),
+            },
+            Event::UpdateFinished {
+                container: "app".into(),
+                outcome: "rolled_back".into(),
+                error: None,
+            },
+        ];
+        for event in &all {
+            log.emit(event.clone());
+        }
+        let read: Vec<Event> = EventLog::in_dir(&dir).after(0).into_iter().map(|r| r.event).collect();
+        assert_eq!(read, all);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_bounded_and_keeps_the_newest_events_with_their_ids() {
+        let dir = dir("bounded");
+        let log = EventLog::in_dir(&dir);
+        for _ in 0..MAX_EVENTS + 10 {
+            log.emit(step("x"));
+        }
+        let kept = log.after(0);
+        assert!(
+            kept.len() <= MAX_EVENTS && kept.len() >= MAX_EVENTS / 2,
+            "{}",
+            kept.len()
+        );
+        assert_eq!(kept.last().unwrap().id, (MAX_EVENTS + 10) as u64);
+        assert!(kept.windows(2).all(|w| w[1].id == w[0].id + 1));
+        // The next instance goes on from there.
+        assert_eq!(EventLog::in_dir(&dir).emit(step("y")), (MAX_EVENTS + 11) as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_line_is_skipped_and_the_next_event_starts_on_its_own_line() {
+        let dir = dir("torn");
+        let log = EventLog::in_dir(&dir);
+        log.emit(step("a"));
+        let path = dir.join("events.jsonl");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"id\": 2, \"ty").unwrap();
+        assert_eq!(log.emit(step("b")), 2);
+        let ids: Vec<u64> = log.after(0).iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writers_in_parallel_get_distinct_increasing_ids() {
+        let dir = dir("parallel");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let log = EventLog::in_dir(&dir);
+                    (0..50).map(|_| log.emit(step("p"))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn in_memory_the_log_is_bounded_too() {
+        let log = EventLog::default();
+        for _ in 0..MAX_EVENTS + 5 {
+            log.emit(step("m"));
+        }
+        let kept = log.after(0);
+        assert_eq!(kept.len(), MAX_EVENTS);
+        assert_eq!(kept.first().unwrap().id, 6);
+        assert_eq!(log.after(MAX_EVENTS as u64 + 3).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_start_of_an_upgrade_is_marked_for_its_own_stream() {
+        let log = EventLog::default();
+        log.emit(step("before"));
+        let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+        marking_start(cell.clone(), async {
+            log.emit(Event::UpgradeStarted {
+                requested: "latest".into(),
+                from: "1.0.0".into(),
+            })
+        })
+        .await;
+        assert_eq!(cell.get(), Some(&2));
+    }
+
+    #[test]
+    fn an_event_is_one_sse_message_with_its_id_and_type() {
+        let r = Record {
+            id: 7,
+            time_ms: 1,
+            version: "1.0.0".into(),
+            event: step("pulling"),
+        };
+        let sse = r.to_sse();
+        assert!(sse.starts_with("id: 7\nevent: upgrade_step\ndata: {"), "{sse}");
+        assert!(sse.ends_with("}\n\n"));
+        let data: serde_json::Value =
+            serde_json::from_str(sse.lines().nth(2).unwrap().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data["step"], "pulling");
+        assert_eq!(data["type"], "upgrade_step");
+    }
+
+    #[test]
+    fn pull_progress_adds_up_layers_and_is_rate_limited() {
+        let mut p = PullProgress::new(Duration::from_secs(3600));
+        assert_eq!(p.update(Some("a"), Some("Pulling fs layer"), None, None), None);
+        // The first report is due at once.
+        assert_eq!(
+            p.update(Some("a"), Some("Downloading"), Some(10), Some(100)),
+            Some((10, 100, 1))
+        );
+        // Within the interval: nothing, but the sums move on.
+        assert_eq!(p.update(Some("b"), Some("Downloading"), Some(5), Some(50)), None);
+        assert_eq!(p.totals(), (15, 150));
+        assert_eq!(p.update(Some("a"), Some("Downloading"), Some(100), Some(100)), None);
+        assert_eq!(p.update(Some("c"), Some("Already exists"), None, None), None);
+        // The end is always reported.
+        assert_eq!(
+            p.update(Some("b"), Some("Download complete"), None, None),
+            Some((150, 150, 2))
+        );
+        assert_eq!(p.update(Some("b"), Some("Pull complete"), None, None), None);
+        let mut q = PullProgress::new(Duration::ZERO);
+        let reports: Vec<u64> = (1..=5)
+            .filter_map(|i| q.update(Some("l"), Some("Downloading"), Some(i * 10), Some(50)))
+            .map(|(d, _, _)| d)
+            .collect();
+        assert_eq!(reports, vec![10, 20, 30, 40, 50]);
+    }
+}
