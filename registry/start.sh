@@ -25,6 +25,20 @@ if [ "${1:-start}" = stop ]; then
   exit 0
 fi
 
+# The token the registry's push notifications carry to selfup's hook
+# (hook_token): generated once, root-only, before anything else, so that
+# compose has the file to mount even when the registry already runs (a
+# registry started before the token existed sends no notifications until it
+# is restarted: registry/start.sh stop; registry/start.sh).
+mkdir -p "$auth"
+chmod 700 "$state" "$auth"
+if [ ! -s "$auth/hook_token" ]; then
+  (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$auth/hook_token")
+  echo "registry: generated the notification token $auth/hook_token"
+fi
+# Where the notifications go: nginx's deploy server (nginx/nginx.conf).
+hook=${REGISTRY_HOOK_URL:-http://127.0.0.1:8081/hooks/registry}
+
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time "$1" "http://$addr/v2/" || true; }
 case "$(code 2)" in
   401) echo "registry already answers on $addr"; exit 0 ;;
@@ -33,8 +47,6 @@ esac
 command -v docker-registry >/dev/null || { echo "registry/start.sh: docker-registry is not installed (apt-get install docker-registry)" >&2; exit 1; }
 command -v htpasswd >/dev/null || { echo "registry/start.sh: htpasswd is not installed (apt-get install apache2-utils)" >&2; exit 1; }
 
-mkdir -p "$auth"
-chmod 700 "$state" "$auth"
 if [ ! -s "$auth/password" ]; then
   (umask 077
    head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$auth/password"
@@ -45,6 +57,17 @@ if [ ! -s "$auth/password" ]; then
   echo "registry: generated its credentials in $auth (user selfup)"
 fi
 
+# registry/config.yml's endpoint, enabled and with the token (the variable
+# replaces the whole list, as YAML).
+endpoints="- name: selfup
+  url: $hook
+  headers:
+    Authorization: [Bearer $(cat "$auth/hook_token")]
+  timeout: 2s
+  threshold: 3
+  backoff: 2s
+  ignoredmediatypes: [application/octet-stream]"
+REGISTRY_NOTIFICATIONS_ENDPOINTS=$endpoints \
 REGISTRY_HTTP_ADDR=$addr REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=$state \
   REGISTRY_AUTH=htpasswd REGISTRY_AUTH_HTPASSWD_REALM=selfup REGISTRY_AUTH_HTPASSWD_PATH=$auth/htpasswd \
   setsid nohup docker-registry serve "$here/config.yml" >"$state/registry.log" 2>&1 < /dev/null &

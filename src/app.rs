@@ -20,11 +20,14 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
 use crate::registry::Registry;
-use crate::routes::{self, AppState, companion, events, handover, info, status, upgrade};
+use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 
 /// The largest body `/echo` accepts.
 pub const ECHO_LIMIT: usize = 64 * 1024;
+
+/// How long a stopping instance waits for its notifications still under way.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
 
 /// A bound, not yet running, selfup server.
 pub struct Application {
@@ -58,6 +61,7 @@ impl Application {
         let companion = build_companion(&settings, &engine, &self_id, &swaps)?;
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
+        orchestrator.notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
@@ -66,7 +70,9 @@ impl Application {
         // After the port: an instance that cannot have the port never
         // touches the socket of the one that has it.
         let control = bind_socket(&settings.control_socket, port, Access::Root);
-        let update = match settings.companion {
+        // nginx's deploy server passes the companion's /update and the
+        // registry hook to the update socket.
+        let update = match settings.companion || settings.hook_token.is_some() {
             true => bind_socket(&settings.update_socket, port, Access::Anyone),
             false => None,
         };
@@ -164,6 +170,12 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
+                    web::resource("/hooks/registry")
+                        .app_data(web::PayloadConfig::new(hooks::HOOK_LIMIT))
+                        .route(web::post().to(hooks::registry))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
                     web::resource("/handover")
                         .route(web::post().to(handover::go))
                         .route(web::get().to(handover::phase))
@@ -223,16 +235,31 @@ impl Application {
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
-        tokio::spawn(async move {
+        let watching = self.orchestrator.settings.watch.is_some();
+        let background = tokio::spawn(async move {
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
             if let Some(companion) = companion {
                 companion.recover().await;
             }
+            if let Some(watch) = crate::watch::Watch::new(orchestrator) {
+                watch.run().await;
+            }
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
-        self.server.await
+        let served = self.server.await;
+        // An elder whose watch started the upgrade: no request holds the
+        // drain open, so the watch finishes the upgrade (its successor's stop
+        // signal is its end) and records it before the process ends.
+        if watching {
+            let _ = tokio::time::timeout(NOTIFY_FLUSH, background).await;
+        }
+        // An elder on its way out: the report of its handover is still being sent.
+        if let Some(notifier) = &self.orchestrator.notifier {
+            notifier.flush(NOTIFY_FLUSH).await;
+        }
+        served
     }
 }
 

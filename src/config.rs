@@ -97,6 +97,35 @@ pub struct Settings {
     /// How long a recreated container without a HEALTHCHECK must keep
     /// running to count as up; at most `update_deadline_secs`.
     pub update_settle_secs: u64,
+    /// The watch policy: a requirement in the `/upgrade/<req>` syntax, or
+    /// `latest`. Unset: nothing is watched, upgrades wait for a request.
+    pub watch: Option<String>,
+    /// How often the watch policy is checked against the registry.
+    pub watch_interval_secs: u64,
+    /// What a newer version found by the watch policy leads to.
+    pub watch_mode: WatchMode,
+    /// A tag whose image is younger than this (by its creation time) waits:
+    /// a bad push can be withdrawn before it spreads.
+    pub min_image_age_secs: u64,
+    /// Where every finished upgrade, rollback or companion update (and a
+    /// version the watch policy found in `notify` mode) is posted as JSON.
+    pub notify_urls: Vec<String>,
+    /// The bearer token `POST /hooks/registry` requires; unset, the hook is off.
+    pub hook_token: Option<String>,
+    /// Where `hook_token` is read from when it is not set: the file
+    /// `registry/start.sh` generates, mounted by compose. A missing or empty
+    /// file (or a directory in its place) leaves the hook off.
+    pub hook_token_file: PathBuf,
+}
+
+/// What the watch policy does with a newer version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    /// Upgrade to it, as `/upgrade/<req>` would.
+    Apply,
+    /// Only say so: a log line and a notification; nothing changes.
+    Notify,
 }
 
 impl Default for Settings {
@@ -129,6 +158,13 @@ impl Default for Settings {
             update_socket: PathBuf::from("/run/selfup-public/update.sock"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
+            watch: None,
+            watch_interval_secs: 300,
+            watch_mode: WatchMode::Apply,
+            min_image_age_secs: 0,
+            notify_urls: Vec::new(),
+            hook_token: None,
+            hook_token_file: PathBuf::from("/etc/selfup/registry/hook_token"),
         }
     }
 }
@@ -154,14 +190,32 @@ impl Settings {
 
     /// The layered sources, for `load` and for tests.
     pub fn figment(file: &str) -> Figment {
-        Figment::from(Serialized::defaults(Settings::default()))
+        let figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
-            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG"]))
+            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG", "WATCH"]));
+        // Taken as written: figment would read `SELFUP_WATCH=1` as a number
+        // and `1.10` as the float 1.1.
+        match std::env::var("SELFUP_WATCH") {
+            Ok(watch) => figment.merge(Serialized::default("watch", watch)),
+            Err(_) => figment,
+        }
     }
 
     /// Extracts and validates.
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        // Compose passes `SELFUP_WATCH=` when the shell has none: unset.
+        if settings.watch.as_deref().is_some_and(|w| w.trim().is_empty()) {
+            settings.watch = None;
+        }
+        if settings.hook_token.is_none() && settings.hook_token_file.is_file() {
+            let token = std::fs::read_to_string(&settings.hook_token_file).map_err(|e| ConfigError::Invalid {
+                field: "hook_token_file",
+                reason: format!("{}: {e}", settings.hook_token_file.display()),
+            })?;
+            let token = token.trim();
+            settings.hook_token = (!token.is_empty()).then(|| token.to_string());
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -244,6 +298,7 @@ impl Settings {
         if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
             return invalid("upgrade_token", "is set but empty".into());
         }
+        self.validate_watch()?;
         self.validate_companion()
     }
 
@@ -293,6 +348,38 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    fn validate_watch(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if let Some(watch) = &self.watch
+            && let Err(e) = crate::watch::policy(watch)
+        {
+            return invalid("watch", format!("{e}, or latest"));
+        }
+        if self.watch_interval_secs == 0 {
+            return invalid("watch_interval_secs", "must be at least 1".into());
+        }
+        for url in &self.notify_urls {
+            let parsed = reqwest::Url::parse(url);
+            if !parsed.is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+                return invalid("notify_urls", format!("expected http(s) URLs, got {url:?}"));
+            }
+        }
+        if let Some(token) = &self.hook_token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "hook_token",
+                "must be at least 16 printable characters without spaces".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The watch interval.
+    pub fn watch_interval(&self) -> Duration {
+        Duration::from_secs(self.watch_interval_secs)
     }
 
     /// The other port of the pair: where a successor of this instance listens.
@@ -432,6 +519,61 @@ mod tests {
         let fields: std::collections::BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
         assert!(fields.len() > 20, "{fields:?}");
         assert_eq!(readme_table_names(), fields);
+    }
+
+    #[test]
+    fn watch_settings_are_checked_at_start() {
+        jailed(|jail| {
+            let settings = load_in(jail).unwrap();
+            assert_eq!((settings.watch, settings.watch_interval_secs), (None, 300));
+            assert_eq!(settings.watch_mode, WatchMode::Apply);
+            jail.set_env("SELFUP_WATCH", "");
+            assert_eq!(load_in(jail).unwrap().watch, None);
+            // A number is the requirement as written, never 1.1 for 1.10.
+            for written in ["1", "1.10"] {
+                jail.set_env("SELFUP_WATCH", written);
+                assert_eq!(load_in(jail).unwrap().watch.as_deref(), Some(written));
+            }
+            jail.set_env("SELFUP_WATCH", "^2");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("watch: invalid version requirement"), "{err}");
+            jail.set_env("SELFUP_WATCH", "latest");
+            jail.set_env("SELFUP_WATCH_MODE", "notify");
+            jail.set_env("SELFUP_NOTIFY_URLS", r#"["http://127.0.0.1:9/x"]"#);
+            let settings = load_in(jail).unwrap();
+            assert_eq!(settings.watch.as_deref(), Some("latest"));
+            assert_eq!(settings.watch_mode, WatchMode::Notify);
+            jail.set_env("SELFUP_WATCH_MODE", "sometimes");
+            assert!(load_in(jail).is_err());
+            jail.set_env("SELFUP_WATCH_MODE", "apply");
+            jail.set_env("SELFUP_NOTIFY_URLS", r#"["file:///etc/passwd"]"#);
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("notify_urls: expected http(s) URLs"), "{err}");
+            jail.set_env("SELFUP_NOTIFY_URLS", "[]");
+            jail.set_env("SELFUP_WATCH_INTERVAL_SECS", "0");
+            assert!(load_in(jail).unwrap_err().to_string().contains("watch_interval_secs"));
+            jail.set_env("SELFUP_WATCH_INTERVAL_SECS", "1");
+            // Unset, the token comes from its file, if there is one.
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "absent");
+            assert_eq!(load_in(jail).unwrap().hook_token, None);
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "empty");
+            jail.create_file("empty", "\n")?;
+            assert_eq!(load_in(jail).unwrap().hook_token, None);
+            jail.set_env("SELFUP_HOOK_TOKEN_FILE", "hook_token");
+            jail.create_file("hook_token", "0123456789abcdef0123\n")?;
+            assert_eq!(
+                load_in(jail).unwrap().hook_token.as_deref(),
+                Some("0123456789abcdef0123")
+            );
+            jail.set_env("SELFUP_HOOK_TOKEN", "0123456789abcdef-env");
+            assert_eq!(
+                load_in(jail).unwrap().hook_token.as_deref(),
+                Some("0123456789abcdef-env")
+            );
+            jail.set_env("SELFUP_HOOK_TOKEN", "short");
+            assert!(load_in(jail).unwrap_err().to_string().contains("hook_token"));
+            Ok(())
+        });
     }
 
     #[test]

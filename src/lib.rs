@@ -35,6 +35,14 @@
 //!   rules, the cloning rules, one resolve-pull-decide path, and one watcher
 //!   that says whether a new container came up or died.
 //!
+//! Unattended upgrades, beside the roles:
+//!
+//! - [`watch`]: the watch policy: the live instance checks the registry
+//!   every interval (and when the registry hook says a tag was pushed), and
+//!   upgrades through the same lock and path as a request.
+//! - [`notify`]: a JSON POST for every finished upgrade, rollback or
+//!   companion update, in the background, with retries.
+//!
 //! And what everything stands on:
 //!
 //! - [`retention`]: which old images of this service a takeover removes.
@@ -62,6 +70,7 @@ pub mod handover;
 pub mod identity;
 pub mod image_ref;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod recreate;
 pub mod registry;
@@ -70,3 +79,4 @@ pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
+pub mod watch;

@@ -186,6 +186,9 @@ pub struct Shared {
     /// `true` while this instance, taken over from, lingers before its
     /// graceful stop: every answer then closes its connection.
     pub lingering: std::sync::atomic::AtomicBool,
+    /// Wakes the watch policy for a look at the registry now (the registry
+    /// hook); several wakes before it looks are one look.
+    pub check_now: Notify,
     /// Every step of every upgrade and update, for `/events` (in the data directory when there is one).
     pub events: crate::events::EventLog,
     /// What `/metrics` exports.
@@ -201,6 +204,7 @@ impl Default for Shared {
             go: Notify::new(),
             shutdown: watch::channel(false).0,
             lingering: Default::default(),
+            check_now: Notify::new(),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::default(),
         }

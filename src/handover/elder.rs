@@ -130,7 +130,7 @@ impl Orchestrator {
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
             Err(e) => (Outcome::Failed, None, Some(e.to_string())),
         };
-        self.shared.record(UpgradeRecord {
+        let record = UpgradeRecord {
             from: self.version.to_string(),
             to,
             requested: target.to_string(),
@@ -138,7 +138,9 @@ impl Orchestrator {
             error,
             duration_ms: started.elapsed().as_millis(),
             finished_at: now_secs(),
-        });
+        };
+        self.notify(&target, &record);
+        self.shared.record(record);
         result
     }
 
@@ -293,6 +295,24 @@ impl Orchestrator {
         })
     }
 
+    /// Reports a finished upgrade or rollback to `notify_urls`, in the background.
+    fn notify(&self, target: &Target, record: &UpgradeRecord) {
+        let Some(notifier) = &self.notifier else { return };
+        let kind = match target {
+            Target::Previous => "rollback",
+            Target::Registry(_) => "upgrade",
+        };
+        let to = record.to.as_deref().unwrap_or(&record.requested);
+        notifier.send(crate::notify::Event::new(
+            kind,
+            &record.outcome.to_string(),
+            &record.from,
+            Some(to),
+            record.duration_ms,
+            record.error.as_deref(),
+        ));
+    }
+
     /// The version that ran before the last upgrade, from this container's
     /// labels; its image is still on this machine.
     pub async fn previous(&self, me: &str) -> Result<Previous, UpgradeError> {
@@ -350,7 +370,7 @@ impl Orchestrator {
 
     /// The registry's credentials from the `docker_config` file, the same
     /// lookup companion mode makes; none when the file or its entry is absent.
-    async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
+    pub(super) async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
         let registry = &self.settings.registry;
         credentials::for_registry(&self.settings.docker_config, registry, &Helpers::from_env())
             .await

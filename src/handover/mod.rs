@@ -11,6 +11,7 @@
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
 pub mod elder;
+pub mod plan;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -209,6 +210,8 @@ pub struct Orchestrator {
     /// The companion's swaps in the data directory, shared with every
     /// instance: an upgrade waits for running ones.
     pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
+    /// Where finished upgrades are reported (`notify_urls`), if anywhere.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Orchestrator {
@@ -242,6 +245,7 @@ impl Orchestrator {
             live_http,
             control: std::sync::OnceLock::new(),
             swaps: None,
+            notifier: None,
         }
     }
 

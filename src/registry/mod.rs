@@ -19,6 +19,7 @@
 //! written here rather than taken from `oci-client`.
 
 pub mod credentials;
+pub mod image;
 
 use std::time::{Duration, Instant};
 

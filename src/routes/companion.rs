@@ -4,6 +4,7 @@
 //! network, by the companion's name, and the key is the gate. Requests a
 //! browser sends for another site are refused all the same. Errors are JSON `{"error": ..}` with one status per cause.
 
+use crate::notify::{self, Notifier};
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -170,8 +171,20 @@ pub async fn update(
     let request = parse_body(&body)?;
     let container = request.container.clone();
     started(&state, &container);
+    let notifier = state.orchestrator.notifier.clone();
     let outcome = state
-        .spawn(async move { companion.update(&request.container, &request.image).await })
+        .spawn(async move {
+            let started = std::time::Instant::now();
+            let result = companion.update(&request.container, &request.image).await;
+            report(
+                notifier.as_deref(),
+                &request.container,
+                &request.image,
+                started,
+                &result,
+            );
+            result
+        })
         .await;
     finish(&state, &container, outcome)
 }
@@ -194,10 +207,42 @@ pub async fn update_to(
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
     let name = container.clone();
     started(&state, &name);
+    let notifier = state.orchestrator.notifier.clone();
     let outcome = state
-        .spawn(async move { companion.update_to(&container, requirement).await })
+        .spawn(async move {
+            let started = std::time::Instant::now();
+            let asked = requirement.to_string();
+            let result = companion.update_to(&container, requirement).await;
+            report(notifier.as_deref(), &container, &asked, started, &result);
+            result
+        })
         .await;
     finish(&state, &name, outcome)
+}
+
+/// Reports a finished companion update to `notify_urls`, in the background.
+fn report(
+    notifier: Option<&Notifier>,
+    container: &str,
+    asked: &str,
+    started: std::time::Instant,
+    result: &Result<UpdateOutcome, UpdateError>,
+) {
+    let Some(notifier) = notifier else { return };
+    let elapsed = started.elapsed().as_millis();
+    let event = match result {
+        Ok(UpdateOutcome::Updated {
+            old_image,
+            new_image,
+            duration_ms,
+            ..
+        }) => notify::Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
+        Ok(UpdateOutcome::Unchanged { image, .. }) => {
+            notify::Event::new("update", "unchanged", image, Some(image), elapsed, None)
+        }
+        Err(e) => notify::Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
+    };
+    notifier.send(event.for_container(container));
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod companion;
 pub mod events;
 pub mod handover;
+pub mod hooks;
 pub mod info;
 pub mod status;
 pub mod upgrade;

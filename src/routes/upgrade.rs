@@ -4,9 +4,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
+use crate::handover::plan::PlannedDecision;
 use crate::handover::{Target, UpgradeError};
 use crate::recreate::version::Requirement;
-use crate::routes::{AppState, guard_control, resolve_details, resolve_status};
+use crate::routes::{AppState, guard_control, json_error, resolve_details, resolve_status};
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
@@ -73,6 +74,11 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
     if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
         return Ok(denied);
     }
+    match dry_run(req.query_string()) {
+        Ok(false) => {}
+        Ok(true) => return Ok(plan(&state, target).await),
+        Err(e) => return Ok(json_error(StatusCode::BAD_REQUEST, e)),
+    }
     let o = state.orchestrator.clone();
     if super::events::wants_events(&req) {
         return Ok(super::events::stream_upgrade(
@@ -85,6 +91,56 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Re
         .await
         .map_err(UpgradeError::Internal)??;
     Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Whether the query asks for a dry run: `dry_run=true` (or `1`); any other
+/// value of `dry_run` is refused rather than taken for a real upgrade.
+fn dry_run(query: &str) -> Result<bool, String> {
+    let mut asked = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+        if key != "dry_run" {
+            continue;
+        }
+        asked = match value {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(format!("dry_run must be true or false, not {shown:?}"));
+            }
+        };
+    }
+    Ok(asked)
+}
+
+/// The dry run's answer: what an upgrade to `target` would do; nothing is
+/// pulled, started or locked.
+async fn plan(state: &AppState, target: Target) -> HttpResponse {
+    let o = state.orchestrator.clone();
+    let plan = match state.spawn(async move { o.plan(&target).await }).await {
+        Ok(plan) => plan,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let mut body = json!({
+        "dry_run": true,
+        "requirement": plan.requirement,
+        "running": state.orchestrator.version.to_string(),
+        "decision": plan.decision.name(),
+        "image": plan.image,
+        "version": plan.version.as_ref().map(ToString::to_string),
+        "digest": plan.digest,
+        "created": plan.created,
+        "ports": { "live": plan.ports.0, "successor": plan.ports.1 },
+    });
+    if let PlannedDecision::Refused(e) = &plan.decision {
+        body["reason"] = json!(e.to_string());
+        body["would_answer"] = json!(e.status_code().as_u16());
+        if let UpgradeError::Resolve(e) = e {
+            resolve_details(e, &mut body);
+        }
+    }
+    HttpResponse::Ok().json(body)
 }
 
 #[cfg(test)]
@@ -198,6 +254,18 @@ mod tests {
         };
         assert_eq!(status(unreadable), 500);
         assert_eq!(status(UpgradeError::Internal("x".into())), 500);
+    }
+
+    #[test]
+    fn a_dry_run_is_asked_for_by_the_query_and_a_bad_value_is_refused() {
+        assert_eq!(dry_run(""), Ok(false));
+        assert_eq!(dry_run("dry_run=true"), Ok(true));
+        assert_eq!(dry_run("x=1&dry_run=1"), Ok(true));
+        assert_eq!(dry_run("dry_run"), Ok(true));
+        assert_eq!(dry_run("dry_run=false"), Ok(false));
+        assert_eq!(dry_run("dry_run_not=true"), Ok(false));
+        let refused = dry_run("dry_run=yes").unwrap_err();
+        assert!(refused.contains("true or false"), "{refused}");
     }
 
     #[test]

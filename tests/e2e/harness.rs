@@ -488,6 +488,7 @@ impl Env {
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
+        std::fs::write(dir.join("hook_token"), "").unwrap();
         let nginx = format!("{project}-nginx");
         let mut env: Vec<(String, String)> = vec![
             ("SELFUP_PORT".into(), a.to_string()),
@@ -543,6 +544,8 @@ impl Env {
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
             .env("SELFUP_CONTROL_DIR", self.dir.join("control"))
             .env("SELFUP_PUBLIC_DIR", self.dir.join("public"))
+            // An empty token file: the registry hook stays off unless a test turns it on.
+            .env("SELFUP_HOOK_TOKEN_FILE", self.dir.join("hook_token"))
             .envs(vars.iter().copied());
         run(&mut cmd)
     }

@@ -38,6 +38,7 @@ mod swaps;
 mod switch;
 mod token_front;
 mod traffic;
+mod unattended;
 mod versions;
 mod watching;
 
@@ -94,6 +95,11 @@ fn main() -> ExitCode {
         restarts::an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_started,
         restarts::an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgraded,
         checks::a_tag_whose_label_does_not_satisfy_the_requirement_is_refused_and_nothing_changes,
+        unattended::a_dry_run_answers_what_an_upgrade_would_do_and_changes_nothing,
+        unattended::a_tag_pushed_while_watching_is_upgraded_to_without_any_request_and_reported,
+        unattended::notify_mode_reports_a_newer_version_once_and_changes_nothing,
+        unattended::a_failed_target_is_not_tried_again_and_a_young_one_waits_for_the_cooldown,
+        unattended::a_push_to_the_registry_upgrades_through_its_notification_without_any_request,
         checks::a_stray_listener_on_the_successor_port_gets_no_handover_secret,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,

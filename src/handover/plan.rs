@@ -1,0 +1,168 @@
+//! What an upgrade would do, decided without doing it: the dry run of
+//! `/upgrade?dry_run=true`, and the watch policy's look at the registry.
+//!
+//! The same requirement, the same tag selection and the same decision as
+//! [`super::elder`], but the image is read from the registry (its manifest
+//! and config, [`crate::registry::image`]) rather than pulled, and the
+//! single-flight lock is only looked at, never taken.
+
+use semver::Version;
+
+use super::{Orchestrator, Target, UpgradeError};
+use crate::image_ref::ImageRef;
+use crate::recreate::resolve::{self, Go, ResolveError};
+use crate::recreate::version::Requirement;
+use crate::registry::RegistryError;
+use crate::registry::image::RemoteImage;
+
+/// What an upgrade to a target would do.
+#[derive(Debug)]
+pub struct Plan {
+    /// What was asked for: `latest`, `2`, `=1.4.0`, `rollback`.
+    pub requirement: String,
+    /// The tag the requirement picks, or the previous version's image.
+    pub image: Option<String>,
+    /// The version the image's label says.
+    pub version: Option<Version>,
+    /// The registry's digest of the tag (the local image id for a rollback).
+    pub digest: Option<String>,
+    /// When the image was built, seconds since the epoch.
+    pub created: Option<u64>,
+    /// The port the live instance serves on, and the successor's.
+    pub ports: (u16, u16),
+    pub decision: PlannedDecision,
+}
+
+/// The decision a plan comes to.
+#[derive(Debug)]
+pub enum PlannedDecision {
+    /// A successor of a higher version would be started.
+    Upgrade,
+    /// A successor of a lower version, named exactly, would be started.
+    Rollback,
+    /// The target is what runs.
+    NoOp,
+    /// The request would be refused, or fail before a successor is started.
+    Refused(UpgradeError),
+}
+
+impl PlannedDecision {
+    /// How it reads in a dry run's answer.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlannedDecision::Upgrade => "upgrade",
+            PlannedDecision::Rollback => "rollback",
+            PlannedDecision::NoOp => "no-op",
+            PlannedDecision::Refused(_) => "refused",
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Decides what an upgrade to `target` would do, pulling nothing and
+    /// starting nothing.
+    pub async fn plan(&self, target: &Target) -> Plan {
+        let port = self.settings.port;
+        let mut plan = Plan {
+            requirement: target.to_string(),
+            image: None,
+            version: None,
+            digest: None,
+            created: None,
+            ports: (port, self.settings.other_port(port)),
+            decision: PlannedDecision::NoOp,
+        };
+        plan.decision = match self.find(target, &mut plan).await {
+            Ok(go) => match self.busy() {
+                Some(refused) if go != Go::AlreadyThere => PlannedDecision::Refused(refused),
+                _ => match go {
+                    Go::Upgrade => PlannedDecision::Upgrade,
+                    Go::Rollback => PlannedDecision::Rollback,
+                    Go::AlreadyThere => PlannedDecision::NoOp,
+                },
+            },
+            Err(refused) => PlannedDecision::Refused(refused),
+        };
+        plan
+    }
+
+    /// Fills in what the target resolves to, and decides.
+    async fn find(&self, target: &Target, plan: &mut Plan) -> Result<Go, UpgradeError> {
+        let (image, remote, requirement) = match target {
+            Target::Registry(requirement) => {
+                let (image, remote) = self.remote(requirement).await?;
+                (image.to_string(), remote, requirement.clone())
+            }
+            Target::Previous => {
+                let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
+                let previous = self.previous(&me).await?;
+                plan.image = Some(previous.image_ref.clone());
+                plan.digest = Some(previous.image.clone());
+                plan.version = Some(previous.version.clone());
+                let requirement = Requirement::Exact(previous.version.clone());
+                return Ok(resolve::decide(&self.version, &previous.version, &requirement)?);
+            }
+        };
+        plan.image = Some(image.clone());
+        plan.digest = Some(remote.digest.clone());
+        plan.created = remote.created;
+        let version = remote
+            .version
+            .as_deref()
+            .and_then(|v| Version::parse(v).ok())
+            .ok_or_else(|| ResolveError::NoVersion {
+                image: image.clone(),
+                found: remote.version.clone(),
+            })?;
+        plan.version = Some(version.clone());
+        if !requirement.admits(&version) {
+            return Err(ResolveError::LabelMismatch {
+                image,
+                label: version,
+                requirement: requirement.to_string(),
+            }
+            .into());
+        }
+        Ok(resolve::decide(&self.version, &version, &requirement)?)
+    }
+
+    /// The tag `requirement` picks in this service's repository, and what the
+    /// registry says of its image.
+    pub async fn remote(&self, requirement: &Requirement) -> Result<(ImageRef, RemoteImage), UpgradeError> {
+        let auth = self.registry_auth().await?;
+        let repository =
+            ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
+        let registry_error = |source| ResolveError::Registry {
+            requirement: requirement.to_string(),
+            repository: repository.repository(),
+            source,
+        };
+        let remote = self
+            .registry
+            .remote_image(image.registry_host(), &image.path, &image.tag, auth.as_ref())
+            .await
+            .map_err(registry_error)?
+            .ok_or_else(|| {
+                registry_error(RegistryError::Status {
+                    url: image.to_string(),
+                    status: 404,
+                })
+            })?;
+        Ok((image, remote))
+    }
+
+    /// Why an upgrade could not start now: one running, or a takeover.
+    fn busy(&self) -> Option<UpgradeError> {
+        let status = self.shared.status();
+        if let Some(running) = &status.upgrade {
+            return Some(UpgradeError::InProgress(running.clone()));
+        }
+        match status.takeover {
+            crate::state::TakeoverPhase::WaitingForGo | crate::state::TakeoverPhase::Running { .. } => {
+                Some(UpgradeError::TakeoverUnderway(status.takeover.clone()))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `POST /hooks/registry`: the registry's notification that a tag was pushed.
+//!
+//! The distribution registry posts an envelope, `{"events": [...]}`, each
+//! event with an `action` and a `target` (`repository`, `tag`, `digest`,
+//! `mediaType`). A push of a tag of this service's repository wakes the watch
+//! policy, which then looks at the registry itself and resolves the highest
+//! matching tag: the envelope is a nudge, never the word on what to run. So
+//! a duplicate, a late or an out-of-order notification is one more look at
+//! the registry, and changes nothing the registry does not say.
+//!
+//! The answer is a 202 at once; the upgrade, if any, runs in the background.
+//! The registry reaches this endpoint through nginx's deploy server and the
+//! update socket (addresses other local users cannot take); the bearer token
+//! `hook_token` guards it.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::routes::{AppState, json_error, presents, refuse_cross_site};
+
+/// The largest envelope accepted: the registry batches a few events at most.
+pub const HOOK_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: Target,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Target {
+    #[serde(default)]
+    repository: String,
+    tag: Option<String>,
+}
+
+/// How many events of an envelope are tag pushes to `repository`.
+fn pushes_to(envelope: &Envelope, repository: &str) -> usize {
+    envelope
+        .events
+        .iter()
+        .filter(|e| e.action == "push" && e.target.repository == repository && e.target.tag.is_some())
+        .count()
+}
+
+/// `POST /hooks/registry`.
+pub async fn registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let settings = &state.orchestrator.settings;
+    let Some(token) = &settings.hook_token else {
+        return json_error(StatusCode::NOT_FOUND, "the registry hook is off (hook_token is unset)");
+    };
+    if let Err(refused) = refuse_cross_site(&req) {
+        return refused;
+    }
+    if !presents(&req, token) {
+        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    }
+    let envelope: Envelope = match serde_json::from_slice(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(r#"expected a registry notification envelope {{"events": [...]}}: {e}"#),
+            );
+        }
+    };
+    let pushes = pushes_to(&envelope, &settings.image);
+    let checking = pushes > 0 && settings.watch.is_some();
+    if checking {
+        // Several notifications before the watch looks are one look.
+        state.orchestrator.shared.check_now.notify_one();
+    }
+    tracing::info!(
+        events = envelope.events.len(),
+        pushes,
+        checking,
+        "registry notification"
+    );
+    HttpResponse::Accepted().json(json!({
+        "events": envelope.events.len(),
+        "pushes": pushes,
+        "checking": checking,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tag_pushes_to_this_repository_count() {
+        let envelope: Envelope = serde_json::from_value(json!({"events": [
+            {"action": "push", "target": {"repository": "selfup", "tag": "1.5.0", "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}},
+            {"action": "push", "target": {"repository": "selfup", "mediaType": "application/octet-stream"}},
+            {"action": "pull", "target": {"repository": "selfup", "tag": "1.5.0"}},
+            {"action": "push", "target": {"repository": "other", "tag": "1.5.0"}},
+            {"action": "push"},
+            {"id": "no action at all"},
+        ]}))
+        .unwrap();
+        assert_eq!(pushes_to(&envelope, "selfup"), 1);
+        assert_eq!(pushes_to(&envelope, "other"), 1);
+        assert_eq!(pushes_to(&envelope, "absent"), 0);
+        assert!(serde_json::from_value::<Envelope>(json!({"event": []})).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! Unattended upgrades: the dry run, the watch policy (apply and notify
+//! modes, the failed target, the cooldown) and notifications, received by a
+//! listener this test process runs on loopback.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{FAULT_VERSION, Suite, eventually, free_port};
+
+/// A webhook endpoint on loopback that keeps every JSON body POSTed to it.
+struct Listener {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    async fn start() -> Listener {
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/notify", socket.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let keep = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = socket.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    if let Some(body) = read_request(&mut stream).await {
+                        keep.lock().unwrap().push(body);
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Listener { url, received, task }
+    }
+
+    /// The events received so far whose `outcome` is `outcome`.
+    fn with_outcome(&self, outcome: &str) -> Vec<Value> {
+        let received = self.received.lock().unwrap();
+        received.iter().filter(|e| e["outcome"] == outcome).cloned().collect()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP request's JSON body (by its Content-Length).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Value> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if buffer.len() >= end + 4 + length {
+            return serde_json::from_slice(&buffer[end + 4..end + 4 + length]).ok();
+        }
+    }
+}
+
+pub async fn a_dry_run_answers_what_an_upgrade_would_do_and_changes_nothing(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
+    let before = env.selfup_containers();
+    let on_a = |path: &str| env.direct(a, path);
+
+    let upgrade = env.get_json(&on_a("/upgrade/1?dry_run=true")).await;
+    assert_eq!(upgrade["dry_run"], true, "{upgrade}");
+    assert_eq!(upgrade["decision"], "upgrade", "{upgrade}");
+    assert_eq!(upgrade["running"], "1.0.0");
+    assert_eq!(upgrade["version"], "1.1.0");
+    assert!(upgrade["image"].as_str().unwrap().ends_with(":1.1.0"), "{upgrade}");
+    assert!(upgrade["digest"].as_str().unwrap().starts_with("sha256:"), "{upgrade}");
+    assert!(upgrade["created"].as_u64().unwrap() > 0, "{upgrade}");
+    assert_eq!(upgrade["ports"]["live"], a);
+    assert_eq!(upgrade["ports"]["successor"], b);
+
+    // `:latest` is still 1.0.0; an exact lower one is a rollback; a lower
+    // one not named exactly, and one the registry lacks, are refused.
+    assert_eq!(env.get_json(&on_a("/upgrade?dry_run=true")).await["decision"], "no-op");
+    let missing = env.get_json(&on_a("/upgrade/7?dry_run=1")).await;
+    assert_eq!(missing["decision"], "refused", "{missing}");
+    assert_eq!(missing["would_answer"], 404, "{missing}");
+    assert_eq!(missing["available"], serde_json::json!(["1.1.0", "1.0.0"]), "{missing}");
+    let bad = env
+        .http
+        .get(env.direct(a, "/upgrade/1?dry_run=perhaps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert!(bad["error"].as_str().unwrap().contains("dry_run"), "{bad}");
+
+    // Nothing was started or recorded.
+    assert_eq!(env.selfup_containers(), before);
+    assert_eq!(env.status(a).await["history"], serde_json::json!([]));
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.0.0".into(), a)));
+}
+
+pub async fn a_tag_pushed_while_watching_is_upgraded_to_without_any_request_and_reported(suite: Arc<Suite>) {
+    let listener = Listener::start().await;
+    // A second endpoint nothing listens on: it must change nothing.
+    let dead = format!("http://127.0.0.1:{}/gone", free_port());
+    let urls = format!(r#"["{dead}", "{}"]"#, listener.url);
+    let env = suite
+        .live_env(
+            &[
+                ("SELFUP_WATCH", "1"),
+                ("SELFUP_WATCH_INTERVAL_SECS", "1"),
+                ("SELFUP_NOTIFY_URLS", &urls),
+            ],
+            "1.0.0",
+        )
+        .await;
+    // No registry notification reaches this instance: the poll finds the tag.
+    suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
+    let port = env.wait_public_version("1.1.0").await;
+    assert_eq!(port, env.ports[1]);
+    env.wait_single_container().await;
+    let reported = eventually("the upgrade's notification", Duration::from_secs(20), || async {
+        listener.with_outcome("upgraded").into_iter().next()
+    })
+    .await;
+    assert_eq!(reported["kind"], "upgrade", "{reported}");
+    assert_eq!(reported["from"], "1.0.0", "{reported}");
+    assert_eq!(reported["to"], "1.1.0", "{reported}");
+    assert!(reported["duration_ms"].as_u64().unwrap() > 0, "{reported}");
+    assert!(
+        reported["text"]
+            .as_str()
+            .unwrap()
+            .contains("upgraded from 1.0.0 to 1.1.0"),
+        "{reported}"
+    );
+    let history = env.status(port).await["history"].clone();
+    assert_eq!(history[0]["requested"], "=1.1.0", "{history}");
+    assert_eq!(history[0]["outcome"], "upgraded", "{history}");
+    // The successor watches in turn: the next tag is picked up too.
+    suite.publish(&suite.image("selfup", "1.2.0"), &env.repository, "1.2.0");
+    env.wait_public_version("1.2.0").await;
+    env.wait_single_container().await;
+}
+
+pub async fn notify_mode_reports_a_newer_version_once_and_changes_nothing(suite: Arc<Suite>) {
+    let listener = Listener::start().await;
+    let urls = format!(r#"["{}"]"#, listener.url);
+    let env = suite
+        .live_env(
+            &[
+                ("SELFUP_WATCH", "1"),
+                ("SELFUP_WATCH_INTERVAL_SECS", "1"),
+                ("SELFUP_WATCH_MODE", "notify"),
+                ("SELFUP_NOTIFY_URLS", &urls),
+            ],
+            "1.0.0",
+        )
+        .await;
+    let before = env.selfup_containers();
+    suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
+    let found = eventually("the notification of 1.1.0", Duration::from_secs(30), || async {
+        listener.with_outcome("available").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (found["from"].as_str(), found["to"].as_str()),
+        (Some("1.0.0"), Some("1.1.0")),
+        "{found}"
+    );
+    // Each turn of the watch logs the version it saw; three turns, one report.
+    eventually(
+        "three turns of the watch that saw 1.1.0",
+        Duration::from_secs(30),
+        || async { (env.logs().matches("a newer version is available").count() >= 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(listener.with_outcome("available").len(), 1, "reported once");
+    assert_eq!(env.selfup_containers(), before);
+    assert_eq!(
+        env.version_at(&env.public("/")).await,
+        Some(("1.0.0".into(), env.ports[0]))
+    );
+}
+
+pub async fn a_failed_target_is_not_tried_again_and_a_young_one_waits_for_the_cooldown(suite: Arc<Suite>) {
+    // Watch 9: the registry has 9.0.0, the suite's image that exits at once.
+    let env = suite
+        .live_env(&[("SELFUP_WATCH", "9"), ("SELFUP_WATCH_INTERVAL_SECS", "1")], "1.0.0")
+        .await;
+    let [a, _] = env.ports;
+    suite.publish(&suite.image("fixtures", "crash"), &env.repository, FAULT_VERSION);
+    eventually(
+        "the watch to skip the failed image",
+        Duration::from_secs(60),
+        || async { env.logs().contains("this image failed before").then_some(()) },
+    )
+    .await;
+    let history = env.status(a).await["history"].clone();
+    let tries = history.as_array().unwrap();
+    assert_eq!(tries.len(), 1, "tried once: {history}");
+    assert_eq!(tries[0]["outcome"], "failed", "{history}");
+    assert_eq!(tries[0]["requested"], format!("={FAULT_VERSION}"), "{history}");
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.0.0".into(), a)));
+    env.wait_single_container().await;
+
+    // A cooldown longer than any image's age here: 1.1.0 waits.
+    let env = suite
+        .live_env(
+            &[
+                ("SELFUP_WATCH", "1"),
+                ("SELFUP_WATCH_INTERVAL_SECS", "1"),
+                ("SELFUP_MIN_IMAGE_AGE_SECS", "315360000"),
+            ],
+            "1.0.0",
+        )
+        .await;
+    let before = env.selfup_containers();
+    suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
+    eventually("the cooldown to hold 1.1.0 back", Duration::from_secs(30), || async {
+        env.logs().contains("held back by the cooldown").then_some(())
+    })
+    .await;
+    assert_eq!(env.selfup_containers(), before);
+    assert_eq!(env.status(env.ports[0]).await["history"], serde_json::json!([]));
+}
+
+/// A registry started by `registry/start.sh` (the shipped recipe: htpasswd,
+/// the notification token, `registry/config.yml`'s endpoint turned on) in a
+/// state directory of its own; stopped, its images untagged and its data
+/// removed on drop.
+struct NotifyingRegistry {
+    addr: String,
+    state: std::path::PathBuf,
+    images: Vec<String>,
+}
+
+impl NotifyingRegistry {
+    fn start(state: std::path::PathBuf, hook_url: &str) -> NotifyingRegistry {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let registry = NotifyingRegistry {
+            addr,
+            state,
+            images: Vec::new(),
+        };
+        crate::harness::run(registry.script().env("REGISTRY_HOOK_URL", hook_url));
+        registry
+    }
+
+    fn script(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(crate::harness::repo_root().join("registry/start.sh"));
+        cmd.env("REGISTRY_ADDR", &self.addr).env("REGISTRY_STATE", &self.state);
+        cmd
+    }
+
+    fn auth(&self, file: &str) -> std::path::PathBuf {
+        self.state.join("auth").join(file)
+    }
+
+    /// Pushes `source` as `repository:tag`, with the credentials start.sh generated.
+    fn push(&mut self, source: &str, repository: &str, tag: &str) {
+        let target = format!("{}/{repository}:{tag}", self.addr);
+        crate::harness::docker(&["tag", source, &target]);
+        self.images.push(target.clone());
+        crate::harness::run(
+            std::process::Command::new("docker")
+                .env("DOCKER_CONFIG", self.state.join("auth"))
+                .args(["push", "-q", &target]),
+        );
+    }
+}
+
+impl Drop for NotifyingRegistry {
+    fn drop(&mut self) {
+        let _ = self.script().arg("stop").output();
+        if !self.images.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .arg("rmi")
+                .args(&self.images)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+pub async fn a_push_to_the_registry_upgrades_through_its_notification_without_any_request(suite: Arc<Suite>) {
+    // Polling every hour: only the registry's notification can be quick.
+    let env = suite.env(&[("SELFUP_WATCH", "1"), ("SELFUP_WATCH_INTERVAL_SECS", "3600")]);
+    let hook = format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port);
+    let mut registry = NotifyingRegistry::start(env.path().join("registry"), &hook);
+    let repository = env.repository.clone();
+    for tag in ["1.0.0", "latest"] {
+        registry.push(&suite.image("selfup", "1.0.0"), &repository, tag);
+    }
+    let config = registry.auth("config.json");
+    let token_file = registry.auth("hook_token");
+    let vars = [
+        ("SELFUP_REGISTRY", registry.addr.as_str()),
+        ("SELFUP_REGISTRY_CONFIG", config.to_str().unwrap()),
+        ("SELFUP_HOOK_TOKEN_FILE", token_file.to_str().unwrap()),
+    ];
+    env.compose_with(&vars, &["up", "-d"]);
+    env.wait_public_version("1.0.0").await;
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+
+    // Only nginx's deploy server passes the hook, and only with the token.
+    let post = |url: String, token: Option<String>, body: Value| {
+        let http = env.http.clone();
+        async move {
+            let mut request = http.post(url).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let deploy = format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port);
+    // The pushes of 1.0.0 were queued while selfup was not up: the registry
+    // retries them until they arrive, and they change nothing.
+    eventually("the queued notifications of 1.0.0", Duration::from_secs(60), || async {
+        env.logs()
+            .lines()
+            .any(|l| l.contains("registry notification") && !l.contains("pushes=0"))
+            .then_some(())
+    })
+    .await;
+    let empty = || serde_json::json!({"events": []});
+    let (status, _) = post(env.public("/hooks/registry"), Some(token.clone()), empty()).await;
+    assert_eq!(status, 403, "the public side refuses the hook");
+    let (status, body) = post(deploy.clone(), Some("wrong-token-0123456789".into()), empty()).await;
+    assert_eq!(status, 401, "{body}");
+    // A duplicate, and a late one for an older tag, are one more look each.
+    let stale = serde_json::json!({"events": [
+        {"action": "push", "target": {"repository": repository, "tag": "1.0.0"}},
+        {"action": "push", "target": {"repository": repository, "tag": "0.9.0"}},
+    ]});
+    for _ in 0..2 {
+        let (status, body) = post(deploy.clone(), Some(token.clone()), stale.clone()).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["pushes"], 2, "{body}");
+        assert_eq!(body["checking"], true, "{body}");
+    }
+    let (status, body) = post(deploy.clone(), Some(token.clone()), serde_json::json!({"nothing": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(env.selfup_containers().len(), 1);
+    assert_eq!(
+        env.version_at(&env.public("/")).await,
+        Some(("1.0.0".into(), env.ports[0]))
+    );
+
+    // The push itself: the registry notifies, the watch looks, the upgrade runs.
+    registry.push(&suite.image("selfup", "1.1.0"), &repository, "1.1.0");
+    let pushed = std::time::Instant::now();
+    let port = env.wait_public_version("1.1.0").await;
+    let latency = pushed.elapsed();
+    eprintln!(
+        "    push of 1.1.0 to 1.1.0 answering through nginx: {} ms",
+        latency.as_millis()
+    );
+    assert_eq!(port, env.ports[1]);
+    assert!(latency < Duration::from_secs(30), "{latency:?}");
+    env.wait_single_container().await;
+    let history = env.status(port).await["history"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history[0]["requested"], "=1.1.0", "{history}");
+}
