@@ -68,8 +68,7 @@ say ./build.sh 1.1.0; ./build.sh 1.1.0
 say curl localhost:5800/upgrade; curl -s localhost:5800/upgrade; echo
 say curl localhost:5801; curl -s localhost:5801
 say curl localhost:8080; curl -s localhost:8080
-say curl localhost:5800; curl -s --max-time 2 localhost:5800 || echo "(nothing listens on 5800 any more)"
-# The elder is gone once its linger (4.5 s) and its drain end.
+# The elder answers its own port until its linger (4.5 s) and its drain end.
 wait_for_one() {
   for _ in $(seq 1 200); do
     [ "$(docker ps -aq --filter label=com.docker.compose.project=selfup --filter label=com.docker.compose.service=selfup | wc -l)" = 1 ] && return 0
@@ -77,6 +76,7 @@ wait_for_one() {
   done
 }
 wait_for_one
+say curl localhost:5800; curl -s --max-time 2 localhost:5800 || echo "(nothing listens on 5800 any more)"
 say "${compose[*]}" -f docker/compose.yml -p selfup ps; compose ps
 echo
 echo "selfup 1.1.0 is live on 5801 behind nginx on 8080; ./build.sh 1.2.0 && curl localhost:5801/upgrade goes back to 5800."
