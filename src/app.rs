@@ -62,6 +62,7 @@ impl Application {
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
         orchestrator.notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
+        orchestrator.apps = companion.as_ref().and_then(|c| c.fronts());
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
@@ -237,6 +238,11 @@ impl Application {
         let companion = self.companion.clone();
         let watching = self.orchestrator.settings.watch.is_some();
         let background = tokio::spawn(async move {
+            // The blue-green apps' sockets are bound before this instance
+            // takes the traffic, so that they move with the live socket.
+            if let Some(companion) = &companion {
+                companion.front_apps().await;
+            }
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.

@@ -91,6 +91,12 @@ pub struct Settings {
     /// (the key guards them) and never the control endpoints. An empty path
     /// turns it off.
     pub update_socket: PathBuf,
+    /// Where companion mode puts the public socket of each blue-green app
+    /// (a container labelled `selfup.port`), `<dir>/<container>.sock`, for
+    /// nginx's upstream of that app: like the live socket, held by the live
+    /// instance, in a directory only root can write. An empty path turns
+    /// blue-green off (such apps are recreated in place).
+    pub app_socket_dir: PathBuf,
     /// How long a recreated container has to pass its HEALTHCHECK, when its
     /// image has one, before the old container is restored.
     pub update_deadline_secs: u64,
@@ -156,6 +162,7 @@ impl Default for Settings {
             docker_config: PathBuf::from("/etc/selfup/docker/config.json"),
             control_socket: PathBuf::from("/run/selfup/control.sock"),
             update_socket: PathBuf::from("/run/selfup-public/update.sock"),
+            app_socket_dir: PathBuf::from("/run/selfup-public/apps"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
             watch: None,

@@ -17,9 +17,14 @@
 //!    the swap's journal are files there, shared by every instance: a
 //!    self-upgrade waits for running swaps, and an instance that starts
 //!    resolves a swap left half-done ([`Companion::recover`]).
+//! 8. [`blue_green`]: a container labelled `selfup.port` is handed over like
+//!    selfup itself: its successor runs beside it, is checked at its own
+//!    address, and takes the traffic of the app's socket before the elder
+//!    stops.
 
 pub mod admission;
 pub mod auth;
+pub mod blue_green;
 pub mod journal;
 pub mod placement;
 pub mod swap;
@@ -43,6 +48,7 @@ use crate::registry::Registry;
 use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use admission::Slot;
 use auth::ApiKey;
+use blue_green::{AppFronts, AppHandover, AppSpec};
 use journal::{Phase, Resolution, Seen, SwapRecord, Swaps};
 use placement::Placement;
 use swap::{NewContainer, Swap, SwapError, SwapFailure};
@@ -85,6 +91,15 @@ pub enum UpdateError {
         "container {container} runs with --rm and {reason}: stopping it first would remove it, leaving nothing to roll back to"
     )]
     AutoRemove { container: String, reason: String },
+    /// A blue-green app whose successor could not run beside it.
+    #[error(
+        "container {container} is handed over blue-green ({}), but its successor cannot run beside it: {reason}; nothing was stopped",
+        blue_green::PORT_LABEL
+    )]
+    NotBeside { container: String, reason: String },
+    /// The blue-green labels do not say how to reach the app.
+    #[error("container {container} cannot be handed over blue-green: {reason}")]
+    BadAppLabels { container: String, reason: String },
     /// The way to the image: the registry, the pull, the decision.
     #[error(transparent)]
     Resolve(#[from] ResolveError),
@@ -150,6 +165,9 @@ pub enum UpdateOutcome {
         /// Set when the new container runs but the old one could not be removed.
         #[serde(skip_serializing_if = "Option::is_none")]
         warning: Option<String>,
+        /// For a blue-green app: the switch of its socket and the drain.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        handover: Option<AppHandover>,
         duration_ms: u128,
     },
     /// The container already runs that image (or that version): nothing was done.
@@ -175,6 +193,10 @@ pub struct Companion {
     running: Mutex<HashSet<String>>,
     /// The swaps of every instance that shares the data directory, if there is one.
     swaps: Option<Arc<Swaps>>,
+    /// The sockets of the blue-green apps, unless `app_socket_dir` is empty.
+    fronts: Option<Arc<AppFronts>>,
+    /// For the successors' health paths: no proxy, no pooling.
+    http: reqwest::Client,
 }
 
 /// The container's name without Docker's leading slash.
@@ -201,7 +223,6 @@ impl Companion {
         swaps: Option<Arc<Swaps>>,
     ) -> Companion {
         Companion {
-            settings,
             engine,
             registry,
             key,
@@ -209,7 +230,85 @@ impl Companion {
             self_id,
             running: Mutex::default(),
             swaps,
+            fronts: (!settings.app_socket_dir.as_os_str().is_empty())
+                .then(|| Arc::new(AppFronts::new(settings.app_socket_dir.clone(), settings.port))),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .pool_max_idle_per_host(0)
+                .no_proxy()
+                .build()
+                .expect("a reqwest client with static settings builds"),
+            settings,
         }
+    }
+
+    /// The sockets of the blue-green apps, for the orchestrator to publish
+    /// when this instance becomes the live one.
+    pub fn fronts(&self) -> Option<Arc<AppFronts>> {
+        self.fronts.clone()
+    }
+
+    /// Binds a socket for every running blue-green app (labelled
+    /// `selfup.enable=true` and `selfup.port`), joined to its address now:
+    /// before this instance takes the traffic, so that the apps' sockets
+    /// move with it.
+    pub async fn front_apps(&self) {
+        if self.fronts.is_none() {
+            return;
+        }
+        let wanted = [(admission::ENABLE_LABEL.to_string(), "true".to_string())];
+        let listed = match self.engine.list_by_labels(&wanted).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for blue-green apps");
+                return;
+            }
+        };
+        for summary in listed {
+            let labels = summary.labels.unwrap_or_default();
+            if !labels.contains_key(blue_green::PORT_LABEL)
+                || summary.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            {
+                continue;
+            }
+            let Some(id) = summary.id else { continue };
+            let Ok(app) = self.engine.inspect_container(&id).await else {
+                continue;
+            };
+            let name = name_of(&app);
+            if name.contains("-selfup-old-") {
+                continue;
+            }
+            match self.front_of(&app) {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(app = %name, error = %e, "not fronting a blue-green app"),
+            }
+        }
+    }
+
+    /// The app's front, bound now if need be, and what its labels say.
+    fn front_of(&self, app: &ContainerInspectResponse) -> Result<(Arc<blue_green::AppFront>, AppSpec), UpdateError> {
+        let name = name_of(app);
+        let bad = |reason: String| UpdateError::BadAppLabels {
+            container: name.clone(),
+            reason,
+        };
+        let fronts = self
+            .fronts
+            .as_ref()
+            .ok_or_else(|| bad("app_socket_dir is empty".into()))?;
+        let spec = blue_green::spec(app)
+            .map_err(&bad)?
+            .ok_or_else(|| bad("no port label".into()))?;
+        let addr = blue_green::address(app, spec.port)
+            .ok_or_else(|| bad("it has no address of its own on a network (host or no networking)".into()))?;
+        let front = fronts.ensure(&name, addr).map_err(|e| {
+            bad(format!(
+                "binding its socket in {}: {e}",
+                self.settings.app_socket_dir.display()
+            ))
+        })?;
+        Ok((front, spec))
     }
 
     /// Whether an `Authorization` header value carries the API key.
@@ -309,6 +408,29 @@ impl Companion {
         let old_image = old.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
         let old_image_id = old.image.clone().unwrap_or_default();
 
+        let blue_green = match blue_green::spec(&old) {
+            Ok(Some(spec)) if self.fronts.is_some() => {
+                if let Placement::StopFirst(reason) = placement::placement(&old) {
+                    return Err(UpdateError::NotBeside {
+                        container: name,
+                        reason,
+                    });
+                }
+                Some(spec)
+            }
+            Ok(_) => None,
+            Err(reason) => {
+                return Err(UpdateError::BadAppLabels {
+                    container: name,
+                    reason,
+                });
+            }
+        };
+        let front = match blue_green {
+            Some(_) => Some(self.front_of(&old)?.0),
+            None => None,
+        };
+
         tracing::info!(container = %name, image = %image, "pulling");
         let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
         let new_image_id = pulled.id.unwrap_or_default();
@@ -364,7 +486,11 @@ impl Companion {
             aside: &aside,
             image: image.to_string(),
             deadline: self.settings.update_deadline(),
-            settle: self.settings.update_settle(),
+            // A health path is the check: no settle time on top of it.
+            settle: match &blue_green {
+                Some(AppSpec { health: Some(_), .. }) => Duration::ZERO,
+                _ => self.settings.update_settle(),
+            },
             stopped_old: false,
             journal: slot.claim.as_ref().map(|claim| {
                 (
@@ -383,8 +509,16 @@ impl Companion {
                 )
             }),
         };
-        let new_id = match swap.run(&old, new, &placement).await {
-            Ok(id) => id,
+        let checked = Instant::now();
+        let run = match swap.run(&old, new, &placement).await {
+            Ok(id) => match &blue_green {
+                Some(spec) => self.ready(&id, spec).await.map(|addr| (id, Some(addr))),
+                None => Ok((id, None)),
+            },
+            Err(e) => Err(e),
+        };
+        let (new_id, new_addr) = match run {
+            Ok(done) => done,
             Err(SwapFailure { reason, new_id }) => {
                 let log = match &new_id {
                     Some(id) => watch::log_tail(&self.engine, id).await,
@@ -411,6 +545,24 @@ impl Companion {
             }
         };
 
+        let handover = match (front, new_addr) {
+            (Some(front), Some(to)) => {
+                let health_ms = checked.elapsed().as_millis();
+                let from = front.switch(to);
+                let switched = Instant::now();
+                tracing::info!(container = %name, %to, "the app's socket reaches the successor");
+                let left_open = blue_green::drain(&from, self.settings.update_deadline()).await;
+                Some(AppHandover {
+                    socket: front.path(),
+                    from: front_before(&old, blue_green.as_ref()),
+                    to: to.to_string(),
+                    health_ms,
+                    drain_ms: switched.elapsed().as_millis(),
+                    left_open,
+                })
+            }
+            _ => None,
+        };
         let warning = swap.retire(&old).await.err();
         match &warning {
             Some(w) => tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays"),
@@ -427,9 +579,42 @@ impl Companion {
             new_container: short(&new_id),
             placement,
             warning,
+            handover,
             duration_ms: started.elapsed().as_millis(),
         })
     }
+
+    /// The successor's address once it answers there: a failure is the
+    /// swap's, so the elder comes back.
+    async fn ready(&self, id: &str, spec: &AppSpec) -> Result<std::net::SocketAddr, SwapFailure> {
+        let fail = |reason: String| SwapFailure {
+            reason: SwapError::NotReady(reason),
+            new_id: Some(id.to_string()),
+        };
+        let new = self
+            .engine
+            .inspect_container(id)
+            .await
+            .map_err(|e| fail(format!("inspecting it: {e}")))?;
+        let addr =
+            blue_green::address(&new, spec.port).ok_or_else(|| fail("it has no address on its network".into()))?;
+        blue_green::until_ready(
+            &self.http,
+            addr,
+            spec.health.as_deref(),
+            self.settings.update_deadline(),
+        )
+        .await
+        .map_err(fail)?;
+        Ok(addr)
+    }
+}
+
+/// The elder's address, for the report.
+fn front_before(old: &ContainerInspectResponse, spec: Option<&AppSpec>) -> String {
+    spec.and_then(|s| blue_green::address(old, s.port))
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// What a container of a half-done swap is now; an error if Docker cannot say.
@@ -578,6 +763,7 @@ mod tests {
             new_container: "b".into(),
             placement: Placement::StopFirst("it publishes host port 80".into()),
             warning: None,
+            handover: None,
             duration_ms: 5,
         };
         let json = serde_json::to_value(&outcome).unwrap();

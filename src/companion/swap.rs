@@ -35,6 +35,9 @@ pub enum SwapError {
     NotUp(#[from] WaitError),
     #[error("it is up, but {0}")]
     RestartPolicy(DockerError),
+    /// A blue-green app's successor did not answer at its own address.
+    #[error("{0}")]
+    NotReady(String),
 }
 
 /// A failed swap: why, and the new container, once it exists.

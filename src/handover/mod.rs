@@ -212,6 +212,9 @@ pub struct Orchestrator {
     pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
     /// Where finished upgrades are reported (`notify_urls`), if anywhere.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The blue-green apps' sockets (companion mode), published with the
+    /// live socket.
+    pub apps: Option<Arc<crate::companion::blue_green::AppFronts>>,
 }
 
 impl Orchestrator {
@@ -246,6 +249,7 @@ impl Orchestrator {
             control: std::sync::OnceLock::new(),
             swaps: None,
             notifier: None,
+            apps: None,
         }
     }
 
@@ -272,6 +276,9 @@ impl Orchestrator {
                 Ok(()) => tracing::info!(path = %control.public().display(), "socket published"),
                 Err(e) => tracing::warn!(path = %control.public().display(), error = %e, "could not publish a socket"),
             }
+        }
+        if let Some(apps) = &self.apps {
+            apps.publish();
         }
     }
 

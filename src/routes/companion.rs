@@ -54,7 +54,9 @@ impl ResponseError for CompanionError {
                 | UpgradeRunning
                 | OwnContainer { .. }
                 | NotATag { .. }
-                | AutoRemove { .. } => StatusCode::CONFLICT,
+                | AutoRemove { .. }
+                | NotBeside { .. } => StatusCode::CONFLICT,
+                BadAppLabels { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 Resolve(e) => resolve_status(e),
                 e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
                 Credentials { .. } | Docker { .. } | Failed { .. } => StatusCode::BAD_GATEWAY,
