@@ -401,9 +401,16 @@ mod tests {
         let mut held = tokio::net::UnixStream::connect(&path).await.unwrap();
         let mut probe = tokio::net::UnixStream::connect(&path).await.unwrap();
         assert_eq!(ask(&mut probe).await, "elder");
+        drop(probe);
         let open = front.switch(successor);
         let mut fresh = tokio::net::UnixStream::connect(&path).await.unwrap();
         assert_eq!(ask(&mut fresh).await, "successor");
+        drop(fresh);
+        // The probe's connection ends; the held one stays with the elder.
+        let started = Instant::now();
+        while open.load(Ordering::SeqCst) != 1 && started.elapsed() < Duration::from_secs(2) {
+            sleep(POLL).await;
+        }
         assert_eq!(
             drain(&open, Duration::from_millis(50)).await,
             1,
@@ -414,6 +421,7 @@ mod tests {
             "elder",
             "a connection opened before the switch stays"
         );
+        drop(held);
         assert_eq!(drain(&open, Duration::from_secs(2)).await, 0);
         elder_task.abort();
         successor_task.abort();
