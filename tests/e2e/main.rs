@@ -22,6 +22,7 @@
 //! leaves this binary out. Failing is the choice because this runner cannot
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
+mod apps;
 mod checks;
 mod ci;
 mod companion;
@@ -124,6 +125,9 @@ fn main() -> ExitCode {
         companion::an_update_pulls_through_a_password_protected_registry_with_config_json_credentials,
         companion::an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
+        apps::a_plain_web_app_is_handed_over_three_times_under_load_through_nginx_without_a_failed_request,
+        apps::an_app_whose_successor_fails_its_health_check_keeps_the_elder_serving_and_the_answer_says_why,
+        apps::a_published_port_app_whose_successor_cannot_bind_is_refused_and_nothing_stops,
         swaps::an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container,
         swaps::an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back_or_finishing,
         swaps::a_second_instance_gets_409_for_a_container_whose_swap_runs_in_the_first,
