@@ -342,6 +342,18 @@ impl Settings {
                 ),
             );
         }
+        if !self.app_socket_dir.as_os_str().is_empty()
+            && !self.control_socket.as_os_str().is_empty()
+            && Some(self.app_socket_dir.as_path()) == self.control_socket.parent()
+        {
+            return invalid(
+                "app_socket_dir",
+                format!(
+                    "{:?} is control_socket's directory: anyone may enter the apps' sockets' directory, only root the control socket's",
+                    self.app_socket_dir
+                ),
+            );
+        }
         if self.update_deadline_secs == 0 {
             return invalid("update_deadline_secs", "must be at least 1".into());
         }
@@ -677,6 +689,7 @@ mod tests {
             ("SELFUP_UPDATE_DEADLINE_SECS", "0", "update_deadline_secs"),
             ("SELFUP_UPDATE_SETTLE_SECS", "61", "update_settle_secs"),
             ("SELFUP_UPDATE_SOCKET", "/run/selfup/update.sock", "update_socket"),
+            ("SELFUP_APP_SOCKET_DIR", "/run/selfup", "app_socket_dir"),
             ("SELFUP_LIVE_SOCKET", "/run/selfup/live.sock", "live_socket"),
             ("SELFUP_LIVE_SOCKET", "/run/selfup-public/update.sock", "live_socket"),
         ] {
