@@ -1,11 +1,12 @@
-//! The handover under load, next to the stop-then-start recreate every
-//! other updater does, on the same machine, image and nginx.
+//! The handover under load, next to the same handover of an app that is not
+//! selfup (by the companion, `selfup.port`) and the stop-then-start recreate
+//! every other updater does, on the same machine and nginx.
 //!
 //!   cargo bench --bench handover [-- UPGRADES CLIENTS]     (defaults: 5 upgrades, 8 clients)
 //!
 //! Prints, for clients that keep their connection to nginx and for clients
-//! that open a new one per request (and for a stop-then-start recreate under
-//! keep-alive clients): requests sent and failed, p50 and p99 latency inside
+//! that open a new one per request (and, under keep-alive clients, for a
+//! busybox web app handed over blue-green and for a stop-then-start recreate): requests sent and failed, p50 and p99 latency inside
 //! the upgrade windows and outside them, and the upgrade time (from the
 //! request to the answer, or from `docker stop` to the new instance's first
 //! healthy answer) as median and max, with the median of each step the
@@ -14,6 +15,9 @@
 //! (CLIENTS clients for 10 s) with public keep-alive on and off. It is not a
 //! test: nothing fails.
 
+#[path = "../tests/e2e/apps.rs"]
+#[allow(dead_code)]
+mod apps;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
 mod harness;
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let keep_alive = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
     let new_connections = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::New));
     let recreate = runtime.block_on(recreate(suite.clone(), upgrades, clients));
+    let app = runtime.block_on(app(suite.clone(), upgrades, clients));
     let unloaded = runtime.block_on(unloaded(suite.clone(), upgrades));
     let throughput_on = runtime.block_on(throughput(suite.clone(), clients, true));
     let throughput_off = runtime.block_on(throughput(suite.clone(), clients, false));
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
         "upgrade median",
         "upgrade max"
     );
-    for f in [&keep_alive, &new_connections, &recreate] {
+    for f in [&keep_alive, &new_connections, &app, &recreate] {
         print_row(f);
     }
     for f in [&keep_alive, &new_connections] {
@@ -230,6 +235,18 @@ async fn blue_green(suite: Arc<Suite>, upgrades: usize, clients: usize, connecti
         samples: load.finish().await,
         windows,
         steps,
+    }
+}
+
+/// The same handover for an app that is not selfup (busybox httpd, labelled
+/// `selfup.port`), by the companion, under keep-alive clients through nginx.
+async fn app(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Figures {
+    let (samples, windows) = apps::handovers_under_load(suite, upgrades, clients).await;
+    Figures {
+        name: "any app (companion), keep-alive",
+        samples,
+        windows,
+        steps: Vec::new(),
     }
 }
 

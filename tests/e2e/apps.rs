@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::companion::inspect;
-use crate::harness::{CompanionEnv, Suite, docker, eventually, free_port, run};
-use crate::load::{Load, assert_none_failed};
+use crate::harness::{CompanionEnv, Suite, docker, eventually, exists, free_port, inspect, run};
+use crate::load::{Load, Sample, assert_none_failed};
 
 /// Where the companion puts the apps' sockets, inside its container and nginx's.
 const SOCKETS: &str = "/run/selfup-apps";
@@ -160,46 +159,85 @@ fn service_containers(w: &CompanionEnv) -> Vec<String> {
     .collect()
 }
 
-pub async fn a_plain_web_app_is_handed_over_three_times_under_load_through_nginx_without_a_failed_request(
-    suite: Arc<Suite>,
-) {
+/// A healthy app at `versions` (the first running) behind nginx and the
+/// companion: the world, the app's name, nginx's base URL.
+pub async fn healthy_app(suite: Arc<Suite>, versions: &[&str]) -> (CompanionEnv, String, String) {
     let mut w = suite.companion_env();
-    let versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"];
-    let repository = app_images(&mut w, &versions.map(|v| (v, true)));
+    let all: Vec<(&str, bool)> = versions.iter().map(|v| (*v, true)).collect();
+    let repository = app_images(&mut w, &all);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let web = app(&w, &network, &w.suite.image(&repository, versions[0]), &[]);
     let sockets = start(&mut w, &[]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    wait_version(&http, &public, "1.0.0").await;
+    wait_version(&http, &public, versions[0]).await;
+    (w, web, public)
+}
 
+/// One handover of `web` to `requirement` through the companion: the answer,
+/// checked, after asserting that the next request is the successor's and
+/// the elder is gone.
+pub async fn hand_over(w: &CompanionEnv, web: &str, public: &str, requirement: &str, expected: &str) -> Value {
+    let elder = inspect(web)["Id"].as_str().unwrap().to_string();
+    let (status, body) = w
+        .post_raw(&format!("/update/{web}/{requirement}"), Some(&w.key), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated", "{body}");
+    assert_eq!(body["placement"], "beside", "{body}");
+    let handover = &body["handover"];
+    assert_eq!(handover["socket"], format!("{SOCKETS}/{web}.sock"), "{body}");
+    assert_ne!(handover["from"], handover["to"], "{body}");
+    assert!(handover.get("left_open").is_none(), "the elder drained: {body}");
+    // The answer comes after the switch: the next request is the successor's.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(version(&http, public).await.as_deref(), Some(expected));
+    assert!(!exists(&elder), "the elder is removed");
+    body
+}
+
+/// `upgrades` handovers of a healthy app under `clients` keep-alive clients
+/// through nginx, cycling 1.1.0, 1.2.0, 1.0.0: every sample, and each
+/// handover's window from the request to the answer. For the benchmark
+/// (`benches/handover.rs`), which the suite does not run.
+#[allow(dead_code)]
+pub async fn handovers_under_load(
+    suite: Arc<Suite>,
+    upgrades: usize,
+    clients: usize,
+) -> (Vec<Sample>, Vec<(Instant, Instant)>) {
+    let (w, web, public) = healthy_app(suite, &["1.0.0", "1.1.0", "1.2.0"]).await;
+    let load = Load::start(public.clone(), clients, usize::MAX, Duration::from_secs(600));
+    load.wait_for_samples_after(Instant::now(), 100 * clients, Duration::from_secs(60))
+        .await;
+    let mut windows = Vec::new();
+    for i in 0..upgrades {
+        let version = ["1.1.0", "1.2.0", "1.0.0"][i % 3];
+        let asked = Instant::now();
+        hand_over(&w, &web, &public, &format!("={version}"), version).await;
+        windows.push((asked, Instant::now()));
+        load.wait_for_samples_after(Instant::now(), 100 * clients, Duration::from_secs(60))
+            .await;
+    }
+    (load.finish().await, windows)
+}
+
+pub async fn a_plain_web_app_is_handed_over_three_times_under_load_through_nginx_without_a_failed_request(
+    suite: Arc<Suite>,
+) {
+    let versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"];
+    let (w, web, public) = healthy_app(suite, &versions).await;
     let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(180));
     load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
         .await;
-    let mut elders = vec![inspect(&web)["Id"].as_str().unwrap().to_string()];
     for (requirement, expected) in [("1.1", "1.1.0"), ("1.2", "1.2.0"), ("1.3", "1.3.0")] {
         let asked = Instant::now();
-        let (status, body) = w
-            .post_raw(&format!("/update/{web}/{requirement}"), Some(&w.key), "")
-            .await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["status"], "updated", "{body}");
-        assert_eq!(body["placement"], "beside", "{body}");
+        let body = hand_over(&w, &web, &public, requirement, expected).await;
         let handover = &body["handover"];
-        assert_eq!(handover["socket"], format!("{SOCKETS}/{web}.sock"), "{body}");
-        assert_ne!(handover["from"], handover["to"], "{body}");
-        assert!(handover.get("left_open").is_none(), "the elder drained: {body}");
         eprintln!(
             "app handover to {expected}: {} ms (health {} ms, drain {} ms)",
             body["duration_ms"], handover["health_ms"], handover["drain_ms"]
         );
-        // The answer comes after the switch: the next request is the successor's.
-        assert_eq!(version(&http, &public).await.as_deref(), Some(expected));
-        assert!(
-            !crate::companion::exists(elders.last().unwrap()),
-            "the elder is removed"
-        );
-        elders.push(inspect(&web)["Id"].as_str().unwrap().to_string());
         load.wait_for_samples_after(asked, 50, Duration::from_secs(20)).await;
     }
     let samples = load.finish().await;
@@ -213,7 +251,10 @@ pub async fn a_plain_web_app_is_handed_over_three_times_under_load_through_nginx
     assert_eq!(service_containers(&w), vec![web.clone()]);
     let live = inspect(&web);
     assert_eq!(live["State"]["Running"], true);
-    assert_eq!(live["Config"]["Image"], w.suite.image(&repository, "1.3.0"));
+    assert_eq!(
+        live["Config"]["Image"],
+        w.suite.image(&format!("bluegreen/{}", w.test), "1.3.0")
+    );
 }
 
 pub async fn an_app_whose_successor_fails_its_health_check_keeps_the_elder_serving_and_the_answer_says_why(

@@ -15,20 +15,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{APP, CompanionEnv, Suite, docker, free_port, run};
 
-/// `docker inspect` of one object.
-pub(crate) fn inspect(name: &str) -> Value {
-    let text = docker(&["inspect", name]);
-    let mut all: Vec<Value> = serde_json::from_str(&text).unwrap();
-    all.remove(0)
-}
-
-pub(crate) fn exists(name: &str) -> bool {
-    Command::new("docker")
-        .args(["inspect", "-f", "{{.Id}}", name])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+pub(crate) use crate::harness::{exists, inspect};
 
 /// Now, as `docker events --since/--until` takes it.
 fn timestamp() -> String {

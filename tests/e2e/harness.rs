@@ -767,6 +767,21 @@ fn containers_with(filters: &[&str], format: &str) -> Vec<String> {
 }
 
 /// Labels of a container.
+/// `docker inspect` of one object.
+pub fn inspect(name: &str) -> Value {
+    let text = docker(&["inspect", name]);
+    let mut all: Vec<Value> = serde_json::from_str(&text).unwrap();
+    all.remove(0)
+}
+
+pub fn exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "-f", "{{.Id}}", name])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 pub fn labels(id: &str) -> HashMap<String, String> {
     let json = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]);
     serde_json::from_str(json.trim()).unwrap_or_default()
