@@ -548,13 +548,14 @@ impl Companion {
         let handover = match (front, new_addr) {
             (Some(front), Some(to)) => {
                 let health_ms = checked.elapsed().as_millis();
+                let elder = front.addr();
                 let from = front.switch(to);
                 let switched = Instant::now();
                 tracing::info!(container = %name, %to, "the app's socket reaches the successor");
                 let left_open = blue_green::drain(&from, self.settings.update_deadline()).await;
                 Some(AppHandover {
                     socket: front.path(),
-                    from: front_before(&old, blue_green.as_ref()),
+                    from: elder.to_string(),
                     to: to.to_string(),
                     health_ms,
                     drain_ms: switched.elapsed().as_millis(),
@@ -608,13 +609,6 @@ impl Companion {
         .map_err(fail)?;
         Ok(addr)
     }
-}
-
-/// The elder's address, for the report.
-fn front_before(old: &ContainerInspectResponse, spec: Option<&AppSpec>) -> String {
-    spec.and_then(|s| blue_green::address(old, s.port))
-        .map(|a| a.to_string())
-        .unwrap_or_default()
 }
 
 /// What a container of a half-done swap is now; an error if Docker cannot say.
