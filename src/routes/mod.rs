@@ -228,17 +228,52 @@ pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
             ),
         ));
     }
-    let proxied = proxied(req);
-    // No peer address: the request came over the control socket, whose
-    // directory only root can enter.
-    let loopback = req.peer_addr().is_none_or(|a| a.ip().is_loopback());
-    if proxied || !loopback {
+    if proxied(req) || !from_host(req) {
         return Err(json_error(
             StatusCode::FORBIDDEN,
-            "control endpoints are only reachable from loopback",
+            "control endpoints are only reachable from loopback (on a private network: from the host, through its gateway address)",
         ));
     }
     Ok(())
+}
+
+/// Whether `req` comes from the host itself: no peer address (the control
+/// socket, whose directory only root can enter), loopback, or on a private
+/// network the network's gateway, where the host's connections to a
+/// published port arrive from ([`Orchestrator::is_host`]). The network's
+/// other addresses, nginx's among them, are the public side.
+fn from_host(req: &HttpRequest) -> bool {
+    let Some(peer) = req.peer_addr() else {
+        return true;
+    };
+    match req.app_data::<actix_web::web::Data<AppState>>() {
+        Some(state) => state.orchestrator.is_host(peer.ip()),
+        None => peer.ip().is_loopback(),
+    }
+}
+
+/// `/handover`'s guard: the handover secret, which only the elder that
+/// created this instance holds, stands in for the loopback rule, since on a
+/// private network the elder calls from its own address on the network.
+/// Without it, [`guard_loopback`].
+pub fn guard_handover(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
+    if presents_handover_secret(req, settings) {
+        refuse_cross_site(req)?;
+        return match Listener::of(req).refuse_control() {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        };
+    }
+    guard_loopback(req)
+}
+
+/// Whether `req` carries this instance's handover secret (set only on a
+/// successor, by its elder).
+pub fn presents_handover_secret(req: &HttpRequest, settings: &Settings) -> bool {
+    settings
+        .handover_token
+        .as_deref()
+        .is_some_and(|secret| presents(req, secret))
 }
 
 /// [`guard_loopback`], then, when a token is configured, a caller that
