@@ -434,6 +434,71 @@ mod tests {
         assert!(group_labels(&HashMap::new()).is_empty());
     }
 
+    fn on_networks(mode: &str, networks: &[(&str, &str, &str)]) -> ContainerInspectResponse {
+        use bollard::models::{EndpointSettings, HostConfig, NetworkSettings};
+        ContainerInspectResponse {
+            host_config: Some(HostConfig {
+                network_mode: Some(mode.into()),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                networks: Some(
+                    networks
+                        .iter()
+                        .map(|(name, ip, gateway)| {
+                            let ep = EndpointSettings {
+                                ip_address: Some(ip.to_string()),
+                                gateway: Some(gateway.to_string()),
+                                ..Default::default()
+                            };
+                            (name.to_string(), ep)
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_on_a_network_is_reached_at_its_own_address_and_on_the_host_network_on_loopback() {
+        let bridged = on_networks(
+            "proj_default",
+            &[("proj_default", "172.20.0.3", "172.20.0.1"), ("app", "172.21.0.4", "172.21.0.1")],
+        );
+        let reach = instance_addr(&bridged, 5801);
+        assert_eq!(reach.addr, "172.21.0.4:5801".parse().unwrap(), "the first network by name");
+        assert!(reach.own);
+        // Started, not yet given an address (or no networks): loopback, not its own.
+        for container in [
+            on_networks("host", &[("host", "", "")]),
+            on_networks("bridge", &[("bridge", "", "")]),
+            on_networks("container:abc", &[]),
+            ContainerInspectResponse::default(),
+        ] {
+            let reach = instance_addr(&container, 5800);
+            assert_eq!(reach.addr, "127.0.0.1:5800".parse().unwrap());
+            assert!(!reach.own);
+        }
+    }
+
+    #[test]
+    fn the_host_is_each_network_gateway_and_nothing_with_host_networking() {
+        let bridged = on_networks(
+            "proj_default",
+            &[("proj_default", "172.20.0.3", "172.20.0.1"), ("app", "172.21.0.4", "172.21.0.1")],
+        );
+        assert_eq!(
+            host_addresses(&bridged),
+            vec![
+                "172.20.0.1".parse::<IpAddr>().unwrap(),
+                "172.21.0.1".parse().unwrap()
+            ]
+        );
+        assert!(host_addresses(&on_networks("host", &[("host", "", "")])).is_empty());
+    }
+
     #[test]
     fn the_base_name_drops_a_successor_port_suffix_only() {
         assert_eq!(base_name("/docker_selfup_1-5801", [5800, 5801]), "docker_selfup_1");

@@ -344,6 +344,7 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
+    use crate::handover::Orchestrator;
 
     fn loopback(req: TestRequest) -> TestRequest {
         req.peer_addr("127.0.0.1:40000".parse().unwrap())
@@ -438,6 +439,67 @@ mod tests {
             .insert_header(("host", "localhost:5800"))
             .peer_addr("203.0.113.9:40000".parse().unwrap());
         assert_eq!(refused(remote).map(|(s, _)| s), Some(403));
+    }
+
+    /// A request to an instance on a private network whose gateway is
+    /// 172.20.0.1, started as a successor with the handover secret `secret`.
+    fn on_a_network(peer: &str, runtime: &tokio::runtime::Runtime) -> TestRequest {
+        let settings = Settings {
+            handover_token: Some("s3cret-handover-token".into()),
+            ..Settings::default()
+        };
+        let settings = Arc::new(settings);
+        let engine = Arc::new(crate::docker::Engine::new(settings.docker_socket.clone()));
+        let orchestrator = Orchestrator::new(settings, engine, Arc::new(crate::state::Shared::default()), None);
+        orchestrator.host_addrs.set(vec!["172.20.0.1".parse().unwrap()]).unwrap();
+        let state = AppState::new(Arc::new(orchestrator), None, runtime.handle().clone());
+        TestRequest::default()
+            .app_data(actix_web::web::Data::new(state))
+            .insert_header(("host", "localhost:5800"))
+            .peer_addr(format!("{peer}:40000").parse().unwrap())
+    }
+
+    #[test]
+    fn on_a_private_network_the_gateway_is_the_host_and_every_other_address_the_public_side() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // The operator's curl to the port published on the host's 127.0.0.1.
+        assert_eq!(refused(on_a_network("172.20.0.1", &runtime)), None);
+        // nginx, an app, any container on the network: not local, with or without a proxy header.
+        for peer in ["172.20.0.5", "172.20.0.9", "10.0.0.1"] {
+            let (status, body) = refused(on_a_network(peer, &runtime)).expect(peer);
+            assert_eq!(status, 403);
+            assert!(body.contains("only reachable from loopback"), "{body}");
+        }
+        let proxied = on_a_network("172.20.0.1", &runtime).insert_header(("x-forwarded-for", "203.0.113.9"));
+        assert_eq!(refused(proxied).map(|(s, _)| s), Some(403));
+    }
+
+    #[test]
+    fn the_handover_secret_stands_in_for_loopback_on_handover_and_nothing_else() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let settings = Settings {
+            handover_token: Some("s3cret-handover-token".into()),
+            ..Settings::default()
+        };
+        let elder = || on_a_network("172.20.0.3", &runtime);
+        let with_secret = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_handover(&with_secret.to_http_request(), &settings).is_ok());
+        // The control endpoints are not opened by it.
+        let with_secret = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_loopback(&with_secret.to_http_request()).is_err());
+        let wrong = elder().insert_header(("authorization", "Bearer another-token-entirely"));
+        assert_eq!(
+            guard_handover(&wrong.to_http_request(), &settings).err().map(|r| r.status().as_u16()),
+            Some(403)
+        );
+        let from_a_page = elder()
+            .insert_header(("authorization", "Bearer s3cret-handover-token"))
+            .insert_header(("sec-fetch-site", "cross-site"));
+        assert!(guard_handover(&from_a_page.to_http_request(), &settings).is_err());
+        // An instance that is no successor has no secret to present.
+        let plain = Settings::default();
+        let any = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_handover(&any.to_http_request(), &plain).is_err());
     }
 
     #[test]
