@@ -240,7 +240,10 @@ impl Settings {
         if self.service_port != 0 && self.ports.contains(&self.service_port) {
             return invalid(
                 "service_port",
-                format!("{} is one of ports {:?}: it must be a third port", self.service_port, self.ports),
+                format!(
+                    "{} is one of ports {:?}: it must be a third port",
+                    self.service_port, self.ports
+                ),
             );
         }
         if !self.ports.contains(&self.port) {

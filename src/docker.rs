@@ -356,10 +356,10 @@ impl Engine {
             container: container.to_string(),
             force: Some(false),
         };
-        docker
-            .disconnect_network(network, request)
-            .await
-            .map_err(self.err("disconnecting from network", &format!("{network} (container {container})")))
+        docker.disconnect_network(network, request).await.map_err(self.err(
+            "disconnecting from network",
+            &format!("{network} (container {container})"),
+        ))
     }
 
     /// Sets a container's restart policy (running or not).

@@ -432,7 +432,13 @@ impl Orchestrator {
     /// the handover secret, which is what gets a caller from another address
     /// the detail; on loopback it never does (a stray listener may be there).
     #[tracing::instrument(skip(self, token))]
-    async fn wait_healthy(&self, successor: &str, reach: Reach, token: &str, version: &Version) -> Result<(), WaitError> {
+    async fn wait_healthy(
+        &self,
+        successor: &str,
+        reach: Reach,
+        token: &str,
+        version: &Version,
+    ) -> Result<(), WaitError> {
         let port = reach.addr.port();
         let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), HEALTH_POLL);
         let url = format!("http://{}/health", reach.addr);

@@ -339,7 +339,10 @@ impl Orchestrator {
             Ok(container) => {
                 let hosts = host_addresses(&container);
                 if !hosts.is_empty() {
-                    tracing::info!(?hosts, "on a private network: requests from these addresses come from the host");
+                    tracing::info!(
+                        ?hosts,
+                        "on a private network: requests from these addresses come from the host"
+                    );
                 }
                 let _ = self.host_addrs.set(hosts);
             }
@@ -465,10 +468,17 @@ mod tests {
     fn an_instance_on_a_network_is_reached_at_its_own_address_and_on_the_host_network_on_loopback() {
         let bridged = on_networks(
             "proj_default",
-            &[("proj_default", "172.20.0.3", "172.20.0.1"), ("app", "172.21.0.4", "172.21.0.1")],
+            &[
+                ("proj_default", "172.20.0.3", "172.20.0.1"),
+                ("app", "172.21.0.4", "172.21.0.1"),
+            ],
         );
         let reach = instance_addr(&bridged, 5801);
-        assert_eq!(reach.addr, "172.21.0.4:5801".parse().unwrap(), "the first network by name");
+        assert_eq!(
+            reach.addr,
+            "172.21.0.4:5801".parse().unwrap(),
+            "the first network by name"
+        );
         assert!(reach.own);
         // Started, not yet given an address (or no networks): loopback, not its own.
         for container in [
@@ -487,14 +497,14 @@ mod tests {
     fn the_host_is_each_network_gateway_and_nothing_with_host_networking() {
         let bridged = on_networks(
             "proj_default",
-            &[("proj_default", "172.20.0.3", "172.20.0.1"), ("app", "172.21.0.4", "172.21.0.1")],
+            &[
+                ("proj_default", "172.20.0.3", "172.20.0.1"),
+                ("app", "172.21.0.4", "172.21.0.1"),
+            ],
         );
         assert_eq!(
             host_addresses(&bridged),
-            vec![
-                "172.20.0.1".parse::<IpAddr>().unwrap(),
-                "172.21.0.1".parse().unwrap()
-            ]
+            vec!["172.20.0.1".parse::<IpAddr>().unwrap(), "172.21.0.1".parse().unwrap()]
         );
         assert!(host_addresses(&on_networks("host", &[("host", "", "")])).is_empty());
     }

@@ -701,7 +701,10 @@ mod tests {
         assert!(bindings_of(&other).is_empty());
         let mut ephemeral = published(&[("5800/tcp", &[("127.0.0.1", "")])]);
         retarget_port(&mut ephemeral, 5800, 5801);
-        assert_eq!(bindings_of(&ephemeral), vec![("5801/tcp".into(), "127.0.0.1".into(), "".into())]);
+        assert_eq!(
+            bindings_of(&ephemeral),
+            vec![("5801/tcp".into(), "127.0.0.1".into(), "".into())]
+        );
         // Host networking publishes nothing: nothing changes.
         let mut nothing = ContainerCreateBody::default();
         retarget_port(&mut nothing, 5800, 5801);

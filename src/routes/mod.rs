@@ -451,7 +451,10 @@ mod tests {
         let settings = Arc::new(settings);
         let engine = Arc::new(crate::docker::Engine::new(settings.docker_socket.clone()));
         let orchestrator = Orchestrator::new(settings, engine, Arc::new(crate::state::Shared::default()), None);
-        orchestrator.host_addrs.set(vec!["172.20.0.1".parse().unwrap()]).unwrap();
+        orchestrator
+            .host_addrs
+            .set(vec!["172.20.0.1".parse().unwrap()])
+            .unwrap();
         let state = AppState::new(Arc::new(orchestrator), None, runtime.handle().clone());
         TestRequest::default()
             .app_data(actix_web::web::Data::new(state))
@@ -489,7 +492,9 @@ mod tests {
         assert!(guard_loopback(&with_secret.to_http_request()).is_err());
         let wrong = elder().insert_header(("authorization", "Bearer another-token-entirely"));
         assert_eq!(
-            guard_handover(&wrong.to_http_request(), &settings).err().map(|r| r.status().as_u16()),
+            guard_handover(&wrong.to_http_request(), &settings)
+                .err()
+                .map(|r| r.status().as_u16()),
             Some(403)
         );
         let from_a_page = elder()

@@ -20,6 +20,7 @@
 //! leaves this binary out. Failing is the choice because this runner cannot
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
+mod bridge;
 mod checks;
 mod ci;
 mod companion;
@@ -123,6 +124,9 @@ fn main() -> ExitCode {
         watching::pull_progress_events_carry_growing_byte_counts_for_an_image_with_a_large_layer,
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
+        bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
+        bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
+        bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
