@@ -1280,12 +1280,12 @@ impl AppNetEnv {
     /// Sends a raw HTTP/1.0 request from the app container to
     /// `selfup-companion` on port 80, by name (busybox `nc` resolves it
     /// through Docker's DNS): (status, body), or `None` when no answer came.
-    pub fn from_app(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-        self.from_app_as("selfup-companion", method, path, body)
+    pub fn ask_from_app(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        self.ask_from_app_as("selfup-companion", method, path, body)
     }
 
-    /// [`AppNetEnv::from_app`] with another `Host` header.
-    pub fn from_app_as(&self, host: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    /// [`AppNetEnv::ask_from_app`] with another `Host` header.
+    pub fn ask_from_app_as(&self, host: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
         let body = body.unwrap_or("");
         let request = format!(
             "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -1324,7 +1324,7 @@ impl AppNetEnv {
             &format!("{want} at http://selfup-companion/ from the app"),
             Duration::from_secs(60),
             || async {
-                let (status, body) = self.from_app("GET", "/", None)?;
+                let (status, body) = self.ask_from_app("GET", "/", None)?;
                 (status == 200 && body.trim() == want).then_some(())
             },
         )
