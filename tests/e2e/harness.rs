@@ -146,7 +146,7 @@ pub struct Suite {
     pub nginx_image: String,
     next_env: AtomicUsize,
     pub http: reqwest::Client,
-    /// selfup 1.1.0 built with the `faults` feature, built by the first test that asks.
+    /// selfup 1.1.0 built with the `faults` feature.
     faults_build: std::sync::OnceLock<Result<String, String>>,
     /// The companion tests' target images, built by the first test that asks.
     companion_images: std::sync::OnceLock<Result<(), String>>,
@@ -203,6 +203,11 @@ impl Suite {
             suite.build(version)?;
         }
         suite.build_fault_images()?;
+        // Before any test: its build compiles the library once more (with
+        // the feature), which must not weigh on tests that run meanwhile.
+        if let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
+            return Err(e.clone());
+        }
         Ok(suite)
     }
 
@@ -214,14 +219,15 @@ impl Suite {
     }
 
     /// selfup 1.1.0 with the fault switches of `src/faults.rs` compiled in,
-    /// as `selfup-faults:1.1.0`; built once per run, by the first test that
-    /// needs it.
+    /// as `selfup-faults:1.1.0`; built once per run, as the suite starts.
     pub fn faults_image(&self) -> String {
-        let built = self.faults_build.get_or_init(|| {
-            self.build_from("1.1.0", "selfup-faults", "faults")
-                .map(|()| self.image("selfup-faults", "1.1.0"))
-        });
+        let built = self.faults_build.get_or_init(|| self.build_faults());
         built.clone().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn build_faults(&self) -> Result<String, String> {
+        self.build_from("1.1.0", "selfup-faults", "faults")
+            .map(|()| self.image("selfup-faults", "1.1.0"))
     }
 
     fn build_from(&self, version: &str, repository: &str, features: &str) -> Result<(), String> {
