@@ -258,7 +258,7 @@ fn from_host(req: &HttpRequest) -> bool {
 /// created this instance holds, stands in for the loopback rule, since on a
 /// private network the elder calls from its own address on the network.
 /// Without it, [`guard_loopback`].
-#[allow(clippy::result_large_err)] // the refusal is the response itself, as for the other guards
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn guard_handover(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
     if presents_handover_secret(req, settings) {
         refuse_cross_site(req)?;
