@@ -49,7 +49,10 @@ fn main() {
         log.emit(step());
         emits += t.elapsed();
     }
-    println!("emit, one writer:                     {} per event ({n} events)", per(emits, n));
+    println!(
+        "emit, one writer:                     {} per event ({n} events)",
+        per(emits, n)
+    );
 
     let other = EventLog::in_dir(&dir);
     let mut shared = Duration::ZERO;
@@ -62,7 +65,10 @@ fn main() {
         }
         shared += t.elapsed();
     }
-    println!("emit, two writers taking turns:       {} per event ({n} events)", per(shared, n));
+    println!(
+        "emit, two writers taking turns:       {} per event ({n} events)",
+        per(shared, n)
+    );
 
     let last = log.last_id();
     let mut idle = Duration::ZERO;
@@ -72,7 +78,10 @@ fn main() {
         idle += t.elapsed();
         assert!(found.is_empty());
     }
-    println!("after, nothing new:                   {} per call ({n} calls)", per(idle, n));
+    println!(
+        "after, nothing new:                   {} per call ({n} calls)",
+        per(idle, n)
+    );
 
     let mut fresh = Duration::ZERO;
     let rounds = n.min(500);
@@ -83,6 +92,9 @@ fn main() {
         fresh += t.elapsed();
         assert_eq!(found.len(), 1);
     }
-    println!("after, one new event from the other:  {} per call ({rounds} calls)", per(fresh, rounds));
+    println!(
+        "after, one new event from the other:  {} per call ({rounds} calls)",
+        per(fresh, rounds)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
