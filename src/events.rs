@@ -332,7 +332,7 @@ impl EventLog {
         if started {
             let _ = OWN_START.try_with(|cell| cell.set(id));
         }
-        let _ = OWN_EVENTS.try_with(|tx| tx.send(record.clone()));
+        let _ = OWN_EVENTS.try_with(|tx| tx.send(record.clone()).is_ok());
         self.last.send_replace(id);
         id
     }

@@ -123,6 +123,9 @@ fn main() -> ExitCode {
         watching::pull_progress_events_carry_growing_byte_counts_for_an_image_with_a_large_layer,
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
+        watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
+        unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
+        unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
