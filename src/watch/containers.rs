@@ -170,7 +170,8 @@ impl ContainerWatch {
                     }
                 }
                 Err(e) => {
-                    turn.missing = true;
+                    // The registry has no image for it (yet): worth a quick look again.
+                    turn.missing |= matches!(e, UpdateError::Resolve(_));
                     self.say_once(&name, format!("not watched now: {e}"));
                 }
             }

@@ -16,6 +16,9 @@
 //! remembered in the data directory ([`failed`]), so no instance tries that
 //! image again; a newer tag (or the tag pushed again with another image) is
 //! a new target.
+//!
+//! Companion containers labelled `selfup.watch` are watched by
+//! [`containers`], with the same judgement.
 
 pub mod containers;
 pub mod failed;
