@@ -409,9 +409,23 @@ fn publish_to(w: &mut CompanionEnv, repository: &str, tag: &str, source: &str) {
     w.images.push(suite.image(repository, tag));
 }
 
-/// The image reference a container runs (its `Config.Image`).
+/// The image reference a container runs (its `Config.Image`); empty while
+/// no container has the name (mid-swap, between the rename and the create).
 fn image_of(container: &str) -> String {
-    inspect(container)["Config"]["Image"].as_str().unwrap().to_string()
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.Config.Image}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether a container of that name runs (none may have it, mid-swap).
+fn running(container: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
 }
 
 /// `GET /metrics` of the companion: the value of `series`, if it is there.
@@ -462,7 +476,7 @@ pub async fn a_labelled_companion_container_follows_its_policy_and_a_tag_outside
     publish_to(&mut w, &repository, "1.1.0", "1.1.0");
     let new = suite.image(&repository, "1.1.0");
     eventually("the app to run 1.1.0", Duration::from_secs(60), || async {
-        (image_of(&app) == new && crate::companion::is_running(&app)).then_some(())
+        (image_of(&app) == new && running(&app)).then_some(())
     })
     .await;
     let reported = eventually("the update's notification", Duration::from_secs(20), || async {
@@ -556,7 +570,7 @@ pub async fn a_registry_push_notification_updates_a_labelled_companion_container
     assert_eq!(answer["checking_containers"], true, "{answer}");
     let new = suite.image(&repository, "1.1.0");
     eventually("the app to run 1.1.0", Duration::from_secs(30), || async {
-        (image_of(&app) == new && crate::companion::is_running(&app)).then_some(())
+        (image_of(&app) == new && running(&app)).then_some(())
     })
     .await;
     eprintln!(
