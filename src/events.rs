@@ -304,7 +304,7 @@ impl EventLog {
         let mut record = Record {
             id: 0,
             time_ms: now_ms(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::build_version().to_string(),
             event,
         };
         let id = match self

@@ -208,10 +208,6 @@ impl Orchestrator {
             .inspect_container(&me)
             .await
             .map_err(UpgradeError::docker("inspecting this container"))?;
-        let old_image = match elder.image.as_deref() {
-            Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
-            None => None,
-        };
         let old_port = self.settings.port;
         let new_port = self.settings.other_port(old_port);
         let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
@@ -229,12 +225,21 @@ impl Orchestrator {
                 (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
             ],
         };
-        let body = clone_body(&elder, old_image.as_ref(), &overrides);
         let name = format!(
             "{}-{new_port}",
             base_name(elder.name.as_deref().unwrap_or("selfup"), self.settings.ports)
         );
-        self.remove_leftovers(&elder, &me, &name).await?;
+        // The elder's image (what the clone leaves to the new image) and the
+        // leftovers of an interrupted upgrade, looked up at once.
+        let old_image = async {
+            match elder.image.as_deref() {
+                Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
+                None => None,
+            }
+        };
+        let (old_image, leftovers) = tokio::join!(old_image, self.remove_leftovers(&elder, &me, &name));
+        leftovers?;
+        let body = clone_body(&elder, old_image.as_ref(), &overrides);
         let successor = self
             .engine
             .create_container(&name, body)
@@ -389,17 +394,30 @@ impl Orchestrator {
         successor_name: &str,
     ) -> Result<(), UpgradeError> {
         let labels = elder.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let grouped = !super::group_labels(&labels).is_empty();
         let siblings = self
             .siblings(&labels)
             .await
             .map_err(UpgradeError::docker("listing siblings"))?;
+        let mut stale_successor = false;
         for sibling in siblings {
             let id = sibling.id.unwrap_or_default();
             let running = sibling.state.map(|s| s.to_string() == "running").unwrap_or(false);
+            stale_successor |= sibling
+                .names
+                .iter()
+                .flatten()
+                .any(|n| n.trim_start_matches('/') == successor_name);
             if id != me && !running {
                 tracing::info!(container = %id, "removing a stopped sibling");
                 let _ = self.engine.remove_container(&id, true).await;
             }
+        }
+        // A successor left by an interrupted upgrade is one of the siblings:
+        // when the listing shows none, the upgrade asks nothing more of the
+        // Engine. An instance without group labels cannot tell, so it asks.
+        if grouped && !stale_successor {
+            return Ok(());
         }
         match self.engine.remove_container(successor_name, true).await {
             Ok(()) => tracing::info!(name = successor_name, "removed a stale successor"),

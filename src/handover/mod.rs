@@ -240,7 +240,7 @@ impl Orchestrator {
             proxy,
             shared,
             self_id,
-            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
+            version: crate::build_version().clone(),
             http,
             live_http,
             control: std::sync::OnceLock::new(),

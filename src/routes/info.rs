@@ -147,7 +147,7 @@ mod tests {
         let (status, body) = answer(direct(), Ok(()));
         assert_eq!(status, 200);
         assert_eq!(body["status"], "ok");
-        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["version"], crate::build_version().to_string());
         assert_eq!(body["port"], 5800);
         assert_eq!(body["container"], "c0ffee");
         assert_eq!(body["proxy"], "running");

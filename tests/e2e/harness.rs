@@ -146,10 +146,12 @@ pub struct Suite {
     pub nginx_image: String,
     next_env: AtomicUsize,
     pub http: reqwest::Client,
-    /// selfup 1.1.0 built with the `faults` feature, built by the first test that asks.
+    /// selfup 1.1.0 built with the `faults` feature.
     faults_build: std::sync::OnceLock<Result<String, String>>,
     /// The companion tests' target images, built by the first test that asks.
     companion_images: std::sync::OnceLock<Result<(), String>>,
+    /// Held while `build.sh` runs.
+    building: std::sync::Mutex<()>,
 }
 
 impl Suite {
@@ -186,6 +188,7 @@ impl Suite {
             next_env: AtomicUsize::new(0),
             faults_build: std::sync::OnceLock::new(),
             companion_images: std::sync::OnceLock::new(),
+            building: std::sync::Mutex::new(()),
             // No idle connections kept: ports are reused from test to test, and
             // a pooled connection to a server that is gone fails the next request.
             http: reqwest::Client::builder()
@@ -200,50 +203,53 @@ impl Suite {
             suite.build(version)?;
         }
         suite.build_fault_images()?;
+        // Before any test: its build compiles the library once more (with
+        // the feature), which must not weigh on tests that run meanwhile.
+        if let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
+            return Err(e.clone());
+        }
         Ok(suite)
     }
 
-    /// `build.sh VERSION` in a copy of the tree (build.sh sets the version in
-    /// Cargo.toml), sharing the target directory so only selfup recompiles.
-    /// The copy's path is stable per version, so a second run rebuilds nothing.
+    /// `build.sh VERSION` in this tree, as an operator runs it. The version
+    /// is compiled into the binary alone, so every version after the first
+    /// only relinks it.
     fn build(&self, version: &str) -> Result<(), String> {
-        self.build_from(version, version, "selfup", "")
+        self.build_from(version, "selfup", "")
     }
 
     /// selfup 1.1.0 with the fault switches of `src/faults.rs` compiled in,
-    /// as `selfup-faults:1.1.0`; built once per run, by the first test that
-    /// needs it.
+    /// as `selfup-faults:1.1.0`; built once per run, as the suite starts.
     pub fn faults_image(&self) -> String {
-        let built = self.faults_build.get_or_init(|| {
-            self.build_from("1.1.0-faults", "1.1.0", "selfup-faults", "faults")
-                .map(|()| self.image("selfup-faults", "1.1.0"))
-        });
+        let built = self.faults_build.get_or_init(|| self.build_faults());
         built.clone().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn build_from(&self, tree: &str, version: &str, repository: &str, features: &str) -> Result<(), String> {
+    fn build_faults(&self) -> Result<String, String> {
+        self.build_from("1.1.0", "selfup-faults", "faults")
+            .map(|()| self.image("selfup-faults", "1.1.0"))
+    }
+
+    fn build_from(&self, version: &str, repository: &str, features: &str) -> Result<(), String> {
         let root = repo_root();
-        let tree = root.join("target/e2e-src").join(tree);
-        std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-        let copied = [
-            "Cargo.toml",
-            "Cargo.lock",
-            "build.sh",
-            "src",
-            "docker",
-            "tests",
-            "benches",
-        ];
-        // A file moved or removed in this tree must not live on in the copy;
-        // `cp -p` keeps the times, so cargo rebuilds only what changed.
-        for dir in copied.iter().map(|name| tree.join(name)).filter(|path| path.is_dir()) {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
-        }
-        run(Command::new("cp").arg("-rp").args(copied).arg(&tree).current_dir(&root));
+        // One build at a time: build.sh copies the binary cargo just linked,
+        // at a path every build shares.
+        let _one = self.building.lock().unwrap_or_else(|p| p.into_inner());
         let t = Instant::now();
-        let out = Command::new("./build.sh")
+        let mut build = Command::new("./build.sh");
+        // `cargo test` gives this process its own package's CARGO_* variables
+        // (CARGO_MANIFEST_DIR and the like); an inner cargo that sees them
+        // takes every crate that reads one as changed and rebuilds them all.
+        // The build gets the environment an operator's shell has.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+                build.env_remove(key);
+            }
+        }
+        let out = build
             .arg(version)
-            .current_dir(&tree)
+            .current_dir(&root)
             .env("CARGO_TARGET_DIR", root.join("target"))
             .env("SELFUP_REGISTRY", &self.registry)
             .env("SELFUP_IMAGE", repository)
