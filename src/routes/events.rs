@@ -215,25 +215,26 @@ where
                 }
             }
         };
-        while let Ok(record) = own.try_recv() {
-            if tx.send(record.to_sse()).await.is_err() {
-                return;
-            }
-        }
-        if result.is_err() {
+        if let Err(e) = &result {
             // The task panicked, so the update did not report its end.
             shared.metrics.update_finished("failed");
             shared.events.emit(crate::events::Event::UpdateFinished {
                 container,
                 outcome: "failed".into(),
-                error: result.as_ref().err().cloned(),
+                error: Some(e.clone()),
                 duration_ms: 0,
             });
         }
-        if !client_gone {
-            let result = result.map(|r| r.map_err(CompanionError::from));
-            let _ = tx.send(result_event(result).await).await;
+        if client_gone {
+            return;
         }
+        while let Ok(record) = own.try_recv() {
+            if tx.send(record.to_sse()).await.is_err() {
+                return;
+            }
+        }
+        let result = result.map(|r| r.map_err(CompanionError::from));
+        let _ = tx.send(result_event(result).await).await;
     });
     sse(rx)
 }
