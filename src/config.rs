@@ -424,6 +424,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment's error is large, and so is every `Result` the jail hands back.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

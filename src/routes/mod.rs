@@ -125,6 +125,7 @@ pub fn json_error_body<B: MessageBody + 'static>(
 /// not a loopback one, or `Sec-Fetch-Site: cross-site` (or `same-site`, a
 /// sibling subdomain). `curl` sends neither; a page typed into the address
 /// bar sends `Sec-Fetch-Site: none`, which is let through.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
     let headers = req.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
@@ -213,6 +214,7 @@ pub fn proxied(req: &HttpRequest) -> bool {
 /// 127.0.0.1 is refused; a direct loopback caller (or one on the control
 /// socket), never one that came through a proxy or the update socket.
 /// Authentication is the caller's next step.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     refuse_cross_site(req)?;
     if let Some(refused) = Listener::of(req).refuse_control() {
@@ -243,6 +245,7 @@ pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
 
 /// [`guard_loopback`], then, when a token is configured, a caller that
 /// presents it.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
     guard_loopback(req)?;
     if let Some(expected) = &settings.upgrade_token
