@@ -1,7 +1,8 @@
 //! End-to-end tests on a real Docker Engine, a real registry and a real nginx.
 //!
 //! One binary with its own runner (`harness = false`): the suite builds its
-//! images once, runs the tests two at a time, in their listed order (each in
+//! images once, runs the tests two at a time, in their listed order after
+//! the few that run alone (each in
 //! its own compose project, nginx, ports and repository; a panic fails that
 //! test only), and always tears down what it started. `TEST_LOG=1` shows the containers' logs.
 //!
@@ -160,7 +161,9 @@ fn main() -> ExitCode {
         println!("{}", runner::USAGE);
         return ExitCode::SUCCESS;
     }
-    let selected: Vec<_> = all.into_iter().filter(|(n, _)| args.selects(n)).collect();
+    let mut selected: Vec<_> = all.into_iter().filter(|(n, _)| args.selects(n)).collect();
+    // The tests that run alone go first, before a long test holds a slot.
+    selected.sort_by_key(|(name, _)| !ALONE.contains(name));
     if selected.is_empty() && args.narrows() {
         eprintln!(
             "e2e: no e2e test matches the filters {:?}{}{}; `--list` shows the names (unit tests run with `cargo test --lib NAME`)",
