@@ -2,9 +2,9 @@
 //!
 //! One binary with its own runner (`harness = false`): the suite builds its
 //! images once, runs the tests two at a time, in their listed order after
-//! the few that run alone (each in
-//! its own compose project, nginx, ports and repository; a panic fails that
-//! test only), and always tears down what it started. `TEST_LOG=1` shows the containers' logs.
+//! the few that run alone (each in its own compose project, nginx, ports and
+//! repository; a panic fails that test only), and always tears down what it
+//! started. `TEST_LOG=1` shows the containers' logs.
 //!
 //! The runner reads libtest's command line ([`runner::Args`]):
 //! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
