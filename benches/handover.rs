@@ -14,6 +14,14 @@
 //! min, max, and the steps' medians), and the throughput through nginx
 //! (CLIENTS clients for 10 s) with public keep-alive on and off. It is not a
 //! test: nothing fails.
+//!
+//!   cargo bench --bench handover -- networks [UPGRADES]   (default: 6 upgrades)
+//!
+//! Only compares the network modes: UPGRADES unloaded upgrades to `:latest`
+//! (two per environment, 1.0.0 to 1.1.0 to 1.2.0) with `docker/compose.yml`
+//! (host networking) and with `docker/compose.bridge.yml` (a bridge network),
+//! alternating, and prints the median, min and max answer time and the
+//! steps' medians of each.
 
 #[path = "../tests/e2e/apps.rs"]
 #[allow(dead_code)]
@@ -45,7 +53,8 @@ struct Figures {
 
 fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let upgrades = args.first().copied().unwrap_or(5).max(1);
+    let networks = std::env::args().skip(1).any(|a| a == "networks");
+    let upgrades = args.first().copied().unwrap_or(if networks { 6 } else { 5 }).max(1);
     let clients = args.get(1).copied().unwrap_or(8).max(1);
     let suite = match Suite::start() {
         Ok(s) => Arc::new(s),
@@ -58,6 +67,20 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
+    if networks {
+        let (mut host, mut bridge) = (Vec::new(), Vec::new());
+        while host.len() < upgrades {
+            host.extend(runtime.block_on(to_latest(suite.clone(), false)));
+            bridge.extend(runtime.block_on(to_latest(suite.clone(), true)));
+        }
+        drop(runtime);
+        drop(suite);
+        for (name, runs) in [("host network", &host), ("bridge network", &bridge)] {
+            print!("\n{name}:");
+            print_unloaded(runs);
+        }
+        return ExitCode::SUCCESS;
+    }
     let keep_alive = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
     let new_connections = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::New));
     let recreate = runtime.block_on(recreate(suite.clone(), upgrades, clients));
@@ -124,6 +147,35 @@ async fn unloaded(suite: Arc<Suite>, upgrades: usize) -> Vec<Unloaded> {
         let version = CYCLE[i % CYCLE.len()];
         let asked = Instant::now();
         let (status, body) = env.upgrade(live, Some(&format!("={version}"))).await;
+        let answered = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        runs.push(Unloaded {
+            answered,
+            steps: steps_of(&body),
+        });
+        live = body["new_port"].as_u64().unwrap() as u16;
+        env.wait_takeover_done(live).await;
+    }
+    runs
+}
+
+/// Two unloaded upgrades to `:latest` (1.0.0 to 1.1.0 to 1.2.0), on the
+/// host network or on a bridge network: on a bridge the operator's request
+/// goes to the published port, and the elder health-checks its successor at
+/// the successor's address on the network.
+async fn to_latest(suite: Arc<Suite>, bridge: bool) -> Vec<Unloaded> {
+    let env = match bridge {
+        true => suite.bridge_env(&[]),
+        false => suite.env(&[]),
+    };
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    let mut live = env.ports[0];
+    let mut runs = Vec::new();
+    for version in ["1.1.0", "1.2.0"] {
+        suite.release(&env.repository, version);
+        let asked = Instant::now();
+        let (status, body) = env.upgrade(live, None).await;
         let answered = asked.elapsed();
         assert_eq!(status, 200, "{body}");
         runs.push(Unloaded {

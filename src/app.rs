@@ -12,9 +12,9 @@ use actix_web::http::ConnectionType;
 use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
-use crate::companion::Companion;
 use crate::companion::auth::{ApiKey, KeySource};
 use crate::companion::journal::Swaps;
+use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
 use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
@@ -22,12 +22,17 @@ use crate::handover::Orchestrator;
 use crate::registry::Registry;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
+use crate::watch::containers::ContainerWatch;
 
 /// The largest body `/echo` accepts.
 pub const ECHO_LIMIT: usize = 64 * 1024;
 
 /// How long a stopping instance waits for its notifications still under way.
 const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
+
+/// How long an elder that lingered out may take to leave its networks
+/// before it drains anyway.
+const LEAVE_NETWORKS: Duration = Duration::from_secs(3);
 
 /// A bound, not yet running, selfup server.
 pub struct Application {
@@ -58,16 +63,36 @@ impl Application {
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
         let swaps = open_swaps(&settings);
-        let companion = build_companion(&settings, &engine, &self_id, &swaps)?;
+        let notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
+        let reporting = Reporting {
+            shared: shared.clone(),
+            notifier: notifier.clone(),
+        };
+        let companion = build_companion(&settings, &engine, &self_id, &swaps, reporting)?;
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
-        orchestrator.notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
+        orchestrator.notifier = notifier;
         orchestrator.apps = companion.as_ref().and_then(|c| c.fronts());
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
         let port = listener.local_addr()?.port();
+        // On a private network every instance also answers on the service
+        // port at its own address, so a name and that port reach whichever
+        // instance is live.
+        let service = match settings.service_port {
+            0 => None,
+            service_port => Some(TcpListener::bind((settings.bind, service_port)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "binding the service port {}:{service_port}: {e} (service_port is for private networks, where each instance has its own address; leave it unset with host networking)",
+                        settings.bind
+                    ),
+                )
+            })?),
+        };
         // After the port: an instance that cannot have the port never
         // touches the socket of the one that has it.
         let control = bind_socket(&settings.control_socket, port, Access::Root);
@@ -192,6 +217,9 @@ impl Application {
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()
         .listen(listener)?;
+        if let Some(service) = service {
+            server = server.listen(service)?;
+        }
         let mut sockets = Vec::new();
         for (socket, uds) in [control, update, live].into_iter().flatten() {
             server = server.listen_uds(uds)?;
@@ -230,13 +258,18 @@ impl Application {
                 tracing::info!(?linger, "stop signal after a takeover: lingering, then draining");
                 shared.lingering.store(true, Ordering::Relaxed);
                 tokio::time::sleep(linger).await;
+                // On a private network: no longer found by the name it
+                // shares with its successor before it stops accepting.
+                let _ = tokio::time::timeout(LEAVE_NETWORKS, stopping.leave_networks()).await;
             }
             tracing::info!("stop signal: draining");
             handle.stop(true).await;
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
-        let watching = self.orchestrator.settings.watch.is_some();
+        let watching = self.orchestrator.settings.watch.is_some() || companion.is_some();
+        let learning = orchestrator.clone();
+        tokio::spawn(async move { learning.learn_host_addresses().await });
         let background = tokio::spawn(async move {
             // The blue-green apps' sockets are bound before this instance
             // takes the traffic, so that they move with the live socket.
@@ -246,18 +279,34 @@ impl Application {
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
-            if let Some(companion) = companion {
-                companion.recover().await;
-            }
-            if let Some(watch) = crate::watch::Watch::new(orchestrator) {
-                watch.run().await;
-            }
+            let containers = match companion {
+                Some(companion) => {
+                    companion.recover().await;
+                    Some(ContainerWatch::new(companion, orchestrator.shared.clone()))
+                }
+                None => None,
+            };
+            let own = crate::watch::Watch::new(orchestrator);
+            // Both loops end when this instance is asked to stop.
+            tokio::join!(
+                async {
+                    if let Some(watch) = own {
+                        watch.run().await;
+                    }
+                },
+                async {
+                    if let Some(watch) = containers {
+                        watch.run().await;
+                    }
+                },
+            );
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         let served = self.server.await;
         // An elder whose watch started the upgrade: no request holds the
         // drain open, so the watch finishes the upgrade (its successor's stop
-        // signal is its end) and records it before the process ends.
+        // signal is its end) and records it before the process ends; a
+        // container watch gets the same short while for an update under way.
         if watching {
             let _ = tokio::time::timeout(NOTIFY_FLUSH, background).await;
         }
@@ -332,6 +381,7 @@ fn build_companion(
     engine: &Arc<Engine>,
     self_id: &Option<String>,
     swaps: &Option<Arc<Swaps>>,
+    reporting: Reporting,
 ) -> std::io::Result<Option<Arc<Companion>>> {
     if !settings.companion {
         return Ok(None);
@@ -344,6 +394,7 @@ fn build_companion(
         key,
         self_id.clone(),
         swaps.clone(),
+        reporting,
     );
     Ok(Some(Arc::new(companion)))
 }

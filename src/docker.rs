@@ -10,7 +10,7 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerUpdateBody, EndpointSettings, ExecConfig,
-    ImageInspect, ImageSummary, NetworkConnectRequest, RestartPolicy,
+    ImageInspect, ImageSummary, NetworkConnectRequest, NetworkDisconnectRequest, RestartPolicy,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, ListImagesOptions,
@@ -195,6 +195,20 @@ impl Engine {
             .map_err(self.err("listing containers labelled", &format!("{labels:?}")))
     }
 
+    /// The running containers that carry the label `key`, whatever its value.
+    pub async fn list_running_with_label(&self, key: &str) -> Result<Vec<ContainerSummary>, DockerError> {
+        let docker = self.client().await?;
+        let options = ListContainersOptions {
+            all: false,
+            filters: Some(HashMap::from([("label".to_string(), vec![key.to_string()])])),
+            ..Default::default()
+        };
+        docker
+            .list_containers(Some(options))
+            .await
+            .map_err(self.err("listing containers labelled", key))
+    }
+
     /// Pulls one tag of an image. The tag is always explicit: without one the
     /// Engine would pull every tag of the repository.
     pub async fn pull(&self, image: &ImageRef, credentials: Option<DockerCredentials>) -> Result<(), DockerError> {
@@ -347,6 +361,19 @@ impl Engine {
             .connect_network(network, request)
             .await
             .map_err(self.err("connecting to network", &format!("{network} (container {container})")))
+    }
+
+    /// Disconnects a container from a network (gracefully: not forced).
+    pub async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let request = NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(false),
+        };
+        docker.disconnect_network(network, request).await.map_err(self.err(
+            "disconnecting from network",
+            &format!("{network} (container {container})"),
+        ))
     }
 
     /// Sets a container's restart policy (running or not).

@@ -176,7 +176,13 @@ fn healthcheck() -> ExitCode {
         Ok(rt) => rt,
         Err(_) => return ExitCode::FAILURE,
     };
-    let url = format!("http://{}/health", crate::handover::instance_addr(settings.port));
+    // Inside the container: its loopback, unless the port is bound to one
+    // address only.
+    let addr = match settings.bind.is_unspecified() {
+        true => crate::handover::loopback_addr(settings.port),
+        false => std::net::SocketAddr::new(settings.bind, settings.port),
+    };
+    let url = format!("http://{addr}/health");
     let ok = rt.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()

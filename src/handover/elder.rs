@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
-    Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
+    Previous, Reach, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use bollard::models::ImageInspect;
 
@@ -16,7 +16,7 @@ use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
 use crate::image_ref::ImageRef;
-use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
+use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
 use crate::recreate::resolve::{self, Go};
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
@@ -167,7 +167,7 @@ impl Orchestrator {
                     Some(local) => local,
                     None => {
                         let credentials = auth.as_ref().map(RegistryAuth::docker);
-                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events).await?
+                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events, None).await?
                     }
                 };
                 timings.pull_ms = t.elapsed().as_millis();
@@ -239,7 +239,10 @@ impl Orchestrator {
         };
         let (old_image, leftovers) = tokio::join!(old_image, self.remove_leftovers(&elder, &me, &name));
         leftovers?;
-        let body = clone_body(&elder, old_image.as_ref(), &overrides);
+        let mut body = clone_body(&elder, old_image.as_ref(), &overrides);
+        // On a bridge network the elder holds its published host port: the
+        // successor publishes the other one.
+        retarget_port(&mut body, old_port, new_port);
         let successor = self
             .engine
             .create_container(&name, body)
@@ -255,11 +258,22 @@ impl Orchestrator {
                 log,
             });
         }
+        let reach = match self.engine.inspect_container(&successor).await {
+            Ok(started) => instance_addr(&started, new_port),
+            Err(e) => {
+                let log = self.discard(&successor).await;
+                return Err(UpgradeError::SuccessorUnhealthy {
+                    port: new_port,
+                    reason: WaitError::Failed(format!("inspecting it for its address: {e}")),
+                    log,
+                });
+            }
+        };
         timings.start_ms = t.elapsed().as_millis();
 
         flight.step(UpgradeStep::HealthChecking);
         let t = Instant::now();
-        if let Err(reason) = self.wait_healthy(&successor, new_port, &version).await {
+        if let Err(reason) = self.wait_healthy(&successor, reach, &token, &version).await {
             let log = self.discard(&successor).await;
             return Err(UpgradeError::SuccessorUnhealthy {
                 port: new_port,
@@ -271,7 +285,7 @@ impl Orchestrator {
 
         flight.step(UpgradeStep::WaitingForTakeover);
         let t = Instant::now();
-        match self.go_and_wait(&successor, new_port, &token).await {
+        match self.go_and_wait(&successor, reach, &token).await {
             Ok(()) => {}
             Err(Unconfirmed::Failed(reason)) => {
                 let log = self.discard(&successor).await;
@@ -432,15 +446,29 @@ impl Orchestrator {
     /// Polls the successor's `/health` until it answers 200 from that very
     /// container (its id must match) with the target version; fails fast if
     /// it exits, reports another version, or another listener answers.
-    #[tracing::instrument(skip(self))]
-    async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), WaitError> {
+    /// At the successor's own address (a bridge network), the poll carries
+    /// the handover secret, which is what gets a caller from another address
+    /// the detail; on loopback it never does (a stray listener may be there).
+    #[tracing::instrument(skip(self, token))]
+    async fn wait_healthy(
+        &self,
+        successor: &str,
+        reach: Reach,
+        token: &str,
+        version: &Version,
+    ) -> Result<(), WaitError> {
+        let port = reach.addr.port();
         let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), HEALTH_POLL);
-        let url = format!("http://{}/health", instance_addr(port));
+        let url = format!("http://{}/health", reach.addr);
         let mut last: String;
         let mut looked = Instant::now();
         let mut attempts = crate::events::Attempts::new(&self.shared.events);
         loop {
-            match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
+            let mut poll = self.http.get(&url).timeout(Duration::from_secs(1));
+            if reach.own {
+                poll = poll.bearer_auth(token);
+            }
+            match poll.send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(body) => {
                         // Only the container this instance created gets the
@@ -493,8 +521,8 @@ impl Orchestrator {
     /// reports a failure, exits, or the elder's budget passes. That budget is
     /// the successor's whole takeover budget plus [`ELDER_MARGIN`]: the
     /// elder never gives up before its successor does.
-    async fn go_and_wait(&self, successor: &str, port: u16, token: &str) -> Result<(), Unconfirmed> {
-        let base = format!("http://{}/handover", instance_addr(port));
+    async fn go_and_wait(&self, successor: &str, reach: Reach, token: &str) -> Result<(), Unconfirmed> {
+        let base = format!("http://{}/handover", reach.addr);
         let go = self
             .http
             .post(&base)

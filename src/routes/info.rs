@@ -41,7 +41,7 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
         .await
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let detail = direct_caller(&req);
+    let detail = direct_caller(&req, &state.orchestrator.settings);
     let proxy = match detail {
         true => Some(proxy_state(&state).await),
         false => None,
@@ -50,14 +50,16 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 }
 
 /// Whether `req` comes from a direct loopback caller, who gets the detail:
-/// one the control guard lets through, or one on the live socket that did
+/// one the control guard lets through, the elder presenting this
+/// successor's handover secret (from its own address on a private
+/// network), or one on the live socket that did
 /// not come through a proxy (the successor confirming that the live socket
 /// reaches it; nginx adds `X-Forwarded-For` to every public request).
-fn direct_caller(req: &HttpRequest) -> bool {
+fn direct_caller(req: &HttpRequest, settings: &crate::config::Settings) -> bool {
     if crate::routes::Listener::of(req) == crate::routes::Listener::Live {
         return !crate::routes::proxied(req);
     }
-    crate::routes::guard_loopback(req).is_ok()
+    crate::routes::guard_handover(req, settings).is_ok()
 }
 
 /// Whether nginx runs. Reported, not judged: this instance is healthy with
