@@ -170,7 +170,7 @@ pub enum UpdateOutcome {
         warning: Option<String>,
         /// For a blue-green app: the switch of its socket and the drain.
         #[serde(skip_serializing_if = "Option::is_none")]
-        handover: Option<AppHandover>,
+        handover: Option<Box<AppHandover>>,
         duration_ms: u128,
     },
     /// The container already runs that image (or that version): nothing was done.
@@ -832,14 +832,14 @@ impl Companion {
                 tracing::info!(container = %name, %to, "the app's socket reaches the successor");
                 progress.step(Step::Draining);
                 let left_open = blue_green::drain(&from, self.settings.update_deadline()).await;
-                Some(AppHandover {
+                Some(Box::new(AppHandover {
                     socket: front.path(),
                     from: elder.to_string(),
                     to: to.to_string(),
                     health_ms,
                     drain_ms: switched.elapsed().as_millis(),
                     left_open,
-                })
+                }))
             }
             _ => None,
         };
