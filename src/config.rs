@@ -53,6 +53,13 @@ pub struct Settings {
     /// longer than nginx's upstream `keepalive_timeout` (4 s), so nginx
     /// never sends on a pooled connection the elder is closing.
     pub linger_ms: u64,
+    /// How long an elder stays running after the switch, out of rotation,
+    /// watching its successor (exits, hangs, 5xx answers) and ready to take
+    /// the traffic back; 0: the elder goes as soon as the successor is live.
+    pub bake_secs: u64,
+    /// The share of the successor's public answers that may be 5xx during a
+    /// bake (judged from 20 answers on); above it, the elder takes over again.
+    pub bake_max_5xx_ratio: f64,
     /// When set, `/upgrade` and `/rollback` require `Authorization: Bearer <token>`.
     pub upgrade_token: Option<String>,
     /// Set by an elder on the successor it creates: the secret the elder's
@@ -145,6 +152,8 @@ impl Default for Settings {
             nginx_container: "selfup-nginx".into(),
             live_socket: PathBuf::from("/run/selfup-public/live.sock"),
             linger_ms: 4500,
+            bake_secs: 30,
+            bake_max_5xx_ratio: 0.01,
             upgrade_token: None,
             handover_token: None,
             handover_elder: None,
@@ -257,6 +266,12 @@ impl Settings {
                     "{} ms and shutdown_timeout_secs ({}) must end before stop_timeout_secs ({}), or Docker kills the elder mid-drain",
                     self.linger_ms, self.shutdown_timeout_secs, self.stop_timeout_secs
                 ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.bake_max_5xx_ratio) {
+            return invalid(
+                "bake_max_5xx_ratio",
+                format!("must be between 0 and 1, got {}", self.bake_max_5xx_ratio),
             );
         }
         if self.shutdown_timeout_secs >= self.stop_timeout_secs {
@@ -402,6 +417,18 @@ impl Settings {
     }
 
     /// How long an elder keeps serving after its successor took the live socket.
+    pub fn bake(&self) -> Duration {
+        Duration::from_secs(self.bake_secs)
+    }
+
+    /// Where a baking elder publishes its own socket beside the live one,
+    /// for nginx's `backup` server: a connect that fails on the successor
+    /// is retried on the elder. In the live socket's directory, which only
+    /// root can write.
+    pub fn standby_socket(&self) -> Option<PathBuf> {
+        (!self.live_socket.as_os_str().is_empty()).then(|| self.live_socket.with_file_name("standby.sock"))
+    }
+
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }
@@ -584,6 +611,26 @@ mod tests {
             assert!(err.contains("image_retention: must be at least 2"), "{err}");
             jail.set_env("SELFUP_IMAGE_RETENTION", "5");
             assert_eq!(load_in(jail).unwrap().image_retention, 5);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bake_settings_load_and_a_ratio_outside_zero_to_one_is_refused() {
+        jailed(|jail| {
+            let s = load_in(jail).unwrap();
+            assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (30, 0.01));
+            jail.set_env("SELFUP_BAKE_SECS", "0");
+            jail.set_env("SELFUP_BAKE_MAX_5XX_RATIO", "0.05");
+            let s = load_in(jail).unwrap();
+            assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (0, 0.05));
+            assert_eq!(
+                s.standby_socket().unwrap(),
+                PathBuf::from("/run/selfup-public/standby.sock")
+            );
+            jail.set_env("SELFUP_BAKE_MAX_5XX_RATIO", "1.5");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("bake_max_5xx_ratio: must be between 0 and 1"), "{err}");
             Ok(())
         });
     }

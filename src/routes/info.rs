@@ -19,6 +19,10 @@ fn wants_json(req: &HttpRequest) -> bool {
 
 /// `selfup version X`, or JSON with the port when asked for.
 pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    #[cfg(feature = "faults")]
+    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+        return fault;
+    }
     let o = &state.orchestrator;
     if wants_json(&req) {
         HttpResponse::Ok()
@@ -94,6 +98,8 @@ fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<Str
             "container": o.self_id,
             "docker": docker,
             "proxy": proxy,
+            // What an elder baking this instance judges it by.
+            "answers": { "total": o.shared.metrics.public_answers().0, "server_errors": o.shared.metrics.public_answers().1 },
         })
     } else {
         json!({ "status": status })
@@ -103,7 +109,13 @@ fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<Str
 
 /// Answers a POST with its own body and the version that answered, so that
 /// a load test sees a request that was lost, answered twice, or mixed up.
-pub async fn echo(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub async fn echo(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    #[cfg(feature = "faults")]
+    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+        return fault;
+    }
+    #[cfg(not(feature = "faults"))]
+    let _ = req;
     let o = &state.orchestrator;
     HttpResponse::Ok()
         .insert_header(("x-selfup-version", o.version.to_string()))
