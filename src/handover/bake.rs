@@ -78,6 +78,11 @@ impl Judge {
         }
     }
 
+    /// Whether the successor's last `/health` answered.
+    pub fn answering(&self) -> bool {
+        self.misses == 0
+    }
+
     fn ratio_breach(&self) -> Option<String> {
         let (total, errors) = self.answers;
         if total < MIN_ANSWERS {
@@ -101,8 +106,10 @@ pub enum BakeEnd {
     /// this instance was asked to stop (`stopped`: no end to send, the
     /// successor sees the elder go).
     Promoted { stopped: bool },
-    /// The traffic is back with this instance; the successor is to be removed.
-    RolledBack { by_operator: bool },
+    /// The traffic is back with this instance; the successor is to be
+    /// removed: stopped gracefully while it still answers (it closes
+    /// nginx's pooled connections to it as an elder does), else by force.
+    RolledBack { by_operator: bool, answering: bool },
 }
 
 impl Orchestrator {
@@ -154,7 +161,8 @@ impl Orchestrator {
                         break (BakeEnd::Promoted { stopped: false }, "promoted by the operator (POST /promote)".to_string());
                     }
                     Some(BakeVerdict::Rollback) => {
-                        break (BakeEnd::RolledBack { by_operator: true }, "the operator asked for it (POST /rollback)".to_string());
+                        let answering = judge.answering();
+                        break (BakeEnd::RolledBack { by_operator: true, answering }, "the operator asked for it (POST /rollback)".to_string());
                     }
                     None => {}
                 },
@@ -163,12 +171,13 @@ impl Orchestrator {
                 }
                 _ = look.tick() => {
                     if let Some(exit) = watcher.died().await {
-                        break (BakeEnd::RolledBack { by_operator: false }, format!("the successor died: {exit}"));
+                        break (BakeEnd::RolledBack { by_operator: false, answering: false }, format!("the successor died: {exit}"));
                     }
                 }
                 answer = &mut health => {
                     if let Some(breach) = judge.look(answer) {
-                        break (BakeEnd::RolledBack { by_operator: false }, breach);
+                        let answering = judge.answering();
+                        break (BakeEnd::RolledBack { by_operator: false, answering }, breach);
                     }
                     if let Some(bake) = self.shared.status().bake.as_mut() {
                         bake.answers = judge.answers;
@@ -198,7 +207,11 @@ impl Orchestrator {
             self.shared.lingering.store(false, Ordering::Relaxed);
             tracing::warn!(reason = %report.reason, reclaim_us = report.reclaim_us, "bake breach: the traffic is back on this instance");
         }
-        self.withdraw_standby();
+        if let BakeEnd::Promoted { .. } = end {
+            // A rollback keeps it until the successor is gone: requests
+            // nginx sent to the successor and retries land on this instance.
+            self.withdraw_standby();
+        }
         self.shared.metrics.bake_finished(&report.outcome);
         self.shared.events.emit(Event::BakeEnded {
             outcome: report.outcome.clone(),

@@ -313,8 +313,19 @@ impl Orchestrator {
                             return Err(self.unconfirmed(&successor, new_port, unconfirmed).await);
                         }
                     }
-                    BakeEnd::RolledBack { by_operator } => {
-                        let log = self.discard(&successor).await;
+                    BakeEnd::RolledBack { by_operator, answering } => {
+                        let log = watch::log_tail(&self.engine, &successor).await;
+                        let removed = match answering {
+                            true => {
+                                let stop = Duration::from_secs(self.settings.stop_timeout_secs);
+                                watch::stop_and_remove(&self.engine, &successor, stop, watch::StopFailed::Force).await
+                            }
+                            false => self.engine.remove_container(&successor, true).await,
+                        };
+                        if let Err(e) = removed {
+                            tracing::warn!(container = %successor, error = %e, "could not remove the rolled back successor");
+                        }
+                        self.withdraw_standby();
                         self.shared.reject(Rejected {
                             version: version.to_string(),
                             reason: report.reason.clone(),

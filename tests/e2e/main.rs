@@ -20,6 +20,7 @@
 //! leaves this binary out. Failing is the choice because this runner cannot
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
+mod bake;
 mod checks;
 mod ci;
 mod companion;
@@ -88,6 +89,13 @@ fn main() -> ExitCode {
         faults::the_elder_reclaims_the_live_socket_when_the_successor_dies_after_the_switch,
         faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
         faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
+        bake::a_successor_that_crashes_five_seconds_after_the_switch_hands_the_traffic_back_to_the_warm_elder,
+        bake::a_successor_that_hangs_during_the_bake_is_removed_and_the_elder_serves_again,
+        bake::a_successor_that_answers_5xx_during_the_bake_is_rolled_back,
+        bake::promote_ends_the_bake_early_and_a_second_upgrade_during_it_gets_409_naming_it,
+        bake::rollback_during_the_bake_is_instant_and_loses_no_request,
+        bake::a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and_alone,
+        bake::a_restart_of_either_instance_during_the_bake_converges_to_one,
         restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
         restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
