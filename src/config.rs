@@ -104,6 +104,10 @@ pub struct Settings {
     /// How long a recreated container without a HEALTHCHECK must keep
     /// running to count as up; at most `update_deadline_secs`.
     pub update_settle_secs: u64,
+    /// Companion mode, the "beside" placement: how long the old container,
+    /// renamed aside, keeps running after the new one is up, ready to come
+    /// back at once if the new one exits or turns unhealthy; 0: removed at once.
+    pub update_bake_secs: u64,
     /// The watch policy: a requirement in the `/upgrade/<req>` syntax, or
     /// `latest`. Unset: nothing is watched, upgrades wait for a request.
     pub watch: Option<String>,
@@ -167,6 +171,7 @@ impl Default for Settings {
             update_socket: PathBuf::from("/run/selfup-public/update.sock"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
+            update_bake_secs: 0,
             watch: None,
             watch_interval_secs: 300,
             watch_mode: WatchMode::Apply,

@@ -365,6 +365,7 @@ impl Companion {
             image: image.to_string(),
             deadline: self.settings.update_deadline(),
             settle: self.settings.update_settle(),
+            bake: Duration::from_secs(self.settings.update_bake_secs),
             stopped_old: false,
             journal: slot.claim.as_ref().map(|claim| {
                 (
@@ -513,6 +514,7 @@ impl Companion {
             image: record.image.clone(),
             deadline: self.settings.update_deadline(),
             settle: self.settings.update_settle(),
+            bake: Duration::ZERO,
             stopped_old: record.stop_first,
             journal: None,
         };

@@ -114,6 +114,7 @@ fn main() -> ExitCode {
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,
         companion::a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container_runs_again,
         companion::a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old_container_keeps_running,
+        companion::a_new_container_that_dies_during_the_bake_gives_way_at_once_to_the_old_one_which_never_stopped,
         companion::requests_without_the_right_key_are_refused_with_401_and_no_detail,
         companion::unlabelled_containers_and_unlisted_registries_are_refused_with_403,
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
