@@ -158,7 +158,12 @@ async fn rollbacks(suite: Arc<Suite>, runs: usize) -> (Vec<Rollback>, Vec<Rollba
         live = body["new_port"].as_u64().unwrap() as u16;
         cold_env.wait_takeover_done(live).await;
         let asked = Instant::now();
-        let r = cold_env.http.post(cold_env.direct(live, "/rollback")).send().await.unwrap();
+        let r = cold_env
+            .http
+            .post(cold_env.direct(live, "/rollback"))
+            .send()
+            .await
+            .unwrap();
         let answered = asked.elapsed();
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["status"], "upgraded", "{body}");
@@ -183,8 +188,11 @@ fn print_rollbacks(warm: &[Rollback], cold: &[Rollback]) {
             ms(*answered.last().unwrap())
         )
     };
-    println!("
-/rollback, unloaded, {} runs each:", warm.len());
+    println!(
+        "
+/rollback, unloaded, {} runs each:",
+        warm.len()
+    );
     let mut reclaim: Vec<u64> = warm.iter().filter_map(|r| r.reclaim_us).collect();
     reclaim.sort();
     println!(
@@ -192,7 +200,10 @@ fn print_rollbacks(warm: &[Rollback], cold: &[Rollback]) {
         summary(warm),
         reclaim.get(reclaim.len() / 2).copied().unwrap_or(0)
     );
-    println!("  cold (a new instance of the previous version): answered {}", summary(cold));
+    println!(
+        "  cold (a new instance of the previous version): answered {}",
+        summary(cold)
+    );
 }
 
 /// Waits until the clients have sent 100 requests each from now: a stretch of

@@ -622,22 +622,24 @@ mod tests {
 
     #[test]
     fn bake_settings_load_and_a_ratio_outside_zero_to_one_is_refused() {
-        jailed(|jail| {
-            let s = load_in(jail).unwrap();
-            assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (30, 0.01));
-            jail.set_env("SELFUP_BAKE_SECS", "0");
-            jail.set_env("SELFUP_BAKE_MAX_5XX_RATIO", "0.05");
-            let s = load_in(jail).unwrap();
-            assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (0, 0.05));
-            assert_eq!(
-                s.standby_socket().unwrap(),
-                PathBuf::from("/run/selfup-public/standby.sock")
-            );
-            jail.set_env("SELFUP_BAKE_MAX_5XX_RATIO", "1.5");
-            let err = load_in(jail).unwrap_err().to_string();
-            assert!(err.contains("bake_max_5xx_ratio: must be between 0 and 1"), "{err}");
-            Ok(())
-        });
+        let with = |key: &str, value: serde_json::Value| {
+            Settings::from_figment(
+                Figment::from(Serialized::defaults(Settings::default())).merge(Serialized::default(key, value)),
+            )
+        };
+        let s = Settings::default();
+        assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (30, 0.01));
+        assert_eq!(with("bake_secs", 0.into()).unwrap().bake_secs, 0);
+        assert_eq!(
+            with("bake_max_5xx_ratio", 0.05.into()).unwrap().bake_max_5xx_ratio,
+            0.05
+        );
+        assert_eq!(
+            s.standby_socket().unwrap(),
+            PathBuf::from("/run/selfup-public/standby.sock")
+        );
+        let err = with("bake_max_5xx_ratio", 1.5.into()).unwrap_err().to_string();
+        assert!(err.contains("bake_max_5xx_ratio: must be between 0 and 1"), "{err}");
     }
 
     #[test]

@@ -323,7 +323,10 @@ mod tests {
         assert_eq!(judge.look(Err("timeout".into())), None);
         assert_eq!(judge.look(Err("timeout".into())), None);
         let breach = judge.look(Err("no answer within 1s".into())).unwrap();
-        assert!(breach.contains("failed 3 times in a row (last: no answer within 1s)"), "{breach}");
+        assert!(
+            breach.contains("failed 3 times in a row (last: no answer within 1s)"),
+            "{breach}"
+        );
     }
 
     #[test]
@@ -332,7 +335,10 @@ mod tests {
         assert_eq!(judge.look(Ok((19, 19))), None, "too few answers to judge");
         assert_eq!(judge.look(Ok((200, 2))), None, "1 % is allowed");
         let breach = judge.look(Ok((200, 3))).unwrap();
-        assert!(breach.contains("3 of its 200 public answers were 5xx (1.5 %)"), "{breach}");
+        assert!(
+            breach.contains("3 of its 200 public answers were 5xx (1.5 %)"),
+            "{breach}"
+        );
         let mut lenient = Judge::new(1.0);
         assert_eq!(lenient.look(Ok((50, 50))), None);
         let mut strict = Judge::new(0.0);

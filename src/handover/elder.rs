@@ -12,6 +12,7 @@ use super::{
 };
 use bollard::models::ImageInspect;
 
+use super::bake::BakeEnd;
 use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
@@ -21,10 +22,7 @@ use crate::recreate::resolve::{self, Go};
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{
-    InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs,
-};
-use super::bake::BakeEnd;
+use crate::state::{InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 
 /// How often the elder looks at its successor (the Engine's view of it)
 /// while waiting.
@@ -314,6 +312,12 @@ impl Orchestrator {
                         }
                     }
                     BakeEnd::RolledBack { by_operator, answering } => {
+                        if !answering {
+                            // Dead or frozen: the requests it holds end (and
+                            // nginx retries the idempotent ones on the standby
+                            // socket) only when it is killed; its log stays.
+                            let _ = self.engine.signal(&successor, "SIGKILL").await;
+                        }
                         let log = watch::log_tail(&self.engine, &successor).await;
                         let removed = match answering {
                             true => {
@@ -338,7 +342,7 @@ impl Orchestrator {
                         });
                     }
                 }
-                Some(report)
+                Some(Box::new(report))
             }
         };
         timings.total_ms = started.elapsed().as_millis();

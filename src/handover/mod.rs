@@ -205,7 +205,7 @@ pub enum UpgradeOutcome {
         timings: Timings,
         /// How the bake ended (the answer comes after it); none without one.
         #[serde(skip_serializing_if = "Option::is_none")]
-        bake: Option<crate::state::BakeReport>,
+        bake: Option<Box<crate::state::BakeReport>>,
     },
 }
 

@@ -165,8 +165,7 @@ impl Orchestrator {
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect(), None)
-            .await
+        self.take_over(me, all.into_iter().map(|s| s.id).collect(), None).await
     }
 
     /// When this container was created, ordered as [`created_key`] orders.
@@ -321,13 +320,22 @@ impl Orchestrator {
         let deadline = Instant::now() + bake + self.settings.takeover_deadline();
         let go = self.shared.go.notified();
         tokio::pin!(go);
+        let mut looks = 0u32;
         loop {
             tokio::select! {
                 _ = &mut go => return BakeWait::Ended,
-                _ = sleep(Duration::from_millis(250)) => {}
+                _ = sleep(Duration::from_millis(20)) => {}
             }
+            // Two stats, every 20 ms: once the elder has the live socket
+            // back, nginx's pooled connections to this instance must close
+            // with their next answer, as an elder's do after a switch.
             if self.taken_over_from() {
+                self.shared.lingering.store(true, std::sync::atomic::Ordering::Relaxed);
                 return BakeWait::RolledBack;
+            }
+            looks += 1;
+            if !looks.is_multiple_of(12) {
+                continue;
             }
             match self.elder_gone(elder, my_created).await {
                 Ok(Some(why)) => {
@@ -347,7 +355,9 @@ impl Orchestrator {
     /// Removes the standby name a baking elder published: once no elder
     /// bakes, nginx must not keep trying it.
     fn remove_stale_standby(&self) {
-        let Some(standby) = self.settings.standby_socket() else { return };
+        let Some(standby) = self.settings.standby_socket() else {
+            return;
+        };
         match std::fs::remove_file(&standby) {
             Ok(()) => tracing::info!(path = %standby.display(), "removed a stale standby socket"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -7,17 +7,20 @@ use serde_json::json;
 use crate::handover::plan::PlannedDecision;
 use crate::handover::{Target, UpgradeError};
 use crate::recreate::version::Requirement;
-use crate::state::{BakeVerdict, TakeoverPhase, TakeoverStep};
 use crate::routes::{AppState, guard_control, json_error, resolve_details, resolve_status};
+use crate::state::{BakeVerdict, TakeoverPhase, TakeoverStep};
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
         use UpgradeError::*;
         match self {
             BadRequirement(_) => StatusCode::BAD_REQUEST,
-            InProgress(_) | Baking { .. } | CompanionBusy { .. } | TakeoverUnderway(_) | NotInContainer | NoPrevious => {
-                StatusCode::CONFLICT
-            }
+            InProgress(_)
+            | Baking { .. }
+            | CompanionBusy { .. }
+            | TakeoverUnderway(_)
+            | NotInContainer
+            | NoPrevious => StatusCode::CONFLICT,
             PreviousImageGone { .. } => StatusCode::NOT_FOUND,
             Resolve(e) => resolve_status(e),
             Docker { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
