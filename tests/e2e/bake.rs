@@ -45,15 +45,15 @@ async fn baking_env(suite: &Suite, bake_secs: &str, extra: &[(&str, &str)]) -> E
 /// Asks the elder for `/upgrade` in the background, and waits until its
 /// successor serves the live socket and reports that it bakes. Returns the
 /// pending answer and the successor's id.
-async fn upgrade_until_baking(env: &Env) -> (tokio::task::JoinHandle<(u16, Value)>, String) {
+async fn upgrade_until_baking(env: &Env) -> (Pending, String) {
     let [a, b] = env.ports;
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");
         tokio::spawn(async move {
-            let r = http.post(url).send().await.expect("the upgrade answers");
+            let r = http.post(url).send().await.map_err(|e| e.to_string())?;
             let status = r.status().as_u16();
-            (status, r.json::<Value>().await.expect("the upgrade answer is JSON"))
+            Ok((status, r.json::<Value>().await.map_err(|e| e.to_string())?))
         })
     };
     let successor = eventually("the successor to bake", Duration::from_secs(60), || async {
@@ -65,6 +65,15 @@ async fn upgrade_until_baking(env: &Env) -> (tokio::task::JoinHandle<(u16, Value
     })
     .await;
     (upgrade, successor)
+}
+
+/// An `/upgrade` under way: its status and JSON answer, or why there is none
+/// (an elder killed or restarted during its bake answers nothing).
+type Pending = tokio::task::JoinHandle<Result<(u16, Value), String>>;
+
+/// The answer of an upgrade that must answer.
+async fn answer(upgrade: Pending) -> (u16, Value) {
+    upgrade.await.unwrap().expect("the upgrade answers")
 }
 
 /// Prints and returns what the load saw of a rollback: the requests that
@@ -146,11 +155,12 @@ pub async fn a_successor_that_crashes_five_seconds_after_the_switch_hands_the_tr
     let faulty = suite.faults_image();
     let env = baking_env(&suite, "30", &[("FAULT_SUCCESSOR_EXIT_MS", "5000")]).await;
     let elder = env.container_on(env.ports[0]).unwrap();
+    suite.publish(&faulty, &env.repository, "1.1.0");
     suite.publish(&faulty, &env.repository, "latest");
     let clock = Clock::now();
     let load = Load::start(env.public(""), CLIENTS, usize::MAX, Duration::from_secs(120));
     let (upgrade, _successor) = upgrade_until_baking(&env).await;
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 502, "{body}");
     assert_eq!(body["status"], "rolled_back", "{body}");
@@ -184,7 +194,7 @@ pub async fn a_successor_that_hangs_during_the_bake_is_removed_and_the_elder_ser
     load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(10))
         .await;
     docker(&["pause", &successor]);
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 502, "{body}");
     let bake = &body["bake"];
@@ -208,11 +218,12 @@ pub async fn a_successor_that_answers_5xx_during_the_bake_is_rolled_back(suite: 
     let faulty = suite.faults_image();
     let env = baking_env(&suite, "30", &[("FAULT_SUCCESSOR_5XX", "1")]).await;
     let elder = env.container_on(env.ports[0]).unwrap();
+    suite.publish(&faulty, &env.repository, "1.1.0");
     suite.publish(&faulty, &env.repository, "latest");
     let clock = Clock::now();
     let load = Load::start(env.public(""), CLIENTS, usize::MAX, Duration::from_secs(120));
     let (upgrade, _successor) = upgrade_until_baking(&env).await;
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 502, "{body}");
     let bake = &body["bake"];
@@ -270,7 +281,7 @@ pub async fn promote_ends_the_bake_early_and_a_second_upgrade_during_it_gets_409
     assert_eq!(r.status(), 200);
     let promoted: Value = r.json().await.unwrap();
     assert_eq!(promoted["status"], "promoted", "{promoted}");
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "upgraded", "{body}");
@@ -316,7 +327,7 @@ pub async fn rollback_during_the_bake_is_instant_and_loses_no_request(suite: Arc
         "    /rollback during the bake answered in {:.1} ms",
         took.as_secs_f64() * 1000.0
     );
-    let (code, answer) = upgrade.await.unwrap();
+    let (code, answer) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 409, "{answer}");
     assert_eq!(answer["status"], "rolled_back", "{answer}");
@@ -367,7 +378,7 @@ pub async fn a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and
     load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(10))
         .await;
     docker(&["kill", "-s", "KILL", &successor]);
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 502, "{body}");
     load.wait_for_samples_after(answered, 20, Duration::from_secs(10)).await;
@@ -407,7 +418,7 @@ pub async fn a_restart_of_either_instance_during_the_bake_converges_to_one(suite
     suite.release(&env.repository, "1.1.0");
     let (upgrade, successor) = upgrade_until_baking(&env).await;
     docker(&["restart", "-t", "10", &successor]);
-    let (code, body) = upgrade.await.unwrap();
+    let (code, body) = answer(upgrade).await;
     assert_eq!(code, 502, "{body}");
     assert_eq!(body["status"], "rolled_back", "{body}");
     let single = env.wait_single_container().await;
