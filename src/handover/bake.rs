@@ -11,7 +11,8 @@
 //!   in a row are a hang (`docker pause`, a deadlock) the Engine does not
 //!   see;
 //! - the successor's own count of its public answers and 5xx (in its
-//!   `/health` detail), against `bake_max_5xx_ratio`, once there are
+//!   `/health` detail, and every 25 ms in `/health?answers`, which costs
+//!   it no Docker call), against `bake_max_5xx_ratio`, once there are
 //!   [`MIN_ANSWERS`] to judge by.
 //!
 //! While it bakes, the elder also publishes its socket as the standby
@@ -83,6 +84,14 @@ impl Judge {
         self.misses == 0
     }
 
+    /// Takes the successor's counts of its answers alone (the quick look
+    /// between two `/health`): a breach of the 5xx share, if any. A failed
+    /// quick look says nothing; `/health` judges hangs.
+    pub fn counts(&mut self, answers: (u64, u64)) -> Option<String> {
+        self.answers = answers;
+        self.ratio_breach()
+    }
+
     fn ratio_breach(&self) -> Option<String> {
         let (total, errors) = self.answers;
         if total < MIN_ANSWERS {
@@ -141,6 +150,7 @@ impl Orchestrator {
         let mut judge = Judge::new(self.settings.bake_max_5xx_ratio);
         let watcher = Watcher::new(&self.engine, successor, self.settings.bake(), LOOK_EVERY);
         let url = format!("http://{}/health", instance_addr(port));
+        let counts_url = format!("{url}?answers");
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut look = tokio::time::interval(LOOK_EVERY);
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -172,6 +182,12 @@ impl Orchestrator {
                 _ = look.tick() => {
                     if let Some(exit) = watcher.died().await {
                         break (BakeEnd::RolledBack { by_operator: false, answering: false }, format!("the successor died: {exit}"));
+                    }
+                    // A run of 5xx is judged at this pace, not at /health's.
+                    if let Ok(answers) = self.bake_counts(&counts_url, successor).await
+                        && let Some(breach) = judge.counts(answers)
+                    {
+                        break (BakeEnd::RolledBack { by_operator: false, answering: true }, breach);
                     }
                 }
                 answer = &mut health => {
@@ -246,6 +262,24 @@ impl Orchestrator {
         let body: serde_json::Value = r.json().await.map_err(|e| format!("unreadable /health: {e}"))?;
         if body["container"] != successor {
             return Err(format!("/health answered as {}", body["container"]));
+        }
+        let count = |k: &str| body["answers"][k].as_u64().unwrap_or(0);
+        Ok((count("total"), count("server_errors")))
+    }
+
+    /// The successor's public answers and 5xx, from `/health?answers` (no
+    /// Docker call on its side), within one look's time.
+    async fn bake_counts(&self, url: &str, successor: &str) -> Result<(u64, u64), String> {
+        let r = self
+            .http
+            .get(url)
+            .timeout(LOOK_EVERY * 4)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if body["container"] != successor {
+            return Err(format!("answered as {}", body["container"]));
         }
         let count = |k: &str| body["answers"][k].as_u64().unwrap_or(0);
         Ok((count("total"), count("server_errors")))
@@ -341,6 +375,9 @@ mod tests {
         );
         let mut lenient = Judge::new(1.0);
         assert_eq!(lenient.look(Ok((50, 50))), None);
+        let mut quick = Judge::new(0.01);
+        assert_eq!(quick.counts((10, 10)), None);
+        assert!(quick.counts((40, 10)).unwrap().contains("10 of its 40"));
         let mut strict = Judge::new(0.0);
         assert!(strict.look(Ok((20, 1))).is_some());
         assert_eq!(Judge::new(0.0).look(Ok((20, 0))), None);
