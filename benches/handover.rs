@@ -116,9 +116,10 @@ struct Rollback {
 /// a bake, then `/rollback` on the new instance: a start of 1.0.0 and a
 /// takeover), unloaded.
 async fn rollbacks(suite: Arc<Suite>, runs: usize) -> (Vec<Rollback>, Vec<Rollback>) {
+    // Released last, 1.0.0 is `:latest`: what compose starts.
     let baking = suite.env(&[("SELFUP_BAKE_SECS", "60")]);
-    suite.release(&baking.repository, "1.0.0");
     suite.release(&baking.repository, "1.1.0");
+    suite.release(&baking.repository, "1.0.0");
     baking.up("1.0.0").await;
     let [a, b] = baking.ports;
     let mut warm = Vec::new();
@@ -147,8 +148,8 @@ async fn rollbacks(suite: Arc<Suite>, runs: usize) -> (Vec<Rollback>, Vec<Rollba
     drop(baking);
 
     let cold_env = suite.env(&[]);
-    suite.release(&cold_env.repository, "1.0.0");
     suite.release(&cold_env.repository, "1.1.0");
+    suite.release(&cold_env.repository, "1.0.0");
     cold_env.up("1.0.0").await;
     let mut live = cold_env.ports[0];
     let mut cold = Vec::new();
