@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and pushes one version of selfup:
 #   ./build.sh 1.4.0
-# sets the crate version, builds a static binary and a FROM-scratch image,
+# builds a static binary that reports that version and a FROM-scratch image,
 # tags it REGISTRY/IMAGE:1.4.0 and :latest, and pushes both. A pre-release
 # (1.5.0-rc.1) is tagged and pushed as itself only, never :latest: selfup goes
 # to it only when asked for it exactly (/upgrade/=1.5.0-rc.1).
@@ -43,8 +43,10 @@ case "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$registry/v2
   *) die "the registry at $registry does not answer (start it with registry/start.sh); nothing was built" ;;
 esac
 
-# Set the crate version, as `npm version` would: the binary reports it.
-sed -i -E "0,/^version = \".*\"/s//version = \"$version\"/" Cargo.toml
+# The version goes into the binary (src/main.rs reads SELFUP_BUILD_VERSION at
+# compile time), not into Cargo.toml: the tree stays as it is, and a new
+# version relinks the binary in seconds instead of recompiling the library.
+export SELFUP_BUILD_VERSION=$version
 
 target=x86_64-unknown-linux-gnu
 # Both are needed for a static binary: crt-static, and an explicit --target
@@ -52,7 +54,7 @@ target=x86_64-unknown-linux-gnu
 features=()
 [ -z "${SELFUP_FEATURES:-}" ] || features=(--features "$SELFUP_FEATURES")
 profile=${SELFUP_PROFILE:-release}
-echo "build.sh: compiling selfup $version ($profile profile, static; the first build on a machine takes about 4 min)" >&2
+echo "build.sh: compiling selfup $version ($profile profile, static; the first build on a machine takes about 4 min, the next versions seconds)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --target "$target" --quiet "${features[@]}" \
   || die "the $profile build failed (its errors are above); rerun with: ./build.sh $version"
 target_dir=${CARGO_TARGET_DIR:-target}

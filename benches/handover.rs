@@ -17,6 +17,13 @@
 //! UPGRADES times each. It is not a test: nothing fails.
 //!
 //!   cargo bench --bench handover -- rollback [UPGRADES]    (the rollbacks only)
+//!   cargo bench --bench handover -- networks [UPGRADES]   (default: 6 upgrades)
+//!
+//! `networks` only compares the network modes: UPGRADES unloaded upgrades to `:latest`
+//! (two per environment, 1.0.0 to 1.1.0 to 1.2.0) with `docker/compose.yml`
+//! (host networking) and with `docker/compose.bridge.yml` (a bridge network),
+//! alternating, and prints the median, min and max answer time and the
+//! steps' medians of each.
 
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
@@ -46,7 +53,8 @@ struct Figures {
 fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rollbacks_only = std::env::args().any(|a| a == "rollback");
-    let upgrades = args.first().copied().unwrap_or(5).max(1);
+    let networks = std::env::args().skip(1).any(|a| a == "networks");
+    let upgrades = args.first().copied().unwrap_or(if networks { 6 } else { 5 }).max(1);
     let clients = args.get(1).copied().unwrap_or(8).max(1);
     let suite = match Suite::start() {
         Ok(s) => Arc::new(s),
@@ -64,6 +72,20 @@ fn main() -> ExitCode {
         drop(runtime);
         drop(suite);
         print_rollbacks(&warm, &cold);
+        return ExitCode::SUCCESS;
+    }
+    if networks {
+        let (mut host, mut bridge) = (Vec::new(), Vec::new());
+        while host.len() < upgrades {
+            host.extend(runtime.block_on(to_latest(suite.clone(), false)));
+            bridge.extend(runtime.block_on(to_latest(suite.clone(), true)));
+        }
+        drop(runtime);
+        drop(suite);
+        for (name, runs) in [("host network", &host), ("bridge network", &bridge)] {
+            print!("\n{name}:");
+            print_unloaded(runs);
+        }
         return ExitCode::SUCCESS;
     }
     let keep_alive = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
@@ -236,6 +258,35 @@ async fn unloaded(suite: Arc<Suite>, upgrades: usize) -> Vec<Unloaded> {
         let version = CYCLE[i % CYCLE.len()];
         let asked = Instant::now();
         let (status, body) = env.upgrade(live, Some(&format!("={version}"))).await;
+        let answered = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        runs.push(Unloaded {
+            answered,
+            steps: steps_of(&body),
+        });
+        live = body["new_port"].as_u64().unwrap() as u16;
+        env.wait_takeover_done(live).await;
+    }
+    runs
+}
+
+/// Two unloaded upgrades to `:latest` (1.0.0 to 1.1.0 to 1.2.0), on the
+/// host network or on a bridge network: on a bridge the operator's request
+/// goes to the published port, and the elder health-checks its successor at
+/// the successor's address on the network.
+async fn to_latest(suite: Arc<Suite>, bridge: bool) -> Vec<Unloaded> {
+    let env = match bridge {
+        true => suite.bridge_env(&[]),
+        false => suite.env(&[]),
+    };
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    let mut live = env.ports[0];
+    let mut runs = Vec::new();
+    for version in ["1.1.0", "1.2.0"] {
+        suite.release(&env.repository, version);
+        let asked = Instant::now();
+        let (status, body) = env.upgrade(live, None).await;
         let answered = asked.elapsed();
         assert_eq!(status, 200, "{body}");
         runs.push(Unloaded {

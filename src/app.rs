@@ -29,6 +29,10 @@ pub const ECHO_LIMIT: usize = 64 * 1024;
 /// How long a stopping instance waits for its notifications still under way.
 const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
 
+/// How long an elder that lingered out may take to leave its networks
+/// before it drains anyway.
+const LEAVE_NETWORKS: Duration = Duration::from_secs(3);
+
 /// A bound, not yet running, selfup server.
 pub struct Application {
     port: u16,
@@ -67,6 +71,21 @@ impl Application {
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
         let port = listener.local_addr()?.port();
+        // On a private network every instance also answers on the service
+        // port at its own address, so a name and that port reach whichever
+        // instance is live.
+        let service = match settings.service_port {
+            0 => None,
+            service_port => Some(TcpListener::bind((settings.bind, service_port)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "binding the service port {}:{service_port}: {e} (service_port is for private networks, where each instance has its own address; leave it unset with host networking)",
+                        settings.bind
+                    ),
+                )
+            })?),
+        };
         // After the port: an instance that cannot have the port never
         // touches the socket of the one that has it.
         let control = bind_socket(&settings.control_socket, port, Access::Root);
@@ -202,6 +221,9 @@ impl Application {
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .disable_signals()
         .listen(listener)?;
+        if let Some(service) = service {
+            server = server.listen(service)?;
+        }
         let mut sockets = Vec::new();
         for (socket, uds) in [control, update, live].into_iter().flatten() {
             server = server.listen_uds(uds)?;
@@ -240,6 +262,9 @@ impl Application {
                 tracing::info!(?linger, "stop signal after a takeover: lingering, then draining");
                 shared.lingering.store(true, Ordering::Relaxed);
                 tokio::time::sleep(linger).await;
+                // On a private network: no longer found by the name it
+                // shares with its successor before it stops accepting.
+                let _ = tokio::time::timeout(LEAVE_NETWORKS, stopping.leave_networks()).await;
             }
             tracing::info!("stop signal: draining");
             handle.stop(true).await;
@@ -247,6 +272,8 @@ impl Application {
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
         let watching = self.orchestrator.settings.watch.is_some();
+        let learning = orchestrator.clone();
+        tokio::spawn(async move { learning.learn_host_addresses().await });
         let background = tokio::spawn(async move {
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder

@@ -22,7 +22,15 @@ pub struct Settings {
     /// The two ports the live instance toggles between on every upgrade.
     pub ports: [u16; 2],
     /// The address both ports bind to. Loopback by default: nginx is the public door.
+    /// On a private (bridge) network, `0.0.0.0`: the elder reaches its
+    /// successor at the successor's own address there.
     pub bind: IpAddr,
+    /// A port every instance also listens on, the same across upgrades (0:
+    /// none): on a private network, where each instance has its own address,
+    /// `http://<service name>:<service_port>` reaches the live instance
+    /// whatever port of `ports` it has. Never with host networking, where
+    /// two instances would share it.
+    pub service_port: u16,
     /// The registry the images come from, `host:port` (plain HTTP for loopback hosts).
     pub registry: String,
     /// The repository of this service's image in that registry.
@@ -145,6 +153,7 @@ impl Default for Settings {
             port: 5800,
             ports: [5800, 5801],
             bind: IpAddr::from([127, 0, 0, 1]),
+            service_port: 0,
             registry: "localhost:5000".into(),
             image: "selfup".into(),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
@@ -241,6 +250,15 @@ impl Settings {
         }
         if self.ports.contains(&0) {
             return invalid("ports", "port 0 cannot be toggled to".into());
+        }
+        if self.service_port != 0 && self.ports.contains(&self.service_port) {
+            return invalid(
+                "service_port",
+                format!(
+                    "{} is one of ports {:?}: it must be a third port",
+                    self.service_port, self.ports
+                ),
+            );
         }
         if !self.ports.contains(&self.port) {
             return invalid("port", format!("{} is not one of ports {:?}", self.port, self.ports));
@@ -456,6 +474,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment's error is large, and so is every `Result` the jail hands back.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -648,6 +668,18 @@ mod tests {
             jail.set_env("SELFUP_PORT", "9000");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("port: 9000 is not one of ports"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_service_port_must_be_a_third_port() {
+        jailed(|jail| {
+            jail.set_env("SELFUP_SERVICE_PORT", "5801");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("service_port: 5801 is one of ports"), "{err}");
+            jail.set_env("SELFUP_SERVICE_PORT", "80");
+            assert_eq!(load_in(jail).unwrap().service_port, 80);
             Ok(())
         });
     }

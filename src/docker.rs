@@ -10,7 +10,7 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerUpdateBody, EndpointSettings, ExecConfig,
-    ImageInspect, ImageSummary, NetworkConnectRequest, RestartPolicy,
+    ImageInspect, ImageSummary, NetworkConnectRequest, NetworkDisconnectRequest, RestartPolicy,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, ListImagesOptions,
@@ -347,6 +347,19 @@ impl Engine {
             .connect_network(network, request)
             .await
             .map_err(self.err("connecting to network", &format!("{network} (container {container})")))
+    }
+
+    /// Disconnects a container from a network (gracefully: not forced).
+    pub async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let request = NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(false),
+        };
+        docker.disconnect_network(network, request).await.map_err(self.err(
+            "disconnecting from network",
+            &format!("{network} (container {container})"),
+        ))
     }
 
     /// Sets a container's restart policy (running or not).

@@ -168,7 +168,7 @@ impl EventLog {
         let mut record = Record {
             id: 0,
             time_ms: now_ms(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::build_version().to_string(),
             event,
         };
         let id = match self.file.as_deref().map(|path| append(path, &mut record)) {

@@ -80,3 +80,25 @@ pub mod secret;
 pub mod state;
 pub mod telemetry;
 pub mod watch;
+
+/// The version this binary was built as, once [`set_build_version`] has run;
+/// the crate's own version before that (unit tests, `cargo run`).
+static BUILD_VERSION: std::sync::OnceLock<semver::Version> = std::sync::OnceLock::new();
+
+/// Records the version the binary was built as. `main` calls it first thing:
+/// the version is compiled into the binary alone (`build.sh` sets
+/// `SELFUP_BUILD_VERSION`), so that a new version relinks the binary instead
+/// of recompiling this library. A version that is not semver is an error; a
+/// second call keeps the first version.
+pub fn set_build_version(version: &str) -> Result<(), semver::Error> {
+    let parsed = semver::Version::parse(version)?;
+    let _ = BUILD_VERSION.set(parsed);
+    Ok(())
+}
+
+/// The version this instance reports in `/health`, the history, the events and
+/// `selfup_build_info`.
+pub fn build_version() -> &'static semver::Version {
+    BUILD_VERSION
+        .get_or_init(|| semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"))
+}

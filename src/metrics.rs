@@ -65,7 +65,7 @@ impl Default for Metrics {
         let bakes = Family::<Label, Counter>::default();
         let build = Family::<Label, Gauge>::default();
         build
-            .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_string())])
+            .get_or_create(&[("version", crate::build_version().to_string())])
             .set(1);
         registry.register(
             "selfup_upgrades",
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(sample(&text, r#"selfup_http_responses_total{class="4xx"}"#), Some(2.0));
         assert_eq!(sample(&text, r#"selfup_bakes_total{outcome="rolled_back"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"selfup_http_responses_total{class="2xx"}"#), Some(1.0));
-        let version = format!(r#"selfup_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+        let version = format!(r#"selfup_build_info{{version="{}"}}"#, crate::build_version());
         assert_eq!(sample(&text, &version), Some(1.0));
         assert_eq!(
             sample(&text, r#"selfup_upgrade_duration_seconds_count{phase="total"}"#),

@@ -7,6 +7,7 @@
 //! arguments.
 
 pub mod http;
+pub mod program;
 
 use std::io::BufReader;
 use std::path::Path;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use semver::Version;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Orchestrator, instance_addr};
+use super::{Orchestrator, Reach};
 use crate::events::Event;
 use crate::recreate::watch::Watcher;
 use crate::state::{Bake, BakeReport, BakeVerdict};
@@ -125,14 +125,14 @@ impl Orchestrator {
     /// Bakes the successor on `port`, this instance out of rotation, until
     /// the bake ends; on a breach the live socket is this instance's again
     /// when it returns. The report is in `/status` from then on.
-    pub(super) async fn bake(&self, successor: &str, port: u16, to: &Version) -> (BakeEnd, BakeReport) {
+    pub(super) async fn bake(&self, successor: &str, reach: Reach, token: &str, to: &Version) -> (BakeEnd, BakeReport) {
         let secs = self.settings.bake_secs;
         let started = Instant::now();
         let ends = started + self.settings.bake();
         self.shared.status().bake = Some(Bake {
             to: to.to_string(),
             successor: successor.to_string(),
-            successor_port: port,
+            successor_port: reach.addr.port(),
             started: started.into_std(),
             ends: ends.into_std(),
             asked: None,
@@ -149,13 +149,13 @@ impl Orchestrator {
 
         let mut judge = Judge::new(self.settings.bake_max_5xx_ratio);
         let watcher = Watcher::new(&self.engine, successor, self.settings.bake(), LOOK_EVERY);
-        let url = format!("http://{}/health", instance_addr(port));
+        let url = format!("http://{}/health", reach.addr);
         let counts_url = format!("{url}?answers");
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut look = tokio::time::interval(LOOK_EVERY);
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_health = Instant::now();
-        let mut health = Box::pin(self.bake_health(&url, successor, next_health));
+        let mut health = Box::pin(self.bake_health(&url, successor, reach, token, next_health));
         let (end, reason) = loop {
             if *shutdown.borrow_and_update() {
                 break (
@@ -184,7 +184,7 @@ impl Orchestrator {
                         break (BakeEnd::RolledBack { by_operator: false, answering: false }, format!("the successor died: {exit}"));
                     }
                     // A run of 5xx is judged at this pace, not at /health's.
-                    if let Ok(answers) = self.bake_counts(&counts_url, successor).await
+                    if let Ok(answers) = self.bake_counts(&counts_url, successor, reach, token).await
                         && let Some(breach) = judge.counts(answers)
                     {
                         break (BakeEnd::RolledBack { by_operator: false, answering: true }, breach);
@@ -200,7 +200,7 @@ impl Orchestrator {
                     }
                     next_health += HEALTH_EVERY;
                     next_health = next_health.max(Instant::now());
-                    health = Box::pin(self.bake_health(&url, successor, next_health));
+                    health = Box::pin(self.bake_health(&url, successor, reach, token, next_health));
                 }
             }
         };
@@ -244,11 +244,17 @@ impl Orchestrator {
 
     /// One look at the successor's `/health`, at `at`: its public answers
     /// and 5xx, or why there is no good answer.
-    async fn bake_health(&self, url: &str, successor: &str, at: Instant) -> Result<(u64, u64), String> {
+    async fn bake_health(
+        &self,
+        url: &str,
+        successor: &str,
+        reach: Reach,
+        token: &str,
+        at: Instant,
+    ) -> Result<(u64, u64), String> {
         tokio::time::sleep_until(at).await;
         let r = self
-            .http
-            .get(url)
+            .poll(url, reach, token)
             .timeout(HEALTH_TIMEOUT)
             .send()
             .await
@@ -269,10 +275,9 @@ impl Orchestrator {
 
     /// The successor's public answers and 5xx, from `/health?answers` (no
     /// Docker call on its side), within one look's time.
-    async fn bake_counts(&self, url: &str, successor: &str) -> Result<(u64, u64), String> {
+    async fn bake_counts(&self, url: &str, successor: &str, reach: Reach, token: &str) -> Result<(u64, u64), String> {
         let r = self
-            .http
-            .get(url)
+            .poll(url, reach, token)
             .timeout(LOOK_EVERY * 4)
             .send()
             .await
@@ -283,6 +288,17 @@ impl Orchestrator {
         }
         let count = |k: &str| body["answers"][k].as_u64().unwrap_or(0);
         Ok((count("total"), count("server_errors")))
+    }
+
+    /// A GET of the successor's `url`, with the handover secret only where
+    /// the address is the successor's own (a bridge network): a loopback
+    /// port is one anyone may have bound.
+    fn poll(&self, url: &str, reach: Reach, token: &str) -> reqwest::RequestBuilder {
+        let poll = self.http.get(url);
+        match reach.own {
+            true => poll.bearer_auth(token),
+            false => poll,
+        }
     }
 
     /// Makes this instance the live one again: the live socket first (the

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
-    Previous, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
+    Previous, Reach, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
 };
 use bollard::models::ImageInspect;
 
@@ -17,7 +17,7 @@ use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
 use crate::image_ref::ImageRef;
-use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body};
+use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
 use crate::recreate::resolve::{self, Go};
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
@@ -224,10 +224,6 @@ impl Orchestrator {
             .inspect_container(&me)
             .await
             .map_err(UpgradeError::docker("inspecting this container"))?;
-        let old_image = match elder.image.as_deref() {
-            Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
-            None => None,
-        };
         let old_port = self.settings.port;
         let new_port = self.settings.other_port(old_port);
         let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
@@ -245,12 +241,24 @@ impl Orchestrator {
                 (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
             ],
         };
-        let body = clone_body(&elder, old_image.as_ref(), &overrides);
         let name = format!(
             "{}-{new_port}",
             base_name(elder.name.as_deref().unwrap_or("selfup"), self.settings.ports)
         );
-        self.remove_leftovers(&elder, &me, &name).await?;
+        // The elder's image (what the clone leaves to the new image) and the
+        // leftovers of an interrupted upgrade, looked up at once.
+        let old_image = async {
+            match elder.image.as_deref() {
+                Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
+                None => None,
+            }
+        };
+        let (old_image, leftovers) = tokio::join!(old_image, self.remove_leftovers(&elder, &me, &name));
+        leftovers?;
+        let mut body = clone_body(&elder, old_image.as_ref(), &overrides);
+        // On a bridge network the elder holds its published host port: the
+        // successor publishes the other one.
+        retarget_port(&mut body, old_port, new_port);
         let successor = self
             .engine
             .create_container(&name, body)
@@ -266,11 +274,22 @@ impl Orchestrator {
                 log,
             });
         }
+        let reach = match self.engine.inspect_container(&successor).await {
+            Ok(started) => instance_addr(&started, new_port),
+            Err(e) => {
+                let log = self.discard(&successor).await;
+                return Err(UpgradeError::SuccessorUnhealthy {
+                    port: new_port,
+                    reason: WaitError::Failed(format!("inspecting it for its address: {e}")),
+                    log,
+                });
+            }
+        };
         timings.start_ms = t.elapsed().as_millis();
 
         flight.step(UpgradeStep::HealthChecking);
         let t = Instant::now();
-        if let Err(reason) = self.wait_healthy(&successor, new_port, &version).await {
+        if let Err(reason) = self.wait_healthy(&successor, reach, &token, &version).await {
             let log = self.discard(&successor).await;
             return Err(UpgradeError::SuccessorUnhealthy {
                 port: new_port,
@@ -288,7 +307,7 @@ impl Orchestrator {
             // as the successor is live.
             self.publish_standby();
         }
-        let handed = self.go_and_wait(&successor, new_port, &token, bake).await;
+        let handed = self.go_and_wait(&successor, reach, &token, bake).await;
         let handed = match handed {
             Ok(handed) => handed,
             Err(unconfirmed) => return Err(self.unconfirmed(&successor, new_port, unconfirmed).await),
@@ -303,11 +322,11 @@ impl Orchestrator {
             }
             Handed::Baking => {
                 flight.step(UpgradeStep::Baking);
-                let (end, report) = self.bake(&successor, new_port, &version).await;
+                let (end, report) = self.bake(&successor, reach, &token, &version).await;
                 match end {
                     BakeEnd::Promoted { stopped: true } => {}
                     BakeEnd::Promoted { stopped: false } => {
-                        if let Err(unconfirmed) = self.end_bake(&successor, new_port, &token).await {
+                        if let Err(unconfirmed) = self.end_bake(&successor, reach, &token).await {
                             return Err(self.unconfirmed(&successor, new_port, unconfirmed).await);
                         }
                     }
@@ -483,17 +502,30 @@ impl Orchestrator {
         successor_name: &str,
     ) -> Result<(), UpgradeError> {
         let labels = elder.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let grouped = !super::group_labels(&labels).is_empty();
         let siblings = self
             .siblings(&labels)
             .await
             .map_err(UpgradeError::docker("listing siblings"))?;
+        let mut stale_successor = false;
         for sibling in siblings {
             let id = sibling.id.unwrap_or_default();
             let running = sibling.state.map(|s| s.to_string() == "running").unwrap_or(false);
+            stale_successor |= sibling
+                .names
+                .iter()
+                .flatten()
+                .any(|n| n.trim_start_matches('/') == successor_name);
             if id != me && !running {
                 tracing::info!(container = %id, "removing a stopped sibling");
                 let _ = self.engine.remove_container(&id, true).await;
             }
+        }
+        // A successor left by an interrupted upgrade is one of the siblings:
+        // when the listing shows none, the upgrade asks nothing more of the
+        // Engine. An instance without group labels cannot tell, so it asks.
+        if grouped && !stale_successor {
+            return Ok(());
         }
         match self.engine.remove_container(successor_name, true).await {
             Ok(()) => tracing::info!(name = successor_name, "removed a stale successor"),
@@ -508,15 +540,29 @@ impl Orchestrator {
     /// Polls the successor's `/health` until it answers 200 from that very
     /// container (its id must match) with the target version; fails fast if
     /// it exits, reports another version, or another listener answers.
-    #[tracing::instrument(skip(self))]
-    async fn wait_healthy(&self, successor: &str, port: u16, version: &Version) -> Result<(), WaitError> {
+    /// At the successor's own address (a bridge network), the poll carries
+    /// the handover secret, which is what gets a caller from another address
+    /// the detail; on loopback it never does (a stray listener may be there).
+    #[tracing::instrument(skip(self, token))]
+    async fn wait_healthy(
+        &self,
+        successor: &str,
+        reach: Reach,
+        token: &str,
+        version: &Version,
+    ) -> Result<(), WaitError> {
+        let port = reach.addr.port();
         let watcher = Watcher::new(&self.engine, successor, self.settings.health_deadline(), HEALTH_POLL);
-        let url = format!("http://{}/health", instance_addr(port));
+        let url = format!("http://{}/health", reach.addr);
         let mut last: String;
         let mut looked = Instant::now();
         let mut attempts = crate::events::Attempts::new(&self.shared.events);
         loop {
-            match self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
+            let mut poll = self.http.get(&url).timeout(Duration::from_secs(1));
+            if reach.own {
+                poll = poll.bearer_auth(token);
+            }
+            match poll.send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(body) => {
                         // Only the container this instance created gets the
@@ -577,11 +623,11 @@ impl Orchestrator {
     async fn go_and_wait(
         &self,
         successor: &str,
-        port: u16,
+        reach: Reach,
         token: &str,
         bake: Option<Duration>,
     ) -> Result<Handed, Unconfirmed> {
-        let base = format!("http://{}/handover", instance_addr(port));
+        let base = format!("http://{}/handover", reach.addr);
         let go_url = match bake {
             Some(bake) => format!("{base}?bake_ms={}", bake.as_millis()),
             None => base.clone(),
@@ -592,8 +638,8 @@ impl Orchestrator {
 
     /// Tells a baked successor that the bake ended clean (the go-ahead's
     /// second use), then waits for it to stop this instance.
-    async fn end_bake(&self, successor: &str, port: u16, token: &str) -> Result<(), Unconfirmed> {
-        let base = format!("http://{}/handover", instance_addr(port));
+    async fn end_bake(&self, successor: &str, reach: Reach, token: &str) -> Result<(), Unconfirmed> {
+        let base = format!("http://{}/handover", reach.addr);
         self.send_go(&base, token, "the end of the bake").await?;
         self.wait_stopped(successor, &base, token, false).await.map(|_| ())
     }

@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bollard::models::ContainerInspectResponse;
 use semver::Version;
 use serde::Serialize;
 
@@ -74,10 +75,80 @@ pub struct Previous {
     pub image_ref: String,
 }
 
-/// Where an instance listening on `port` is reached. With host networking it
-/// is the loopback address; bridge networking would change only this.
-pub fn instance_addr(port: u16) -> SocketAddr {
+/// Where the instance `container` listening on `port` is reached by its
+/// siblings (the elder's health poll and go-ahead), and whether that address
+/// is the instance's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub addr: SocketAddr,
+    /// The address belongs to that container's own network namespace: no
+    /// other process on the host can listen there, so the handover secret
+    /// may travel with the health poll. A loopback port on the host network
+    /// is not one: a handover frees it and anyone can bind it.
+    pub own: bool,
+}
+
+/// Where the instance in `container` is reached on `port`: the one place the
+/// network shows through the protocol. With host networking (or none known)
+/// it is loopback. On a bridge or user-defined network it is the container's
+/// own address there, from the network whose name sorts first among those
+/// that gave it one: the elder's clone joins the same networks, so the elder
+/// is on that network too.
+pub fn instance_addr(container: &ContainerInspectResponse, port: u16) -> Reach {
+    let loopback = Reach {
+        addr: loopback_addr(port),
+        own: false,
+    };
+    let mode = crate::recreate::clone::network_mode(container);
+    if mode == "host" || mode == "none" || mode.starts_with("container:") {
+        return loopback;
+    }
+    let networks = container
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|n| n.iter().collect::<std::collections::BTreeMap<_, _>>())
+        .unwrap_or_default();
+    networks
+        .values()
+        .find_map(|ep| ep.ip_address.as_deref()?.parse::<IpAddr>().ok())
+        .map(|ip| Reach {
+            addr: SocketAddr::new(ip, port),
+            own: true,
+        })
+        .unwrap_or(loopback)
+}
+
+/// An instance's port on this container's own loopback: where the image's
+/// HEALTHCHECK, which runs inside the container, asks.
+pub fn loopback_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)
+}
+
+/// The addresses a request from the host itself arrives from on the
+/// networks of `container`: each network's gateway, the bridge's address
+/// on the host. Docker's proxy for a port published on 127.0.0.1 connects
+/// from there, and so does any process on the host that connects to the
+/// container's address; with host networking there are none (loopback is
+/// the host).
+pub fn host_addresses(container: &ContainerInspectResponse) -> Vec<IpAddr> {
+    let mode = crate::recreate::clone::network_mode(container);
+    if mode == "host" || mode == "none" || mode.starts_with("container:") {
+        return Vec::new();
+    }
+    let mut gateways: Vec<IpAddr> = container
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, ep)| [ep.gateway.as_deref(), ep.ipv6_gateway.as_deref()])
+        .flatten()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    gateways.sort();
+    gateways.dedup();
+    gateways
 }
 
 /// The labels every instance of this service shares, used to find siblings:
@@ -234,6 +305,10 @@ pub struct Orchestrator {
     pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
     /// Where finished upgrades are reported (`notify_urls`), if anywhere.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The addresses the host itself reaches this container from on its
+    /// networks ([`host_addresses`]), learnt once at start-up; until then,
+    /// and with host networking, there are none and loopback alone is local.
+    pub host_addrs: std::sync::OnceLock<Vec<IpAddr>>,
 }
 
 impl Orchestrator {
@@ -262,12 +337,66 @@ impl Orchestrator {
             proxy,
             shared,
             self_id,
-            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"),
+            version: crate::build_version().clone(),
             http,
             live_http,
             control: std::sync::OnceLock::new(),
             swaps: None,
             notifier: None,
+            host_addrs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether `peer` is the host itself: loopback, or the gateway of one of
+    /// this container's networks. Every other address on those networks
+    /// (nginx, the apps, the companion's callers) is the public side.
+    pub fn is_host(&self, peer: IpAddr) -> bool {
+        peer.is_loopback() || self.host_addrs.get().is_some_and(|hosts| hosts.contains(&peer))
+    }
+
+    /// Learns this container's networks' gateways ([`host_addresses`]), once.
+    pub async fn learn_host_addresses(&self) {
+        let Some(me) = &self.self_id else { return };
+        match self.engine.inspect_container(me).await {
+            Ok(container) => {
+                let hosts = host_addresses(&container);
+                if !hosts.is_empty() {
+                    tracing::info!(
+                        ?hosts,
+                        "on a private network: requests from these addresses come from the host"
+                    );
+                }
+                let _ = self.host_addrs.set(hosts);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot inspect this container: only loopback is local"),
+        }
+    }
+
+    /// Leaves every network this container is on, before its listeners
+    /// close: an elder that has lingered out stops being found by the name
+    /// it shares with its successor (a service name, a network alias), so
+    /// that a client looking the name up from then on gets the successor's
+    /// address only, never one that refuses connections. Nothing happens
+    /// with host networking.
+    pub async fn leave_networks(&self) {
+        let Some(me) = &self.self_id else { return };
+        let Ok(container) = self.engine.inspect_container(me).await else {
+            return;
+        };
+        let mode = crate::recreate::clone::network_mode(&container);
+        if mode == "host" || mode == "none" || mode.starts_with("container:") {
+            return;
+        }
+        let networks: Vec<String> = container
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default();
+        for network in networks {
+            match self.engine.disconnect_network(&network, me).await {
+                Ok(()) => tracing::info!(%network, "left the network before draining"),
+                Err(e) => tracing::warn!(%network, error = %e, "could not leave the network"),
+            }
         }
     }
 
@@ -328,6 +457,78 @@ mod tests {
             vec![(GROUP_LABEL.to_string(), "g".to_string())]
         );
         assert!(group_labels(&HashMap::new()).is_empty());
+    }
+
+    fn on_networks(mode: &str, networks: &[(&str, &str, &str)]) -> ContainerInspectResponse {
+        use bollard::models::{EndpointSettings, HostConfig, NetworkSettings};
+        ContainerInspectResponse {
+            host_config: Some(HostConfig {
+                network_mode: Some(mode.into()),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                networks: Some(
+                    networks
+                        .iter()
+                        .map(|(name, ip, gateway)| {
+                            let ep = EndpointSettings {
+                                ip_address: Some(ip.to_string()),
+                                gateway: Some(gateway.to_string()),
+                                ..Default::default()
+                            };
+                            (name.to_string(), ep)
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_on_a_network_is_reached_at_its_own_address_and_on_the_host_network_on_loopback() {
+        let bridged = on_networks(
+            "proj_default",
+            &[
+                ("proj_default", "172.20.0.3", "172.20.0.1"),
+                ("app", "172.21.0.4", "172.21.0.1"),
+            ],
+        );
+        let reach = instance_addr(&bridged, 5801);
+        assert_eq!(
+            reach.addr,
+            "172.21.0.4:5801".parse().unwrap(),
+            "the first network by name"
+        );
+        assert!(reach.own);
+        // Started, not yet given an address (or no networks): loopback, not its own.
+        for container in [
+            on_networks("host", &[("host", "", "")]),
+            on_networks("bridge", &[("bridge", "", "")]),
+            on_networks("container:abc", &[]),
+            ContainerInspectResponse::default(),
+        ] {
+            let reach = instance_addr(&container, 5800);
+            assert_eq!(reach.addr, "127.0.0.1:5800".parse().unwrap());
+            assert!(!reach.own);
+        }
+    }
+
+    #[test]
+    fn the_host_is_each_network_gateway_and_nothing_with_host_networking() {
+        let bridged = on_networks(
+            "proj_default",
+            &[
+                ("proj_default", "172.20.0.3", "172.20.0.1"),
+                ("app", "172.21.0.4", "172.21.0.1"),
+            ],
+        );
+        assert_eq!(
+            host_addresses(&bridged),
+            vec!["172.20.0.1".parse::<IpAddr>().unwrap(), "172.21.0.1".parse().unwrap()]
+        );
+        assert!(host_addresses(&on_networks("host", &[("host", "", "")])).is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, MountType,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 
 /// Compose compares this label with the image id behind the tag: a clone
@@ -162,6 +162,56 @@ fn networking(container: &ContainerInspectResponse, network_mode: &str) -> Optio
     Some(NetworkingConfig {
         endpoints_config: Some(endpoints),
     })
+}
+
+/// Moves what `body` publishes of container port `from` to port `to`, for
+/// a successor that listens on `to` while its elder, still running, holds
+/// `from` and every host port it publishes. A binding of `from` at host port
+/// `from` (`127.0.0.1:5800:5800`) becomes one of `to` at host port `to`, on
+/// the same host address; an ephemeral one stays ephemeral; one at any other
+/// host port is dropped, and with a range (`5800-5801:5800-5801`) the elder
+/// holds both: the successor publishes neither. It is reached at its own
+/// address on the network either way. With
+/// host networking nothing is published, and nothing changes.
+pub fn retarget_port(body: &mut ContainerCreateBody, from: u16, to: u16) {
+    let (old_key, new_key) = (format!("{from}/tcp"), format!("{to}/tcp"));
+    if let Some(exposed) = body.exposed_ports.as_mut()
+        && exposed.contains(&old_key)
+    {
+        exposed.retain(|p| *p != old_key && *p != new_key);
+        exposed.push(new_key.clone());
+    }
+    let Some(bindings) = body.host_config.as_mut().and_then(|h| h.port_bindings.as_mut()) else {
+        return;
+    };
+    let held: HashSet<String> = bindings
+        .values()
+        .flatten()
+        .flatten()
+        .filter_map(|b| b.host_port.clone())
+        .collect();
+    bindings.remove(&new_key);
+    let Some(old) = bindings.remove(&old_key) else {
+        return;
+    };
+    let moved: Vec<PortBinding> = old
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|b| {
+            let host_port = match b.host_port.as_deref().unwrap_or_default() {
+                "" | "0" => String::new(),
+                p if p == from.to_string() && !held.contains(&to.to_string()) => to.to_string(),
+                _ => return None,
+            };
+            Some(PortBinding {
+                host_ip: b.host_ip,
+                host_port: Some(host_port),
+            })
+        })
+        .collect();
+    if !moved.is_empty() {
+        bindings.insert(new_key, Some(moved));
+    }
 }
 
 /// What recreating another container needs beyond the cloning rules:
@@ -576,5 +626,89 @@ mod tests {
         );
         let mut none = ContainerCreateBody::default();
         assert!(split_networks(&mut none).is_empty());
+    }
+
+    fn published(bindings: &[(&str, &[(&str, &str)])]) -> ContainerCreateBody {
+        let map = bindings
+            .iter()
+            .map(|(port, hosts)| {
+                let list = hosts
+                    .iter()
+                    .map(|(ip, hp)| PortBinding {
+                        host_ip: Some(ip.to_string()),
+                        host_port: Some(hp.to_string()),
+                    })
+                    .collect();
+                (port.to_string(), Some(list))
+            })
+            .collect();
+        ContainerCreateBody {
+            exposed_ports: Some(bindings.iter().map(|(p, _)| p.to_string()).collect()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(map),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn bindings_of(body: &ContainerCreateBody) -> Vec<(String, String, String)> {
+        let mut out: Vec<_> = body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.port_bindings.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(port, list)| {
+                list.unwrap_or_default().into_iter().map(move |b| {
+                    (
+                        port.clone(),
+                        b.host_ip.unwrap_or_default(),
+                        b.host_port.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_successor_publishes_the_other_port_where_the_elder_published_its_own() {
+        let mut body = published(&[("5800/tcp", &[("127.0.0.1", "5800")]), ("9000/tcp", &[("", "9000")])]);
+        retarget_port(&mut body, 5800, 5801);
+        assert_eq!(
+            bindings_of(&body),
+            vec![
+                ("5801/tcp".into(), "127.0.0.1".into(), "5801".into()),
+                ("9000/tcp".into(), "".into(), "9000".into()),
+            ]
+        );
+        let mut exposed = body.exposed_ports.unwrap();
+        exposed.sort();
+        assert_eq!(exposed, vec!["5801/tcp", "9000/tcp"]);
+    }
+
+    #[test]
+    fn host_ports_the_elder_holds_are_not_published_again_and_ephemeral_ones_stay_ephemeral() {
+        // A range: the elder holds both host ports.
+        let mut range = published(&[("5800/tcp", &[("", "5800")]), ("5801/tcp", &[("", "5801")])]);
+        retarget_port(&mut range, 5800, 5801);
+        assert!(bindings_of(&range).is_empty());
+        // Another host port than the container's: the elder holds it.
+        let mut other = published(&[("5801/tcp", &[("127.0.0.1", "8800")])]);
+        retarget_port(&mut other, 5801, 5800);
+        assert!(bindings_of(&other).is_empty());
+        let mut ephemeral = published(&[("5800/tcp", &[("127.0.0.1", "")])]);
+        retarget_port(&mut ephemeral, 5800, 5801);
+        assert_eq!(
+            bindings_of(&ephemeral),
+            vec![("5801/tcp".into(), "127.0.0.1".into(), "".into())]
+        );
+        // Host networking publishes nothing: nothing changes.
+        let mut nothing = ContainerCreateBody::default();
+        retarget_port(&mut nothing, 5800, 5801);
+        assert_eq!(nothing.host_config, None);
+        assert_eq!(nothing.exposed_ports, None);
     }
 }

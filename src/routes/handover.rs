@@ -1,21 +1,22 @@
 //! `/handover`: the elder's go-ahead to its successor, and the successor's
-//! progress as the elder polls it. Behind the loopback guard, and the go-ahead
-//! needs the secret the elder gave this instance when it created it.
+//! progress as the elder polls it. Behind the loopback guard, or the secret
+//! the elder gave this instance when it created it (on a private network the
+//! elder calls from its own address); the go-ahead always needs the secret.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::routes::AppState;
-use crate::routes::{guard_loopback, json_error, presents};
+use crate::routes::{guard_handover, json_error, presents};
 use crate::state::{TakeoverPhase, TakeoverStep};
 
 /// `POST /handover`: go ahead and take over.
 pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(r) = guard_loopback(&req) {
+    let settings = &state.orchestrator.settings;
+    if let Err(r) = guard_handover(&req, settings) {
         return r;
     }
-    let settings = &state.orchestrator.settings;
     let Some(expected) = &settings.handover_token else {
         return json_error(StatusCode::CONFLICT, "this instance was not started as a successor");
     };
@@ -47,10 +48,10 @@ pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 /// `GET /handover`: where the takeover is. With an upgrade token configured,
 /// it takes that token or the handover secret (the elder polls with it).
 pub async fn phase(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(r) = guard_loopback(&req) {
+    let settings = &state.orchestrator.settings;
+    if let Err(r) = guard_handover(&req, settings) {
         return r;
     }
-    let settings = &state.orchestrator.settings;
     if let Some(token) = &settings.upgrade_token
         && !presents(&req, token)
         && !settings

@@ -44,7 +44,7 @@ pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 /// container id and its count of public answers and 5xx, with no call to
 /// Docker: what a baking elder reads every 25 ms.
 pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if req.query_string() == "answers" && direct_caller(&req) {
+    if req.query_string() == "answers" && direct_caller(&req, &state.orchestrator.settings) {
         let o = &state.orchestrator;
         let (total, server_errors) = o.shared.metrics.public_answers();
         return HttpResponse::Ok().json(json!({
@@ -57,7 +57,7 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
         .await
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let detail = direct_caller(&req);
+    let detail = direct_caller(&req, &state.orchestrator.settings);
     let proxy = match detail {
         true => Some(proxy_state(&state).await),
         false => None,
@@ -66,14 +66,16 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 }
 
 /// Whether `req` comes from a direct loopback caller, who gets the detail:
-/// one the control guard lets through, or one on the live socket that did
+/// one the control guard lets through, the elder presenting this
+/// successor's handover secret (from its own address on a private
+/// network), or one on the live socket that did
 /// not come through a proxy (the successor confirming that the live socket
 /// reaches it; nginx adds `X-Forwarded-For` to every public request).
-fn direct_caller(req: &HttpRequest) -> bool {
+fn direct_caller(req: &HttpRequest, settings: &crate::config::Settings) -> bool {
     if crate::routes::Listener::of(req) == crate::routes::Listener::Live {
         return !crate::routes::proxied(req);
     }
-    crate::routes::guard_loopback(req).is_ok()
+    crate::routes::guard_handover(req, settings).is_ok()
 }
 
 /// Whether nginx runs. Reported, not judged: this instance is healthy with
@@ -171,7 +173,7 @@ mod tests {
         let (status, body) = answer(direct(), Ok(()));
         assert_eq!(status, 200);
         assert_eq!(body["status"], "ok");
-        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["version"], crate::build_version().to_string());
         assert_eq!(body["port"], 5800);
         assert_eq!(body["container"], "c0ffee");
         assert_eq!(body["proxy"], "running");

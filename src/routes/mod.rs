@@ -125,6 +125,7 @@ pub fn json_error_body<B: MessageBody + 'static>(
 /// not a loopback one, or `Sec-Fetch-Site: cross-site` (or `same-site`, a
 /// sibling subdomain). `curl` sends neither; a page typed into the address
 /// bar sends `Sec-Fetch-Site: none`, which is let through.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn refuse_cross_site(req: &HttpRequest) -> Result<(), HttpResponse> {
     let headers = req.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
@@ -213,6 +214,7 @@ pub fn proxied(req: &HttpRequest) -> bool {
 /// 127.0.0.1 is refused; a direct loopback caller (or one on the control
 /// socket), never one that came through a proxy or the update socket.
 /// Authentication is the caller's next step.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
     refuse_cross_site(req)?;
     if let Some(refused) = Listener::of(req).refuse_control() {
@@ -228,21 +230,58 @@ pub fn guard_loopback(req: &HttpRequest) -> Result<(), HttpResponse> {
             ),
         ));
     }
-    let proxied = proxied(req);
-    // No peer address: the request came over the control socket, whose
-    // directory only root can enter.
-    let loopback = req.peer_addr().is_none_or(|a| a.ip().is_loopback());
-    if proxied || !loopback {
+    if proxied(req) || !from_host(req) {
         return Err(json_error(
             StatusCode::FORBIDDEN,
-            "control endpoints are only reachable from loopback",
+            "control endpoints are only reachable from loopback (on a private network: from the host, through its gateway address)",
         ));
     }
     Ok(())
 }
 
+/// Whether `req` comes from the host itself: no peer address (the control
+/// socket, whose directory only root can enter), loopback, or on a private
+/// network the network's gateway, where the host's connections to a
+/// published port arrive from ([`Orchestrator::is_host`]). The network's
+/// other addresses, nginx's among them, are the public side.
+fn from_host(req: &HttpRequest) -> bool {
+    let Some(peer) = req.peer_addr() else {
+        return true;
+    };
+    match req.app_data::<actix_web::web::Data<AppState>>() {
+        Some(state) => state.orchestrator.is_host(peer.ip()),
+        None => peer.ip().is_loopback(),
+    }
+}
+
+/// `/handover`'s guard: the handover secret, which only the elder that
+/// created this instance holds, stands in for the loopback rule, since on a
+/// private network the elder calls from its own address on the network.
+/// Without it, [`guard_loopback`].
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
+pub fn guard_handover(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
+    if presents_handover_secret(req, settings) {
+        refuse_cross_site(req)?;
+        return match Listener::of(req).refuse_control() {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        };
+    }
+    guard_loopback(req)
+}
+
+/// Whether `req` carries this instance's handover secret (set only on a
+/// successor, by its elder).
+pub fn presents_handover_secret(req: &HttpRequest, settings: &Settings) -> bool {
+    settings
+        .handover_token
+        .as_deref()
+        .is_some_and(|secret| presents(req, secret))
+}
+
 /// [`guard_loopback`], then, when a token is configured, a caller that
 /// presents it.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself, built once per refused request
 pub fn guard_control(req: &HttpRequest, settings: &Settings) -> Result<(), HttpResponse> {
     guard_loopback(req)?;
     if let Some(expected) = &settings.upgrade_token
@@ -309,6 +348,7 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
+    use crate::handover::Orchestrator;
 
     fn loopback(req: TestRequest) -> TestRequest {
         req.peer_addr("127.0.0.1:40000".parse().unwrap())
@@ -403,6 +443,72 @@ mod tests {
             .insert_header(("host", "localhost:5800"))
             .peer_addr("203.0.113.9:40000".parse().unwrap());
         assert_eq!(refused(remote).map(|(s, _)| s), Some(403));
+    }
+
+    /// A request to an instance on a private network whose gateway is
+    /// 172.20.0.1, started as a successor with the handover secret `secret`.
+    fn on_a_network(peer: &str, runtime: &tokio::runtime::Runtime) -> TestRequest {
+        let settings = Settings {
+            handover_token: Some("s3cret-handover-token".into()),
+            ..Settings::default()
+        };
+        let settings = Arc::new(settings);
+        let engine = Arc::new(crate::docker::Engine::new(settings.docker_socket.clone()));
+        let orchestrator = Orchestrator::new(settings, engine, Arc::new(crate::state::Shared::default()), None);
+        orchestrator
+            .host_addrs
+            .set(vec!["172.20.0.1".parse().unwrap()])
+            .unwrap();
+        let state = AppState::new(Arc::new(orchestrator), None, runtime.handle().clone());
+        TestRequest::default()
+            .app_data(actix_web::web::Data::new(state))
+            .insert_header(("host", "localhost:5800"))
+            .peer_addr(format!("{peer}:40000").parse().unwrap())
+    }
+
+    #[test]
+    fn on_a_private_network_the_gateway_is_the_host_and_every_other_address_the_public_side() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // The operator's curl to the port published on the host's 127.0.0.1.
+        assert_eq!(refused(on_a_network("172.20.0.1", &runtime)), None);
+        // nginx, an app, any container on the network: not local, with or without a proxy header.
+        for peer in ["172.20.0.5", "172.20.0.9", "10.0.0.1"] {
+            let (status, body) = refused(on_a_network(peer, &runtime)).expect(peer);
+            assert_eq!(status, 403);
+            assert!(body.contains("only reachable from loopback"), "{body}");
+        }
+        let proxied = on_a_network("172.20.0.1", &runtime).insert_header(("x-forwarded-for", "203.0.113.9"));
+        assert_eq!(refused(proxied).map(|(s, _)| s), Some(403));
+    }
+
+    #[test]
+    fn the_handover_secret_stands_in_for_loopback_on_handover_and_nothing_else() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let settings = Settings {
+            handover_token: Some("s3cret-handover-token".into()),
+            ..Settings::default()
+        };
+        let elder = || on_a_network("172.20.0.3", &runtime);
+        let with_secret = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_handover(&with_secret.to_http_request(), &settings).is_ok());
+        // The control endpoints are not opened by it.
+        let with_secret = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_loopback(&with_secret.to_http_request()).is_err());
+        let wrong = elder().insert_header(("authorization", "Bearer another-token-entirely"));
+        assert_eq!(
+            guard_handover(&wrong.to_http_request(), &settings)
+                .err()
+                .map(|r| r.status().as_u16()),
+            Some(403)
+        );
+        let from_a_page = elder()
+            .insert_header(("authorization", "Bearer s3cret-handover-token"))
+            .insert_header(("sec-fetch-site", "cross-site"));
+        assert!(guard_handover(&from_a_page.to_http_request(), &settings).is_err());
+        // An instance that is no successor has no secret to present.
+        let plain = Settings::default();
+        let any = elder().insert_header(("authorization", "Bearer s3cret-handover-token"));
+        assert!(guard_handover(&any.to_http_request(), &plain).is_err());
     }
 
     #[test]

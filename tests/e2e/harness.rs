@@ -146,10 +146,12 @@ pub struct Suite {
     pub nginx_image: String,
     next_env: AtomicUsize,
     pub http: reqwest::Client,
-    /// selfup 1.1.0 built with the `faults` feature, built by the first test that asks.
+    /// selfup 1.1.0 built with the `faults` feature.
     faults_build: std::sync::OnceLock<Result<String, String>>,
     /// The companion tests' target images, built by the first test that asks.
     companion_images: std::sync::OnceLock<Result<(), String>>,
+    /// Held while `build.sh` runs.
+    building: std::sync::Mutex<()>,
 }
 
 impl Suite {
@@ -186,6 +188,7 @@ impl Suite {
             next_env: AtomicUsize::new(0),
             faults_build: std::sync::OnceLock::new(),
             companion_images: std::sync::OnceLock::new(),
+            building: std::sync::Mutex::new(()),
             // No idle connections kept: ports are reused from test to test, and
             // a pooled connection to a server that is gone fails the next request.
             http: reqwest::Client::builder()
@@ -200,50 +203,53 @@ impl Suite {
             suite.build(version)?;
         }
         suite.build_fault_images()?;
+        // Before any test: its build compiles the library once more (with
+        // the feature), which must not weigh on tests that run meanwhile.
+        if let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
+            return Err(e.clone());
+        }
         Ok(suite)
     }
 
-    /// `build.sh VERSION` in a copy of the tree (build.sh sets the version in
-    /// Cargo.toml), sharing the target directory so only selfup recompiles.
-    /// The copy's path is stable per version, so a second run rebuilds nothing.
+    /// `build.sh VERSION` in this tree, as an operator runs it. The version
+    /// is compiled into the binary alone, so every version after the first
+    /// only relinks it.
     fn build(&self, version: &str) -> Result<(), String> {
-        self.build_from(version, version, "selfup", "")
+        self.build_from(version, "selfup", "")
     }
 
     /// selfup 1.1.0 with the fault switches of `src/faults.rs` compiled in,
-    /// as `selfup-faults:1.1.0`; built once per run, by the first test that
-    /// needs it.
+    /// as `selfup-faults:1.1.0`; built once per run, as the suite starts.
     pub fn faults_image(&self) -> String {
-        let built = self.faults_build.get_or_init(|| {
-            self.build_from("1.1.0-faults", "1.1.0", "selfup-faults", "faults")
-                .map(|()| self.image("selfup-faults", "1.1.0"))
-        });
+        let built = self.faults_build.get_or_init(|| self.build_faults());
         built.clone().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn build_from(&self, tree: &str, version: &str, repository: &str, features: &str) -> Result<(), String> {
+    fn build_faults(&self) -> Result<String, String> {
+        self.build_from("1.1.0", "selfup-faults", "faults")
+            .map(|()| self.image("selfup-faults", "1.1.0"))
+    }
+
+    fn build_from(&self, version: &str, repository: &str, features: &str) -> Result<(), String> {
         let root = repo_root();
-        let tree = root.join("target/e2e-src").join(tree);
-        std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-        let copied = [
-            "Cargo.toml",
-            "Cargo.lock",
-            "build.sh",
-            "src",
-            "docker",
-            "tests",
-            "benches",
-        ];
-        // A file moved or removed in this tree must not live on in the copy;
-        // `cp -p` keeps the times, so cargo rebuilds only what changed.
-        for dir in copied.iter().map(|name| tree.join(name)).filter(|path| path.is_dir()) {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
-        }
-        run(Command::new("cp").arg("-rp").args(copied).arg(&tree).current_dir(&root));
+        // One build at a time: build.sh copies the binary cargo just linked,
+        // at a path every build shares.
+        let _one = self.building.lock().unwrap_or_else(|p| p.into_inner());
         let t = Instant::now();
-        let out = Command::new("./build.sh")
+        let mut build = Command::new("./build.sh");
+        // `cargo test` gives this process its own package's CARGO_* variables
+        // (CARGO_MANIFEST_DIR and the like); an inner cargo that sees them
+        // takes every crate that reads one as changed and rebuilds them all.
+        // The build gets the environment an operator's shell has.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+                build.env_remove(key);
+            }
+        }
+        let out = build
             .arg(version)
-            .current_dir(&tree)
+            .current_dir(&root)
             .env("CARGO_TARGET_DIR", root.join("target"))
             .env("SELFUP_REGISTRY", &self.registry)
             .env("SELFUP_IMAGE", repository)
@@ -386,7 +392,15 @@ impl Suite {
     /// A fresh environment: its own compose project, nginx and ports.
     pub fn env(&self, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
-        Env::new(self, n, extra_env)
+        Env::new(self, n, extra_env, false)
+    }
+
+    /// A fresh environment from `docker/compose.bridge.yml`: selfup and
+    /// nginx on a network of the project's own (labelled, removed on drop),
+    /// the live port and nginx's public port published on the host's loopback.
+    pub fn bridge_env(&self, extra_env: &[(&str, &str)]) -> Env {
+        let n = self.next_env.fetch_add(1, Ordering::SeqCst);
+        Env::new(self, n, extra_env, true)
     }
 
     /// A fresh companion-mode environment, with the target images built.
@@ -470,21 +484,28 @@ pub struct Env {
     pub nginx: String,
     dir: PathBuf,
     compose_files: [PathBuf; 2],
+    /// Variables for docker-compose's environment that this kind of
+    /// environment needs (the bridge file's published ports).
+    vars: Vec<(String, String)>,
     registry: String,
     nginx_image: String,
     pub http: reqwest::Client,
 }
 
 impl Env {
-    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)]) -> Env {
+    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)], bridge: bool) -> Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b, public_port, deploy_port) = (free_port(), free_port(), free_port(), free_port());
-        let nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf"))
-            .unwrap()
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"))
-            .replace("listen 127.0.0.1:8081;", &format!("listen 127.0.0.1:{deploy_port};"));
+        let mut nginx_conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf")).unwrap();
+        // On a bridge network nginx keeps its own port 8080, which compose
+        // publishes at the public port.
+        if !bridge {
+            nginx_conf = nginx_conf
+                .replace("listen 8080;", &format!("listen 127.0.0.1:{public_port};"))
+                .replace("listen 127.0.0.1:8081;", &format!("listen 127.0.0.1:{deploy_port};"));
+        }
         std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
         // The suite's registry asks for no credentials: selfup reads an empty config.
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
@@ -505,13 +526,31 @@ impl Env {
             env.push((k.to_string(), v.to_string()));
         }
         let environment: String = env.iter().map(|(k, v)| format!("      {k}: '{v}'\n")).collect();
+        let networks = match bridge {
+            true => format!(
+                "networks:\n  selfup:\n    labels:\n      selfup.e2e: '{}'\n",
+                suite.run_id
+            ),
+            false => String::new(),
+        };
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n",
+            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n{networks}",
             run = suite.run_id,
             conf = dir.join("nginx.conf").display(),
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
         let repository = format!("t{n}");
+        let (compose_file, vars) = match bridge {
+            true => (
+                "docker/compose.bridge.yml",
+                vec![
+                    ("SELFUP_PORT".to_string(), a.to_string()),
+                    ("SELFUP_PORTS".to_string(), format!("[{a},{b}]")),
+                    ("SELFUP_PUBLIC_PORT".to_string(), format!("127.0.0.1:{public_port}")),
+                ],
+            ),
+            false => ("docker/compose.yml", Vec::new()),
+        };
         Env {
             project,
             repository,
@@ -519,7 +558,8 @@ impl Env {
             public_port,
             deploy_port,
             nginx,
-            compose_files: [repo_root().join("docker/compose.yml"), dir.join("override.yml")],
+            compose_files: [repo_root().join(compose_file), dir.join("override.yml")],
+            vars,
             dir,
             registry: suite.registry.clone(),
             nginx_image: suite.nginx_image.clone(),
@@ -549,6 +589,7 @@ impl Env {
             .env("SELFUP_PUBLIC_DIR", self.dir.join("public"))
             // An empty token file: the registry hook stays off unless a test turns it on.
             .env("SELFUP_HOOK_TOKEN_FILE", self.dir.join("hook_token"))
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .envs(vars.iter().copied());
         run(&mut cmd)
     }
@@ -749,6 +790,21 @@ impl Drop for Env {
         }
         run_quietly(Command::new("docker").args(["rm", "-f", &self.nginx]));
         run_quietly(Command::new("docker").args(["volume", "rm", &format!("{}_data", self.project)]));
+        // The bridge file's network, once its containers are gone.
+        let networks = Command::new("docker")
+            .args([
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for network in networks.split_whitespace() {
+            run_quietly(Command::new("docker").args(["network", "rm", network]));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -1139,6 +1195,240 @@ impl Drop for CompanionEnv {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The companion on an app's private network, from
+/// `docker/compose.companion.yml`: a compose project whose `app` service (a
+/// busybox target image) reaches `selfup-companion` by name, with nothing
+/// published to the host. Its containers (the companion's successors and
+/// the swaps' replacements among them, which keep the compose labels), the
+/// containers a test adds, its network and volumes carry the run's label and
+/// are removed on drop.
+pub struct AppNetEnv {
+    pub suite: Arc<Suite>,
+    pub project: String,
+    /// The repository the companion's own image is released to.
+    pub repository: String,
+    pub key: String,
+    /// The value of `selfup.e2e.test` on containers a test adds.
+    pub test: String,
+    dir: PathBuf,
+}
+
+impl AppNetEnv {
+    /// Releases selfup `version` to a repository of its own and starts the
+    /// project; returns once the companion answers the app by name.
+    pub async fn start(suite: Arc<Suite>, version: &str) -> AppNetEnv {
+        suite.companion_images();
+        let n = suite.next_env.fetch_add(1, Ordering::SeqCst);
+        let project = format!("{PROJECT_PREFIX}{}a{n}", suite.run_id);
+        let dir = std::env::temp_dir().join(&project);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
+        let run = &suite.run_id;
+        let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
+        let override_yml = format!(
+            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
+        );
+        std::fs::write(dir.join("override.yml"), override_yml).unwrap();
+        let env = AppNetEnv {
+            repository: format!("a{n}"),
+            key: format!("e2e-key-{:032x}", random_u128()),
+            test: format!("{run}a{n}"),
+            project,
+            dir,
+            suite,
+        };
+        env.suite.release(&env.repository, version);
+        env.compose(&["up", "-d"]);
+        env.wait_by_name(version).await;
+        env
+    }
+
+    /// docker-compose on the example file plus this test's override.
+    pub fn compose(&self, args: &[&str]) -> String {
+        let suite = &self.suite;
+        run(Command::new("docker-compose")
+            .arg("-f")
+            .arg(repo_root().join("docker/compose.companion.yml"))
+            .arg("-f")
+            .arg(self.dir.join("override.yml"))
+            .args(["-p", &self.project])
+            .args(args)
+            .env("APP_IMAGE", suite.image(APP, "1.0.0"))
+            .env("SELFUP_API_KEY", &self.key)
+            .env("SELFUP_REGISTRY", &suite.registry)
+            .env("SELFUP_IMAGE", &self.repository)
+            .env("SELFUP_ALLOWED_REGISTRIES", format!("[\"{}\"]", suite.registry))
+            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json")))
+    }
+
+    /// The network compose made for the project.
+    pub fn network(&self) -> String {
+        format!("{}_app", self.project)
+    }
+
+    /// The ids of the project's containers of `service`.
+    pub fn containers_of(&self, service: &str) -> Vec<String> {
+        containers_with(
+            &[
+                &format!("label=com.docker.compose.project={}", self.project),
+                &format!("label=com.docker.compose.service={service}"),
+            ],
+            "{{.ID}}",
+        )
+    }
+
+    /// The one running `app` container.
+    pub fn app(&self) -> String {
+        let ids = self.containers_of("app");
+        assert_eq!(ids.len(), 1, "one app container: {ids:?}");
+        ids[0].clone()
+    }
+
+    /// Sends a raw HTTP/1.0 request from the app container to
+    /// `selfup-companion` on port 80, by name (busybox `nc` resolves it
+    /// through Docker's DNS): (status, body), or `None` when no answer came.
+    pub fn ask_from_app(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        self.ask_from_app_as("selfup-companion", method, path, body)
+    }
+
+    /// [`AppNetEnv::ask_from_app`] with another `Host` header.
+    pub fn ask_from_app_as(&self, host: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.key,
+            body.len()
+        );
+        let out = Command::new("docker")
+            .args([
+                "exec",
+                "-i",
+                &self.app(),
+                "/busybox",
+                "nc",
+                "-w",
+                "90",
+                "selfup-companion",
+                "80",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(request.as_bytes())?;
+                child.wait_with_output()
+            })
+            .ok()?;
+        parse_http(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Waits until the companion answers `GET /` by name from the app with `version`.
+    pub async fn wait_by_name(&self, version: &str) {
+        let want = format!("selfup version {version}");
+        eventually(
+            &format!("{want} at http://selfup-companion/ from the app"),
+            Duration::from_secs(60),
+            || async {
+                let (status, body) = self.ask_from_app("GET", "/", None)?;
+                (status == 200 && body.trim() == want).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// `id`'s address on the project's network.
+    pub fn address(&self, id: &str) -> String {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.network()
+        );
+        docker(&["inspect", "-f", &format, id]).trim().to_string()
+    }
+
+    /// A request from the host to the companion `id` on `port` at its address
+    /// on the network, as the operator's curl: `Host: localhost`.
+    pub async fn operator(&self, id: &str, method: reqwest::Method, port: u16, path: &str) -> (u16, Value) {
+        let url = format!("http://{}:{port}{path}", self.address(id));
+        let r = self
+            .suite
+            .http
+            .request(method, &url)
+            .header("host", "localhost")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text })),
+        )
+    }
+
+    /// Every container of the project and of this test, for the log on failure.
+    fn all_containers(&self) -> Vec<String> {
+        let mut ids = containers_with(
+            &[&format!("label=com.docker.compose.project={}", self.project)],
+            "{{.ID}}",
+        );
+        ids.extend(containers_with(
+            &[&format!("label=selfup.e2e.test={}", self.test)],
+            "{{.ID}}",
+        ));
+        ids
+    }
+
+    /// The labels a container a test adds carries, as `docker` arguments.
+    pub fn labels(&self) -> Vec<String> {
+        vec![
+            "--label".into(),
+            format!("{LABEL}={}", self.suite.run_id),
+            "--label".into(),
+            format!("selfup.e2e.test={}", self.test),
+        ]
+    }
+}
+
+impl Drop for AppNetEnv {
+    fn drop(&mut self) {
+        let ids = self.all_containers();
+        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+            for id in &ids {
+                if let Ok(o) = Command::new("docker").args(["logs", "--tail", "40", id]).output() {
+                    eprintln!("--- {id}\n{}", output_text(&o));
+                }
+            }
+        }
+        for id in &ids {
+            run_quietly(Command::new("docker").args(["rm", "-f", "-v", id]));
+        }
+        let project = format!("label=com.docker.compose.project={}", self.project);
+        for kind in ["network", "volume"] {
+            let listed = Command::new("docker")
+                .args([kind, "ls", "-q", "--filter", &project])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for name in listed.split_whitespace() {
+                run_quietly(Command::new("docker").args([kind, "rm", name]));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The status and body of a raw HTTP answer.
+fn parse_http(answer: &str) -> Option<(u16, String)> {
+    let status = answer.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// A number nobody guesses twice in a run, for API keys.

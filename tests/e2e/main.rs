@@ -1,15 +1,17 @@
 //! End-to-end tests on a real Docker Engine, a real registry and a real nginx.
 //!
 //! One binary with its own runner (`harness = false`): the suite builds its
-//! images once, runs each test in turn (a panic fails that test only), and
-//! always tears down what it started. `TEST_LOG=1` shows the containers' logs.
+//! images once, runs the tests two at a time, in their listed order (each in
+//! its own compose project, nginx, ports and repository; a panic fails that
+//! test only), and always tears down what it started. `TEST_LOG=1` shows the containers' logs.
 //!
 //! The runner reads libtest's command line ([`runner::Args`]):
 //! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
 //! NAME, `--skip NAME` leaves some out, `--exact` matches whole names, `--list`
-//! prints the selection, `--fail-fast` stops at the first failure; the other
-//! libtest flags (`--test-threads N`, `--nocapture`, `--quiet`, `--format F`,
-//! ...) are accepted and change nothing, and an unknown flag is an error.
+//! prints the selection, `--fail-fast` stops at the first failure,
+//! `--test-threads N` runs N at once (1: one after the other); the other
+//! libtest flags (`--nocapture`, `--quiet`, `--format F`, ...) are accepted
+//! and change nothing, and an unknown flag is an error.
 //!
 //! A filter or skip that selects no e2e test fails the run before anything is
 //! built, with a message saying so. `cargo test -- NAME` (and
@@ -21,6 +23,7 @@
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
 mod bake;
+mod bridge;
 mod checks;
 mod ci;
 mod companion;
@@ -51,6 +54,16 @@ use std::time::Instant;
 
 use harness::Suite;
 use runner::Args;
+
+/// How many tests run at once unless `--test-threads N` says otherwise: each
+/// has its own compose project, nginx, ports and repository, and most of a
+/// test's time is spent waiting on containers.
+const DEFAULT_JOBS: usize = 2;
+
+/// Tests that run with no other beside them: image retention counts the
+/// images any container on the machine uses, and the other tests' instances
+/// use the suite's images.
+const ALONE: [&str; 1] = ["retention::five_upgrades_leave_three_images_of_the_repository_and_rollback_still_works"];
 
 type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -132,6 +145,9 @@ fn main() -> ExitCode {
         watching::pull_progress_events_carry_growing_byte_counts_for_an_image_with_a_large_layer,
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
+        bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
+        bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
+        bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
@@ -170,7 +186,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    let jobs = args.jobs.unwrap_or(DEFAULT_JOBS);
+    // Tests make blocking calls (docker, docker-compose) from async code; with
+    // several tests at once, spare workers keep the load generators running.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4 + 4 * jobs)
         .enable_all()
         .build()
         .unwrap();
@@ -183,30 +203,14 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "e2e: suite ready in {:.1}s; running {} tests",
+        "e2e: suite ready in {:.1}s; running {} tests, {jobs} at a time",
         started.elapsed().as_secs_f64(),
         selected.len()
     );
-    let (mut passed, mut failed) = (0, Vec::new());
-    for (name, test) in selected {
-        let t = Instant::now();
-        let result = runtime.block_on(runtime.spawn(test(suite.clone())));
-        match result {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                println!("test {name} ... FAILED ({:.1}s): {e}", t.elapsed().as_secs_f64());
-                failed.push(name);
-                if args.fail_fast {
-                    break;
-                }
-            }
-        }
-    }
+    let (passed, failed) = runtime.block_on(run_all(suite.clone(), selected, jobs, args.fail_fast));
     drop(runtime);
     drop(suite);
+    eprintln!("e2e: {:.1}s in all", started.elapsed().as_secs_f64());
     for name in &failed {
         println!("failed: {name}");
     }
@@ -216,4 +220,56 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Runs `selected` in order, `jobs` at a time; prints each result as it
+/// ends. With `fail_fast`, no test starts after a failure.
+async fn run_all(
+    suite: Arc<Suite>,
+    selected: Vec<(&'static str, Test)>,
+    jobs: usize,
+    fail_fast: bool,
+) -> (usize, Vec<&'static str>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut running = tokio::task::JoinSet::new();
+    for (name, test) in selected {
+        // FIFO: tests start in the order they are listed; a test in ALONE
+        // waits for every other to end, and holds every slot.
+        let wanted = if ALONE.contains(&name) { jobs as u32 } else { 1 };
+        let slot = slots
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the semaphore is never closed");
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let (suite, stop) = (suite.clone(), stop.clone());
+        running.spawn(async move {
+            let t = Instant::now();
+            let result = tokio::spawn(test(suite)).await;
+            let took = t.elapsed().as_secs_f64();
+            match &result {
+                Ok(()) => println!("test {name} ... ok ({took:.1}s)"),
+                Err(e) => {
+                    println!("test {name} ... FAILED ({took:.1}s): {e}");
+                    if fail_fast {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+            drop(slot);
+            (name, result.is_ok())
+        });
+    }
+    let (mut passed, mut failed) = (0, Vec::new());
+    while let Some(done) = running.join_next().await {
+        match done {
+            Ok((_, true)) => passed += 1,
+            Ok((name, false)) => failed.push(name),
+            Err(e) => panic!("a test's runner task failed: {e}"),
+        }
+    }
+    (passed, failed)
 }

@@ -21,6 +21,8 @@ pub struct Args {
     pub ignored: bool,
     /// Stop after the first failing test.
     pub fail_fast: bool,
+    /// `--test-threads N`: how many tests run at once.
+    pub jobs: Option<usize>,
     pub help: bool,
 }
 
@@ -35,8 +37,8 @@ const WITH_VALUE: [&str; 7] = [
     "-Z",
 ];
 
-/// libtest's flags that change nothing here: the suite runs its tests one at
-/// a time, prints as it goes and reports its own times.
+/// libtest's flags that change nothing here: the suite prints as it goes and
+/// reports its own times.
 const ACCEPTED: [&str; 13] = [
     "--nocapture",
     "--no-capture",
@@ -59,8 +61,9 @@ pub const USAGE: &str = "usage: e2e [OPTIONS] [FILTERS...]
     --exact          filters and --skip match whole names
     --list           print the selected tests' names
     --fail-fast      stop after the first failure
-    libtest's other flags (--test-threads N, --nocapture, --quiet, --format F, ...)
-    are accepted and change nothing";
+    --test-threads N run N tests at once (default 2)
+    libtest's other flags (--nocapture, --quiet, --format F, ...) are accepted
+    and change nothing";
 
 impl Args {
     /// Parses the arguments after the program name; an unknown flag, or a
@@ -87,6 +90,11 @@ impl Args {
                 };
                 if flag == "--skip" {
                     parsed.skip.push(value);
+                } else if flag == "--test-threads" {
+                    match value.parse::<usize>() {
+                        Ok(n) if n > 0 => parsed.jobs = Some(n),
+                        _ => return Err(format!("--test-threads needs a number above 0, not {value:?}")),
+                    }
                 }
                 continue;
             }
@@ -198,6 +206,13 @@ pub async fn the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_noth
         assert_ne!(code, 0, "{args:?} selected {names:?} and passed");
         assert!(names.is_empty());
         assert!(err.contains("no e2e test matches"), "{args:?}: {err}");
+    }
+
+    // --test-threads sets how many tests run at once: a number above 0.
+    for bad in ["0", "many"] {
+        let (code, _, err) = list(&["--test-threads", bad]);
+        assert_ne!(code, 0, "--test-threads {bad} was accepted");
+        assert!(err.contains("--test-threads needs a number above 0"), "{err}");
     }
 
     // A flag the runner does not know is refused rather than guessed at.
