@@ -12,9 +12,9 @@ use actix_web::http::ConnectionType;
 use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
-use crate::companion::Companion;
 use crate::companion::auth::{ApiKey, KeySource};
 use crate::companion::journal::Swaps;
+use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
 use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
@@ -22,6 +22,7 @@ use crate::handover::Orchestrator;
 use crate::registry::Registry;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
+use crate::watch::containers::ContainerWatch;
 
 /// The largest body `/echo` accepts.
 pub const ECHO_LIMIT: usize = 64 * 1024;
@@ -62,10 +63,15 @@ impl Application {
             shared.set_takeover(TakeoverPhase::WaitingForGo);
         }
         let swaps = open_swaps(&settings);
-        let companion = build_companion(&settings, &engine, &self_id, &swaps)?;
+        let notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
+        let reporting = Reporting {
+            shared: shared.clone(),
+            notifier: notifier.clone(),
+        };
+        let companion = build_companion(&settings, &engine, &self_id, &swaps, reporting)?;
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
-        orchestrator.notifier = crate::notify::Notifier::new(&settings.notify_urls).map(Arc::new);
+        orchestrator.notifier = notifier;
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
@@ -271,25 +277,41 @@ impl Application {
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
-        let watching = self.orchestrator.settings.watch.is_some();
+        let watching = self.orchestrator.settings.watch.is_some() || companion.is_some();
         let learning = orchestrator.clone();
         tokio::spawn(async move { learning.learn_host_addresses().await });
         let background = tokio::spawn(async move {
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
-            if let Some(companion) = companion {
-                companion.recover().await;
-            }
-            if let Some(watch) = crate::watch::Watch::new(orchestrator) {
-                watch.run().await;
-            }
+            let containers = match companion {
+                Some(companion) => {
+                    companion.recover().await;
+                    Some(ContainerWatch::new(companion, orchestrator.shared.clone()))
+                }
+                None => None,
+            };
+            let own = crate::watch::Watch::new(orchestrator);
+            // Both loops end when this instance is asked to stop.
+            tokio::join!(
+                async {
+                    if let Some(watch) = own {
+                        watch.run().await;
+                    }
+                },
+                async {
+                    if let Some(watch) = containers {
+                        watch.run().await;
+                    }
+                },
+            );
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         let served = self.server.await;
         // An elder whose watch started the upgrade: no request holds the
         // drain open, so the watch finishes the upgrade (its successor's stop
-        // signal is its end) and records it before the process ends.
+        // signal is its end) and records it before the process ends; a
+        // container watch gets the same short while for an update under way.
         if watching {
             let _ = tokio::time::timeout(NOTIFY_FLUSH, background).await;
         }
@@ -364,6 +386,7 @@ fn build_companion(
     engine: &Arc<Engine>,
     self_id: &Option<String>,
     swaps: &Option<Arc<Swaps>>,
+    reporting: Reporting,
 ) -> std::io::Result<Option<Arc<Companion>>> {
     if !settings.companion {
         return Ok(None);
@@ -376,6 +399,7 @@ fn build_companion(
         key,
         self_id.clone(),
         swaps.clone(),
+        reporting,
     );
     Ok(Some(Arc::new(companion)))
 }

@@ -195,6 +195,20 @@ impl Engine {
             .map_err(self.err("listing containers labelled", &format!("{labels:?}")))
     }
 
+    /// The running containers that carry the label `key`, whatever its value.
+    pub async fn list_running_with_label(&self, key: &str) -> Result<Vec<ContainerSummary>, DockerError> {
+        let docker = self.client().await?;
+        let options = ListContainersOptions {
+            all: false,
+            filters: Some(HashMap::from([("label".to_string(), vec![key.to_string()])])),
+            ..Default::default()
+        };
+        docker
+            .list_containers(Some(options))
+            .await
+            .map_err(self.err("listing containers labelled", key))
+    }
+
     /// Pulls one tag of an image. The tag is always explicit: without one the
     /// Engine would pull every tag of the repository.
     pub async fn pull(&self, image: &ImageRef, credentials: Option<DockerCredentials>) -> Result<(), DockerError> {

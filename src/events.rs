@@ -7,9 +7,19 @@
 //! under a file lock, so the successor continues the elder's sequence and a
 //! client that reconnects with `Last-Event-ID` resumes where it was. The file
 //! is bounded: past [`MAX_EVENTS`] lines it is cut to the newest half.
+//!
+//! Each instance keeps what it has read of the file in memory ([`Mirror`])
+//! and reads only what another instance appended since: an event (a health
+//! attempt every few milliseconds, while a successor starts) costs a `stat`,
+//! a lock and one write, and a stream's look for new events a `stat`, not a
+//! read and parse of the whole file. The file is append-only between cuts,
+//! and a cut replaces it (a rename), so a longer file holds new lines at the
+//! end and another inode is a new file, read whole.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,9 +49,18 @@ pub enum Event {
         done: u64,
         total: u64,
         layers: u32,
+        /// The container a companion update pulls for; none for the self-upgrade.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
     },
-    /// One answer (or silence) of the successor's `/health`.
-    HealthAttempt { attempt: u32, result: String },
+    /// One answer (or silence) of the successor's `/health`, or one look at
+    /// a companion update's new container (then `container` names the update).
+    HealthAttempt {
+        attempt: u32,
+        result: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
     /// The successor's phase: waiting for the go-ahead, each takeover step, done or failed.
     Takeover { phase: String },
     /// The upgrade is over; `outcome` is `upgraded`, `already_there` or `failed`.
@@ -58,13 +77,25 @@ pub enum Event {
     /// The bake is over: `promoted` (the successor stays) or `rolled_back`
     /// (the elder took the traffic back), and why.
     BakeEnded { outcome: String, reason: String },
-    /// A companion update of another container began.
-    UpdateStarted { container: String },
+    /// A companion update of another container began. `container` is the
+    /// name (or id) as it was asked for: every event of the update carries it.
+    UpdateStarted {
+        container: String,
+        /// The image, or the requirement (`2`, `=1.4.0`, `latest`), asked for.
+        #[serde(default)]
+        requested: String,
+    },
+    /// A companion update's step: resolving, pulling, renaming the old
+    /// container aside, creating, starting, health-checking the new one,
+    /// retiring the old one, or rolling back.
+    UpdateStep { container: String, step: String },
     /// A companion update is over: `updated`, `unchanged`, `failed` or `rolled_back`.
     UpdateFinished {
         container: String,
         outcome: String,
         error: Option<String>,
+        #[serde(default)]
+        duration_ms: u64,
     },
 }
 
@@ -81,13 +112,26 @@ impl Event {
             Event::BakeStarted { .. } => "bake_started",
             Event::BakeEnded { .. } => "bake_ended",
             Event::UpdateStarted { .. } => "update_started",
+            Event::UpdateStep { .. } => "update_step",
             Event::UpdateFinished { .. } => "update_finished",
+        }
+    }
+
+    /// The container of the companion update the event belongs to; `None`
+    /// for the self-upgrade's events.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            Event::UpdateStarted { container, .. }
+            | Event::UpdateStep { container, .. }
+            | Event::UpdateFinished { container, .. } => Some(container),
+            Event::PullProgress { container, .. } | Event::HealthAttempt { container, .. } => container.as_deref(),
+            _ => None,
         }
     }
 
     /// Whether the event belongs to the self-upgrade (not to a companion update).
     pub fn is_upgrade(&self) -> bool {
-        !matches!(self, Event::UpdateStarted { .. } | Event::UpdateFinished { .. })
+        self.container().is_none()
     }
 }
 
@@ -126,10 +170,25 @@ pub async fn marking_start<F: std::future::Future>(
     OWN_START.scope(cell, fut).await
 }
 
+tokio::task_local! {
+    /// Set around a companion update a request streams: every event the
+    /// update emits is also sent here, so the stream holds its own events
+    /// and no other's (a refused second request for the same container
+    /// emits events of that container too).
+    static OWN_EVENTS: tokio::sync::mpsc::UnboundedSender<Record>;
+}
+
+/// Runs `fut` (a companion update) so that every event it emits is also sent to `tx`.
+pub async fn collecting<F: std::future::Future>(tx: tokio::sync::mpsc::UnboundedSender<Record>, fut: F) -> F::Output {
+    OWN_EVENTS.scope(tx, fut).await
+}
+
 /// The log, in memory or in a file of the data directory.
 #[derive(Debug)]
 pub struct EventLog {
     file: Option<PathBuf>,
+    /// What this instance has read of the file.
+    mirror: Mutex<Option<Mirror>>,
     memory: Mutex<VecDeque<Record>>,
     /// The last id this instance emitted or saw in the file: wakes local streams.
     last: watch::Sender<u64>,
@@ -139,9 +198,89 @@ impl Default for EventLog {
     fn default() -> Self {
         EventLog {
             file: None,
+            mirror: Mutex::default(),
             memory: Mutex::default(),
             last: watch::channel(0).0,
         }
+    }
+}
+
+/// The log file as this instance last read it.
+#[derive(Debug)]
+struct Mirror {
+    /// The file, open: while it is, its inode cannot be reused, so a path
+    /// that names another inode was replaced by a cut.
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Bytes read: up to the end of the last whole line.
+    offset: u64,
+    /// The file's length at the last look; more than `offset` when it ends
+    /// in a line torn by a crash (or one being written, for a reader).
+    len: u64,
+    /// The file's records, oldest first, at most [`MAX_EVENTS`].
+    records: VecDeque<Record>,
+}
+
+impl Mirror {
+    /// Opens `path` (read and append, or read only where it may not be
+    /// written), to be read from its start.
+    fn open(path: &Path, create: bool) -> std::io::Result<Mirror> {
+        let file = match OpenOptions::new().create(create).read(true).append(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path)?,
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        Ok(Mirror {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            offset: 0,
+            len: 0,
+            records: VecDeque::new(),
+        })
+    }
+
+    /// Reads what was appended since the last look; a file that is not this
+    /// one any more (or shorter) is read again from its start.
+    fn sync(mirror: &mut Option<Mirror>, path: &Path, create: bool) -> std::io::Result<()> {
+        let current = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                *mirror = None;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let same = matches!((&*mirror, &current), (Some(m), Some(c)) if m.dev == c.dev() && m.ino == c.ino());
+        if !same {
+            *mirror = Some(Mirror::open(path, create)?);
+        }
+        let Some(m) = mirror.as_mut() else { return Ok(()) };
+        let len = m.file.metadata()?.len();
+        if len < m.offset {
+            // Cut in place: nothing does that, but read it whole if it happens.
+            m.offset = 0;
+            m.records.clear();
+        }
+        m.len = len;
+        if len == m.offset {
+            return Ok(());
+        }
+        let mut fresh = Vec::with_capacity((len - m.offset) as usize);
+        (&m.file).seek(SeekFrom::Start(m.offset))?;
+        (&m.file).take(len - m.offset).read_to_end(&mut fresh)?;
+        let Some(end) = fresh.iter().rposition(|b| *b == b'\n') else {
+            return Ok(());
+        };
+        m.records.extend(parse(&fresh[..end]));
+        m.offset += end as u64 + 1;
+        while m.records.len() > MAX_EVENTS {
+            m.records.pop_front();
+        }
+        Ok(())
     }
 }
 
@@ -161,6 +300,10 @@ impl EventLog {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Option<Mirror>> {
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends `event` with the next id and wakes the streams; returns the id.
     /// A log file that cannot be written is logged, and the event kept in memory.
     pub fn emit(&self, event: Event) -> u64 {
@@ -171,7 +314,11 @@ impl EventLog {
             version: crate::build_version().to_string(),
             event,
         };
-        let id = match self.file.as_deref().map(|path| append(path, &mut record)) {
+        let id = match self
+            .file
+            .as_deref()
+            .map(|path| append(path, &mut self.mirror(), &mut record))
+        {
             Some(Ok(id)) => id,
             other => {
                 if let Some(Err(e)) = other {
@@ -192,6 +339,7 @@ impl EventLog {
         if started {
             let _ = OWN_START.try_with(|cell| cell.set(id));
         }
+        let _ = OWN_EVENTS.try_with(|tx| tx.send(record.clone()).is_ok());
         self.last.send_replace(id);
         id
     }
@@ -199,11 +347,19 @@ impl EventLog {
     /// The events after `id`, oldest first: all that are kept when `id` is
     /// older than the oldest.
     pub fn after(&self, id: u64) -> Vec<Record> {
-        let mut found: Vec<Record> = match self.file.as_deref().map(read_all) {
-            Some(Ok(records)) => records,
-            _ => Vec::new(),
-        };
-        found.extend(self.memory().iter().cloned());
+        let mut found: Vec<Record> = Vec::new();
+        if let Some(path) = self.file.as_deref() {
+            let mut mirror = self.mirror();
+            match Mirror::sync(&mut mirror, path, false) {
+                Ok(()) => {
+                    let records = mirror.iter().flat_map(|m| m.records.iter());
+                    found.extend(records.filter(|r| r.id > id).cloned());
+                }
+                Err(e) => tracing::debug!(error = %e, "the event log file cannot be read"),
+            }
+        }
+        let memory = self.memory();
+        found.extend(memory.iter().filter(|r| r.id > id).cloned());
         found.retain(|r| r.id > id);
         found.sort_by_key(|r| r.id);
         found.dedup_by_key(|r| r.id);
@@ -224,58 +380,51 @@ impl EventLog {
 
 /// Appends under the file lock, with the id after the file's last one; cuts
 /// the file to the newest half past [`MAX_EVENTS`].
-fn append(path: &Path, record: &mut Record) -> std::io::Result<u64> {
-    let lock = std::fs::OpenOptions::new()
+fn append(path: &Path, mirror: &mut Option<Mirror>, record: &mut Record) -> std::io::Result<u64> {
+    let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path.with_extension("lock"))?;
     lock.lock()?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
-    let mut text = String::new();
-    file.seek(SeekFrom::Start(0))?;
-    file.read_to_string(&mut text)?;
-    let records = parse(&text);
-    record.id = records.last().map_or(0, |r| r.id) + 1;
+    Mirror::sync(mirror, path, true)?;
+    let m = mirror
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("the event log file vanished"))?;
+    record.id = m.records.back().map_or(0, |r| r.id) + 1;
     let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
-    if records.len() + 1 > MAX_EVENTS {
-        let mut kept: String = records[records.len() + 1 - MAX_EVENTS / 2..]
+    if m.records.len() + 1 > MAX_EVENTS {
+        let mut kept: String = m
+            .records
             .iter()
+            .skip(m.records.len() + 1 - MAX_EVENTS / 2)
             .filter_map(|r| serde_json::to_string(r).ok())
             .map(|l| l + "\n")
             .collect();
         kept.push_str(&line);
         kept.push('\n');
         crate::atomic::write_atomically(path, &kept)?;
+        // Another file now: the next look reads it whole.
+        *mirror = None;
     } else {
         // A line torn by a crash is ended first, and skipped by readers.
-        let sep = if text.is_empty() || text.ends_with('\n') {
-            ""
-        } else {
-            "\n"
-        };
-        file.write_all(format!("{sep}{line}\n").as_bytes())?;
+        let sep = if m.len > m.offset { "\n" } else { "" };
+        let text = format!("{sep}{line}\n");
+        (&m.file).write_all(text.as_bytes())?;
+        m.offset = m.len + text.len() as u64;
+        m.len = m.offset;
+        m.records.push_back(record.clone());
     }
     drop(lock);
     Ok(record.id)
 }
 
-fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(parse(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
 /// The records of a log file; a line that does not parse (torn, or from an
 /// unknown version) is skipped.
-fn parse(text: &str) -> Vec<Record> {
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+fn parse(text: &[u8]) -> Vec<Record> {
+    text.split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -363,6 +512,8 @@ pub struct Attempts<'a> {
     log: &'a EventLog,
     attempt: u32,
     last_report: Option<Instant>,
+    /// The companion update's container, for its new container's checks.
+    container: Option<String>,
 }
 
 impl<'a> Attempts<'a> {
@@ -371,6 +522,15 @@ impl<'a> Attempts<'a> {
             log,
             attempt: 0,
             last_report: None,
+            container: None,
+        }
+    }
+
+    /// The checks of a companion update's new container, under the name the update was asked for.
+    pub fn for_container(log: &'a EventLog, container: &str) -> Self {
+        Attempts {
+            container: Some(container.to_string()),
+            ..Attempts::new(log)
         }
     }
 
@@ -382,6 +542,7 @@ impl<'a> Attempts<'a> {
             self.log.emit(Event::HealthAttempt {
                 attempt: self.attempt,
                 result: result.to_string(),
+                container: self.container.clone(),
             });
         }
     }
@@ -439,10 +600,12 @@ mod tests {
                 done: 5,
                 total: 9,
                 layers: 2,
+                container: None,
             },
             Event::HealthAttempt {
                 attempt: 3,
                 result: "/health answered 503".into(),
+                container: None,
             },
             Event::Takeover { phase: "done".into() },
             Event::UpgradeFinished {
@@ -454,11 +617,29 @@ mod tests {
             },
             Event::UpdateStarted {
                 container: "app".into(),
+                requested: "2".into(),
+            },
+            Event::UpdateStep {
+                container: "app".into(),
+                step: "pulling".into(),
+            },
+            Event::PullProgress {
+                image: "r/app:2.0.0".into(),
+                done: 1,
+                total: 2,
+                layers: 1,
+                container: Some("app".into()),
+            },
+            Event::HealthAttempt {
+                attempt: 1,
+                result: "healthy".into(),
+                container: Some("app".into()),
             },
             Event::UpdateFinished {
                 container: "app".into(),
                 outcome: "rolled_back".into(),
                 error: None,
+                duration_ms: 1200,
             },
         ];
         for event in &all {
@@ -519,6 +700,112 @@ mod tests {
         ids.sort();
         assert_eq!(ids, (1..=200).collect::<Vec<_>>());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_instances_taking_turns_across_cuts_keep_one_sequence() {
+        let dir = dir("turns");
+        let elder = EventLog::in_dir(&dir);
+        let successor = EventLog::in_dir(&dir);
+        // Past the bound three times: each cut replaces the file under the other.
+        let n = MAX_EVENTS as u64 * 3 + 7;
+        for i in 1..=n {
+            let log = if i % 3 == 0 { &elder } else { &successor };
+            assert_eq!(log.emit(step("t")), i);
+        }
+        for log in [&elder, &successor] {
+            let kept: Vec<u64> = log.after(0).iter().map(|r| r.id).collect();
+            assert_eq!(kept.last(), Some(&n));
+            assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+            assert!(kept.len() <= MAX_EVENTS, "{}", kept.len());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_being_written_is_read_once_it_is_whole() {
+        let dir = dir("partial");
+        let reader = EventLog::in_dir(&dir);
+        let writer = EventLog::in_dir(&dir);
+        writer.emit(step("a"));
+        assert_eq!(reader.after(0).len(), 1);
+        let record = Record {
+            id: 2,
+            time_ms: 1,
+            version: "1.0.0".into(),
+            event: step("b"),
+        };
+        let line = serde_json::to_string(&record).unwrap() + "\n";
+        let (head, tail) = line.split_at(line.len() / 2);
+        let path = dir.join("events.jsonl");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(head.as_bytes()).unwrap();
+        assert_eq!(reader.after(1), vec![], "half a line is not an event yet");
+        f.write_all(tail.as_bytes()).unwrap();
+        assert_eq!(reader.after(1), vec![record]);
+        assert_eq!(writer.emit(step("c")), 3);
+        assert_eq!(reader.after(2).len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_written_before_companion_updates_had_their_steps_still_read() {
+        let old = [
+            r#"{"id":1,"time_ms":1,"version":"1.0.0","type":"update_started","container":"app"}"#,
+            r#"{"id":2,"time_ms":2,"version":"1.0.0","type":"health_attempt","attempt":1,"result":"ok"}"#,
+            r#"{"id":3,"time_ms":3,"version":"1.0.0","type":"update_finished","container":"app","outcome":"updated","error":null}"#,
+        ];
+        let records = parse(old.join("\n").as_bytes());
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].event.container(), Some("app"));
+        assert!(
+            records[1].event.is_upgrade(),
+            "a health attempt without a container is the upgrade's"
+        );
+        assert!(matches!(
+            &records[2].event,
+            Event::UpdateFinished { duration_ms: 0, .. }
+        ));
+        let companion = Event::PullProgress {
+            image: "r/app:2".into(),
+            done: 1,
+            total: 1,
+            layers: 1,
+            container: Some("app".into()),
+        };
+        assert!(!companion.is_upgrade());
+        let upgrade = serde_json::to_value(Event::HealthAttempt {
+            attempt: 1,
+            result: "ok".into(),
+            container: None,
+        })
+        .unwrap();
+        assert!(upgrade.get("container").is_none(), "{upgrade}");
+    }
+
+    #[tokio::test]
+    async fn the_events_of_a_collected_update_are_sent_to_its_stream_and_no_others() {
+        let log = EventLog::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        log.emit(step("before"));
+        collecting(tx, async {
+            log.emit(Event::UpdateStarted {
+                container: "app".into(),
+                requested: "2".into(),
+            });
+            tokio::task::yield_now().await;
+            log.emit(Event::UpdateStep {
+                container: "app".into(),
+                step: "pulling".into(),
+            });
+        })
+        .await;
+        log.emit(step("after"));
+        let mut ids = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            ids.push(r.id);
+        }
+        assert_eq!(ids, vec![2, 3]);
     }
 
     #[test]

@@ -39,7 +39,9 @@
 //!
 //! - [`watch`]: the watch policy: the live instance checks the registry
 //!   every interval (and when the registry hook says a tag was pushed), and
-//!   upgrades through the same lock and path as a request.
+//!   upgrades through the same lock and path as a request; in companion
+//!   mode, containers labelled `selfup.watch` follow a policy of their own
+//!   through the same path as `/update/<container>/<req>`.
 //! - [`notify`]: a JSON POST for every finished upgrade, rollback or
 //!   companion update, in the background, with retries.
 //!

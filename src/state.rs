@@ -272,6 +272,13 @@ pub struct Shared {
     /// Wakes the watch policy for a look at the registry now (the registry
     /// hook); several wakes before it looks are one look.
     pub check_now: Notify,
+    /// Wakes the watch of companion containers (their `selfup.watch`
+    /// label) for a look now, at the containers of the repositories in
+    /// `pushed`: the registry hook said tags of them were pushed.
+    pub check_containers: Notify,
+    /// The repositories (as the registry names them, without its host) the
+    /// registry hook said were pushed since the container watch last looked.
+    pub pushed: Mutex<std::collections::HashSet<String>>,
     /// Every step of every upgrade and update, for `/events` (in the data directory when there is one).
     pub events: crate::events::EventLog,
     /// What `/metrics` exports.
@@ -294,6 +301,8 @@ impl Default for Shared {
             shutdown: watch::channel(false).0,
             lingering: Default::default(),
             check_now: Notify::new(),
+            check_containers: Notify::new(),
+            pushed: Mutex::default(),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::default(),
             bake_asked: Notify::new(),

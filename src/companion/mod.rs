@@ -34,13 +34,16 @@ use tokio::time::{Instant, sleep};
 
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
+use crate::events::{Attempts, Event, EventLog};
 use crate::image_ref::{ImageRef, ImageRefError};
+use crate::notify::Notifier;
 use crate::recreate::clone::{self, COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::resolve::{self, Go, ResolveError};
 use crate::recreate::version::{self, Requirement, RequirementError};
 use crate::recreate::watch;
 use crate::registry::Registry;
 use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
+use crate::state::Shared;
 use admission::Slot;
 use auth::ApiKey;
 use journal::{Phase, Resolution, Seen, SwapRecord, Swaps};
@@ -175,6 +178,109 @@ pub struct Companion {
     running: Mutex<HashSet<String>>,
     /// The swaps of every instance that shares the data directory, if there is one.
     swaps: Option<Arc<Swaps>>,
+    /// The event log every step goes to, and the metrics every finished update counts in.
+    shared: Arc<Shared>,
+    /// Where finished updates are reported (`notify_urls`), if anywhere.
+    notifier: Option<Arc<Notifier>>,
+}
+
+/// The steps of a companion update, in the order they run, as the event
+/// log names them (`update_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Admission, credentials, and the tag a requirement picks.
+    Resolving,
+    Pulling,
+    /// Stop-first placement: the old container stops before the new one exists.
+    StoppingTheOld,
+    /// The switch of the name: the old container gives it up.
+    RenamingAside,
+    Creating,
+    Starting,
+    /// Watching the new container until it is up (each look is a `health_attempt`).
+    HealthChecking,
+    /// The new container is up: the old one is stopped (unless it was
+    /// already, stop-first) and removed.
+    Retiring {
+        stopped: bool,
+    },
+    /// The new container did not come up: it is removed and the old one restored.
+    RollingBack,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Resolving => "resolving",
+            Step::Pulling => "pulling",
+            Step::StoppingTheOld => "stopping the old container",
+            Step::RenamingAside => "renaming the old container aside",
+            Step::Creating => "creating the new container",
+            Step::Starting => "starting the new container",
+            Step::HealthChecking => "health-checking the new container",
+            Step::Retiring { stopped: false } => "stopping and removing the old container",
+            Step::Retiring { stopped: true } => "removing the old container",
+            Step::RollingBack => "rolling back",
+        })
+    }
+}
+
+/// Where one update's steps go: the event log, under the container as the
+/// update was asked for, so that every event of it names the same one.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    log: &'a EventLog,
+    container: &'a str,
+}
+
+impl<'a> Progress<'a> {
+    pub fn new(log: &'a EventLog, container: &'a str) -> Self {
+        Progress { log, container }
+    }
+
+    /// The update is at `step`.
+    pub fn step(&self, step: Step) {
+        tracing::debug!(container = self.container, %step, "update");
+        self.log.emit(Event::UpdateStep {
+            container: self.container.to_string(),
+            step: step.to_string(),
+        });
+    }
+
+    /// The reporter of the new container's looks.
+    pub fn attempts(&self) -> Attempts<'a> {
+        Attempts::for_container(self.log, self.container)
+    }
+}
+
+/// How a finished update is counted and named in its `update_finished`
+/// event, with its error: `updated`, `unchanged`, `rolled_back` (the new
+/// container failed and the old one runs again) or `failed`.
+pub fn outcome_of(result: &Result<UpdateOutcome, UpdateError>) -> (&'static str, Option<String>) {
+    match result {
+        Ok(UpdateOutcome::Updated { .. }) => ("updated", None),
+        Ok(UpdateOutcome::Unchanged { .. }) => ("unchanged", None),
+        Err(e @ UpdateError::Failed { restored: Ok(()), .. }) => ("rolled_back", Some(e.to_string())),
+        Err(e) => ("failed", Some(e.to_string())),
+    }
+}
+
+/// What the registry offers a watched container, beside what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The container's name.
+    pub container: String,
+    /// The version it runs: its tag's, else its image's label, if either says.
+    pub running: Option<semver::Version>,
+    /// The tag the requirement picks.
+    pub image: String,
+    /// That tag's version: its name's for a semver requirement (as
+    /// `/update/<container>/<req>` reads it), its image's label for `latest`.
+    pub version: Option<semver::Version>,
+    /// The registry's digest of the tag.
+    pub digest: String,
+    /// When its image was built, seconds since the epoch, if its config says.
+    pub created: Option<u64>,
 }
 
 /// The container's name without Docker's leading slash.
@@ -191,6 +297,14 @@ fn short(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
+/// What a companion stands on beside the Engine and the registry: where
+/// its events, metrics and notifications go.
+#[derive(Debug)]
+pub struct Reporting {
+    pub shared: Arc<Shared>,
+    pub notifier: Option<Arc<Notifier>>,
+}
+
 impl Companion {
     pub fn new(
         settings: Arc<Settings>,
@@ -199,6 +313,7 @@ impl Companion {
         key: ApiKey,
         self_id: Option<String>,
         swaps: Option<Arc<Swaps>>,
+        reporting: Reporting,
     ) -> Companion {
         Companion {
             settings,
@@ -209,7 +324,24 @@ impl Companion {
             self_id,
             running: Mutex::default(),
             swaps,
+            shared: reporting.shared,
+            notifier: reporting.notifier,
         }
+    }
+
+    /// The settings this companion runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The Engine this companion updates containers on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Where finished updates are reported, if anywhere.
+    pub fn notifier(&self) -> Option<&Notifier> {
+        self.notifier.as_deref()
     }
 
     /// Whether an `Authorization` header value carries the API key.
@@ -221,9 +353,86 @@ impl Companion {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `POST /update`: recreates `container` from `image`.
+    /// `POST /update`: recreates `container` from `image`. Every step goes
+    /// to the event log; the end is counted in the metrics and reported to
+    /// `notify_urls`.
     #[tracing::instrument(skip(self))]
     pub async fn update(&self, container: &str, image: &str) -> Result<UpdateOutcome, UpdateError> {
+        let progress = Progress::new(&self.shared.events, container);
+        self.reported(&progress, image, self.run_update(&progress, container, image))
+            .await
+    }
+
+    /// `POST /update/<container>/<req>`: recreates `container` from the
+    /// highest tag of its own repository that matches `requirement`;
+    /// reported as [`Companion::update`] is.
+    #[tracing::instrument(skip(self, requirement), fields(requirement = %requirement))]
+    pub async fn update_to(&self, container: &str, requirement: Requirement) -> Result<UpdateOutcome, UpdateError> {
+        let progress = Progress::new(&self.shared.events, container);
+        let asked = requirement.to_string();
+        self.reported(&progress, &asked, self.run_update_to(&progress, container, requirement))
+            .await
+    }
+
+    /// Emits the start and the end of an update around `work`, counts it,
+    /// and reports it to `notify_urls`.
+    async fn reported(
+        &self,
+        progress: &Progress<'_>,
+        requested: &str,
+        work: impl std::future::Future<Output = Result<UpdateOutcome, UpdateError>>,
+    ) -> Result<UpdateOutcome, UpdateError> {
+        let started = std::time::Instant::now();
+        progress.log.emit(Event::UpdateStarted {
+            container: progress.container.to_string(),
+            requested: requested.to_string(),
+        });
+        let result = work.await;
+        let (outcome, error) = outcome_of(&result);
+        self.shared.metrics.update_finished(outcome);
+        progress.log.emit(Event::UpdateFinished {
+            container: progress.container.to_string(),
+            outcome: outcome.to_string(),
+            error,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        self.notify(progress.container, requested, started, &result);
+        result
+    }
+
+    /// Reports a finished update to `notify_urls`, in the background.
+    fn notify(
+        &self,
+        container: &str,
+        asked: &str,
+        started: std::time::Instant,
+        result: &Result<UpdateOutcome, UpdateError>,
+    ) {
+        use crate::notify::Event;
+        let Some(notifier) = &self.notifier else { return };
+        let elapsed = started.elapsed().as_millis();
+        let event = match result {
+            Ok(UpdateOutcome::Updated {
+                old_image,
+                new_image,
+                duration_ms,
+                ..
+            }) => Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
+            Ok(UpdateOutcome::Unchanged { image, .. }) => {
+                Event::new("update", "unchanged", image, Some(image), elapsed, None)
+            }
+            Err(e) => Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
+        };
+        notifier.send(event.for_container(container));
+    }
+
+    async fn run_update(
+        &self,
+        progress: &Progress<'_>,
+        container: &str,
+        image: &str,
+    ) -> Result<UpdateOutcome, UpdateError> {
+        progress.step(Step::Resolving);
         let image = ImageRef::parse(image)?;
         self.check_registry(image.registry_host())?;
         self.not_busy(container)?;
@@ -231,16 +440,12 @@ impl Companion {
         let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(image.registry_host()).await?;
-        self.replace(old, image, auth, &mut slot).await
+        self.replace(progress, old, image, auth, &mut slot).await
     }
 
-    /// `POST /update/<container>/<req>`: recreates `container` from the
-    /// highest tag of its own repository that matches `requirement`.
-    #[tracing::instrument(skip(self, requirement), fields(requirement = %requirement))]
-    pub async fn update_to(&self, container: &str, requirement: Requirement) -> Result<UpdateOutcome, UpdateError> {
-        self.not_busy(container)?;
-        let old = self.target(container).await?;
-        let name = name_of(&old);
+    /// The repository:tag reference `old` runs, which a requirement is resolved in.
+    fn current_image(old: &ContainerInspectResponse) -> Result<(String, ImageRef), UpdateError> {
+        let name = name_of(old);
         let reference = old.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
         let current = ImageRef::parse(&reference).map_err(|e| UpdateError::NotATag {
             container: name.clone(),
@@ -254,6 +459,20 @@ impl Companion {
                 reason: "it is an image id".into(),
             });
         }
+        Ok((reference, current))
+    }
+
+    async fn run_update_to(
+        &self,
+        progress: &Progress<'_>,
+        container: &str,
+        requirement: Requirement,
+    ) -> Result<UpdateOutcome, UpdateError> {
+        progress.step(Step::Resolving);
+        self.not_busy(container)?;
+        let old = self.target(container).await?;
+        let name = name_of(&old);
+        let (reference, current) = Self::current_image(&old)?;
         let host = current.registry_host().to_string();
         self.check_registry(&host)?;
         let mut slot = self.take_slot(&old).await?;
@@ -270,7 +489,45 @@ impl Companion {
                 image_id: old.image.clone().unwrap_or_default(),
             });
         }
-        self.replace(old, image, auth, &mut slot).await
+        self.replace(progress, old, image, auth, &mut slot).await
+    }
+
+    /// What the registry offers `container` under `requirement`, and what it
+    /// runs, by the admission rules of an update (labelled, running, not this
+    /// companion, from an allowed registry); nothing is pulled or locked.
+    pub async fn offer(&self, container: &str, requirement: &Requirement) -> Result<Offer, UpdateError> {
+        let old = self.target(container).await?;
+        let name = name_of(&old);
+        let (_, current) = Self::current_image(&old)?;
+        let host = current.registry_host().to_string();
+        self.check_registry(&host)?;
+        let auth = self.credentials(&host).await?;
+        let (image, tag_version) = resolve::pick(&self.registry, &current, requirement, auth.as_ref()).await?;
+        let registry_error = |source| ResolveError::Registry {
+            requirement: requirement.to_string(),
+            repository: current.repository(),
+            source,
+        };
+        let remote = self
+            .registry
+            .remote_image(image.registry_host(), &image.path, &image.tag, auth.as_ref())
+            .await
+            .map_err(registry_error)?
+            .ok_or_else(|| {
+                registry_error(crate::registry::RegistryError::Status {
+                    url: image.to_string(),
+                    status: 404,
+                })
+            })?;
+        let version = tag_version.or_else(|| remote.version.as_deref().and_then(|v| semver::Version::parse(v).ok()));
+        Ok(Offer {
+            running: self.running_version(&old, &current).await,
+            container: name,
+            image: image.to_string(),
+            version,
+            digest: remote.digest,
+            created: remote.created,
+        })
     }
 
     async fn credentials(&self, host: &str) -> Result<Option<RegistryAuth>, UpdateError> {
@@ -298,6 +555,7 @@ impl Companion {
     /// Pulls `image` and swaps the new container in for `old`.
     async fn replace(
         &self,
+        progress: &Progress<'_>,
         old: ContainerInspectResponse,
         image: ImageRef,
         auth: Option<RegistryAuth>,
@@ -310,7 +568,16 @@ impl Companion {
         let old_image_id = old.image.clone().unwrap_or_default();
 
         tracing::info!(container = %name, image = %image, "pulling");
-        let pulled = resolve::pull(&self.engine, &image, auth.as_ref().map(RegistryAuth::docker)).await?;
+        progress.step(Step::Pulling);
+        let credentials = auth.as_ref().map(RegistryAuth::docker);
+        let pulled = resolve::pull_reporting(
+            &self.engine,
+            &image,
+            credentials,
+            progress.log,
+            Some(progress.container),
+        )
+        .await?;
         let new_image_id = pulled.id.unwrap_or_default();
         if new_image_id == old_image_id {
             return Ok(UpdateOutcome::Unchanged {
@@ -367,6 +634,7 @@ impl Companion {
             settle: self.settings.update_settle(),
             bake: Duration::from_secs(self.settings.update_bake_secs),
             stopped_old: false,
+            progress: Some(progress),
             journal: slot.claim.as_ref().map(|claim| {
                 (
                     claim,
@@ -391,6 +659,7 @@ impl Companion {
                     Some(id) => watch::log_tail(&self.engine, id).await,
                     None => String::new(),
                 };
+                progress.step(Step::RollingBack);
                 let restored = swap.roll_back(new_id.as_deref()).await;
                 match &restored {
                     Ok(()) => tracing::warn!(container = %name, %reason, "update failed; the old container runs again"),
@@ -412,6 +681,9 @@ impl Companion {
             }
         };
 
+        progress.step(Step::Retiring {
+            stopped: swap.stopped_old,
+        });
         let warning = swap.retire(&old).await.err();
         match &warning {
             Some(w) => tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays"),
@@ -516,6 +788,7 @@ impl Companion {
             settle: self.settings.update_settle(),
             bake: Duration::ZERO,
             stopped_old: record.stop_first,
+            progress: None,
             journal: None,
         };
         match journal::resolve(record.phase, old_seen, new_seen) {

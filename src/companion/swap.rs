@@ -11,6 +11,7 @@ use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSet
 use super::journal::{Claim, Phase, Seen, SwapRecord};
 use super::name_of;
 use super::placement::{self, Placement};
+use super::{Progress, Step};
 use crate::docker::{DockerError, Engine};
 use crate::recreate::watch::{self, StopFailed, WaitError, Watcher};
 
@@ -75,6 +76,8 @@ pub struct Swap<'a> {
     pub bake: Duration,
     /// Whether the old container was stopped (stop-first), so a rollback starts it.
     pub stopped_old: bool,
+    /// Where the update's steps go; none when a start resolves a half-done swap.
+    pub progress: Option<&'a Progress<'a>>,
     /// The claim across instances and the journal written under it, with a data directory.
     pub journal: Option<(&'a Claim, SwapRecord)>,
 }
@@ -98,6 +101,13 @@ impl Swap<'_> {
         crate::faults::swap_exit(self.name, phase);
     }
 
+    /// Says in the event log that the swap is at `step`, as it begins.
+    fn step(&self, step: Step) {
+        if let Some(progress) = self.progress {
+            progress.step(step);
+        }
+    }
+
     /// Renames the old container aside, creates, connects and starts the new
     /// one under its name, and watches it. Fails with the step and, once it
     /// exists, the new container's id.
@@ -110,17 +120,20 @@ impl Swap<'_> {
         let before = |reason| SwapFailure { reason, new_id: None };
         self.note(Phase::Planned, None);
         if let Placement::StopFirst(_) = placement {
+            self.step(Step::StoppingTheOld);
             self.engine
                 .stop_container(self.old_id, placement::stop_timeout(old))
                 .await
                 .map_err(|e| before(SwapError::StopOld(e)))?;
             self.stopped_old = true;
         }
+        self.step(Step::RenamingAside);
         self.engine
             .rename_container(self.old_id, self.aside)
             .await
             .map_err(|e| before(SwapError::RenameAside(e)))?;
         self.note(Phase::Aside, None);
+        self.step(Step::Creating);
         let new_id = self
             .engine
             .create_container(self.name, new.body)
@@ -136,6 +149,7 @@ impl Swap<'_> {
             reason,
             new_id: Some(new_id.clone()),
         };
+        self.step(Step::Starting);
         for (network, endpoint) in new.later_networks {
             self.engine
                 .connect_network(&network, &new_id, endpoint)
@@ -147,6 +161,7 @@ impl Swap<'_> {
             .await
             .map_err(|e| fail(SwapError::Start(e)))?;
         self.note(Phase::Started, None);
+        self.step(Step::HealthChecking);
         self.until_up(&new_id).await.map_err(|e| fail(SwapError::NotUp(e)))?;
         if *placement == Placement::Beside && !self.bake.is_zero() {
             self.bake(&new_id).await.map_err(|e| fail(SwapError::NotUp(e)))?;
@@ -162,10 +177,18 @@ impl Swap<'_> {
     }
 
     /// Watches a new container until it is up, fails, or the deadline passes.
+    /// Each look is a `health_attempt` event of the update, when it has a progress.
     async fn until_up(&self, id: &str) -> Result<(), WaitError> {
-        Watcher::new(self.engine, id, self.deadline, POLL)
-            .until_up(self.settle)
-            .await
+        let watcher = Watcher::new(self.engine, id, self.deadline, POLL);
+        match self.progress {
+            Some(progress) => {
+                let mut attempts = progress.attempts();
+                watcher
+                    .until_up_observed(self.settle, |result, last| attempts.report(result, last))
+                    .await
+            }
+            None => watcher.until_up(self.settle).await,
+        }
     }
 
     /// Watches a new container that is up for the bake, the old one

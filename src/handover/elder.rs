@@ -182,7 +182,7 @@ impl Orchestrator {
                     Some(local) => local,
                     None => {
                         let credentials = auth.as_ref().map(RegistryAuth::docker);
-                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events).await?
+                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events, None).await?
                     }
                 };
                 timings.pull_ms = t.elapsed().as_millis();

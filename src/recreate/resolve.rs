@@ -125,12 +125,14 @@ async fn pull_observed(
     inspect(engine, &image.to_string()).await
 }
 
-/// [`pull`], reporting the bytes downloaded to `events` as they grow.
+/// [`pull`], reporting the bytes downloaded to `events` as they grow; for
+/// a companion update, under its `container`.
 pub async fn pull_reporting(
     engine: &Engine,
     image: &ImageRef,
     credentials: Option<DockerCredentials>,
     events: &crate::events::EventLog,
+    container: Option<&str>,
 ) -> Result<ImageInspect, ResolveError> {
     let name = image.to_string();
     let mut progress = crate::events::PullProgress::new(crate::events::PROGRESS_EVERY);
@@ -148,6 +150,7 @@ pub async fn pull_reporting(
                 done,
                 total,
                 layers,
+                container: container.map(str::to_string),
             });
         }
     };

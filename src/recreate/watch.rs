@@ -174,19 +174,41 @@ impl<'a> Watcher<'a> {
     /// Waits until the container is up by its own account: healthy by its
     /// HEALTHCHECK, else running for `settle`.
     pub async fn until_up(&self, settle: Duration) -> Result<(), WaitError> {
+        self.until_up_observed(settle, |_, _| {}).await
+    }
+
+    /// [`Watcher::until_up`], showing `observe` what each look found, and
+    /// whether it was the last: `up`, what it waits for, or why it failed.
+    pub async fn until_up_observed(
+        &self,
+        settle: Duration,
+        mut observe: impl FnMut(&str, bool),
+    ) -> Result<(), WaitError> {
         loop {
             let waiting = match self.engine.inspect_container(self.id).await {
                 Ok(c) => match verdict(&c, self.started.elapsed(), settle) {
-                    Verdict::Up => return Ok(()),
-                    Verdict::Failed(e) => return Err(e),
+                    Verdict::Up => {
+                        observe("up", true);
+                        return Ok(());
+                    }
+                    Verdict::Failed(e) => {
+                        observe(&e.to_string(), true);
+                        return Err(e);
+                    }
                     Verdict::Waiting(what) => what,
                 },
-                Err(DockerError::NoSuchContainer(_)) => return Err(WaitError::Died("it was removed".into())),
+                Err(DockerError::NoSuchContainer(_)) => {
+                    let gone = WaitError::Died("it was removed".into());
+                    observe(&gone.to_string(), true);
+                    return Err(gone);
+                }
                 Err(e) => format!("inspecting it: {e}"),
             };
             if let Some(expired) = self.expired("not up", Some(format!("waiting for {waiting}"))) {
+                observe(&expired.to_string(), true);
                 return Err(expired);
             }
+            observe(&format!("waiting for {waiting}"), false);
             self.pause().await;
         }
     }

@@ -1,10 +1,10 @@
 //! `POST /update` and `POST /update/{container}/{requirement}`: companion
 //! mode. Every request needs the API key; the answer comes once the outcome
-//! is known. There is no loopback rule: a CI runner calls it over the app's
+//! is known (with `Accept: text/event-stream`, the update's events come as
+//! they happen, then the answer as the last one). There is no loopback rule: a CI runner calls it over the app's
 //! network, by the companion's name, and the key is the gate. Requests a
 //! browser sends for another site are refused all the same. Errors are JSON `{"error": ..}` with one status per cause.
 
-use crate::notify::{self, Notifier};
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -123,36 +123,43 @@ fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
     Ok(request)
 }
 
-fn started(state: &AppState, container: &str) {
-    let container = container.to_string();
-    state
-        .orchestrator
-        .shared
-        .events
-        .emit(Event::UpdateStarted { container });
-}
-
-/// Emits the end of an update that was tried and counts it; the answer.
+/// The answer to a finished update. The update reported itself (events,
+/// metrics, notification); a task that panicked did not, so it is counted
+/// and its end emitted here.
 fn finish(
     state: &AppState,
     container: &str,
     outcome: Result<Result<UpdateOutcome, UpdateError>, String>,
 ) -> Result<HttpResponse, CompanionError> {
-    let (kind, error) = match &outcome {
-        Ok(Ok(UpdateOutcome::Updated { .. })) => ("updated", None),
-        Ok(Ok(UpdateOutcome::Unchanged { .. })) => ("unchanged", None),
-        Ok(Err(e @ UpdateError::Failed { restored: Ok(()), .. })) => ("rolled_back", Some(e.to_string())),
-        Ok(Err(e)) => ("failed", Some(e.to_string())),
-        Err(e) => ("failed", Some(e.clone())),
-    };
-    let shared = &state.orchestrator.shared;
-    shared.metrics.update_finished(kind);
-    shared.events.emit(Event::UpdateFinished {
-        container: container.to_string(),
-        outcome: kind.to_string(),
-        error,
-    });
+    if let Err(e) = &outcome {
+        let shared = &state.orchestrator.shared;
+        shared.metrics.update_finished("failed");
+        shared.events.emit(Event::UpdateFinished {
+            container: container.to_string(),
+            outcome: "failed".into(),
+            error: Some(e.clone()),
+            duration_ms: 0,
+        });
+    }
     Ok(HttpResponse::Ok().json(outcome.map_err(CompanionError::Internal)??))
+}
+
+/// Runs an update for `req`: its events as they come and then the answer,
+/// when it asked for `text/event-stream`; else one JSON answer at the end.
+async fn answer<F>(
+    req: &HttpRequest,
+    state: &AppState,
+    container: String,
+    update: F,
+) -> Result<HttpResponse, CompanionError>
+where
+    F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
+{
+    if super::events::wants_events(req) {
+        return Ok(super::events::stream_update(state, container, update));
+    }
+    let outcome = state.spawn(update).await;
+    finish(state, &container, outcome)
 }
 
 /// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
@@ -170,23 +177,8 @@ pub async fn update(
     let companion = authorized(&req, &state)?;
     let request = parse_body(&body)?;
     let container = request.container.clone();
-    started(&state, &container);
-    let notifier = state.orchestrator.notifier.clone();
-    let outcome = state
-        .spawn(async move {
-            let started = std::time::Instant::now();
-            let result = companion.update(&request.container, &request.image).await;
-            report(
-                notifier.as_deref(),
-                &request.container,
-                &request.image,
-                started,
-                &result,
-            );
-            result
-        })
-        .await;
-    finish(&state, &container, outcome)
+    let update = async move { companion.update(&request.container, &request.image).await };
+    answer(&req, &state, container, update).await
 }
 
 /// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the
@@ -206,43 +198,8 @@ pub async fn update_to(
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
     let name = container.clone();
-    started(&state, &name);
-    let notifier = state.orchestrator.notifier.clone();
-    let outcome = state
-        .spawn(async move {
-            let started = std::time::Instant::now();
-            let asked = requirement.to_string();
-            let result = companion.update_to(&container, requirement).await;
-            report(notifier.as_deref(), &container, &asked, started, &result);
-            result
-        })
-        .await;
-    finish(&state, &name, outcome)
-}
-
-/// Reports a finished companion update to `notify_urls`, in the background.
-fn report(
-    notifier: Option<&Notifier>,
-    container: &str,
-    asked: &str,
-    started: std::time::Instant,
-    result: &Result<UpdateOutcome, UpdateError>,
-) {
-    let Some(notifier) = notifier else { return };
-    let elapsed = started.elapsed().as_millis();
-    let event = match result {
-        Ok(UpdateOutcome::Updated {
-            old_image,
-            new_image,
-            duration_ms,
-            ..
-        }) => notify::Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
-        Ok(UpdateOutcome::Unchanged { image, .. }) => {
-            notify::Event::new("update", "unchanged", image, Some(image), elapsed, None)
-        }
-        Err(e) => notify::Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
-    };
-    notifier.send(event.for_container(container));
+    let update = async move { companion.update_to(&container, requirement).await };
+    answer(&req, &state, name, update).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `GET /events` (Server-Sent Events of every upgrade and update, resumable
-//! with `Last-Event-ID`), `/upgrade` streamed when asked for
+//! with `Last-Event-ID`), `/upgrade` and `/update` streamed when asked for
 //! `text/event-stream`, and `GET /metrics`.
 
 use std::sync::{Arc, OnceLock};
@@ -10,8 +10,10 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use tokio::sync::mpsc;
 
+use crate::companion::{UpdateError, UpdateOutcome};
 use crate::events::{EventLog, Record};
 use crate::handover::{UpgradeError, UpgradeOutcome};
+use crate::routes::companion::CompanionError;
 use crate::routes::{AppState, guard_control};
 use crate::state::Shared;
 
@@ -159,22 +161,80 @@ where
             last = last.max(start - 1);
             forward(&shared.events, &mut last, &tx, mine).await;
         }
-        let (status, body) = match result {
-            Ok(Ok(outcome)) => (200, serde_json::to_value(outcome).unwrap_or_default()),
-            Ok(Err(e)) => {
-                let status = e.status_code().as_u16();
-                let response = e.error_response();
-                let body = actix_web::body::to_bytes(response.into_body()).await.ok();
-                let body = body
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_else(|| serde_json::json!({ "error": e.to_string() }));
-                (status, body)
+        let _ = tx.send(result_event(result).await).await;
+    });
+    sse(rx)
+}
+
+/// The last event of a streamed request: its answer, `result`, with the
+/// HTTP status a plain request would have got in `http_status`.
+async fn result_event<T, E>(result: Result<Result<T, E>, String>) -> String
+where
+    T: serde::Serialize,
+    E: ResponseError,
+{
+    let (status, mut body) = match result {
+        Ok(Ok(outcome)) => (200, serde_json::to_value(outcome).unwrap_or_default()),
+        Ok(Err(e)) => {
+            let status = e.status_code().as_u16();
+            let response = e.error_response();
+            let body = actix_web::body::to_bytes(response.into_body()).await.ok();
+            let body = body
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_else(|| serde_json::json!({ "error": e.to_string() }));
+            (status, body)
+        }
+        Err(e) => (500, serde_json::json!({ "status": "failed", "error": e })),
+    };
+    body["http_status"] = serde_json::json!(status);
+    format!("event: result\ndata: {body}\n\n")
+}
+
+/// `/update` for a client that asked for `text/event-stream`: the update's
+/// own events as they come (the ones it emits, and no other's: a second
+/// request for the same container is refused with events of its own), then
+/// the answer as a last event, `result`, with its HTTP status in `http_status`.
+pub fn stream_update<F>(state: &AppState, container: String, update: F) -> HttpResponse
+where
+    F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
+{
+    let (own_tx, mut own) = mpsc::unbounded_channel();
+    let collected = crate::events::collecting(own_tx, update);
+    let task = state.clone();
+    let shared = state.orchestrator.shared.clone();
+    let (tx, rx) = mpsc::channel(64);
+    actix_web::rt::spawn(async move {
+        let mut done = std::pin::pin!(task.spawn(collected));
+        let mut client_gone = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut done => break result,
+                Some(record) = own.recv() => {
+                    // The client left: the update goes on and reports itself.
+                    client_gone = client_gone || tx.send(record.to_sse()).await.is_err();
+                }
             }
-            Err(e) => (500, serde_json::json!({ "status": "failed", "error": e })),
         };
-        let mut body = body;
-        body["http_status"] = serde_json::json!(status);
-        let _ = tx.send(format!("event: result\ndata: {body}\n\n")).await;
+        if let Err(e) = &result {
+            // The task panicked, so the update did not report its end.
+            shared.metrics.update_finished("failed");
+            shared.events.emit(crate::events::Event::UpdateFinished {
+                container,
+                outcome: "failed".into(),
+                error: Some(e.clone()),
+                duration_ms: 0,
+            });
+        }
+        if client_gone {
+            return;
+        }
+        while let Ok(record) = own.try_recv() {
+            if tx.send(record.to_sse()).await.is_err() {
+                return;
+            }
+        }
+        let result = result.map(|r| r.map_err(CompanionError::from));
+        let _ = tx.send(result_event(result).await).await;
     });
     sse(rx)
 }

@@ -8,6 +8,10 @@
 //! a duplicate, a late or an out-of-order notification is one more look at
 //! the registry, and changes nothing the registry does not say.
 //!
+//! In companion mode, a tag push to any repository also wakes the watch of
+//! companion containers ([`crate::watch::containers`]), which looks at the
+//! containers labelled `selfup.watch` that run an image of that repository.
+//!
 //! The answer is a 202 at once; the upgrade, if any, runs in the background.
 //! The registry reaches this endpoint through nginx's deploy server and the
 //! update socket (addresses other local users cannot take); the bearer token
@@ -52,6 +56,16 @@ fn pushes_to(envelope: &Envelope, repository: &str) -> usize {
         .count()
 }
 
+/// The repositories an envelope says tags were pushed to.
+fn pushed_repositories(envelope: &Envelope) -> std::collections::HashSet<String> {
+    envelope
+        .events
+        .iter()
+        .filter(|e| e.action == "push" && e.target.tag.is_some() && !e.target.repository.is_empty())
+        .map(|e| e.target.repository.clone())
+        .collect()
+}
+
 /// `POST /hooks/registry`.
 pub async fn registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     let settings = &state.orchestrator.settings;
@@ -75,20 +89,38 @@ pub async fn registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppSt
     };
     let pushes = pushes_to(&envelope, &settings.image);
     let checking = pushes > 0 && settings.watch.is_some();
+    let shared = &state.orchestrator.shared;
     if checking {
         // Several notifications before the watch looks are one look.
-        state.orchestrator.shared.check_now.notify_one();
+        shared.check_now.notify_one();
+    }
+    // Companion containers follow their own repositories (`selfup.watch`):
+    // the container watch looks at the ones that run an image of these.
+    let repositories = match state.companion.is_some() {
+        true => pushed_repositories(&envelope),
+        false => Default::default(),
+    };
+    let checking_containers = !repositories.is_empty();
+    if checking_containers {
+        shared
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(repositories.iter().cloned());
+        shared.check_containers.notify_one();
     }
     tracing::info!(
         events = envelope.events.len(),
         pushes,
         checking,
+        ?repositories,
         "registry notification"
     );
     HttpResponse::Accepted().json(json!({
         "events": envelope.events.len(),
         "pushes": pushes,
         "checking": checking,
+        "checking_containers": checking_containers,
     }))
 }
 
@@ -110,6 +142,9 @@ mod tests {
         assert_eq!(pushes_to(&envelope, "selfup"), 1);
         assert_eq!(pushes_to(&envelope, "other"), 1);
         assert_eq!(pushes_to(&envelope, "absent"), 0);
+        let mut pushed: Vec<String> = pushed_repositories(&envelope).into_iter().collect();
+        pushed.sort();
+        assert_eq!(pushed, vec!["other".to_string(), "selfup".to_string()]);
         assert!(serde_json::from_value::<Envelope>(json!({"event": []})).is_err());
     }
 }

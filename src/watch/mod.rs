@@ -16,7 +16,11 @@
 //! remembered in the data directory ([`failed`]), so no instance tries that
 //! image again; a newer tag (or the tag pushed again with another image) is
 //! a new target.
+//!
+//! Companion containers labelled `selfup.watch` are watched by
+//! [`containers`], with the same judgement.
 
+pub mod containers;
 pub mod failed;
 
 use std::collections::HashSet;
@@ -76,15 +80,16 @@ pub enum Verdict {
     Upgrade,
 }
 
-/// Decides on `candidate` for a service running `running`, at `now`
-/// (seconds since the epoch).
+/// Decides on `candidate` for a service (or a companion container) running
+/// `running`, at `now` (seconds since the epoch); `failed` says whether a
+/// digest failed before there.
 pub fn judge(
     running: &Version,
     candidate: &Candidate,
     requirement: &Requirement,
     min_age_secs: u64,
     now: u64,
-    failed: &FailedTargets,
+    failed: impl Fn(&str) -> bool,
 ) -> Verdict {
     if candidate.version <= *running {
         return Verdict::Current;
@@ -92,7 +97,7 @@ pub fn judge(
     if !candidate.version.pre.is_empty() && !matches!(requirement, Requirement::Exact(_)) {
         return Verdict::PreRelease;
     }
-    if failed.contains(&candidate.digest) {
+    if failed(&candidate.digest) {
         return Verdict::FailedBefore;
     }
     if min_age_secs > 0 {
@@ -208,7 +213,7 @@ impl Watch {
             &self.requirement,
             min_age,
             crate::state::now_secs(),
-            &self.failed,
+            |digest| self.failed.contains(digest),
         );
         let to = candidate.version.to_string();
         match verdict {
@@ -344,7 +349,8 @@ mod tests {
     fn only_a_higher_released_version_that_did_not_fail_is_taken() {
         let none = FailedTargets::in_memory();
         let two = policy("2").unwrap();
-        let judge_now = |c: &Candidate, r: &Requirement, f: &FailedTargets| judge(&v("2.1.0"), c, r, 0, 1_000, f);
+        let judge_now =
+            |c: &Candidate, r: &Requirement, f: &FailedTargets| judge(&v("2.1.0"), c, r, 0, 1_000, |d| f.contains(d));
         assert_eq!(judge_now(&candidate("2.2.0", None), &two, &none), Verdict::Upgrade);
         assert_eq!(judge_now(&candidate("2.1.0", None), &two, &none), Verdict::Current);
         // :latest pointing lower never rolls back.
@@ -403,17 +409,16 @@ mod tests {
 
     #[test]
     fn the_cooldown_holds_a_young_image_back_until_it_is_old_enough() {
-        let none = FailedTargets::in_memory();
         let two = policy("2").unwrap();
-        let at = |now| judge(&v("2.1.0"), &candidate("2.2.0", Some(1_000)), &two, 600, now, &none);
+        let at = |now| judge(&v("2.1.0"), &candidate("2.2.0", Some(1_000)), &two, 600, now, |_| false);
         assert_eq!(at(1_000), Verdict::TooYoung { wait_secs: 600 });
         assert_eq!(at(1_599), Verdict::TooYoung { wait_secs: 1 });
         assert_eq!(at(1_600), Verdict::Upgrade);
         // A clock behind the image's time is no reason to go early.
         assert_eq!(at(10), Verdict::TooYoung { wait_secs: 600 });
-        let unknown = judge(&v("2.1.0"), &candidate("2.2.0", None), &two, 600, 1_600, &none);
+        let unknown = judge(&v("2.1.0"), &candidate("2.2.0", None), &two, 600, 1_600, |_| false);
         assert_eq!(unknown, Verdict::AgeUnknown);
-        let no_cooldown = judge(&v("2.1.0"), &candidate("2.2.0", None), &two, 0, 1_600, &none);
+        let no_cooldown = judge(&v("2.1.0"), &candidate("2.2.0", None), &two, 0, 1_600, |_| false);
         assert_eq!(no_cooldown, Verdict::Upgrade);
     }
 }

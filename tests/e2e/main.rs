@@ -1,9 +1,10 @@
 //! End-to-end tests on a real Docker Engine, a real registry and a real nginx.
 //!
 //! One binary with its own runner (`harness = false`): the suite builds its
-//! images once, runs the tests two at a time, in their listed order (each in
-//! its own compose project, nginx, ports and repository; a panic fails that
-//! test only), and always tears down what it started. `TEST_LOG=1` shows the containers' logs.
+//! images once, runs the tests two at a time, in their listed order after
+//! the few that run alone (each in its own compose project, nginx, ports and
+//! repository; a panic fails that test only), and always tears down what it
+//! started. `TEST_LOG=1` shows the containers' logs.
 //!
 //! The runner reads libtest's command line ([`runner::Args`]):
 //! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
@@ -62,8 +63,14 @@ const DEFAULT_JOBS: usize = 2;
 
 /// Tests that run with no other beside them: image retention counts the
 /// images any container on the machine uses, and the other tests' instances
-/// use the suite's images.
-const ALONE: [&str; 1] = ["retention::five_upgrades_leave_three_images_of_the_repository_and_rollback_still_works"];
+/// use the suite's images; every companion on the Engine watches every
+/// container labelled `selfup.watch`, so another test's companion would
+/// update the watch tests' containers too (and their own, each other's).
+const ALONE: [&str; 3] = [
+    "retention::five_upgrades_leave_three_images_of_the_repository_and_rollback_still_works",
+    "unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone",
+    "unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once",
+];
 
 type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -148,6 +155,9 @@ fn main() -> ExitCode {
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
         bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
         bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
+        watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
+        unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
+        unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
@@ -160,7 +170,9 @@ fn main() -> ExitCode {
         println!("{}", runner::USAGE);
         return ExitCode::SUCCESS;
     }
-    let selected: Vec<_> = all.into_iter().filter(|(n, _)| args.selects(n)).collect();
+    let mut selected: Vec<_> = all.into_iter().filter(|(n, _)| args.selects(n)).collect();
+    // The tests that run alone go first, before a long test holds a slot.
+    selected.sort_by_key(|(name, _)| !ALONE.contains(name));
     if selected.is_empty() && args.narrows() {
         eprintln!(
             "e2e: no e2e test matches the filters {:?}{}{}; `--list` shows the names (unit tests run with `cargo test --lib NAME`)",

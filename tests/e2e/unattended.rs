@@ -1,24 +1,26 @@
 //! Unattended upgrades: the dry run, the watch policy (apply and notify
 //! modes, the failed target, the cooldown) and notifications, received by a
-//! listener this test process runs on loopback.
+//! listener this test process runs on loopback; companion containers that
+//! follow a `selfup.watch` label of their own.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{FAULT_VERSION, Suite, eventually, free_port};
+use crate::companion::inspect;
+use crate::harness::{APP, CompanionEnv, FAULT_VERSION, Suite, eventually, free_port};
 
 /// A webhook endpoint on loopback that keeps every JSON body POSTed to it.
-struct Listener {
-    url: String,
+pub(crate) struct Listener {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
-    async fn start() -> Listener {
+    pub(crate) async fn start() -> Listener {
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/notify", socket.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -40,7 +42,7 @@ impl Listener {
     }
 
     /// The events received so far whose `outcome` is `outcome`.
-    fn with_outcome(&self, outcome: &str) -> Vec<Value> {
+    pub(crate) fn with_outcome(&self, outcome: &str) -> Vec<Value> {
         let received = self.received.lock().unwrap();
         received.iter().filter(|e| e["outcome"] == outcome).cloned().collect()
     }
@@ -388,4 +390,191 @@ pub async fn a_push_to_the_registry_upgrades_through_its_notification_without_an
     let history = env.status(port).await["history"].clone();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
     assert_eq!(history[0]["requested"], "=1.1.0", "{history}");
+}
+
+/// A repository of this companion test's own in the suite's registry, with
+/// `tags` of the suite's companion app image published to it (`(tag, source
+/// tag)`), and removed from this machine when the test ends.
+fn own_repository(w: &mut CompanionEnv, tags: &[(&str, &str)]) -> String {
+    let repository = format!("t{}/app", w.test);
+    for (tag, source) in tags {
+        publish_to(w, &repository, tag, source);
+    }
+    repository
+}
+
+fn publish_to(w: &mut CompanionEnv, repository: &str, tag: &str, source: &str) {
+    let suite = w.suite.clone();
+    suite.publish(&suite.image(APP, source), repository, tag);
+    w.images.push(suite.image(repository, tag));
+}
+
+/// The image reference a container runs (its `Config.Image`); empty while
+/// no container has the name (mid-swap, between the rename and the create).
+fn image_of(container: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.Config.Image}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether a container of that name runs (none may have it, mid-swap).
+fn running(container: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+/// `GET /metrics` of the companion: the value of `series`, if it is there.
+async fn metric(w: &CompanionEnv, series: &str) -> Option<f64> {
+    let text = w
+        .suite
+        .http
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+pub async fn a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone(suite: Arc<Suite>) {
+    let listener = Listener::start().await;
+    let mut w = suite.companion_env();
+    let repository = own_repository(&mut w, &[("1.0.0", "1.0.0")]);
+    let urls = format!(r#"SELFUP_NOTIFY_URLS=["{}"]"#, listener.url);
+    let extra: Vec<String> = [
+        "-e",
+        "SELFUP_WATCH_INTERVAL_SECS=1",
+        "-e",
+        &urls,
+        "-e",
+        "RUST_LOG=info,selfup=debug",
+    ]
+    .map(String::from)
+    .into();
+    w.start_companion(&[&suite.registry], &extra, false).await;
+    let old = suite.image(&repository, "1.0.0");
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true", "--label", "selfup.watch=1"],
+        &old,
+        true,
+    );
+    // Labelled with a policy, but not for companion updates: left alone.
+    let stranger = w.target("stranger", &["--label", "selfup.watch=1"], &old, true);
+    let stranger_id = inspect(&stranger)["Id"].clone();
+
+    // 2.0.0 is the newest tag, outside the policy; 1.1.0 is inside it.
+    publish_to(&mut w, &repository, "2.0.0", "2.0.0");
+    publish_to(&mut w, &repository, "1.1.0", "1.1.0");
+    let new = suite.image(&repository, "1.1.0");
+    eventually("the app to run 1.1.0", Duration::from_secs(60), || async {
+        (image_of(&app) == new && running(&app)).then_some(())
+    })
+    .await;
+    let reported = eventually("the update's notification", Duration::from_secs(20), || async {
+        listener.with_outcome("updated").into_iter().next()
+    })
+    .await;
+    assert_eq!(reported["kind"], "update", "{reported}");
+    assert_eq!(reported["container"], app.as_str(), "{reported}");
+    assert_eq!(reported["from"], old.as_str(), "{reported}");
+    assert_eq!(reported["to"], new.as_str(), "{reported}");
+
+    // Three more turns judge 1.1.0 current, with 2.0.0 in the registry.
+    let updated_at = w.logs().len();
+    eventually("three turns after the update", Duration::from_secs(30), || async {
+        let later = w.logs().get(updated_at..).unwrap_or_default().to_string();
+        let turns = later
+            .lines()
+            .filter(|l| l.contains("container watch: up to date") && l.contains(&app))
+            .count();
+        (turns >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(image_of(&app), new, "the tag outside the policy is left alone");
+    assert_eq!(listener.with_outcome("updated").len(), 1, "one update");
+    assert_eq!(image_of(&stranger), old);
+    assert_eq!(inspect(&stranger)["Id"], stranger_id, "not recreated");
+    let logs = w.logs();
+    assert!(
+        logs.contains(&format!("container {stranger} is not labelled selfup.enable=true")),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches(&format!("container {stranger} is not labelled")).count(),
+        1,
+        "said once, not at every turn"
+    );
+    assert_eq!(
+        metric(&w, r#"selfup_companion_updates_total{outcome="updated"}"#).await,
+        Some(1.0)
+    );
+}
+
+pub async fn a_registry_push_notification_updates_a_labelled_companion_container_at_once(suite: Arc<Suite>) {
+    let token = "hook-token-for-companions-0123";
+    let mut w = suite.companion_env();
+    let repository = own_repository(&mut w, &[("1.0.0", "1.0.0")]);
+    let old = suite.image(&repository, "1.0.0");
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true", "--label", "selfup.watch=1"],
+        &old,
+        true,
+    );
+    // Looking only hourly: after its first look, only the hook wakes the watch.
+    let extra: Vec<String> = [
+        "-e",
+        "SELFUP_WATCH_INTERVAL_SECS=3600",
+        "-e",
+        &format!("SELFUP_HOOK_TOKEN={token}"),
+        "-e",
+        "RUST_LOG=info,selfup=debug",
+    ]
+    .map(String::from)
+    .into();
+    w.start_companion(&[&suite.registry], &extra, false).await;
+    eventually("the watch's first look", Duration::from_secs(30), || async {
+        w.logs().contains("container watch: up to date").then_some(())
+    })
+    .await;
+    publish_to(&mut w, &repository, "1.1.0", "1.1.0");
+    let hook = |repository: &str| {
+        let body = json!({"events": [
+            {"action": "push", "target": {"repository": repository, "tag": "1.1.0"}},
+        ]});
+        w.suite
+            .http
+            .post(w.url("/hooks/registry"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    // A push to another repository wakes the watch, which leaves the app alone.
+    let other = hook("someone/else").await.unwrap();
+    assert_eq!(other.status(), 202);
+    let answer: Value = other.json().await.unwrap();
+    assert_eq!(answer["checking_containers"], true, "{answer}");
+    assert_eq!(image_of(&app), old);
+
+    let pushed = std::time::Instant::now();
+    let answer: Value = hook(&repository).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["checking_containers"], true, "{answer}");
+    let new = suite.image(&repository, "1.1.0");
+    eventually("the app to run 1.1.0", Duration::from_secs(30), || async {
+        (image_of(&app) == new && running(&app)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "    hook of the push to the app running 1.1.0: {} ms",
+        pushed.elapsed().as_millis()
+    );
 }

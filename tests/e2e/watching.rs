@@ -1,14 +1,15 @@
 //! An upgrade you can watch: the event stream (and its resumption on the
-//! successor), pull progress, the CLI, and `/metrics`.
+//! successor), pull progress, the CLI, and `/metrics`; a companion update's
+//! event stream.
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::harness::{Env, Suite, docker, eventually, run};
+use crate::harness::{APP, Env, Suite, docker, eventually, run};
 
 /// One Server-Sent Event: its id, name and JSON data.
 #[derive(Debug, Clone)]
@@ -57,10 +58,10 @@ fn parse(raw: &[u8]) -> Vec<Ev> {
         .collect()
 }
 
-/// `upgrade_step` and `takeover` events as `step` / `successor: phase`, the others by name.
+/// `upgrade_step`, `update_step` and `takeover` events as `step` / `successor: phase`, the others by name.
 fn label(e: &Ev) -> String {
     match e.name.as_str() {
-        "upgrade_step" => e.data["step"].as_str().unwrap_or_default().to_string(),
+        "upgrade_step" | "update_step" => e.data["step"].as_str().unwrap_or_default().to_string(),
         "takeover" => format!("successor: {}", e.data["phase"].as_str().unwrap_or_default()),
         other => other.to_string(),
     }
@@ -449,4 +450,167 @@ pub async fn metrics_parse_and_count_a_failed_upgrade_behind_the_token(suite: Ar
     );
     assert!(after[r#"selfup_http_responses_total{class="4xx"}"#] >= 2.0, "{after:?}");
     assert!(after[r#"selfup_http_responses_total{class="2xx"}"#] >= 1.0, "{after:?}");
+}
+
+pub async fn a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback(suite: Arc<Suite>) {
+    let mut w = suite.companion_env();
+    w.start_companion(&[&suite.registry], &[], false).await;
+    // The app's repository, with 1.1.0 carrying an 8 MiB layer of random
+    // bytes that is not on this machine: the update downloads it.
+    let repository = format!("t{}/app", w.test);
+    let old = suite.image(&repository, "1.0.0");
+    suite.publish(&suite.image(APP, "1.0.0"), &repository, "1.0.0");
+    w.images.push(old.clone());
+    let new = suite.image(&repository, "1.1.0");
+    w.images.push(new.clone());
+    let dir = w.dir("layer");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c {} /dev/urandom > {}/random", 8 << 20, dir.display())));
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {}\nCOPY random /random\n", suite.image(APP, "1.1.0")),
+    )
+    .unwrap();
+    run(Command::new("docker")
+        .args(["build", "-q", "--label", &suite.label(), "-t", &new])
+        .arg(&dir));
+    docker(&["push", "-q", &new]);
+    docker(&["rmi", &new]);
+    let app = w.target("app", &["--label", "selfup.enable=true"], &old, true);
+
+    let update = |path: String, body: Option<Value>| {
+        let mut request = w
+            .suite
+            .http
+            .post(w.url(&path))
+            .header("authorization", &w.key)
+            .header("accept", "text/event-stream");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let response = update(format!("/update/{app}/1"), None).await.unwrap();
+    let events = read_events(response, Duration::from_secs(90), |_| false).await;
+    let labels: Vec<String> = events.iter().map(label).collect();
+    // What a person sees of it, without the fields every event has.
+    for e in &events {
+        let mut data = e.data.clone();
+        if let Some(fields) = data.as_object_mut() {
+            for common in ["id", "time_ms", "version", "type", "container"] {
+                fields.remove(common);
+            }
+        }
+        eprintln!("    {:<16} {data}", e.name);
+    }
+    assert_in_order(
+        &labels,
+        &[
+            "update_started",
+            "resolving",
+            "pulling",
+            "pull_progress",
+            "renaming the old container aside",
+            "creating the new container",
+            "starting the new container",
+            "health-checking the new container",
+            "health_attempt",
+            "stopping and removing the old container",
+            "update_finished",
+            "result",
+        ],
+    );
+    let result = events.last().unwrap();
+    assert_eq!(result.data["http_status"], 200, "{}", result.data);
+    assert_eq!(result.data["status"], "updated", "{}", result.data);
+    assert_eq!(result.data["new_image"], new.as_str());
+    // Every event is this update's, and says so.
+    for e in &events[..events.len() - 1] {
+        assert_eq!(e.data["container"], app.as_str(), "{e:?}");
+    }
+    let ids: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e.name == "pull_progress")
+        .map(|e| (e.data["done"].as_u64().unwrap(), e.data["total"].as_u64().unwrap()))
+        .collect();
+    eprintln!("    pull progress: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0].0 < w[1].0), "{progress:?}");
+    let (done, total) = *progress.last().unwrap();
+    assert!(total >= 8 << 20, "{total}");
+    assert_eq!(done, total);
+    let checks: Vec<&Ev> = events.iter().filter(|e| e.name == "health_attempt").collect();
+    assert_eq!(checks.last().unwrap().data["result"], "up", "{checks:?}");
+    let finished = events.iter().find(|e| e.name == "update_finished").unwrap();
+    assert_eq!(finished.data["outcome"], "updated", "{:?}", finished.data);
+    assert_eq!(inspect_image(&app), new);
+
+    // A new image that exits at once: its rollback, streamed; the 502 in the last event.
+    let crash = suite.image(APP, "crash");
+    let response = update("/update".into(), Some(json!({"container": app, "image": crash})))
+        .await
+        .unwrap();
+    let events = read_events(response, Duration::from_secs(60), |_| false).await;
+    let labels: Vec<String> = events.iter().map(label).collect();
+    assert_in_order(
+        &labels,
+        &[
+            "update_started",
+            "pulling",
+            "health-checking the new container",
+            "health_attempt",
+            "rolling back",
+            "update_finished",
+            "result",
+        ],
+    );
+    assert!(!labels.iter().any(|l| l.contains("removing the old")), "{labels:?}");
+    let finished = events.iter().find(|e| e.name == "update_finished").unwrap();
+    assert_eq!(finished.data["outcome"], "rolled_back", "{:?}", finished.data);
+    let result = events.last().unwrap();
+    assert_eq!(result.data["http_status"], 502, "{}", result.data);
+    assert_eq!(result.data["rolled_back"], true, "{}", result.data);
+    assert_eq!(inspect_image(&app), new);
+
+    // The same events are in the log /events serves, and the metrics counted both.
+    let first = events.first().and_then(|e| e.id).unwrap();
+    let logged = w
+        .suite
+        .http
+        .get(w.url("/events"))
+        .header("last-event-id", (first - 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let logged = read_events(logged, Duration::from_secs(10), |evs| {
+        evs.iter().any(|e| e.name == "update_finished")
+    })
+    .await;
+    let logged: Vec<String> = logged.iter().map(label).collect();
+    assert_eq!(logged, labels[..labels.len() - 1], "the stream is the log's");
+    let metrics = w
+        .suite
+        .http
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&metrics);
+    for outcome in ["updated", "rolled_back"] {
+        let series = format!(r#"selfup_companion_updates_total{{outcome="{outcome}"}}"#);
+        assert_eq!(samples.get(&series), Some(&1.0), "{metrics}");
+    }
+}
+
+/// The image reference a container runs.
+fn inspect_image(container: &str) -> String {
+    crate::companion::inspect(container)["Config"]["Image"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
