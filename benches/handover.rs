@@ -12,12 +12,15 @@
 //! healthy answer) as median and max, with the median of each step the
 //! answers' `timings` report. Then UPGRADES upgrades with no load (median,
 //! min, max, and the steps' medians), and the throughput through nginx
-//! (CLIENTS clients for 10 s) with public keep-alive on and off. It is not a
-//! test: nothing fails.
+//! (CLIENTS clients for 10 s) with public keep-alive on and off. Last, the
+//! way back: `/rollback` during a bake (the warm elder takes the traffic
+//! back) next to a cold `/rollback` (a new instance of the previous version),
+//! UPGRADES times each. It is not a test: nothing fails.
 //!
+//!   cargo bench --bench handover -- rollback [UPGRADES]    (the rollbacks only)
 //!   cargo bench --bench handover -- networks [UPGRADES]   (default: 6 upgrades)
 //!
-//! Only compares the network modes: UPGRADES unloaded upgrades to `:latest`
+//! `networks` only compares the network modes: UPGRADES unloaded upgrades to `:latest`
 //! (two per environment, 1.0.0 to 1.1.0 to 1.2.0) with `docker/compose.yml`
 //! (host networking) and with `docker/compose.bridge.yml` (a bridge network),
 //! alternating, and prints the median, min and max answer time and the
@@ -53,6 +56,7 @@ struct Figures {
 
 fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rollbacks_only = std::env::args().any(|a| a == "rollback");
     let networks = std::env::args().skip(1).any(|a| a == "networks");
     let upgrades = args.first().copied().unwrap_or(if networks { 6 } else { 5 }).max(1);
     let clients = args.get(1).copied().unwrap_or(8).max(1);
@@ -67,6 +71,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
+    if rollbacks_only {
+        let (warm, cold) = runtime.block_on(rollbacks(suite.clone(), upgrades));
+        drop(runtime);
+        drop(suite);
+        print_rollbacks(&warm, &cold);
+        return ExitCode::SUCCESS;
+    }
     if networks {
         let (mut host, mut bridge) = (Vec::new(), Vec::new());
         while host.len() < upgrades {
@@ -88,6 +99,7 @@ fn main() -> ExitCode {
     let unloaded = runtime.block_on(unloaded(suite.clone(), upgrades));
     let throughput_on = runtime.block_on(throughput(suite.clone(), clients, true));
     let throughput_off = runtime.block_on(throughput(suite.clone(), clients, false));
+    let (warm, cold) = runtime.block_on(rollbacks(suite.clone(), upgrades));
     drop(runtime);
     drop(suite);
     println!("\n{upgrades} upgrades per strategy under {clients} clients (GET / and POST /echo through nginx)\n");
@@ -115,7 +127,111 @@ fn main() -> ExitCode {
         "\nthroughput through nginx, {clients} clients for 10 s: public keep-alive on {:.0} req/s, off {:.0} req/s",
         throughput_on, throughput_off
     );
+    print_rollbacks(&warm, &cold);
     ExitCode::SUCCESS
+}
+
+/// One rollback: the time from the request to its answer and, during a
+/// bake, the elder's own time from the decision to the live socket back.
+struct Rollback {
+    answered: Duration,
+    reclaim_us: Option<u64>,
+}
+
+/// `runs` rollbacks during a bake (upgrade to 1.1.0 with a 60 s bake, then
+/// `/rollback` on the elder), and `runs` cold ones (upgrade to 1.1.0 without
+/// a bake, then `/rollback` on the new instance: a start of 1.0.0 and a
+/// takeover), unloaded.
+async fn rollbacks(suite: Arc<Suite>, runs: usize) -> (Vec<Rollback>, Vec<Rollback>) {
+    // Released last, 1.0.0 is `:latest`: what compose starts.
+    let baking = suite.env(&[("SELFUP_BAKE_SECS", "60")]);
+    suite.release(&baking.repository, "1.1.0");
+    suite.release(&baking.repository, "1.0.0");
+    baking.up("1.0.0").await;
+    let [a, b] = baking.ports;
+    let mut warm = Vec::new();
+    for _ in 0..runs {
+        let upgrade = {
+            let (http, url) = (baking.http.clone(), baking.direct(a, "/upgrade/=1.1.0"));
+            tokio::spawn(async move { http.post(url).send().await.map(|r| r.status()) })
+        };
+        eventually("the successor to bake", Duration::from_secs(60), || async {
+            let r = baking.http.get(baking.direct(b, "/handover")).send().await.ok()?;
+            let phase: serde_json::Value = r.json().await.ok()?;
+            (phase["step"] == "baking").then_some(())
+        })
+        .await;
+        let asked = Instant::now();
+        let r = baking.http.post(baking.direct(a, "/rollback")).send().await.unwrap();
+        let answered = asked.elapsed();
+        let body: serde_json::Value = r.json().await.unwrap();
+        warm.push(Rollback {
+            answered,
+            reclaim_us: body["bake"]["reclaim_us"].as_u64(),
+        });
+        let _ = upgrade.await;
+        baking.wait_single_container().await;
+    }
+    drop(baking);
+
+    let cold_env = suite.env(&[]);
+    suite.release(&cold_env.repository, "1.1.0");
+    suite.release(&cold_env.repository, "1.0.0");
+    cold_env.up("1.0.0").await;
+    let mut live = cold_env.ports[0];
+    let mut cold = Vec::new();
+    for _ in 0..runs {
+        let (status, body) = cold_env.upgrade(live, Some("=1.1.0")).await;
+        assert_eq!(status, 200, "{body}");
+        live = body["new_port"].as_u64().unwrap() as u16;
+        cold_env.wait_takeover_done(live).await;
+        let asked = Instant::now();
+        let r = cold_env
+            .http
+            .post(cold_env.direct(live, "/rollback"))
+            .send()
+            .await
+            .unwrap();
+        let answered = asked.elapsed();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "upgraded", "{body}");
+        cold.push(Rollback {
+            answered,
+            reclaim_us: None,
+        });
+        live = body["new_port"].as_u64().unwrap() as u16;
+        cold_env.wait_takeover_done(live).await;
+    }
+    (warm, cold)
+}
+
+fn print_rollbacks(warm: &[Rollback], cold: &[Rollback]) {
+    let summary = |runs: &[Rollback]| {
+        let mut answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
+        answered.sort();
+        format!(
+            "median {}, min {}, max {}",
+            ms(percentile(&answered, 0.5)),
+            ms(answered[0]),
+            ms(*answered.last().unwrap())
+        )
+    };
+    println!(
+        "
+/rollback, unloaded, {} runs each:",
+        warm.len()
+    );
+    let mut reclaim: Vec<u64> = warm.iter().filter_map(|r| r.reclaim_us).collect();
+    reclaim.sort();
+    println!(
+        "  during a bake (the warm elder): answered {}; live socket back in {} µs (median)",
+        summary(warm),
+        reclaim.get(reclaim.len() / 2).copied().unwrap_or(0)
+    );
+    println!(
+        "  cold (a new instance of the previous version): answered {}",
+        summary(cold)
+    );
 }
 
 /// Waits until the clients have sent 100 requests each from now: a stretch of

@@ -65,7 +65,9 @@ say "${compose[*]}" -f docker/compose.yml -p selfup up -d; compose up -d
 wait_for http://127.0.0.1:8080/ "version 1.0.0"
 say curl localhost:5800; curl -s localhost:5800
 say ./build.sh 1.1.0; ./build.sh 1.1.0
-say curl localhost:5800/upgrade; curl -s localhost:5800/upgrade; echo
+say curl localhost:5800/upgrade
+echo "(1.1.0 takes the traffic at once; the answer comes when the 30 s bake is over: bake_secs, docs/bake.md)"
+curl -s localhost:5800/upgrade; echo
 say curl localhost:5801; curl -s localhost:5801
 say curl localhost:8080; curl -s localhost:8080
 # The elder answers its own port until its linger (4.5 s) and its drain end.

@@ -137,13 +137,19 @@ impl Application {
                 .wrap(ErrorHandlers::new().default_handler_client(routes::json_error_body))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/health"))
                 .wrap_fn(move |req, srv| {
+                    let public = routes::Listener::of(req.request()) == routes::Listener::Live;
                     let answered = srv.call(req);
                     let metrics = metrics.clone();
                     async move {
                         let res = answered.await;
-                        match &res {
-                            Ok(res) => metrics.metrics.answered(res.status()),
-                            Err(e) => metrics.metrics.answered(e.as_response_error().status_code()),
+                        let status = match &res {
+                            Ok(res) => res.status(),
+                            Err(e) => e.as_response_error().status_code(),
+                        };
+                        metrics.metrics.answered(status);
+                        // What an elder baking this instance judges it by.
+                        if public {
+                            metrics.metrics.public_answered(status);
                         }
                         res
                     }
@@ -168,6 +174,11 @@ impl Application {
                 .service(
                     web::resource("/rollback")
                         .route(web::post().to(upgrade::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/promote")
+                        .route(web::post().to(upgrade::promote))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

@@ -61,6 +61,13 @@ pub struct Settings {
     /// longer than nginx's upstream `keepalive_timeout` (4 s), so nginx
     /// never sends on a pooled connection the elder is closing.
     pub linger_ms: u64,
+    /// How long an elder stays running after the switch, out of rotation,
+    /// watching its successor (exits, hangs, 5xx answers) and ready to take
+    /// the traffic back; 0: the elder goes as soon as the successor is live.
+    pub bake_secs: u64,
+    /// The share of the successor's public answers that may be 5xx during a
+    /// bake (judged from 20 answers on); above it, the elder takes over again.
+    pub bake_max_5xx_ratio: f64,
     /// When set, `/upgrade` and `/rollback` require `Authorization: Bearer <token>`.
     pub upgrade_token: Option<String>,
     /// Set by an elder on the successor it creates: the secret the elder's
@@ -111,6 +118,10 @@ pub struct Settings {
     /// How long a recreated container without a HEALTHCHECK must keep
     /// running to count as up; at most `update_deadline_secs`.
     pub update_settle_secs: u64,
+    /// Companion mode, the "beside" placement: how long the old container,
+    /// renamed aside, keeps running after the new one is up, ready to come
+    /// back at once if the new one exits or turns unhealthy; 0: removed at once.
+    pub update_bake_secs: u64,
     /// The watch policy: a requirement in the `/upgrade/<req>` syntax, or
     /// `latest`. Unset: nothing is watched, upgrades wait for a request.
     pub watch: Option<String>,
@@ -160,6 +171,8 @@ impl Default for Settings {
             nginx_container: "selfup-nginx".into(),
             live_socket: PathBuf::from("/run/selfup-public/live.sock"),
             linger_ms: 4500,
+            bake_secs: 30,
+            bake_max_5xx_ratio: 0.01,
             upgrade_token: None,
             handover_token: None,
             handover_elder: None,
@@ -174,6 +187,7 @@ impl Default for Settings {
             app_socket_dir: PathBuf::from("/run/selfup-public/apps"),
             update_deadline_secs: 60,
             update_settle_secs: 10,
+            update_bake_secs: 0,
             watch: None,
             watch_interval_secs: 300,
             watch_mode: WatchMode::Apply,
@@ -282,6 +296,12 @@ impl Settings {
                     "{} ms and shutdown_timeout_secs ({}) must end before stop_timeout_secs ({}), or Docker kills the elder mid-drain",
                     self.linger_ms, self.shutdown_timeout_secs, self.stop_timeout_secs
                 ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.bake_max_5xx_ratio) {
+            return invalid(
+                "bake_max_5xx_ratio",
+                format!("must be between 0 and 1, got {}", self.bake_max_5xx_ratio),
             );
         }
         if self.shutdown_timeout_secs >= self.stop_timeout_secs {
@@ -439,6 +459,18 @@ impl Settings {
     }
 
     /// How long an elder keeps serving after its successor took the live socket.
+    pub fn bake(&self) -> Duration {
+        Duration::from_secs(self.bake_secs)
+    }
+
+    /// Where a baking elder publishes its own socket beside the live one,
+    /// for nginx's `backup` server: a connect that fails on the successor
+    /// is retried on the elder. In the live socket's directory, which only
+    /// root can write.
+    pub fn standby_socket(&self) -> Option<PathBuf> {
+        (!self.live_socket.as_os_str().is_empty()).then(|| self.live_socket.with_file_name("standby.sock"))
+    }
+
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }
@@ -625,6 +657,28 @@ mod tests {
             assert_eq!(load_in(jail).unwrap().image_retention, 5);
             Ok(())
         });
+    }
+
+    #[test]
+    fn bake_settings_load_and_a_ratio_outside_zero_to_one_is_refused() {
+        let with = |key: &str, value: serde_json::Value| {
+            Settings::from_figment(
+                Figment::from(Serialized::defaults(Settings::default())).merge(Serialized::default(key, value)),
+            )
+        };
+        let s = Settings::default();
+        assert_eq!((s.bake_secs, s.bake_max_5xx_ratio), (30, 0.01));
+        assert_eq!(with("bake_secs", 0.into()).unwrap().bake_secs, 0);
+        assert_eq!(
+            with("bake_max_5xx_ratio", 0.05.into()).unwrap().bake_max_5xx_ratio,
+            0.05
+        );
+        assert_eq!(
+            s.standby_socket().unwrap(),
+            PathBuf::from("/run/selfup-public/standby.sock")
+        );
+        let err = with("bake_max_5xx_ratio", 1.5.into()).unwrap_err().to_string();
+        assert!(err.contains("bake_max_5xx_ratio: must be between 0 and 1"), "{err}");
     }
 
     #[test]

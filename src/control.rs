@@ -103,6 +103,31 @@ impl ControlSocket {
         std::fs::rename(&link, &self.public)
     }
 
+    /// Puts this instance's socket at `path` too, beside the public one (a
+    /// baking elder's standby socket), in the same rename. Idempotent.
+    pub fn publish_as(&self, path: &Path) -> io::Result<()> {
+        let link = PathBuf::from(format!("{}.standby", self.staged.display()));
+        match std::fs::remove_file(&link) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::hard_link(&self.staged, &link)?;
+        std::fs::rename(&link, path)
+    }
+
+    /// Removes `path` if it names this instance's socket; another's stays.
+    pub fn withdraw(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (std::fs::metadata(path), std::fs::metadata(&self.staged)) {
+            (Ok(there), Ok(mine)) => (there.dev(), there.ino()) == (mine.dev(), mine.ino()),
+            _ => false,
+        };
+        match same {
+            true => std::fs::remove_file(path),
+            false => Ok(()),
+        }
+    }
+
     /// Whether the public path names another socket than this instance's:
     /// another instance published its own over it. A missing public path is
     /// nobody's.
@@ -197,6 +222,27 @@ mod tests {
         let served = answer(&successor_listener, b"successor");
         assert_eq!(read(&public), "successor");
         served.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_standby_name_reaches_the_same_socket_and_is_withdrawn_only_by_its_owner() {
+        let dir = std::env::temp_dir().join(format!("selfup-standby-{}", std::process::id()));
+        let public = dir.join("run/live.sock");
+        let standby = dir.join("run/standby.sock");
+        let (elder, elder_listener) = ControlSocket::bind(&public, 5800, Access::Anyone).unwrap();
+        let (successor, _successor_listener) = ControlSocket::bind(&public, 5801, Access::Anyone).unwrap();
+        elder.publish_as(&standby).unwrap();
+        elder.publish_as(&standby).unwrap();
+        assert_eq!(mode(&standby), 0o666);
+        let served = answer(&elder_listener, b"elder");
+        assert_eq!(read(&standby), "elder");
+        served.join().unwrap();
+        successor.withdraw(&standby).unwrap();
+        assert!(standby.exists(), "the successor removed the elder's standby name");
+        elder.withdraw(&standby).unwrap();
+        assert!(!standby.exists());
+        elder.withdraw(&standby).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -72,6 +72,11 @@ pub enum Event {
         /// u64, not u128: a flattened, tagged enum cannot read a u128 back.
         duration_ms: u64,
     },
+    /// The successor serves the public; the elder watches it for `secs`.
+    BakeStarted { to: String, secs: u64 },
+    /// The bake is over: `promoted` (the successor stays) or `rolled_back`
+    /// (the elder took the traffic back), and why.
+    BakeEnded { outcome: String, reason: String },
     /// A companion update of another container began. `container` is the
     /// name (or id) as it was asked for: every event of the update carries it.
     UpdateStarted {
@@ -104,6 +109,8 @@ impl Event {
             Event::HealthAttempt { .. } => "health_attempt",
             Event::Takeover { .. } => "takeover",
             Event::UpgradeFinished { .. } => "upgrade_finished",
+            Event::BakeStarted { .. } => "bake_started",
+            Event::BakeEnded { .. } => "bake_ended",
             Event::UpdateStarted { .. } => "update_started",
             Event::UpdateStep { .. } => "update_step",
             Event::UpdateFinished { .. } => "update_finished",

@@ -8,6 +8,12 @@
 //! - `FAULT_TAKEOVER_PAUSE_MS=<n>`: a successor waits `n` ms after it has
 //!   published its sockets and confirmed them, before it stops its elder:
 //!   a window in which to kill it, or stop the elder, after the switch.
+//! - `FAULT_SUCCESSOR_EXIT_MS=<n>`: an instance started as a successor exits
+//!   (code 70) `n` ms after it has confirmed the live socket: a release that
+//!   crashes under real traffic, after the switch.
+//! - `FAULT_SUCCESSOR_5XX=1`: an instance started as a successor answers
+//!   `/` and `/echo` on the live socket with 500: a release that fails
+//!   every public request while its `/health` says it is fine.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,4 +82,32 @@ pub async fn takeover_pause() {
         tracing::warn!(pause_ms = pause, "fault switch: pausing the takeover after the switch");
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
+}
+
+/// Exits the process `FAULT_SUCCESSOR_EXIT_MS` after now, if it is set.
+pub fn successor_exit_later() {
+    let Some(after) = std::env::var("FAULT_SUCCESSOR_EXIT_MS")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return;
+    };
+    tracing::warn!(after_ms = after, "fault switch: this successor exits after the switch");
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+        tracing::warn!("fault switch: exiting");
+        std::process::exit(70);
+    });
+}
+
+/// The 500 a successor answers on the live socket with `FAULT_SUCCESSOR_5XX=1`.
+pub fn server_error(
+    req: &actix_web::HttpRequest,
+    settings: &crate::config::Settings,
+) -> Option<actix_web::HttpResponse> {
+    let on = std::env::var("FAULT_SUCCESSOR_5XX").is_ok_and(|v| v == "1");
+    let live = crate::routes::Listener::of(req) == crate::routes::Listener::Live;
+    (on && live && settings.handover_token.is_some()).then(|| {
+        actix_web::HttpResponse::InternalServerError().json(serde_json::json!({ "error": "injected fault: 500" }))
+    })
 }

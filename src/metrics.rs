@@ -5,6 +5,7 @@
 //! restarted Prometheus target does; the history of upgrades that outlives
 //! instances is `/status`'s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -31,6 +32,11 @@ pub struct Metrics {
     rollbacks: Counter,
     updates: Family<Label, Counter>,
     http: Family<Label, Counter>,
+    bakes: Family<Label, Counter>,
+    /// Public answers (those on the live socket), and the 5xx among them:
+    /// what an elder baking this instance judges it by.
+    public: AtomicU64,
+    public_5xx: AtomicU64,
     /// The watch loop's last check: when (seconds since the epoch), and whether it worked.
     watch_time: Gauge,
     watch_ok: Gauge,
@@ -56,6 +62,7 @@ impl Default for Metrics {
         let rollbacks = Counter::default();
         let updates = Family::<Label, Counter>::default();
         let http = Family::<Label, Counter>::default();
+        let bakes = Family::<Label, Counter>::default();
         let build = Family::<Label, Gauge>::default();
         build
             .get_or_create(&[("version", crate::build_version().to_string())])
@@ -85,6 +92,11 @@ impl Default for Metrics {
             "HTTP answers by status class (2xx, 3xx, 4xx, 5xx)",
             http.clone(),
         );
+        registry.register(
+            "selfup_bakes",
+            "Bakes this instance ran as the elder, by outcome: promoted, rolled_back",
+            bakes.clone(),
+        );
         registry.register("selfup_build_info", "The version this instance runs", build);
         let (watch_time, watch_ok) = (Gauge::default(), Gauge::default());
         registry.register(
@@ -104,6 +116,9 @@ impl Default for Metrics {
             rollbacks,
             updates,
             http,
+            bakes,
+            public: AtomicU64::new(0),
+            public_5xx: AtomicU64::new(0),
             watch_time,
             watch_ok,
             started: Instant::now(),
@@ -149,6 +164,27 @@ impl Metrics {
     pub fn answered(&self, status: StatusCode) {
         let class = format!("{}xx", status.as_u16() / 100);
         self.http.get_or_create(&[("class", class)]).inc();
+    }
+
+    /// Counts one public answer (on the live socket).
+    pub fn public_answered(&self, status: StatusCode) {
+        self.public.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.public_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// This instance's public answers since it started, and the 5xx among them.
+    pub fn public_answers(&self) -> (u64, u64) {
+        (
+            self.public.load(Ordering::Relaxed),
+            self.public_5xx.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a finished bake.
+    pub fn bake_finished(&self, outcome: &str) {
+        self.bakes.get_or_create(&[("outcome", outcome.to_string())]).inc();
     }
 
     /// Records a check of the watch loop, now.
@@ -224,6 +260,10 @@ mod tests {
         m.answered(StatusCode::OK);
         m.answered(StatusCode::NOT_FOUND);
         m.answered(StatusCode::CONFLICT);
+        m.public_answered(StatusCode::OK);
+        m.public_answered(StatusCode::BAD_GATEWAY);
+        assert_eq!(m.public_answers(), (2, 1));
+        m.bake_finished("rolled_back");
         assert_eq!(
             sample(&m.render(), "selfup_watch_last_check_timestamp_seconds"),
             Some(0.0)
@@ -240,6 +280,7 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(sample(&text, r#"selfup_http_responses_total{class="4xx"}"#), Some(2.0));
+        assert_eq!(sample(&text, r#"selfup_bakes_total{outcome="rolled_back"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"selfup_http_responses_total{class="2xx"}"#), Some(1.0));
         let version = format!(r#"selfup_build_info{{version="{}"}}"#, crate::build_version());
         assert_eq!(sample(&text, &version), Some(1.0));

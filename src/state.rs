@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -24,6 +24,79 @@ pub struct Status {
     pub takeover: TakeoverPhase,
     /// The last finished upgrades, newest first.
     pub history: VecDeque<UpgradeRecord>,
+    /// The bake this instance runs as the elder, if any: its successor
+    /// serves the public while this instance watches it.
+    pub bake: Option<Bake>,
+    /// How the last bake this instance ran ended.
+    pub last_bake: Option<BakeReport>,
+    /// Set by an elder's go-ahead on its successor: how long the elder
+    /// bakes it. `None`: the elder does not bake (or is an older version).
+    pub bake_requested: Option<Duration>,
+    /// The version last rolled back during a bake, without a data directory.
+    pub rejected: Option<Rejected>,
+}
+
+/// A bake under way: the elder keeps running out of rotation and watches
+/// its successor until the time is up, a breach, or an operator's word.
+#[derive(Debug, Clone)]
+pub struct Bake {
+    /// The version being baked.
+    pub to: String,
+    /// The successor's container id.
+    pub successor: String,
+    pub successor_port: u16,
+    pub started: Instant,
+    pub ends: Instant,
+    /// What an operator asked for (`/promote`, `/rollback`), not yet acted on.
+    pub asked: Option<BakeVerdict>,
+    /// The successor's public answers, and the 5xx among them, last seen.
+    pub answers: (u64, u64),
+}
+
+/// An operator's word on a bake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BakeVerdict {
+    /// `POST /promote`: the successor is good; end the bake now.
+    Promote,
+    /// `POST /rollback`: give the traffic back to the elder now.
+    Rollback,
+}
+
+/// How a bake ended, as `/status`, the `/upgrade` answer and `/promote` or
+/// `/rollback` report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BakeReport {
+    /// `promoted` (the successor stays) or `rolled_back` (the elder serves again).
+    pub outcome: String,
+    pub reason: String,
+    pub to: String,
+    /// How long the bake ran.
+    pub baked_ms: u64,
+    /// The successor's public answers over the bake, and its 5xx among them.
+    pub answers: u64,
+    pub server_errors: u64,
+    /// When the breach was detected, milliseconds since the epoch.
+    pub breach_at_ms: Option<u64>,
+    /// From the breach's detection to the live socket naming this instance again.
+    pub reclaim_us: Option<u64>,
+}
+
+impl BakeReport {
+    /// Whether the successor was rolled back.
+    pub fn rolled_back(&self) -> bool {
+        self.outcome == "rolled_back"
+    }
+}
+
+/// A version rolled back during a bake: `/upgrade` to `:latest` (or to a
+/// requirement that picks it) refuses it until a newer one appears or it is
+/// named exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub version: String,
+    pub reason: String,
+    /// Seconds since the epoch.
+    pub at: u64,
 }
 
 /// The running upgrade, as a refused second request is told.
@@ -59,6 +132,10 @@ pub enum UpgradeStep {
     /// The go-ahead is given; waiting for the successor to stop this instance.
     #[serde(rename = "waiting for the successor's takeover")]
     WaitingForTakeover,
+    /// The successor serves the public; this instance watches it, out of
+    /// rotation, ready to take the traffic back.
+    #[serde(rename = "baking the successor")]
+    Baking,
 }
 
 impl std::fmt::Display for UpgradeStep {
@@ -70,6 +147,7 @@ impl std::fmt::Display for UpgradeStep {
             UpgradeStep::StartingTheSuccessor => "starting the successor",
             UpgradeStep::HealthChecking => "health-checking the successor",
             UpgradeStep::WaitingForTakeover => "waiting for the successor's takeover",
+            UpgradeStep::Baking => "baking the successor",
         })
     }
 }
@@ -87,6 +165,10 @@ pub enum TakeoverStep {
     /// instance answers there.
     #[serde(rename = "confirming through the live socket")]
     ConfirmingThroughLiveSocket,
+    /// Serving the public while the elder, out of rotation, watches this
+    /// instance; only an elder that asked for a bake sees this step.
+    #[serde(rename = "baking")]
+    Baking,
     /// Stopping and removing the elder: an elder that gets a stop signal at
     /// this step has been taken over from.
     #[serde(rename = "stopping the elder")]
@@ -98,6 +180,7 @@ impl std::fmt::Display for TakeoverStep {
         f.write_str(match self {
             TakeoverStep::PublishingSockets => "publishing the sockets",
             TakeoverStep::ConfirmingThroughLiveSocket => "confirming through the live socket",
+            TakeoverStep::Baking => "baking",
             TakeoverStep::StoppingTheElder => "stopping the elder",
         })
     }
@@ -200,6 +283,12 @@ pub struct Shared {
     pub events: crate::events::EventLog,
     /// What `/metrics` exports.
     pub metrics: crate::metrics::Metrics,
+    /// Wakes a running bake: an operator's `/promote` or `/rollback`.
+    pub bake_asked: Notify,
+    /// Wakes whoever waits for a bake's end (`/promote`, `/rollback`).
+    pub bake_ended: Notify,
+    /// Where the version rolled back during a bake is kept, beside the history.
+    rejected_file: Option<PathBuf>,
 }
 
 impl Default for Shared {
@@ -216,6 +305,9 @@ impl Default for Shared {
             pushed: Mutex::default(),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::default(),
+            bake_asked: Notify::new(),
+            bake_ended: Notify::new(),
+            rejected_file: None,
         }
     }
 }
@@ -229,6 +321,7 @@ impl Shared {
         let shared = Shared {
             history_file: Some(history_file),
             handover_file: Some(data_dir.join("handover.json")),
+            rejected_file: Some(data_dir.join("rejected.json")),
             events: crate::events::EventLog::in_dir(data_dir),
             ..Shared::default()
         };
@@ -285,6 +378,29 @@ impl Shared {
             if let Err(e) = saved {
                 tracing::warn!(path = %path.display(), error = %e, "the upgrade history is kept in memory only");
             }
+        }
+    }
+}
+
+impl Shared {
+    /// The version last rolled back during a bake, if any: with a data
+    /// directory, every generation sees it.
+    pub fn rejected(&self) -> Option<Rejected> {
+        match &self.rejected_file {
+            Some(path) => serde_json::from_slice(&std::fs::read(path).ok()?).ok(),
+            None => self.status().rejected.clone(),
+        }
+    }
+
+    /// Remembers a version rolled back during a bake.
+    pub fn reject(&self, rejected: Rejected) {
+        self.status().rejected = Some(rejected.clone());
+        let Some(path) = &self.rejected_file else { return };
+        let saved = serde_json::to_string_pretty(&rejected)
+            .map_err(std::io::Error::other)
+            .and_then(|text| crate::atomic::write_atomically(path, &text));
+        if let Err(e) = saved {
+            tracing::warn!(path = %path.display(), error = %e, "the rolled back version is remembered in memory only");
         }
     }
 }
@@ -379,12 +495,14 @@ mod tests {
             UpgradeStep::StartingTheSuccessor,
             UpgradeStep::HealthChecking,
             UpgradeStep::WaitingForTakeover,
+            UpgradeStep::Baking,
         ] {
             assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
         }
         for step in [
             TakeoverStep::PublishingSockets,
             TakeoverStep::ConfirmingThroughLiveSocket,
+            TakeoverStep::Baking,
             TakeoverStep::StoppingTheElder,
         ] {
             assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());

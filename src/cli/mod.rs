@@ -212,6 +212,16 @@ impl View {
             )),
             "upgrade_step" => Some(data["step"].as_str().unwrap_or("?").to_string()),
             "takeover" => Some(format!("successor: {}", data["phase"].as_str().unwrap_or("?"))),
+            "bake_started" => Some(format!(
+                "baking {} for {} s: the elder stands by (POST /promote ends it, POST /rollback goes back)",
+                data["to"].as_str().unwrap_or("?"),
+                data["secs"].as_u64().unwrap_or(0)
+            )),
+            "bake_ended" => Some(format!(
+                "bake {}: {}",
+                data["outcome"].as_str().unwrap_or("?").replace('_', " "),
+                data["reason"].as_str().unwrap_or("?")
+            )),
             // The attempt that passed; every attempt is in /events.
             "health_attempt" if data["result"] == "answered as the successor" => Some(format!(
                 "the successor answered /health (attempt {})",

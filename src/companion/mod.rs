@@ -766,6 +766,7 @@ impl Companion {
                 Some(AppSpec { health: Some(_), .. }) => Duration::ZERO,
                 _ => self.settings.update_settle(),
             },
+            bake: Duration::from_secs(self.settings.update_bake_secs),
             stopped_old: false,
             progress: Some(progress),
             journal: slot.claim.as_ref().map(|claim| {
@@ -974,6 +975,7 @@ impl Companion {
             image: record.image.clone(),
             deadline: self.settings.update_deadline(),
             settle: self.settings.update_settle(),
+            bake: Duration::ZERO,
             stopped_old: record.stop_first,
             progress: None,
             journal: None,

@@ -17,6 +17,9 @@ use crate::recreate::watch::{self, StopFailed, WaitError, Watcher};
 
 /// How often a new container is looked at while it comes up.
 const POLL: Duration = Duration::from_millis(250);
+/// How often a new container is looked at during its bake: the old one
+/// comes back within this of a crash.
+const BAKE_POLL: Duration = Duration::from_millis(50);
 
 /// Why a swap failed, by the step it failed at.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,10 @@ pub struct Swap<'a> {
     /// without a HEALTHCHECK must keep running.
     pub deadline: Duration,
     pub settle: Duration,
+    /// How long the old container, renamed aside and still running (the
+    /// "beside" placement), waits after the new one is up, ready to come
+    /// back at once if the new one fails; zero: it is removed at once.
+    pub bake: Duration,
     /// Whether the old container was stopped (stop-first), so a rollback starts it.
     pub stopped_old: bool,
     /// Where the update's steps go; none when a start resolves a half-done swap.
@@ -159,6 +166,9 @@ impl Swap<'_> {
         self.note(Phase::Started, None);
         self.step(Step::HealthChecking);
         self.until_up(&new_id).await.map_err(|e| fail(SwapError::NotUp(e)))?;
+        if *placement == Placement::Beside && !self.bake.is_zero() {
+            self.bake(&new_id).await.map_err(|e| fail(SwapError::NotUp(e)))?;
+        }
         if let Some(policy) = new.restart_policy {
             self.engine
                 .set_restart_policy(&new_id, policy)
@@ -182,6 +192,28 @@ impl Swap<'_> {
             }
             None => watcher.until_up(self.settle).await,
         }
+    }
+
+    /// Watches a new container that is up for the bake, the old one
+    /// running beside it: an exit, a restart or an unhealthy HEALTHCHECK
+    /// fails the swap, and the caller's rollback brings the old one back.
+    async fn bake(&self, id: &str) -> Result<(), WaitError> {
+        tracing::info!(container = self.name, bake = ?self.bake, "baking the new container beside the old one");
+        let ends = tokio::time::Instant::now() + self.bake;
+        let during = |e: WaitError| WaitError::Failed(format!("during the {} s bake: {e}", self.bake.as_secs()));
+        while tokio::time::Instant::now() < ends {
+            match self.engine.inspect_container(id).await {
+                Ok(c) => {
+                    if let watch::Verdict::Failed(e) = watch::verdict(&c, Duration::MAX, self.settle) {
+                        return Err(during(e));
+                    }
+                }
+                Err(DockerError::NoSuchContainer(_)) => return Err(during(WaitError::Died("it was removed".into()))),
+                Err(_) => {}
+            }
+            tokio::time::sleep(BAKE_POLL).await;
+        }
+        Ok(())
     }
 
     /// The last steps of a half-done swap whose new container exists (see

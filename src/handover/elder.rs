@@ -12,6 +12,7 @@ use super::{
 };
 use bollard::models::ImageInspect;
 
+use super::bake::BakeEnd;
 use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
@@ -21,7 +22,7 @@ use crate::recreate::resolve::{self, Go};
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{InProgress, Outcome, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
+use crate::state::{InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 
 /// How often the elder looks at its successor (the Engine's view of it)
 /// while waiting.
@@ -44,6 +45,14 @@ enum Unconfirmed {
     Stopped(String),
 }
 
+/// What the successor did with the go-ahead.
+enum Handed {
+    /// It stopped this instance: the handover is over.
+    Stopped,
+    /// It serves the public and waits for the end of the bake.
+    Baking,
+}
+
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
 struct Flight<'a> {
     orchestrator: &'a Orchestrator,
@@ -52,6 +61,12 @@ struct Flight<'a> {
 impl<'a> Flight<'a> {
     fn take(orchestrator: &'a Orchestrator, target: &Target) -> Result<Self, UpgradeError> {
         let mut status = orchestrator.shared.status();
+        if let Some(bake) = &status.bake {
+            return Err(UpgradeError::Baking {
+                to: bake.to.clone(),
+                left_secs: bake.ends.saturating_duration_since(std::time::Instant::now()).as_secs(),
+            });
+        }
         if let Some(running) = &status.upgrade {
             return Err(UpgradeError::InProgress(running.clone()));
         }
@@ -182,6 +197,7 @@ impl Orchestrator {
             }
         };
         let version = resolve::labelled_version(&image, &new_image, &requirement)?;
+        self.refuse_rejected(&version, &requirement)?;
         // What runs is what was checked: the successor is created from this
         // image id, not from the tag, which may move meanwhile.
         let image_id = new_image
@@ -285,22 +301,69 @@ impl Orchestrator {
 
         flight.step(UpgradeStep::WaitingForTakeover);
         let t = Instant::now();
-        match self.go_and_wait(&successor, reach, &token).await {
-            Ok(()) => {}
-            Err(Unconfirmed::Failed(reason)) => {
-                let log = self.discard(&successor).await;
-                self.reclaim();
-                return Err(UpgradeError::TakeoverFailed {
-                    port: new_port,
-                    reason,
-                    log,
-                });
-            }
-            Err(Unconfirmed::Stopped(phase)) => {
-                return Err(UpgradeError::StoppedBeforeConfirmation { port: new_port, phase });
-            }
+        let bake = (self.settings.bake_secs > 0).then(|| self.settings.bake());
+        if bake.is_some() {
+            // Before the switch: nginx's backup reaches this instance as soon
+            // as the successor is live.
+            self.publish_standby();
         }
+        let handed = self.go_and_wait(&successor, reach, &token, bake).await;
+        let handed = match handed {
+            Ok(handed) => handed,
+            Err(unconfirmed) => return Err(self.unconfirmed(&successor, new_port, unconfirmed).await),
+        };
         timings.takeover_ms = t.elapsed().as_millis();
+        let bake = match handed {
+            // A successor that does not bake (an older version) stopped
+            // this instance at once.
+            Handed::Stopped => {
+                self.withdraw_standby();
+                None
+            }
+            Handed::Baking => {
+                flight.step(UpgradeStep::Baking);
+                let (end, report) = self.bake(&successor, reach, &token, &version).await;
+                match end {
+                    BakeEnd::Promoted { stopped: true } => {}
+                    BakeEnd::Promoted { stopped: false } => {
+                        if let Err(unconfirmed) = self.end_bake(&successor, reach, &token).await {
+                            return Err(self.unconfirmed(&successor, new_port, unconfirmed).await);
+                        }
+                    }
+                    BakeEnd::RolledBack { by_operator, answering } => {
+                        if !answering {
+                            // Dead or frozen: the requests it holds end (and
+                            // nginx retries the idempotent ones on the standby
+                            // socket) only when it is killed; its log stays.
+                            let _ = self.engine.signal(&successor, "SIGKILL").await;
+                        }
+                        let log = watch::log_tail(&self.engine, &successor).await;
+                        let removed = match answering {
+                            true => {
+                                let stop = Duration::from_secs(self.settings.stop_timeout_secs);
+                                watch::stop_and_remove(&self.engine, &successor, stop, watch::StopFailed::Force).await
+                            }
+                            false => self.engine.remove_container(&successor, true).await,
+                        };
+                        if let Err(e) = removed {
+                            tracing::warn!(container = %successor, error = %e, "could not remove the rolled back successor");
+                        }
+                        self.withdraw_standby();
+                        self.shared.reject(Rejected {
+                            version: version.to_string(),
+                            reason: report.reason.clone(),
+                            at: now_secs(),
+                        });
+                        return Err(UpgradeError::RolledBackDuringBake {
+                            report: Box::new(report),
+                            log,
+                            by_operator,
+                        });
+                    }
+                }
+                Some(Box::new(report))
+            }
+        };
         timings.total_ms = started.elapsed().as_millis();
         Ok(UpgradeOutcome::Upgraded {
             from: self.version.to_string(),
@@ -311,7 +374,38 @@ impl Orchestrator {
             new_port,
             successor: successor.chars().take(12).collect(),
             timings,
+            bake,
         })
+    }
+
+    /// Refuses a version rolled back during a bake, unless it is named
+    /// exactly: `:latest` keeps pointing at it until a newer one is pushed.
+    pub(super) fn refuse_rejected(&self, version: &Version, requirement: &Requirement) -> Result<(), UpgradeError> {
+        if matches!(requirement, Requirement::Exact(_)) {
+            return Ok(());
+        }
+        match self.shared.rejected() {
+            Some(rejected) if rejected.version == version.to_string() => Err(UpgradeError::RolledBackBefore {
+                version: rejected.version,
+                reason: rejected.reason,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error of a takeover the successor did not confirm; a failed
+    /// successor is removed and the sockets are this instance's again.
+    async fn unconfirmed(&self, successor: &str, port: u16, unconfirmed: Unconfirmed) -> UpgradeError {
+        self.withdraw_standby();
+        match unconfirmed {
+            Unconfirmed::Failed(reason) => {
+                let log = self.discard(successor).await;
+                self.reclaim();
+                self.shared.lingering.store(false, std::sync::atomic::Ordering::Relaxed);
+                UpgradeError::TakeoverFailed { port, reason, log }
+            }
+            Unconfirmed::Stopped(phase) => UpgradeError::StoppedBeforeConfirmation { port, phase },
+        }
     }
 
     /// Reports a finished upgrade or rollback to `notify_urls`, in the background.
@@ -521,21 +615,61 @@ impl Orchestrator {
     /// reports a failure, exits, or the elder's budget passes. That budget is
     /// the successor's whole takeover budget plus [`ELDER_MARGIN`]: the
     /// elder never gives up before its successor does.
-    async fn go_and_wait(&self, successor: &str, reach: Reach, token: &str) -> Result<(), Unconfirmed> {
+    ///
+    /// With `bake`, the go-ahead asks the successor to bake: it returns
+    /// [`Handed::Baking`] once the successor serves the public and waits
+    /// for the end of the bake. A successor that does not know bakes
+    /// ignores the ask and stops this instance as before.
+    async fn go_and_wait(
+        &self,
+        successor: &str,
+        reach: Reach,
+        token: &str,
+        bake: Option<Duration>,
+    ) -> Result<Handed, Unconfirmed> {
         let base = format!("http://{}/handover", reach.addr);
+        let go_url = match bake {
+            Some(bake) => format!("{base}?bake_ms={}", bake.as_millis()),
+            None => base.clone(),
+        };
+        self.send_go(&go_url, token, "go-ahead").await?;
+        self.wait_stopped(successor, &base, token, bake.is_some()).await
+    }
+
+    /// Tells a baked successor that the bake ended clean (the go-ahead's
+    /// second use), then waits for it to stop this instance.
+    async fn end_bake(&self, successor: &str, reach: Reach, token: &str) -> Result<(), Unconfirmed> {
+        let base = format!("http://{}/handover", reach.addr);
+        self.send_go(&base, token, "the end of the bake").await?;
+        self.wait_stopped(successor, &base, token, false).await.map(|_| ())
+    }
+
+    async fn send_go(&self, url: &str, token: &str, what: &str) -> Result<(), Unconfirmed> {
         let go = self
             .http
-            .post(&base)
+            .post(url)
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| Unconfirmed::Failed(WaitError::Failed(format!("go-ahead not delivered: {e}"))))?;
+            .map_err(|e| Unconfirmed::Failed(WaitError::Failed(format!("{what} not delivered: {e}"))))?;
         if !go.status().is_success() {
             return Err(Unconfirmed::Failed(WaitError::Failed(format!(
-                "go-ahead refused with {}",
+                "{what} refused with {}",
                 go.status()
             ))));
         }
+        Ok(())
+    }
+
+    /// Waits for the successor's stop signal (or, with `until_baking`,
+    /// for it to report that it bakes), watching it all the while.
+    async fn wait_stopped(
+        &self,
+        successor: &str,
+        base: &str,
+        token: &str,
+        until_baking: bool,
+    ) -> Result<Handed, Unconfirmed> {
         let mut shutdown = self.shared.shutdown.subscribe();
         let budget = self.settings.takeover_deadline() + ELDER_MARGIN;
         let watcher = Watcher::new(&self.engine, successor, budget, POLL);
@@ -543,11 +677,11 @@ impl Orchestrator {
             if *shutdown.borrow_and_update() {
                 // A stop signal is the successor's only when it says so: an
                 // operator's `docker stop` looks the same from here.
-                return match self.successor_phase(&base, token).await {
-                    Ok(TakeoverPhase::Done) => Ok(()),
+                return match self.successor_phase(base, token).await {
+                    Ok(TakeoverPhase::Done) => Ok(Handed::Stopped),
                     Ok(TakeoverPhase::Running {
                         step: TakeoverStep::StoppingTheElder,
-                    }) => Ok(()),
+                    }) => Ok(Handed::Stopped),
                     Ok(phase) => Err(Unconfirmed::Stopped(phase.to_string())),
                     Err(e) => Err(Unconfirmed::Stopped(format!("unknown ({e})"))),
                 };
@@ -556,8 +690,12 @@ impl Orchestrator {
                 _ = shutdown.changed() => continue,
                 _ = watcher.pause() => {}
             }
-            if let Ok(TakeoverPhase::Failed { reason }) = self.successor_phase(&base, token).await {
-                return Err(Unconfirmed::Failed(WaitError::Failed(reason)));
+            match self.successor_phase(base, token).await {
+                Ok(TakeoverPhase::Failed { reason }) => return Err(Unconfirmed::Failed(WaitError::Failed(reason))),
+                Ok(TakeoverPhase::Running {
+                    step: TakeoverStep::Baking,
+                }) if until_baking => return Ok(Handed::Baking),
+                _ => {}
             }
             if let Some(exit) = watcher.died().await {
                 return Err(Unconfirmed::Failed(WaitError::Died(exit)));

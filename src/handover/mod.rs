@@ -10,6 +10,7 @@
 //!
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
+pub mod bake;
 pub mod elder;
 pub mod plan;
 pub mod takeover;
@@ -184,6 +185,11 @@ pub enum UpgradeError {
     BadRequirement(#[from] RequirementError),
     #[error("an upgrade is already running")]
     InProgress(InProgress),
+    /// The last upgrade's successor is live and this instance still bakes it.
+    #[error(
+        "a bake of {to} is running ({left_secs} s left): POST /promote to keep {to} now, POST /rollback to go back, or wait"
+    )]
+    Baking { to: String, left_secs: u64 },
     #[error(
         "companion updates of {} still ran after {waited_secs}s; the upgrade did not start: try again when they are done",
         containers.join(", ")
@@ -216,6 +222,19 @@ pub enum UpgradeError {
         "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
     )]
     StoppedBeforeConfirmation { port: u16, phase: String },
+    /// The successor went bad during the bake (or an operator said so):
+    /// the elder serves again and the successor is removed.
+    #[error("rolled back during bake: {}", report.reason)]
+    RolledBackDuringBake {
+        report: Box<crate::state::BakeReport>,
+        log: String,
+        by_operator: bool,
+    },
+    /// The target is the version last rolled back during a bake.
+    #[error(
+        "{version} was rolled back during a bake ({reason}); ask for it exactly (/upgrade/={version}) to upgrade to it anyway, or publish a newer version"
+    )]
+    RolledBackBefore { version: String, reason: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -255,6 +274,9 @@ pub enum UpgradeOutcome {
         new_port: u16,
         successor: String,
         timings: Timings,
+        /// How the bake ended (the answer comes after it); none without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bake: Option<Box<crate::state::BakeReport>>,
     },
 }
 

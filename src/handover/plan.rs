@@ -115,6 +115,7 @@ impl Orchestrator {
                 found: remote.version.clone(),
             })?;
         plan.version = Some(version.clone());
+        self.refuse_rejected(&version, &requirement)?;
         if !requirement.admits(&version) {
             return Err(ResolveError::LabelMismatch {
                 image,
@@ -155,6 +156,12 @@ impl Orchestrator {
     /// Why an upgrade could not start now: one running, or a takeover.
     fn busy(&self) -> Option<UpgradeError> {
         let status = self.shared.status();
+        if let Some(bake) = &status.bake {
+            return Some(UpgradeError::Baking {
+                to: bake.to.clone(),
+                left_secs: bake.ends.saturating_duration_since(std::time::Instant::now()).as_secs(),
+            });
+        }
         if let Some(running) = &status.upgrade {
             return Some(UpgradeError::InProgress(running.clone()));
         }

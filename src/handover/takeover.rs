@@ -124,7 +124,9 @@ impl Orchestrator {
                 created: (0, 0),
             });
         }
-        self.take_over(me, elders.into_iter().map(|s| s.id).collect()).await
+        let baked_by = Some((elder, my_created));
+        self.take_over(me, elders.into_iter().map(|s| s.id).collect(), baked_by)
+            .await
     }
 
     /// `Some(why)` when the elder that created this successor is gone: the
@@ -159,10 +161,11 @@ impl Orchestrator {
             // Alone (a fresh start, a restart): the sockets are this
             // instance's, whoever held them before.
             self.publish_sockets();
+            self.remove_stale_standby();
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect()).await
+        self.take_over(me, all.into_iter().map(|s| s.id).collect(), None).await
     }
 
     /// When this container was created, ordered as [`created_key`] orders.
@@ -210,20 +213,56 @@ impl Orchestrator {
     /// reaches it), confirms through the live socket's public path that it
     /// does, then stops (gracefully) and removes `elders`. nginx is not
     /// asked anything: whether it runs or not, it connects to the path.
-    #[tracing::instrument(skip(self, elders), fields(version = %self.version, port = self.settings.port))]
-    async fn take_over(&self, me: &str, elders: Vec<String>) -> Result<(), TakeoverError> {
+    ///
+    /// When the elder `baked_by` names asked for a bake in its go-ahead,
+    /// only the live socket moves at the switch (the elder keeps the control
+    /// socket, where an operator promotes or rolls back), and the elder is
+    /// stopped only once the bake has ended clean, or the elder is gone.
+    #[tracing::instrument(skip(self, elders, baked_by), fields(version = %self.version, port = self.settings.port))]
+    async fn take_over(
+        &self,
+        me: &str,
+        elders: Vec<String>,
+        baked_by: Option<(&str, (i64, u32))>,
+    ) -> Result<(), TakeoverError> {
         let step = |step| self.shared.set_takeover(TakeoverPhase::Running { step });
+        let bake = baked_by.and_then(|elder| Some((elder, self.shared.status().bake_requested?)));
         // One budget for the switch: the elder waits this long plus a
         // margin, so it never gives up while this instance still works.
         let deadline = Instant::now() + self.settings.takeover_deadline();
         step(TakeoverStep::PublishingSockets);
-        self.publish_sockets();
+        match (bake, self.live_socket()) {
+            (Some(_), Some(live)) => {
+                if let Err(e) = live.publish() {
+                    tracing::warn!(path = %live.public().display(), error = %e, "could not publish the live socket");
+                }
+            }
+            _ => self.publish_sockets(),
+        }
         if let Some(live) = self.live_socket() {
             step(TakeoverStep::ConfirmingThroughLiveSocket);
             self.confirm_live(me, live.public(), deadline).await?;
         }
         #[cfg(feature = "faults")]
         crate::faults::takeover_pause().await;
+        #[cfg(feature = "faults")]
+        if self.settings.handover_token.is_some() {
+            crate::faults::successor_exit_later();
+        }
+        if let Some(((elder, my_created), bake)) = bake {
+            step(TakeoverStep::Baking);
+            match self.await_bake_end(elder, my_created, bake).await {
+                BakeWait::RolledBack => {
+                    tracing::warn!("the elder took the live socket back during the bake: it removes this instance");
+                    self.shared.set_takeover(TakeoverPhase::Failed {
+                        reason: "rolled back by the elder during the bake".into(),
+                    });
+                    return Ok(());
+                }
+                BakeWait::Ended => {}
+            }
+            self.publish_sockets();
+        }
         step(TakeoverStep::StoppingTheElder);
         let stop = Duration::from_secs(self.settings.stop_timeout_secs);
         for id in &elders {
@@ -244,6 +283,8 @@ impl Orchestrator {
                 tracing::warn!(container = %id, error = %source, "the elder runs again: stopping it again");
             }
         }
+        // An elder killed during its bake left its standby name behind.
+        self.remove_stale_standby();
         if let Ok(c) = self.engine.inspect_container(me).await {
             let name = c.name.unwrap_or_default();
             let base = base_name(&name, self.settings.ports);
@@ -261,7 +302,69 @@ impl Orchestrator {
     }
 }
 
+/// How a bake ended, as the baked successor sees it.
+enum BakeWait {
+    /// The elder said so, or it is gone: this instance stays, alone.
+    Ended,
+    /// The elder published its live socket again: it removes this instance.
+    RolledBack,
+}
+
 impl Orchestrator {
+    /// Serves the public while the elder bakes this instance, until the
+    /// elder's second go-ahead (the bake ended clean), its taking the live
+    /// socket back, or its end (killed, stopped, restarted: this instance
+    /// goes on alone). An elder silent for the whole bake and the takeover
+    /// budget after it is taken for gone.
+    async fn await_bake_end(&self, elder: &str, my_created: (i64, u32), bake: Duration) -> BakeWait {
+        let deadline = Instant::now() + bake + self.settings.takeover_deadline();
+        let go = self.shared.go.notified();
+        tokio::pin!(go);
+        let mut looks = 0u32;
+        loop {
+            tokio::select! {
+                _ = &mut go => return BakeWait::Ended,
+                _ = sleep(Duration::from_millis(20)) => {}
+            }
+            // Two stats, every 20 ms: once the elder has the live socket
+            // back, nginx's pooled connections to this instance must close
+            // with their next answer, as an elder's do after a switch.
+            if self.taken_over_from() {
+                self.shared.lingering.store(true, std::sync::atomic::Ordering::Relaxed);
+                return BakeWait::RolledBack;
+            }
+            looks += 1;
+            if !looks.is_multiple_of(12) {
+                continue;
+            }
+            match self.elder_gone(elder, my_created).await {
+                Ok(Some(why)) => {
+                    tracing::warn!(elder, why, "the elder is gone during the bake: this instance stays");
+                    return BakeWait::Ended;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(elder, error = %e, "cannot see the elder; asking again"),
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(elder, "the elder never ended the bake: this instance stays");
+                return BakeWait::Ended;
+            }
+        }
+    }
+
+    /// Removes the standby name a baking elder published: once no elder
+    /// bakes, nginx must not keep trying it.
+    fn remove_stale_standby(&self) {
+        let Some(standby) = self.settings.standby_socket() else {
+            return;
+        };
+        match std::fs::remove_file(&standby) {
+            Ok(()) => tracing::info!(path = %standby.display(), "removed a stale standby socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %standby.display(), error = %e, "could not remove the standby socket"),
+        }
+    }
+
     /// Asks `GET /health` through the live socket's public path until this
     /// very container answers there: the path nginx connects to is this
     /// instance's.

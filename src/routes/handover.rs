@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::routes::AppState;
 use crate::routes::{guard_handover, json_error, presents};
-use crate::state::TakeoverPhase;
+use crate::state::{TakeoverPhase, TakeoverStep};
 
 /// `POST /handover`: go ahead and take over.
 pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -27,8 +27,17 @@ pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let phase = shared.status().takeover.clone();
     match phase {
         TakeoverPhase::WaitingForGo => {
+            // An elder that bakes says for how long; an older one says nothing.
+            shared.status().bake_requested = bake_asked(req.query_string());
             shared.go.notify_one();
             HttpResponse::Accepted().json(json!({ "phase": "taking_over" }))
+        }
+        // The second go-ahead: the elder's bake ended clean.
+        TakeoverPhase::Running {
+            step: TakeoverStep::Baking,
+        } => {
+            shared.go.notify_one();
+            HttpResponse::Accepted().json(json!({ "phase": "finishing" }))
         }
         TakeoverPhase::Idle => json_error(StatusCode::CONFLICT, "not ready for a go-ahead yet"),
         other => HttpResponse::build(StatusCode::CONFLICT)
@@ -53,4 +62,30 @@ pub async fn phase(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
     HttpResponse::Ok().json(state.orchestrator.shared.status().takeover.clone())
+}
+
+/// The bake an elder's go-ahead asks for: `bake_ms=<n>` in the query, `n` > 0.
+fn bake_asked(query: &str) -> Option<std::time::Duration> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "bake_ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bake_asked;
+    use std::time::Duration;
+
+    #[test]
+    fn the_go_ahead_asks_for_a_bake_only_with_a_positive_bake_ms() {
+        assert_eq!(bake_asked("bake_ms=30000"), Some(Duration::from_secs(30)));
+        assert_eq!(bake_asked("x=1&bake_ms=5"), Some(Duration::from_millis(5)));
+        assert_eq!(bake_asked(""), None);
+        assert_eq!(bake_asked("bake_ms=0"), None);
+        assert_eq!(bake_asked("bake_ms=soon"), None);
+    }
 }

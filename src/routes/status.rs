@@ -17,12 +17,24 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .await
         .unwrap_or_else(|e| json!({ "error": e }));
     let o = &state.orchestrator;
-    let (upgrade, takeover) = {
+    let (upgrade, takeover, bake, last_bake) = {
         let status = o.shared.status();
         let upgrade = status.upgrade.as_ref().map(|u| {
             json!({ "requirement": u.requirement, "step": u.step, "running_for_ms": u.started.elapsed().as_millis() })
         });
-        (upgrade, status.takeover.clone())
+        let now = std::time::Instant::now();
+        let bake = status.bake.as_ref().map(|b| {
+            json!({
+                "to": b.to,
+                "successor": b.successor.chars().take(12).collect::<String>(),
+                "successor_port": b.successor_port,
+                "elapsed_ms": now.duration_since(b.started).as_millis(),
+                "left_ms": b.ends.saturating_duration_since(now).as_millis(),
+                "answers": b.answers.0,
+                "server_errors": b.answers.1,
+            })
+        });
+        (upgrade, status.takeover.clone(), bake, status.last_bake.clone())
     };
     let history = o.shared.history();
     HttpResponse::Ok().json(json!({
@@ -35,6 +47,9 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         "docker": image["error"],
         "upgrade_in_progress": upgrade,
         "takeover": takeover,
+        "bake": bake,
+        "last_bake": last_bake,
+        "rolled_back_version": o.shared.rejected(),
         "history": history,
     }))
 }

@@ -8,20 +8,26 @@ use crate::handover::plan::PlannedDecision;
 use crate::handover::{Target, UpgradeError};
 use crate::recreate::version::Requirement;
 use crate::routes::{AppState, guard_control, json_error, resolve_details, resolve_status};
+use crate::state::{BakeVerdict, TakeoverPhase, TakeoverStep};
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
         use UpgradeError::*;
         match self {
             BadRequirement(_) => StatusCode::BAD_REQUEST,
-            InProgress(_) | CompanionBusy { .. } | TakeoverUnderway(_) | NotInContainer | NoPrevious => {
-                StatusCode::CONFLICT
-            }
+            InProgress(_)
+            | Baking { .. }
+            | CompanionBusy { .. }
+            | TakeoverUnderway(_)
+            | NotInContainer
+            | NoPrevious => StatusCode::CONFLICT,
             PreviousImageGone { .. } => StatusCode::NOT_FOUND,
             Resolve(e) => resolve_status(e),
             Docker { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
             Docker { .. } | SuccessorUnhealthy { .. } | TakeoverFailed { .. } => StatusCode::BAD_GATEWAY,
             StoppedBeforeConfirmation { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RolledBackDuringBake { by_operator: true, .. } | RolledBackBefore { .. } => StatusCode::CONFLICT,
+            RolledBackDuringBake { .. } => StatusCode::BAD_GATEWAY,
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -44,6 +50,14 @@ impl ResponseError for UpgradeError {
                 body["successor_log"] = json!(log.lines().collect::<Vec<_>>());
                 body["live"] = json!("the elder keeps serving");
             }
+            RolledBackDuringBake { report, log, .. } => {
+                body["status"] = json!("rolled_back");
+                body["bake"] = json!(report);
+                body["successor_log"] = json!(log.lines().collect::<Vec<_>>());
+                body["live"] = json!("the elder serves again");
+            }
+            RolledBackBefore { version, .. } => body["rolled_back_version"] = json!(version),
+            Baking { to, left_secs } => body["bake"] = json!({ "to": to, "left_secs": left_secs }),
             _ => {}
         }
         HttpResponse::build(self.status_code()).json(body)
@@ -56,8 +70,55 @@ pub async fn latest(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// `POST /rollback`: to the version that ran before the last upgrade.
+/// During a bake it is the instant path: the elder, still warm, takes the
+/// traffic back; nothing is pulled or started.
 pub async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
+    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
+        return Ok(denied);
+    }
+    if let Some(answer) = bake_word(&state, BakeVerdict::Rollback).await {
+        return Ok(answer);
+    }
     run(req, state, Target::Previous).await
+}
+
+/// `POST /promote`: ends the running bake now; the successor stays.
+pub async fn promote(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
+        return denied;
+    }
+    match bake_word(&state, BakeVerdict::Promote).await {
+        Some(answer) => answer,
+        None => json_error(StatusCode::CONFLICT, "no bake is running on this instance"),
+    }
+}
+
+/// Passes an operator's word to the bake running here, if one runs, and
+/// answers with how it ended. A successor being baked points to its elder.
+async fn bake_word(state: &AppState, verdict: BakeVerdict) -> Option<HttpResponse> {
+    let o = state.orchestrator.clone();
+    let baked_by_elder = matches!(
+        o.shared.status().takeover,
+        TakeoverPhase::Running {
+            step: TakeoverStep::Baking
+        }
+    );
+    if baked_by_elder {
+        let elder = o.settings.other_port(o.settings.port);
+        return Some(json_error(
+            StatusCode::CONFLICT,
+            format!(
+                "this instance is being baked by its elder on port {elder}: ask it there, or on the control socket, which the elder holds until the bake ends"
+            ),
+        ));
+    }
+    let report = state.spawn(async move { o.ask_bake(verdict).await }).await.ok()??;
+    let status = match (verdict, report.rolled_back()) {
+        (BakeVerdict::Promote, false) | (BakeVerdict::Rollback, true) => StatusCode::OK,
+        // The bake ended the other way just before the word arrived.
+        _ => StatusCode::CONFLICT,
+    };
+    Some(HttpResponse::build(status).json(json!({ "status": report.outcome, "bake": report })))
 }
 
 /// `GET|POST /upgrade/{requirement}`: `2`, `2.1` or `=1.4.0`.

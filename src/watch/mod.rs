@@ -285,6 +285,7 @@ impl Watch {
             // Not the target's fault: the next turn tries again.
             Err(
                 e @ (UpgradeError::InProgress(_)
+                | UpgradeError::Baking { .. }
                 | UpgradeError::TakeoverUnderway(_)
                 | UpgradeError::CompanionBusy { .. }),
             ) => {
@@ -314,6 +315,7 @@ fn the_image_failed(e: &UpgradeError) -> bool {
         e,
         UpgradeError::SuccessorUnhealthy { .. }
             | UpgradeError::TakeoverFailed { .. }
+            | UpgradeError::RolledBackDuringBake { by_operator: false, .. }
             | UpgradeError::Resolve(ResolveError::NoVersion { .. } | ResolveError::LabelMismatch { .. })
     )
 }

@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{APP, CompanionEnv, Suite, docker, free_port, run};
+use crate::harness::{APP, CompanionEnv, Suite, docker, eventually, free_port, run};
 
 pub(crate) use crate::harness::{exists, inspect};
 
@@ -911,4 +911,58 @@ pub async fn a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_a
         .post_raw("/update", Some("0123456789abcdef0123456789abcdef"), "{}")
         .await;
     assert_eq!(status, 401);
+}
+
+pub async fn a_new_container_that_dies_during_the_bake_gives_way_at_once_to_the_old_one_which_never_stopped(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let bake = ["-e".to_string(), "SELFUP_UPDATE_BAKE_SECS=20".to_string()];
+    w.start_companion(&[&suite.registry], &bake, false).await;
+    let net = w.network("net");
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true", "--network", &net],
+        &suite.image(APP, "1.0.0"),
+        true,
+    );
+    let before = inspect(&app);
+    let image = suite.image(APP, "2.0.0");
+    // The new container is up (healthy) under the app's name, the old one
+    // runs aside: that is the bake. Then the new one dies.
+    let kill = async {
+        let new_id = eventually("the new container to be up", Duration::from_secs(60), || async {
+            let now = inspect_if_there(&app)?;
+            (now["Id"] != before["Id"] && now["State"]["Health"]["Status"] == "healthy")
+                .then(|| now["Id"].as_str().unwrap().to_string())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        run(Command::new("docker").args(["kill", "-s", "KILL", &new_id]));
+        Instant::now()
+    };
+    let ((status, body), killed) = tokio::join!(w.update(&app, &image), kill);
+    eprintln!(
+        "    the new container killed during the bake: answered {} ms later",
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("during the 20 s bake"), "{error}");
+    let after = inspect(&app);
+    assert_eq!(after["Id"], before["Id"], "the old container is back under its name");
+    assert_eq!(
+        after["State"]["StartedAt"], before["State"]["StartedAt"],
+        "the old container was stopped or restarted"
+    );
+    assert!(is_running(&app));
+    assert_eq!(w.containers(), BTreeSet::from([app.clone(), w.companion.clone()]));
+}
+
+/// The container named `name`, inspected, if there is one.
+fn inspect_if_there(name: &str) -> Option<Value> {
+    let out = Command::new("docker").args(["inspect", name]).output().ok()?;
+    let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+    list.get(0).cloned()
 }

@@ -517,6 +517,9 @@ impl Env {
             ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
             ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
             ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
+            // The bake's own tests set one; the rest keep their speed and
+            // meaning (the elder goes at the switch).
+            ("SELFUP_BAKE_SECS".into(), "0".into()),
         ];
         for (k, v) in extra_env {
             env.retain(|(key, _)| key != k);

@@ -24,6 +24,7 @@
 //! see what the other binaries ran, and a green run must mean the filter hit.
 
 mod apps;
+mod bake;
 mod bridge;
 mod checks;
 mod ci;
@@ -109,6 +110,13 @@ fn main() -> ExitCode {
         faults::the_elder_reclaims_the_live_socket_when_the_successor_dies_after_the_switch,
         faults::twenty_concurrent_upgrade_requests_run_exactly_one_upgrade,
         faults::an_instance_that_finds_siblings_of_a_half_finished_upgrade_converges_to_one,
+        bake::a_successor_that_crashes_five_seconds_after_the_switch_hands_the_traffic_back_to_the_warm_elder,
+        bake::a_successor_that_hangs_during_the_bake_is_removed_and_the_elder_serves_again,
+        bake::a_successor_that_answers_5xx_during_the_bake_is_rolled_back,
+        bake::promote_ends_the_bake_early_and_a_second_upgrade_during_it_gets_409_naming_it,
+        bake::rollback_during_the_bake_is_instant_and_loses_no_request,
+        bake::a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and_alone,
+        bake::a_restart_of_either_instance_during_the_bake_converges_to_one,
         restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
         restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
         companion::a_container_without_published_ports_is_replaced_beside_the_old_one_and_one_update_runs_at_a_time,
         companion::a_new_image_that_exits_at_once_is_rolled_back_and_the_old_container_runs_again,
         companion::a_new_image_that_fails_its_healthcheck_is_rolled_back_while_the_old_container_keeps_running,
+        companion::a_new_container_that_dies_during_the_bake_gives_way_at_once_to_the_old_one_which_never_stopped,
         companion::requests_without_the_right_key_are_refused_with_401_and_no_detail,
         companion::unlabelled_containers_and_unlisted_registries_are_refused_with_403,
         companion::bad_requests_get_a_4xx_with_a_json_error_that_says_what_was_wrong,
