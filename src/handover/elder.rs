@@ -31,6 +31,10 @@ const POLL: Duration = Duration::from_millis(25);
 /// refused connect costs well under a millisecond, and the successor
 /// answers a few ms after its process starts.
 const HEALTH_POLL: Duration = Duration::from_millis(5);
+/// How often the elder asks a successor it handed over to with a bake
+/// whether it has switched: the upgrade's answer waits on it, and each ask
+/// is one loopback request.
+const PHASE_POLL: Duration = Duration::from_millis(5);
 /// How much longer than the successor's takeover budget the elder waits for
 /// it: the go-ahead's delivery, and the successor's last steps before it
 /// stops the elder.
@@ -673,6 +677,11 @@ impl Orchestrator {
         let mut shutdown = self.shared.shutdown.subscribe();
         let budget = self.settings.takeover_deadline() + ELDER_MARGIN;
         let watcher = Watcher::new(&self.engine, successor, budget, POLL);
+        // Waiting for a stop signal, the Engine is asked every POLL; waiting
+        // for the switch under a bake, the successor is asked every
+        // PHASE_POLL and the Engine still every POLL.
+        let pause = if until_baking { PHASE_POLL } else { POLL };
+        let mut looked = Instant::now();
         loop {
             if *shutdown.borrow_and_update() {
                 // A stop signal is the successor's only when it says so: an
@@ -688,7 +697,7 @@ impl Orchestrator {
             }
             tokio::select! {
                 _ = shutdown.changed() => continue,
-                _ = watcher.pause() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             match self.successor_phase(base, token).await {
                 Ok(TakeoverPhase::Failed { reason }) => return Err(Unconfirmed::Failed(WaitError::Failed(reason))),
@@ -697,6 +706,10 @@ impl Orchestrator {
                 }) if until_baking => return Ok(Handed::Baking),
                 _ => {}
             }
+            if looked.elapsed() < POLL {
+                continue;
+            }
+            looked = Instant::now();
             if let Some(exit) = watcher.died().await {
                 return Err(Unconfirmed::Failed(WaitError::Died(exit)));
             }
