@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::net::{TcpStream, UnixListener};
 use tokio::time::{Instant, sleep};
 
+use super::placement::labels;
 use crate::control::{Access, ControlSocket};
 
 /// The container port the app listens on; its presence asks for blue-green.
@@ -48,14 +49,6 @@ pub struct AppSpec {
     pub port: u16,
     /// The path of its readiness check, if it has one.
     pub health: Option<String>,
-}
-
-fn labels(container: &ContainerInspectResponse) -> HashMap<String, String> {
-    container
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.clone())
-        .unwrap_or_default()
 }
 
 /// The blue-green settings of a container: none without `selfup.port`, an

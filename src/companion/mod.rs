@@ -609,23 +609,8 @@ impl Companion {
         let host = current.registry_host().to_string();
         self.check_registry(&host)?;
         let auth = self.credentials(&host).await?;
-        let (image, tag_version) = resolve::pick(&self.registry, &current, requirement, auth.as_ref()).await?;
-        let registry_error = |source| ResolveError::Registry {
-            requirement: requirement.to_string(),
-            repository: current.repository(),
-            source,
-        };
-        let remote = self
-            .registry
-            .remote_image(image.registry_host(), &image.path, &image.tag, auth.as_ref())
-            .await
-            .map_err(registry_error)?
-            .ok_or_else(|| {
-                registry_error(crate::registry::RegistryError::Status {
-                    url: image.to_string(),
-                    status: 404,
-                })
-            })?;
+        let (image, tag_version, remote) =
+            resolve::pick_remote(&self.registry, &current, requirement, auth.as_ref()).await?;
         let version = tag_version.or_else(|| remote.version.as_deref().and_then(|v| semver::Version::parse(v).ok()));
         Ok(Offer {
             running: self.running_version(&old, &current).await,

@@ -16,7 +16,8 @@ pub const STOP_FIRST_LABEL: &str = "selfup.stop-first";
 /// Docker's stop timeout when a container names none.
 const DOCKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn labels(container: &ContainerInspectResponse) -> HashMap<String, String> {
+/// A container's labels, none when it has no config.
+pub(crate) fn labels(container: &ContainerInspectResponse) -> HashMap<String, String> {
     container
         .config
         .as_ref()

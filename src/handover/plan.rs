@@ -12,7 +12,6 @@ use super::{Orchestrator, Target, UpgradeError};
 use crate::image_ref::ImageRef;
 use crate::recreate::resolve::{self, Go, ResolveError};
 use crate::recreate::version::Requirement;
-use crate::registry::RegistryError;
 use crate::registry::image::RemoteImage;
 
 /// What an upgrade to a target would do.
@@ -133,23 +132,7 @@ impl Orchestrator {
         let auth = self.registry_auth().await?;
         let repository =
             ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
-        let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
-        let registry_error = |source| ResolveError::Registry {
-            requirement: requirement.to_string(),
-            repository: repository.repository(),
-            source,
-        };
-        let remote = self
-            .registry
-            .remote_image(image.registry_host(), &image.path, &image.tag, auth.as_ref())
-            .await
-            .map_err(registry_error)?
-            .ok_or_else(|| {
-                registry_error(RegistryError::Status {
-                    url: image.to_string(),
-                    status: 404,
-                })
-            })?;
+        let (image, _, remote) = resolve::pick_remote(&self.registry, &repository, requirement, auth.as_ref()).await?;
         Ok((image, remote))
     }
 

@@ -69,6 +69,34 @@ impl ResolveError {
     }
 }
 
+/// [`pick`], then what the registry says of the picked tag's image (digest,
+/// creation time, version label): what a dry run or an offer reports
+/// without pulling. A tag that has gone meanwhile is a 404 from the registry.
+pub async fn pick_remote(
+    registry: &Registry,
+    repository: &ImageRef,
+    requirement: &Requirement,
+    auth: Option<&RegistryAuth>,
+) -> Result<(ImageRef, Option<Version>, crate::registry::image::RemoteImage), ResolveError> {
+    let (image, tag_version) = pick(registry, repository, requirement, auth).await?;
+    let registry_error = |source| ResolveError::Registry {
+        requirement: requirement.to_string(),
+        repository: repository.repository(),
+        source,
+    };
+    let remote = registry
+        .remote_image(image.registry_host(), &image.path, &image.tag, auth)
+        .await
+        .map_err(registry_error)?
+        .ok_or_else(|| {
+            registry_error(RegistryError::Status {
+                url: image.to_string(),
+                status: 404,
+            })
+        })?;
+    Ok((image, tag_version, remote))
+}
+
 /// The image `requirement` names in `repository` (whose tag is ignored),
 /// and the version its tag says: `:latest` as it is, without asking the
 /// registry; else the highest matching tag of the registry's list.
