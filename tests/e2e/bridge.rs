@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{APP, AppNetEnv, Suite, docker, eventually, labels, run};
+use crate::harness::{APP, AppNetEnv, Request, Suite, docker, eventually, labels, run};
 
 /// `docker inspect -f {{json <path>}}` of a container, as JSON.
 fn inspect(id: &str, path: &str) -> Value {
@@ -82,12 +82,15 @@ pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_r
 
 pub async fn an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published(suite: Arc<Suite>) {
     let env = AppNetEnv::start(suite.clone(), "1.0.0").await;
-    let companion = env.containers_of("selfup-companion");
-    assert_eq!(companion.len(), 1);
-    let companion = &companion[0];
-    // Nothing published to the host, only the app's network.
-    assert!(published(companion).is_empty(), "{:?}", published(companion));
-    assert_eq!(inspect(companion, ".HostConfig.NetworkMode"), json!(env.network()));
+    let companion = env.companion();
+    let door = env.door();
+    // Nothing published to the host, only the app's network; the name is
+    // nginx's, not selfup's.
+    for id in [&companion, &door] {
+        assert!(published(id).is_empty(), "{:?}", published(id));
+        assert_eq!(inspect(id, ".HostConfig.NetworkMode"), json!(env.network()));
+    }
+    assert_eq!(env.resolve_from_app("selfup-companion"), vec![env.address(&door)]);
 
     // A labelled sibling of the app on its network.
     let sibling = format!("{}_sibling", env.project);
@@ -110,13 +113,49 @@ pub async fn an_app_updates_a_labelled_sibling_through_the_companion_by_name_wit
     assert_eq!(inspect(&sibling, ".HostConfig.NetworkMode"), json!(env.network()));
     assert_eq!(inspect(&sibling, ".State.Running"), json!(true));
 
-    // The key is still required by name, and the control endpoints are not
-    // the app's to call: it is the public side of the network.
+    // The control endpoints are not the app's to call, whatever it sends:
+    // through the name (nginx, then the update socket) they are refused for
+    // the socket they arrive on, a `Host: localhost` and a forged
+    // `X-Forwarded-For` notwithstanding ...
+    for (path, headers) in [("/status", &[][..]), ("/upgrade", &["X-Forwarded-For: 127.0.0.1"][..])] {
+        let request = Request {
+            host: "localhost",
+            headers,
+            method: "GET",
+            path,
+            ..Request::default()
+        };
+        let (status, answer) = env
+            .ask_from_app_at(("selfup-companion", 80), &request)
+            .expect("the companion answers the app");
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(answer.contains("the update socket serves only"), "{answer}");
+    }
+    // ... and at selfup's own address on the network, which is the public
+    // side of the network there.
+    let status_request = Request {
+        host: "localhost",
+        method: "GET",
+        path: "/status",
+        ..Request::default()
+    };
     let (status, answer) = env
-        .ask_from_app_as("localhost", "GET", "/status", None)
-        .expect("the companion answers the app");
+        .ask_from_app_at((&env.address(&companion), 5800), &status_request)
+        .expect("selfup answers the app at its address");
     assert_eq!(status, 403, "{answer}");
     assert!(answer.contains("only reachable from loopback"), "{answer}");
+    // /update by name still wants the key.
+    let keyless = Request {
+        host: "selfup-companion",
+        method: "POST",
+        path: "/update",
+        body: Some(body.as_str()),
+        ..Request::default()
+    };
+    let (status, answer) = env
+        .ask_from_app_at(("selfup-companion", 80), &keyless)
+        .expect("the companion answers the app");
+    assert_eq!(status, 401, "{answer}");
     let (status, again) = env
         .ask_from_app("POST", "/update", Some(&body))
         .expect("the companion answers the app");
@@ -129,26 +168,14 @@ pub async fn an_app_updates_a_labelled_sibling_through_the_companion_by_name_wit
 
 /// The loop the app runs: `GET /` by name, one answer a line in /answers
 /// after the time it was asked (the kernel's uptime, in seconds), until
-/// /stop exists. A question that got no answer within 5 s is asked once
-/// more, as a client with a timeout does, and its first failure goes to
-/// /retried: an instance that leaves the network takes its address out of
-/// Docker's DNS only after its interface, so a lookup in that instant gets
-/// an address that no longer answers. "fail" (or nc's error) when the
-/// second try got no answer either.
+/// /stop exists. One try per question: "fail" (or nc's error) when no answer
+/// came within 5 s.
 const ASK_BY_NAME: &str = r#"
-rm -f /answers /retried /stop /done
-ask() {
-  printf 'GET / HTTP/1.0\r\nHost: selfup-companion\r\n\r\n' | /busybox nc -w 5 selfup-companion 80 2>&1 | /busybox tail -n 1
-}
+rm -f /answers /stop /done
 while [ ! -e /stop ]; do
   read t rest < /proc/uptime
-  r=$(ask)
-  case "$r" in
-    "selfup version "*) ;;
-    *) echo "$t ${r:-fail}" >> /retried; r=$(ask) ;;
-  esac
-  [ -n "$r" ] || r=fail
-  echo "$t $r" >> /answers
+  r=$(printf 'GET / HTTP/1.0\r\nHost: selfup-companion\r\n\r\n' | /busybox nc -w 5 selfup-companion 80 2>&1 | /busybox tail -n 1)
+  echo "$t ${r:-fail}" >> /answers
   /busybox usleep 20000
 done
 /busybox touch /done
@@ -157,14 +184,20 @@ done
 pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name(suite: Arc<Suite>) {
     let env = AppNetEnv::start(suite.clone(), "1.0.0").await;
     let app = env.app();
-    let elder = env.containers_of("selfup-companion").remove(0);
+    let elder = env.companion();
+    let door = env.door();
+    let door_address = env.address(&door);
+    assert_eq!(env.resolve_from_app("selfup-companion"), vec![door_address.clone()]);
     docker(&["exec", "-d", &app, "/busybox", "sh", "-c", ASK_BY_NAME]);
-    let answers = || {
+    let timed = || {
         let out = Command::new("docker")
             .args(["exec", &app, "/busybox", "cat", "/answers"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answers = || {
+        timed()
             .lines()
             .map(|l| l.split_once(' ').map_or(l, |(_, answer)| answer).to_string())
             .collect::<Vec<_>>()
@@ -181,7 +214,7 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
     assert_eq!(body["to"], "1.1.0", "{body}");
     eprintln!("    companion upgrade on the app's network: {}", body["timings"]);
     let successor = eventually("one companion container", Duration::from_secs(60), || async {
-        let ids = env.containers_of("selfup-companion");
+        let ids = env.containers_of("selfup");
         (ids.len() == 1 && ids[0] != elder).then(|| ids[0].clone())
     })
     .await;
@@ -195,9 +228,8 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
                 crate::harness::output_text(&out)
             };
             panic!(
-                "no more answers by name 30 s after the elder left: the last ones {:?}, retried {:?}, the name resolves to {}, the successor is at {}",
+                "no more answers by name 30 s after the elder left: the last ones {:?}, the name resolves to {}, nginx is at {door_address}, the successor at {}",
                 answers().iter().rev().take(5).collect::<Vec<_>>(),
-                show(&["/busybox", "cat", "/retried"]),
                 show(&["/busybox", "nslookup", "selfup-companion", "127.0.0.11"]),
                 env.address(&successor),
             );
@@ -215,57 +247,58 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
     })
     .await;
 
-    let timed = Command::new("docker")
-        .args(["exec", &app, "/busybox", "cat", "/answers"])
-        .output()
-        .unwrap();
-    let timed = String::from_utf8_lossy(&timed.stdout).into_owned();
-    let retried = Command::new("docker")
-        .args(["exec", &app, "/busybox", "cat", "/retried"])
-        .output()
-        .unwrap();
-    let retried = String::from_utf8_lossy(&retried.stdout).into_owned();
+    let timed = timed();
     let answers = answers();
     let failed: Vec<&str> = timed
         .lines()
         .filter(|l| !l.ends_with(" selfup version 1.0.0") && !l.ends_with(" selfup version 1.1.0"))
         .collect();
-    // The longest wait between two questions: the slowest answer, a name
-    // lookup's retry included.
+    // The longest wait between two questions: the slowest answer.
     let asked: Vec<f64> = timed
         .lines()
         .filter_map(|l| l.split_once(' ')?.0.parse().ok())
         .collect();
     let slowest = asked.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let first_new = answers.iter().position(|a| a == "selfup version 1.1.0");
     eprintln!(
-        "    {} questions by name across the upgrade, {} unanswered, {} answered on a second try {:?}; the slowest took {:.2} s",
+        "    {} questions by name across the upgrade, {} unanswered; the slowest took {:.3} s; the successor answered from question {}",
         answers.len(),
         failed.len(),
-        retried.lines().count(),
-        retried.lines().collect::<Vec<_>>(),
         slowest,
+        first_new.map_or("none".into(), |i| (i + 1).to_string()),
     );
-    // At most the one lookup that met the elder's departure.
-    assert!(retried.lines().count() <= 1, "{retried}");
+    // Every question answered at its first try, within the client's timeout.
     assert!(
         failed.is_empty(),
-        "{} of {} failed (time asked, nc's answer): {failed:?}",
+        "{} of {} unanswered (time asked, nc's answer): {failed:?}",
         failed.len(),
         answers.len()
     );
     assert_eq!(answers.first().map(String::as_str), Some("selfup version 1.0.0"));
-    assert_eq!(answers.last().map(String::as_str), Some("selfup version 1.1.0"));
-
-    // The successor carries the service's name on the app's network, nothing
-    // published, and compose sees one container per service.
-    let networks = inspect(&successor, ".NetworkSettings.Networks");
+    // One switch: the elder until the rename, the successor from then on.
+    let first_new = first_new.expect("the successor answered");
     assert!(
-        networks[&env.network()]["Aliases"]
-            .as_array()
-            .is_some_and(|a| a.contains(&json!("selfup-companion"))),
-        "{networks}"
+        answers[first_new..].iter().all(|a| a == "selfup version 1.1.0"),
+        "the elder answered after the successor had: {answers:?}"
     );
+
+    // The name never moved: the same nginx, at the same address.
+    assert_eq!(env.door(), door);
+    assert_eq!(env.resolve_from_app("selfup-companion"), vec![door_address.clone()]);
+    // The successor is on the app's network, publishes nothing, and compose
+    // sees one container per service, also after `up -d`.
+    assert_eq!(inspect(&successor, ".HostConfig.NetworkMode"), json!(env.network()));
     assert!(published(&successor).is_empty());
     let ps = env.compose(&["ps", "-q"]);
-    assert_eq!(ps.lines().count(), 2, "app and selfup-companion only: {ps}");
+    assert_eq!(
+        ps.lines().count(),
+        3,
+        "app, selfup-companion (nginx) and selfup only: {ps}"
+    );
+    env.compose(&["up", "-d"]);
+    env.wait_by_name("1.1.0").await;
+    let ps = env.compose(&["ps", "-q"]);
+    assert_eq!(ps.lines().count(), 3, "after up -d: {ps}");
+    env.companion();
+    assert_eq!(env.door(), door, "up -d leaves nginx alone");
 }

@@ -1214,8 +1214,9 @@ impl Drop for CompanionEnv {
 
 /// The companion on an app's private network, from
 /// `docker/compose.companion.yml`: a compose project whose `app` service (a
-/// busybox target image) reaches `selfup-companion` by name, with nothing
-/// published to the host. Its containers (the companion's successors and
+/// busybox target image) reaches `selfup-companion` (nginx in front of the
+/// update socket of the `selfup` service) by name, with nothing published
+/// to the host. Its containers (the companion's successors and
 /// the swaps' replacements among them, which keep the compose labels), the
 /// containers a test adds, its network and volumes carry the run's label and
 /// are removed on drop.
@@ -1228,6 +1229,37 @@ pub struct AppNetEnv {
     /// The value of `selfup.e2e.test` on containers a test adds.
     pub test: String,
     dir: PathBuf,
+}
+
+/// A raw HTTP/1.0 request an app container sends with busybox `nc`.
+#[derive(Default)]
+pub struct Request<'a> {
+    pub host: &'a str,
+    /// The companion's API key, as `Authorization: Bearer`.
+    pub key: Option<&'a str>,
+    /// More header lines, each without its line end.
+    pub headers: &'a [&'a str],
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: Option<&'a str>,
+}
+
+impl std::fmt::Display for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = self.body.unwrap_or("");
+        write!(f, "{} {} HTTP/1.0\r\nHost: {}\r\n", self.method, self.path, self.host)?;
+        if let Some(key) = self.key {
+            write!(f, "Authorization: Bearer {key}\r\n")?;
+        }
+        for header in self.headers {
+            write!(f, "{header}\r\n")?;
+        }
+        write!(
+            f,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
 }
 
 impl AppNetEnv {
@@ -1243,7 +1275,7 @@ impl AppNetEnv {
         let run = &suite.run_id;
         let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
+            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
         let env = AppNetEnv {
@@ -1271,6 +1303,7 @@ impl AppNetEnv {
             .args(["-p", &self.project])
             .args(args)
             .env("APP_IMAGE", suite.image(APP, "1.0.0"))
+            .env("SELFUP_NGINX_IMAGE", &suite.nginx_image)
             .env("SELFUP_API_KEY", &self.key)
             .env("SELFUP_REGISTRY", &suite.registry)
             .env("SELFUP_IMAGE", &self.repository)
@@ -1310,12 +1343,22 @@ impl AppNetEnv {
 
     /// [`AppNetEnv::ask_from_app`] with another `Host` header.
     pub fn ask_from_app_as(&self, host: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.key,
-            body.len()
-        );
+        let request = Request {
+            host,
+            key: Some(self.key.as_str()),
+            method,
+            path,
+            body,
+            ..Request::default()
+        };
+        self.ask_from_app_at(("selfup-companion", 80), &request)
+    }
+
+    /// Sends `request` from the app container to `target` (a name or an
+    /// address on the network) on `port`: (status, body), or `None` when no
+    /// answer came within 90 s.
+    pub fn ask_from_app_at(&self, (target, port): (&str, u16), request: &Request) -> Option<(u16, String)> {
+        let request = request.to_string();
         let out = Command::new("docker")
             .args([
                 "exec",
@@ -1325,8 +1368,8 @@ impl AppNetEnv {
                 "nc",
                 "-w",
                 "90",
-                "selfup-companion",
-                "80",
+                target,
+                &port.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1339,6 +1382,43 @@ impl AppNetEnv {
             })
             .ok()?;
         parse_http(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The companion's container: the `selfup` service's one container.
+    pub fn companion(&self) -> String {
+        let ids = self.containers_of("selfup");
+        assert_eq!(ids.len(), 1, "one selfup container: {ids:?}");
+        ids[0].clone()
+    }
+
+    /// The container that carries the name `selfup-companion`: nginx.
+    pub fn door(&self) -> String {
+        let ids = self.containers_of("selfup-companion");
+        assert_eq!(ids.len(), 1, "one nginx container: {ids:?}");
+        ids[0].clone()
+    }
+
+    /// The addresses Docker's DNS gives the app for `name`, sorted.
+    pub fn resolve_from_app(&self, name: &str) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["exec", &self.app(), "/busybox", "nslookup", name, "127.0.0.11"])
+            .output()
+            .unwrap();
+        let text = output_text(&out);
+        // busybox prints the server first ("Server: 127.0.0.11", then an
+        // "Address" line), then "Name: <name>" and the name's addresses
+        // ("Address: 172.18.0.3", or "Address 1: 172.18.0.3 <name>").
+        let mut addresses: Vec<String> = text
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("Name:"))
+            .filter(|l| l.trim_start().starts_with("Address"))
+            .filter_map(|l| l.split_once(':')?.1.split_whitespace().next())
+            .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(str::to_string)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     /// Waits until the companion answers `GET /` by name from the app with `version`.
