@@ -209,7 +209,18 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
 
     // The operator, from the host, at the companion's address on the network.
     suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.operator(&elder, reqwest::Method::POST, 5800, "/upgrade").await;
+    let (status, body) = match env.try_operator(&elder, reqwest::Method::POST, 5800, "/upgrade").await {
+        Ok(answer) => answer,
+        Err(e) => {
+            let timed = timed();
+            let failed = timed.lines().filter(|l| !l.contains(" selfup version ")).count();
+            panic!(
+                "{e}; meanwhile the app asked {} questions by name, {failed} unanswered, the last ones {:?}",
+                timed.lines().count(),
+                timed.lines().rev().take(8).collect::<Vec<_>>()
+            );
+        }
+    };
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["to"], "1.1.0", "{body}");
     eprintln!("    companion upgrade on the app's network: {}", body["timings"]);
@@ -289,6 +300,19 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
     // sees one container per service, also after `up -d`.
     assert_eq!(inspect(&successor, ".HostConfig.NetworkMode"), json!(env.network()));
     assert!(published(&successor).is_empty());
+    // The successor removes its elder once it has stopped; compose counts
+    // stopped containers too.
+    eventually("the elder's removal", Duration::from_secs(60), || async {
+        (!Command::new("docker")
+            .args(["inspect", &elder])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?
+            .success())
+        .then_some(())
+    })
+    .await;
     let ps = env.compose(&["ps", "-q"]);
     assert_eq!(
         ps.lines().count(),

@@ -1274,8 +1274,10 @@ impl AppNetEnv {
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
         let run = &suite.run_id;
         let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
+        // No bake, as in `Suite::env`: the elder goes at the switch (the
+        // bake's own tests set one).
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
+            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
         let env = AppNetEnv {
@@ -1447,6 +1449,19 @@ impl AppNetEnv {
     /// A request from the host to the companion `id` on `port` at its address
     /// on the network, as the operator's curl: `Host: localhost`.
     pub async fn operator(&self, id: &str, method: reqwest::Method, port: u16, path: &str) -> (u16, Value) {
+        self.try_operator(id, method, port, path)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`AppNetEnv::operator`], with a request that got no answer as an error.
+    pub async fn try_operator(
+        &self,
+        id: &str,
+        method: reqwest::Method,
+        port: u16,
+        path: &str,
+    ) -> Result<(u16, Value), String> {
         let url = format!("http://{}:{port}{path}", self.address(id));
         let r = self
             .suite
@@ -1455,13 +1470,13 @@ impl AppNetEnv {
             .header("host", "localhost")
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
+            .map_err(|e| format!("{url}: {e:?}"))?;
         let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
+        let text = r.text().await.map_err(|e| format!("{url}: the answer's body: {e:?}"))?;
+        Ok((
             status,
             serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text })),
-        )
+        ))
     }
 
     /// Every container of the project and of this test, for the log on failure.
