@@ -209,7 +209,7 @@ pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_na
 
     // The operator, from the host, at the companion's address on the network.
     suite.release(&env.repository, "1.1.0");
-    let (status, body) = match env.try_operator(&elder, reqwest::Method::POST, 5800, "/upgrade").await {
+    let (status, body) = match env.operator(&elder, reqwest::Method::POST, 5800, "/upgrade").await {
         Ok(answer) => answer,
         Err(e) => {
             let timed = timed();

@@ -1448,14 +1448,8 @@ impl AppNetEnv {
 
     /// A request from the host to the companion `id` on `port` at its address
     /// on the network, as the operator's curl: `Host: localhost`.
-    pub async fn operator(&self, id: &str, method: reqwest::Method, port: u16, path: &str) -> (u16, Value) {
-        self.try_operator(id, method, port, path)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`AppNetEnv::operator`], with a request that got no answer as an error.
-    pub async fn try_operator(
+    /// (status, body), or why no answer came.
+    pub async fn operator(
         &self,
         id: &str,
         method: reqwest::Method,
