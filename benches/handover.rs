@@ -35,6 +35,9 @@ mod harness;
 #[path = "../tests/e2e/load.rs"]
 #[allow(dead_code)]
 mod load;
+#[path = "../tests/e2e/sse.rs"]
+#[allow(dead_code)]
+mod sse;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -202,6 +202,16 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
+                    web::resource("/update/{container}/promote")
+                        .route(web::post().to(companion::promote))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update/{container}/rollback")
+                        .route(web::post().to(companion::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
                     web::resource("/update/{container}/{requirement}")
                         .route(web::post().to(companion::update_to))
                         .default_service(web::to(routes::method_not_allowed)),
@@ -255,11 +265,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stopping = self.orchestrator.clone();
-        tokio::spawn(async move {
+        let stopper = tokio::spawn(async move {
             wait_for_stop_signal().await;
             let shared = &stopping.shared;
             shared.shutdown.send_replace(true);
-            if stopping.taken_over_from() {
+            let taken_over = stopping.taken_over_from();
+            if taken_over {
                 // actix closes idle keep-alive connections at once on a
                 // graceful stop, and nginx may be sending on one of them
                 // that instant: serve until nginx's upstream keep-alive
@@ -274,7 +285,22 @@ impl Application {
                 let _ = tokio::time::timeout(LEAVE_NETWORKS, stopping.leave_networks()).await;
             }
             tracing::info!("stop signal: draining");
-            handle.stop(true).await;
+            // The requests this instance still relays to blue-green apps
+            // (its successor holds their sockets now) finish too, within
+            // the same drain time as its own.
+            let apps = async {
+                if let (true, Some(apps)) = (taken_over, &stopping.apps) {
+                    let bound = Duration::from_secs(stopping.settings.shutdown_timeout_secs);
+                    let relaying = apps.relaying();
+                    let left = apps.until_idle(bound).await;
+                    tracing::info!(
+                        relaying,
+                        left,
+                        "the apps' connections relayed by this instance are done"
+                    );
+                }
+            };
+            tokio::join!(handle.stop(true), apps);
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
@@ -286,6 +312,9 @@ impl Application {
             // takes the traffic, so that they move with the live socket.
             if let Some(companion) = &companion {
                 companion.front_apps().await;
+                // And those that start later, when they start.
+                let following = companion.clone();
+                tokio::spawn(async move { following.follow_apps().await });
             }
             orchestrator.reconcile().await;
             // Once this instance is the live one (or a plain start): an elder
@@ -314,6 +343,11 @@ impl Application {
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         let served = self.server.await;
+        // Stopped by a signal: the drain of the apps' connections ends too.
+        if *self.orchestrator.shared.shutdown.borrow() {
+            let bound = Duration::from_secs(self.orchestrator.settings.shutdown_timeout_secs);
+            let _ = tokio::time::timeout(bound, stopper).await;
+        }
         // An elder whose watch started the upgrade: no request holds the
         // drain open, so the watch finishes the upgrade (its successor's stop
         // signal is its end) and records it before the process ends; a

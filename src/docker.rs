@@ -209,6 +209,29 @@ impl Engine {
             .map_err(self.err("listing containers labelled", key))
     }
 
+    /// The ids of the containers that start from now on and carry every one
+    /// of `labels` (`key` or `key=value`), as the Engine reports their
+    /// start; the stream ends when the Engine closes it.
+    pub async fn container_starts(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<impl futures_util::Stream<Item = Result<String, DockerError>> + '_, DockerError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("event", vec!["start".to_string()]),
+            ("label", labels),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        Ok(docker.events(Some(options)).map(move |event| {
+            event
+                .map(|m| m.actor.and_then(|a| a.id).unwrap_or_default())
+                .map_err(self.err("following the starts of", "containers"))
+        }))
+    }
+
     /// Pulls one tag of an image. The tag is always explicit: without one the
     /// Engine would pull every tag of the repository.
     pub async fn pull(&self, image: &ImageRef, credentials: Option<DockerCredentials>) -> Result<(), DockerError> {
