@@ -118,7 +118,9 @@ fn main() -> ExitCode {
         let service = runtime.block_on(swarm_updates(suite.clone(), upgrades, clients));
         drop(runtime);
         drop(suite);
-        println!("\n{upgrades} upgrades each under {clients} keep-alive clients (GET / and POST /echo through nginx)\n");
+        println!(
+            "\n{upgrades} upgrades each under {clients} keep-alive clients (GET / and POST /echo through nginx)\n"
+        );
         print_header();
         print_row(&host);
         match &service {
@@ -564,7 +566,13 @@ async fn swarm_updates(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Re
         suite.release(repository, v);
     }
     let (swarm, url, mut task) = swarm::deployed(&suite, repository, "1.0.0").await?;
-    let load = Load::start_with(url.clone(), clients, usize::MAX, Duration::from_secs(900), Connections::KeepAlive);
+    let load = Load::start_with(
+        url.clone(),
+        clients,
+        usize::MAX,
+        Duration::from_secs(900),
+        Connections::KeepAlive,
+    );
     steady(&load, clients).await;
     let mut windows = Vec::new();
     let mut steps = Vec::new();

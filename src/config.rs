@@ -547,6 +547,28 @@ mod tests {
     }
 
     #[test]
+    fn the_stack_file_settings_load_and_an_empty_registry_api_is_unset() {
+        jailed(|jail| {
+            // As docker/stack.yml passes them when the shell sets none.
+            jail.set_env("SELFUP_REGISTRY_API", "");
+            jail.set_env("SELFUP_LIVE_SOCKET", "");
+            jail.set_env("SELFUP_CONTROL_SOCKET", "");
+            jail.set_env("SELFUP_BIND", "0.0.0.0");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.registry_api, None);
+            assert!(s.live_socket.as_os_str().is_empty());
+            assert!(s.control_socket.as_os_str().is_empty());
+            assert_eq!(s.drain(), Duration::from_secs(2));
+            jail.set_env("SELFUP_REGISTRY_API", "http://172.18.0.1:5000");
+            jail.set_env("SELFUP_DRAIN_MS", "500");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.registry_api.as_deref(), Some("http://172.18.0.1:5000"));
+            assert_eq!(s.drain(), Duration::from_millis(500));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn environment_overrides_the_file_which_overrides_defaults() {
         jailed(|jail| {
             jail.create_file(

@@ -282,7 +282,13 @@ fn outcome_text(body: &Value) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|t| format!("{} {}", t["task"].as_str().unwrap_or("?"), t["version"].as_str().unwrap_or("?")))
+                .map(|t| {
+                    format!(
+                        "{} {}",
+                        t["task"].as_str().unwrap_or("?"),
+                        t["version"].as_str().unwrap_or("?")
+                    )
+                })
                 .collect();
             format!(
                 "{} {} -> {}: {} ({}), in {:.3}s; tasks: {}",

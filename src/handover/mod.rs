@@ -247,7 +247,9 @@ pub enum UpgradeError {
         tasks: Vec<swarm::TaskVersion>,
     },
     /// Swarm paused the update (or the rollback) and waits for an operator.
-    #[error("the service update stopped at {state}: {reason}; `docker service update` or POST /rollback goes on from there")]
+    #[error(
+        "the service update stopped at {state}: {reason}; `docker service update` or POST /rollback goes on from there"
+    )]
     SwarmPaused {
         state: String,
         reason: String,
@@ -258,7 +260,9 @@ pub enum UpgradeError {
     #[error("the service is already {state} ({message}); try again when it is over")]
     SwarmBusy { state: String, message: String },
     /// Swarm did not end the update within the time the answer waits.
-    #[error("the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks")]
+    #[error(
+        "the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks"
+    )]
     SwarmNotDone { waited_secs: u64, last: String },
     #[error("{0}")]
     Internal(String),

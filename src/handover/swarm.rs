@@ -175,7 +175,12 @@ pub fn rollout_spec(mut spec: ServiceSpec, image: &str, previous: Option<(&str, 
     let interval = nanos(HEALTH_INTERVAL);
     health.interval = Some(health.interval.filter(|&i| i > 0 && i <= interval).unwrap_or(interval));
     health.retries = Some(health.retries.filter(|&r| r > 0).unwrap_or(3));
-    health.timeout = Some(health.timeout.filter(|&t| t > 0).unwrap_or(nanos(Duration::from_secs(3))));
+    health.timeout = Some(
+        health
+            .timeout
+            .filter(|&t| t > 0)
+            .unwrap_or(nanos(Duration::from_secs(3))),
+    );
     let grace = container.stop_grace_period.unwrap_or(0).max(nanos(MIN_STOP_GRACE));
     container.stop_grace_period = Some(grace);
     let monitor = spec
@@ -415,8 +420,9 @@ impl Orchestrator {
         // Another task's upgrade (or an operator's `docker service update`)
         // is rolling: one at a time, as on the host.
         if let Some(status) = &current.update_status
-            && let Some(state @ (ServiceUpdateStatusStateEnum::UPDATING | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)) =
-                status.state
+            && let Some(
+                state @ (ServiceUpdateStatusStateEnum::UPDATING | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED),
+            ) = status.state
         {
             return Err(UpgradeError::SwarmBusy {
                 state: state.to_string(),
@@ -441,7 +447,10 @@ impl Orchestrator {
                 auth.map(RegistryAuth::docker),
             )
             .await
-            .map_err(UpgradeError::docker(format!("updating the service {} to {image}", service.name)))?;
+            .map_err(UpgradeError::docker(format!(
+                "updating the service {} to {image}",
+                service.name
+            )))?;
         for warning in warnings {
             tracing::warn!(%warning, "the service update");
         }
@@ -482,6 +491,21 @@ impl Orchestrator {
                 other => UpgradeError::docker(format!("rolling the service {} back", service.name))(other),
             })?;
         Ok((before, previous))
+    }
+
+    /// The (image, version) the service's labels say ran before its last
+    /// update: where Swarm's rollback goes.
+    pub async fn swarm_previous(&self, service: &SwarmService) -> Result<Option<(String, String)>, UpgradeError> {
+        let current = self
+            .engine
+            .inspect_service(&service.id)
+            .await
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+        let labels = current.spec.and_then(|s| s.labels).unwrap_or_default();
+        Ok(labels
+            .get(PREVIOUS_IMAGE_LABEL)
+            .cloned()
+            .zip(labels.get(PREVIOUS_VERSION_LABEL).cloned()))
     }
 
     /// Follows the update that started after `before` until Swarm says it
@@ -525,7 +549,12 @@ impl Orchestrator {
                     failures += 1;
                     tracing::warn!(error = %e, "reading the service update");
                 }
-                Err(e) => return Err(UpgradeError::docker(format!("following the update of {}", service.name))(e)),
+                Err(e) => {
+                    return Err(UpgradeError::docker(format!(
+                        "following the update of {}",
+                        service.name
+                    ))(e));
+                }
             }
             if started.elapsed() >= FOLLOW_DEADLINE {
                 return Err(UpgradeError::SwarmNotDone {
@@ -636,7 +665,10 @@ mod tests {
                 task: Some("task9".into()),
             })
         );
-        assert_eq!(Backend::of(&container(&[("com.docker.compose.project", "x")])), Backend::Host);
+        assert_eq!(
+            Backend::of(&container(&[("com.docker.compose.project", "x")])),
+            Backend::Host
+        );
         assert_eq!(Backend::of(&container(&[(SERVICE_ID_LABEL, "")])), Backend::Host);
         assert_eq!(Backend::of(&ContainerInspectResponse::default()), Backend::Host);
     }
@@ -659,7 +691,11 @@ mod tests {
     #[test]
     fn a_rollout_pins_the_image_rolls_back_on_failure_and_starts_first_one_task_at_a_time() {
         let pinned = "localhost:5000/selfup@sha256:abc";
-        let out = rollout_spec(spec("localhost:5000/selfup:1.0.0@sha256:old"), pinned, Some(("old", "1.0.0")));
+        let out = rollout_spec(
+            spec("localhost:5000/selfup:1.0.0@sha256:old"),
+            pinned,
+            Some(("old", "1.0.0")),
+        );
         assert_eq!(spec_image(&out), Some(pinned));
         let update = out.update_config.clone().unwrap();
         assert_eq!(update.parallelism, Some(1));
@@ -691,8 +727,13 @@ mod tests {
             monitor: Some(30_000_000_000),
             ..Default::default()
         });
-        long.task_template.as_mut().unwrap().container_spec.as_mut().unwrap().stop_grace_period =
-            Some(300_000_000_000);
+        long.task_template
+            .as_mut()
+            .unwrap()
+            .container_spec
+            .as_mut()
+            .unwrap()
+            .stop_grace_period = Some(300_000_000_000);
         let out = rollout_spec(long, "b", None);
         assert_eq!(out.update_config.unwrap().monitor, Some(30_000_000_000));
         let container = out.task_template.unwrap().container_spec.unwrap();
@@ -732,9 +773,15 @@ mod tests {
     fn an_image_pinned_with_tag_and_digest_is_also_looked_up_by_digest_alone() {
         assert_eq!(
             lookups("127.0.0.1:5000/selfup:1.0.0@sha256:ab"),
-            vec!["127.0.0.1:5000/selfup:1.0.0@sha256:ab", "127.0.0.1:5000/selfup@sha256:ab"]
+            vec![
+                "127.0.0.1:5000/selfup:1.0.0@sha256:ab",
+                "127.0.0.1:5000/selfup@sha256:ab"
+            ]
         );
-        assert_eq!(lookups("127.0.0.1:5000/selfup@sha256:ab"), vec!["127.0.0.1:5000/selfup@sha256:ab"]);
+        assert_eq!(
+            lookups("127.0.0.1:5000/selfup@sha256:ab"),
+            vec!["127.0.0.1:5000/selfup@sha256:ab"]
+        );
         assert_eq!(lookups("selfup:1.0.0"), vec!["selfup:1.0.0"]);
     }
 }

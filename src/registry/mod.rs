@@ -204,10 +204,11 @@ impl<'a> Session<'a> {
         repository: &str,
         auth: Option<&'a RegistryAuth>,
     ) -> Result<Session<'a>, RegistryError> {
-        let base = Url::parse(&Registry::base_url(client.api_address(registry))).map_err(|e| RegistryError::Untrusted {
-            registry: registry.into(),
-            reason: format!("bad registry address: {e}"),
-        })?;
+        let base =
+            Url::parse(&Registry::base_url(client.api_address(registry))).map_err(|e| RegistryError::Untrusted {
+                registry: registry.into(),
+                reason: format!("bad registry address: {e}"),
+            })?;
         Ok(Session {
             http: &client.http,
             registry,

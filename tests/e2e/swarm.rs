@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Suite, docker, eventually, free_port, repo_root, run_quietly};
+use crate::harness::{LABEL, Suite, docker, eventually, free_port, repo_root, run_is_alive, run_quietly};
 use crate::load::{Load, assert_none_failed, overlapping};
 
 /// What the test made, removed on drop, in the order that frees each part:
@@ -32,7 +32,13 @@ impl Swarm {
     /// to skip: the Engine is already in a swarm that is not the test's.
     pub fn init(run_id: &str) -> Result<Swarm, String> {
         let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-        let state = state.trim();
+        let mut state = state.trim().to_string();
+        if state == "active" && Self::left_by_a_dead_run() {
+            run_quietly(Command::new("docker").args(["swarm", "leave", "--force"]));
+            state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+                .trim()
+                .to_string();
+        }
         if state != "inactive" {
             return Err(format!(
                 "the Engine is already in a swarm (state {state}) that this test did not create; it is left alone"
@@ -53,7 +59,21 @@ impl Swarm {
         };
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         swarm.created = true;
+        // Whose swarm it is, for a later run when this one dies before its end.
+        docker(&["node", "update", "--label-add", &format!("{LABEL}={run_id}"), "self"]);
         Ok(swarm)
+    }
+
+    /// Whether the swarm this Engine is in is one a run of this test made
+    /// and could not leave (it was killed): its node carries that run's label.
+    fn left_by_a_dead_run() -> bool {
+        let format = format!("{{{{index .Spec.Labels \"{LABEL}\"}}}}");
+        let owner = Command::new("docker")
+            .args(["node", "inspect", "self", "--format", &format])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        !owner.is_empty() && owner != "<no value>" && !run_is_alive(&owner)
     }
 
     /// The gateway of `docker_gwbridge`: where a task reaches the node.
@@ -281,8 +301,14 @@ pub async fn a_two_replica_service_upgrades_under_load_without_a_failed_request_
     let samples = load.finish().await;
     assert!(ok, "the upgrade failed: {answer}");
     assert_eq!(answer["status"], "completed", "{answer}");
-    assert_eq!((answer["from"].as_str(), answer["to"].as_str()), (Some("1.0.0"), Some("1.1.0")));
-    assert!(answer["image"].as_str().unwrap().contains("@sha256:"), "not pinned: {answer}");
+    assert_eq!(
+        (answer["from"].as_str(), answer["to"].as_str()),
+        (Some("1.0.0"), Some("1.1.0"))
+    );
+    assert!(
+        answer["image"].as_str().unwrap().contains("@sha256:"),
+        "not pinned: {answer}"
+    );
     assert_eq!(task_versions(&answer), ["1.1.0", "1.1.0"], "{answer}");
     let during = overlapping(&samples, asked, answered).len();
     assert!(during >= 20, "only {during} requests overlapped the service update");
