@@ -46,7 +46,6 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .await
         .ok()
         .flatten();
-    let o = &state.orchestrator;
     let history = o.shared.history();
     HttpResponse::Ok().json(json!({
         "version": o.version.to_string(),
