@@ -57,10 +57,33 @@ impl Swarm {
             dir,
             forwarder: None,
         };
+        // Where tasks reach the node: made now rather than with the first
+        // task, so that its gateway is known when the stack is deployed
+        // (with the options Swarm gives the one it makes).
+        if !gwbridge_existed {
+            docker(&[
+                "network",
+                "create",
+                "--opt",
+                "com.docker.network.bridge.name=docker_gwbridge",
+                "--opt",
+                "com.docker.network.bridge.enable_icc=false",
+                "--opt",
+                "com.docker.network.bridge.enable_ip_masquerade=true",
+                "docker_gwbridge",
+            ]);
+        }
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         swarm.created = true;
         // Whose swarm it is, for a later run when this one dies before its end.
-        docker(&["node", "update", "--label-add", &format!("{LABEL}={run_id}"), "self"]);
+        let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+        docker(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("{LABEL}={run_id}"),
+            node.trim(),
+        ]);
         Ok(swarm)
     }
 
@@ -170,23 +193,23 @@ impl Drop for Swarm {
         run_quietly(Command::new("docker").args(["volume", "rm", "-f", &format!("{}_data", self.stack)]));
         if self.created {
             run_quietly(Command::new("docker").args(["swarm", "leave", "--force"]));
-            if !self.gwbridge_existed {
-                // Left behind by Swarm; nothing else uses it once the node left.
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(15) {
-                    let removed = Command::new("docker")
-                        .args(["network", "rm", "docker_gwbridge"])
-                        .output()
-                        .is_ok_and(|o| o.status.success());
-                    let gone = !Command::new("docker")
-                        .args(["network", "inspect", "docker_gwbridge"])
-                        .output()
-                        .is_ok_and(|o| o.status.success());
-                    if removed || gone {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
+        }
+        if !self.gwbridge_existed {
+            // Made here; nothing else uses it once the node left.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(15) {
+                let removed = Command::new("docker")
+                    .args(["network", "rm", "docker_gwbridge"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                let gone = !Command::new("docker")
+                    .args(["network", "inspect", "docker_gwbridge"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if removed || gone {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -228,7 +251,7 @@ pub fn task_versions(answer: &Value) -> Vec<String> {
 
 /// The version nginx's public port answers with.
 async fn public_version(suite: &Suite, url: &str) -> Option<String> {
-    let text = suite.http.get(url).send().await.ok()?.text().await.ok()?;
+    let text = suite.http.get(format!("{url}/")).send().await.ok()?.text().await.ok()?;
     text.trim().strip_prefix("selfup version ").map(str::to_string)
 }
 
@@ -262,7 +285,8 @@ pub async fn deployed(suite: &Suite, repository: &str, version: &str) -> Result<
     let mut swarm = Swarm::init(&suite.run_id)?;
     let registry_api = swarm.forward_registry(&suite.registry).await;
     let public_port = free_port();
-    let url = format!("http://127.0.0.1:{public_port}/");
+    // nginx's public address, without a path: the load adds `/` and `/echo`.
+    let url = format!("http://127.0.0.1:{public_port}");
     swarm.deploy(&[
         ("SELFUP_REGISTRY", suite.registry.clone()),
         ("SELFUP_IMAGE", repository.to_string()),
