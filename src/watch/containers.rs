@@ -144,9 +144,14 @@ impl ContainerWatch {
             Ok(containers) => containers,
             Err(e) => {
                 tracing::warn!(error = %e, "container watch: cannot list the labelled containers");
+                self.shared.metrics.watch_checked(false);
                 return turn;
             }
         };
+        // The turn worked when every labelled container's offer was answered
+        // by Docker and the registry; a label or a container the companion
+        // refuses is the operator's to fix, not a failed check.
+        let mut worked = true;
         for summary in containers {
             let Some((name, text)) = labelled(&summary) else {
                 continue;
@@ -172,10 +177,15 @@ impl ContainerWatch {
                 Err(e) => {
                     // The registry has no image for it (yet): worth a quick look again.
                     turn.missing |= matches!(e, UpdateError::Resolve(_));
+                    worked &= !matches!(
+                        e,
+                        UpdateError::Resolve(_) | UpdateError::Credentials { .. } | UpdateError::Docker { .. }
+                    );
                     self.say_once(&name, format!("not watched now: {e}"));
                 }
             }
         }
+        self.shared.metrics.watch_checked(worked);
         turn
     }
 

@@ -517,6 +517,11 @@ pub async fn a_labelled_companion_container_follows_its_policy_and_a_tag_outside
         metric(&w, r#"selfup_companion_updates_total{outcome="updated"}"#).await,
         Some(1.0)
     );
+    // The container watch reports its turns as the self-upgrade's watch does:
+    // the stranger's refusal is the operator's to fix, not a failed check.
+    let checked = metric(&w, "selfup_watch_last_check_timestamp_seconds").await;
+    assert!(checked.is_some_and(|t| t >= 1.7e9), "{checked:?}");
+    assert_eq!(metric(&w, "selfup_watch_last_check_success").await, Some(1.0));
 }
 
 pub async fn a_registry_push_notification_updates_a_labelled_companion_container_at_once(suite: Arc<Suite>) {
