@@ -180,7 +180,10 @@ mod version_slot_tests {
     #[test]
     fn build_sh_writes_the_slot_this_binary_reads() {
         let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/build.sh")).unwrap();
-        assert!(script.contains(&format!("\nslot={VERSION_SLOT_LEN}\n")), "build.sh's slot size");
+        assert!(
+            script.contains(&format!("\nslot={VERSION_SLOT_LEN}\n")),
+            "build.sh's slot size"
+        );
         assert!(
             script.contains(&format!("--update-section \"{VERSION_SECTION}=")),
             "build.sh's section name"

@@ -34,7 +34,9 @@ pub fn init() {
             .with_ansi(ansi);
         registry.with(layer).try_init()
     } else {
-        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi);
         registry.with(layer).try_init()
     };
     // A second init (in tests) keeps the first subscriber.
@@ -60,10 +62,16 @@ pub fn log_filter(value: &str) -> Result<Targets, String> {
             Some((target, level)) => {
                 let target = target.trim();
                 if target.is_empty() || target.contains(['[', '{', ' ']) {
-                    return Err(format!("{directive:?}: expected target=level, with a module path as the target"));
+                    return Err(format!(
+                        "{directive:?}: expected target=level, with a module path as the target"
+                    ));
                 }
-                let level = LevelFilter::from_str(level.trim())
-                    .map_err(|_| format!("{directive:?}: {:?} is not a level (off, error, warn, info, debug, trace)", level.trim()))?;
+                let level = LevelFilter::from_str(level.trim()).map_err(|_| {
+                    format!(
+                        "{directive:?}: {:?} is not a level (off, error, warn, info, debug, trace)",
+                        level.trim()
+                    )
+                })?;
                 filter.with_target(target, level)
             }
             None => match LevelFilter::from_str(directive) {
