@@ -202,6 +202,16 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
+                    web::resource("/update/{container}/promote")
+                        .route(web::post().to(companion::promote))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update/{container}/rollback")
+                        .route(web::post().to(companion::rollback))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
                     web::resource("/update/{container}/{requirement}")
                         .route(web::post().to(companion::update_to))
                         .default_service(web::to(routes::method_not_allowed)),
@@ -255,11 +265,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stopping = self.orchestrator.clone();
-        tokio::spawn(async move {
+        let stopper = tokio::spawn(async move {
             wait_for_stop_signal().await;
             let shared = &stopping.shared;
             shared.shutdown.send_replace(true);
-            if stopping.taken_over_from() {
+            let taken_over = stopping.taken_over_from();
+            if stopping.known_backend().and_then(|b| b.swarm()).is_some() {
+                swarm_stop(&stopping).await;
+            } else if taken_over {
                 // actix closes idle keep-alive connections at once on a
                 // graceful stop, and nginx may be sending on one of them
                 // that instant: serve until nginx's upstream keep-alive
@@ -274,7 +287,22 @@ impl Application {
                 let _ = tokio::time::timeout(LEAVE_NETWORKS, stopping.leave_networks()).await;
             }
             tracing::info!("stop signal: draining");
-            handle.stop(true).await;
+            // The requests this instance still relays to blue-green apps
+            // (its successor holds their sockets now) finish too, within
+            // the same drain time as its own.
+            let apps = async {
+                if let (true, Some(apps)) = (taken_over, &stopping.apps) {
+                    let bound = Duration::from_secs(stopping.settings.shutdown_timeout_secs);
+                    let relaying = apps.relaying();
+                    let left = apps.until_idle(bound).await;
+                    tracing::info!(
+                        relaying,
+                        left,
+                        "the apps' connections relayed by this instance are done"
+                    );
+                }
+            };
+            tokio::join!(handle.stop(true), apps);
         });
         let orchestrator = self.orchestrator.clone();
         let companion = self.companion.clone();
@@ -286,8 +314,16 @@ impl Application {
             // takes the traffic, so that they move with the live socket.
             if let Some(companion) = &companion {
                 companion.front_apps().await;
+                // And those that start later, when they start.
+                let following = companion.clone();
+                tokio::spawn(async move { following.follow_apps().await });
             }
-            orchestrator.reconcile().await;
+            match orchestrator.backend().await {
+                // Swarm keeps the service's replicas: there are no
+                // siblings of a handover to converge.
+                crate::handover::swarm::Backend::Swarm(_) => orchestrator.publish_sockets(),
+                crate::handover::swarm::Backend::Host => orchestrator.reconcile().await,
+            }
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
             let containers = match companion {
@@ -314,6 +350,11 @@ impl Application {
         });
         tracing::info!(port = self.port, version = %self.orchestrator.version, container = ?self.orchestrator.self_id, "serving");
         let served = self.server.await;
+        // Stopped by a signal: the drain of the apps' connections ends too.
+        if *self.orchestrator.shared.shutdown.borrow() {
+            let bound = Duration::from_secs(self.orchestrator.settings.shutdown_timeout_secs);
+            let _ = tokio::time::timeout(bound, stopper).await;
+        }
         // An elder whose watch started the upgrade: no request holds the
         // drain open, so the watch finishes the upgrade (its successor's stop
         // signal is its end) and records it before the process ends; a
@@ -425,6 +466,31 @@ fn companion_key(settings: &Settings) -> std::io::Result<ApiKey> {
         KeySource::Configured => tracing::info!("companion mode: API key from the settings"),
     }
     Ok(key)
+}
+
+/// How often a stopping Swarm task looks whether the update it follows is over.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+
+/// A Swarm task's stop. Swarm took the task out of the service's DNS
+/// before it sent the signal: the task keeps serving for `drain_ms`,
+/// closing each connection with its answer, for a proxy that looked the
+/// name up just before; then, while it follows a service update (an
+/// upgrade request it received, which Swarm answers by replacing this very
+/// task), it holds its exit until the update is over, so that the answer
+/// comes from here. The stop grace period the rollout sets covers it.
+async fn swarm_stop(o: &Orchestrator) {
+    o.shared.lingering.store(true, Ordering::Relaxed);
+    tracing::info!(drain = ?o.settings.drain(), "stop signal as a Swarm task: draining");
+    tokio::time::sleep(o.settings.drain()).await;
+    let held = tokio::time::Instant::now();
+    let mut said = false;
+    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::handover::swarm::FOLLOW_DEADLINE {
+        if !said {
+            tracing::info!("following a service update: its answer goes out before this task stops");
+            said = true;
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
 }
 
 async fn wait_for_stop_signal() {

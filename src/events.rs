@@ -73,10 +73,22 @@ pub enum Event {
         duration_ms: u64,
     },
     /// The successor serves the public; the elder watches it for `secs`.
-    BakeStarted { to: String, secs: u64 },
+    /// `container` names a blue-green app's handover (then `to` is its new
+    /// image); none for the self-upgrade.
+    BakeStarted {
+        to: String,
+        secs: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
     /// The bake is over: `promoted` (the successor stays) or `rolled_back`
     /// (the elder took the traffic back), and why.
-    BakeEnded { outcome: String, reason: String },
+    BakeEnded {
+        outcome: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
     /// A companion update of another container began. `container` is the
     /// name (or id) as it was asked for: every event of the update carries it.
     UpdateStarted {
@@ -124,7 +136,10 @@ impl Event {
             Event::UpdateStarted { container, .. }
             | Event::UpdateStep { container, .. }
             | Event::UpdateFinished { container, .. } => Some(container),
-            Event::PullProgress { container, .. } | Event::HealthAttempt { container, .. } => container.as_deref(),
+            Event::PullProgress { container, .. }
+            | Event::HealthAttempt { container, .. }
+            | Event::BakeStarted { container, .. }
+            | Event::BakeEnded { container, .. } => container.as_deref(),
             _ => None,
         }
     }

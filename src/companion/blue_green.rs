@@ -20,13 +20,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
 use serde::Serialize;
-use tokio::net::{TcpStream, UnixListener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, sleep};
 
 use super::placement::labels;
@@ -101,10 +102,75 @@ pub struct AppHandover {
     /// Connections still open to the elder when the drain's deadline passed.
     #[serde(skip_serializing_if = "is_zero")]
     pub left_open: usize,
+    /// With `update_bake_secs`: how the bake after the switch ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bake: Option<AppBakeReport>,
+}
+
+/// How an app's bake passed: why it ended, how long it ran, and the
+/// successor's answers the proxy counted meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppBakeReport {
+    pub outcome: String,
+    pub reason: String,
+    pub baked_ms: u128,
+    pub answers: u64,
+    pub server_errors: u64,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// What the proxy saw of the answers of one target: each connection's
+/// first status line (nginx sends one request per upstream connection), and
+/// the connections the target refused. The bake judges a successor by it.
+#[derive(Debug, Default)]
+pub struct Answers {
+    total: AtomicU64,
+    server_errors: AtomicU64,
+    refused: AtomicU64,
+    last_refusal: Mutex<Option<String>>,
+}
+
+impl Answers {
+    /// The answers counted and the 5xx among them.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.total.load(Ordering::SeqCst),
+            self.server_errors.load(Ordering::SeqCst),
+        )
+    }
+
+    /// How many connections the target refused, and why the last one.
+    pub fn refused(&self) -> (u64, Option<String>) {
+        let last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (self.refused.load(Ordering::SeqCst), last)
+    }
+
+    pub(super) fn answered(&self, status: Option<u16>) {
+        let Some(status) = status else { return };
+        self.total.fetch_add(1, Ordering::SeqCst);
+        if (500..600).contains(&status) {
+            self.server_errors.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn refusal(&self, e: &io::Error) {
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        self.refused.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The status code of an HTTP answer that begins with `head`, if it is one.
+pub fn status_of(head: &[u8]) -> Option<u16> {
+    let rest = head.strip_prefix(b"HTTP/")?;
+    let space = rest.iter().position(|b| *b == b' ')?;
+    let code = rest.get(space + 1..space + 4)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// Where one app's connections go now, and how many are open to it.
@@ -112,6 +178,21 @@ fn is_zero(n: &usize) -> bool {
 struct Target {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
+    answers: Arc<Answers>,
+    /// During a bake, the elder kept warm: a connection the successor
+    /// refuses is joined to it instead of failing.
+    standby: Option<SocketAddr>,
+}
+
+impl Target {
+    fn new(addr: SocketAddr, standby: Option<SocketAddr>) -> Target {
+        Target {
+            addr,
+            open: Arc::new(AtomicUsize::new(0)),
+            answers: Arc::default(),
+            standby,
+        }
+    }
 }
 
 /// One app's public socket and the address it joins connections to.
@@ -119,6 +200,9 @@ struct Target {
 pub struct AppFront {
     socket: ControlSocket,
     target: Mutex<Target>,
+    /// Every connection this instance is relaying, to any app: an elder
+    /// on its way out waits for them.
+    relaying: Arc<AtomicUsize>,
 }
 
 /// Counts a connection as open to its target until dropped.
@@ -140,18 +224,21 @@ impl AppFront {
         self.target().addr
     }
 
-    /// Sends every new connection to `addr`; returns the count of those
-    /// still open to the address before, to drain.
-    pub fn switch(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+    /// Sends every new connection to `addr` (and to `standby` when `addr`
+    /// refuses it); returns the count of those still open to the address
+    /// before, to drain.
+    pub fn switch(&self, addr: SocketAddr, standby: Option<SocketAddr>) -> Arc<AtomicUsize> {
         let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
         if target.addr == addr {
+            target.standby = standby;
             return Arc::new(AtomicUsize::new(0));
         }
-        let next = Target {
-            addr,
-            open: Arc::new(AtomicUsize::new(0)),
-        };
-        std::mem::replace(&mut *target, next).open
+        std::mem::replace(&mut *target, Target::new(addr, standby)).open
+    }
+
+    /// What the proxy saw of the current target's answers since the switch to it.
+    pub fn answers(&self) -> Arc<Answers> {
+        self.target().answers
     }
 
     /// The public path of this app's socket.
@@ -161,7 +248,7 @@ impl AppFront {
 
     async fn serve(self: Arc<Self>, listener: UnixListener) {
         loop {
-            let (mut downstream, _) = match listener.accept().await {
+            let (downstream, _) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(socket = %self.path(), error = %e, "accepting an app connection");
@@ -173,19 +260,70 @@ impl AppFront {
             // connection on its way to the elder.
             let target = self.target();
             target.open.fetch_add(1, Ordering::SeqCst);
-            let open = Open(target.open.clone());
+            self.relaying.fetch_add(1, Ordering::SeqCst);
+            let open = (Open(target.open.clone()), Open(self.relaying.clone()));
             tokio::spawn(async move {
                 let _open = open;
-                match TcpStream::connect(target.addr).await {
-                    Ok(mut upstream) => {
-                        let _ = upstream.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                // The standby's answers are not the target's.
+                let standby_answers = Answers::default();
+                let (upstream, answers) = match TcpStream::connect(target.addr).await {
+                    Ok(upstream) => (Ok(upstream), &*target.answers),
+                    Err(e) => {
+                        target.answers.refusal(&e);
+                        match target.standby {
+                            Some(standby) => (TcpStream::connect(standby).await, &standby_answers),
+                            None => (Err(e), &standby_answers),
+                        }
                     }
+                };
+                match upstream {
+                    Ok(upstream) => relay(downstream, upstream, answers).await,
                     Err(e) => tracing::warn!(app = %target.addr, error = %e, "the app refused a connection"),
                 }
             });
         }
     }
+}
+
+/// How many bytes of an answer its status is read from: "HTTP/1.1 200".
+const HEAD: usize = 12;
+
+/// Joins a connection from nginx to one to the app, byte for byte, noting
+/// the status of the app's answer; each side's end is passed on.
+async fn relay(downstream: UnixStream, upstream: TcpStream, answers: &Answers) {
+    let _ = upstream.set_nodelay(true);
+    let (mut down_read, mut down_write) = downstream.into_split();
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let request = async {
+        let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
+        let _ = up_write.shutdown().await;
+    };
+    let answer = async {
+        // Passed on as it comes; the status is read from the first 12
+        // bytes ("HTTP/1.1 200") as they go by.
+        let mut head = Vec::with_capacity(HEAD);
+        let mut counted = false;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match up_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !counted {
+                let take = n.min(HEAD - head.len());
+                head.extend_from_slice(&buf[..take]);
+                if head.len() == HEAD {
+                    answers.answered(status_of(&head));
+                    counted = true;
+                }
+            }
+            if down_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = down_write.shutdown().await;
+    };
+    tokio::join!(request, answer);
 }
 
 /// The sockets of every blue-green app this instance fronts.
@@ -197,6 +335,8 @@ pub struct AppFronts {
     /// Whether this instance is the live one: it publishes its sockets.
     live: AtomicBool,
     fronts: Mutex<HashMap<String, Arc<AppFront>>>,
+    /// Every connection relayed to an app now, by any front.
+    relaying: Arc<AtomicUsize>,
 }
 
 impl AppFronts {
@@ -206,6 +346,7 @@ impl AppFronts {
             port,
             live: AtomicBool::new(false),
             fronts: Mutex::default(),
+            relaying: Arc::default(),
         }
     }
 
@@ -225,10 +366,8 @@ impl AppFronts {
         let listener = UnixListener::from_std(listener)?;
         let front = Arc::new(AppFront {
             socket,
-            target: Mutex::new(Target {
-                addr,
-                open: Arc::new(AtomicUsize::new(0)),
-            }),
+            target: Mutex::new(Target::new(addr, None)),
+            relaying: self.relaying.clone(),
         });
         let front = self.fronts().entry(name.to_string()).or_insert(front).clone();
         tokio::spawn(front.clone().serve(listener));
@@ -237,6 +376,24 @@ impl AppFronts {
         }
         tracing::info!(app = name, socket = %front.path(), %addr, "fronting a blue-green app");
         Ok(front)
+    }
+
+    /// The front of app `name`, if this instance has bound one.
+    pub fn get(&self, name: &str) -> Option<Arc<AppFront>> {
+        self.fronts().get(name).cloned()
+    }
+
+    /// How many connections this instance relays to apps now.
+    pub fn relaying(&self) -> usize {
+        self.relaying.load(Ordering::SeqCst)
+    }
+
+    /// Waits until this instance relays no connection to any app, at most
+    /// `bound`: an elder whose sockets a successor took finishes the
+    /// requests it was still relaying before it exits. Returns how many
+    /// were left.
+    pub async fn until_idle(&self, bound: Duration) -> usize {
+        drain(&self.relaying, bound).await
     }
 
     /// Publishes every app socket: this instance is the live one now.
@@ -350,6 +507,78 @@ mod tests {
     }
 
     #[test]
+    fn the_status_of_an_answer_is_read_from_its_first_line() {
+        assert_eq!(status_of(b"HTTP/1.0 200 OK\r\n"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.1 503"), Some(503));
+        assert_eq!(status_of(b"HTTP/2 404 "), Some(404));
+        assert_eq!(status_of(b"HTTP/1.1 5"), None, "cut short");
+        assert_eq!(status_of(b"elder"), None);
+        assert_eq!(status_of(b"HTTP/1.1 abc"), None);
+        let answers = Answers::default();
+        for status in [Some(200), Some(502), None, Some(500), Some(404)] {
+            answers.answered(status);
+        }
+        assert_eq!(
+            answers.counts(),
+            (4, 2),
+            "5xx counted among the answers; no status, no answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_successor_refuses_goes_to_the_standby_and_is_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let elder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elder_addr = elder.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = elder.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    let _ = c.read_exact(&mut byte).await;
+                    let _ = c.write_all(b"HTTP/1.0 503 Busy\r\n\r\nelder").await;
+                });
+            }
+        });
+        // A port nobody listens on any more: the dead successor.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = gone.local_addr().unwrap();
+        drop(gone);
+        let dir = std::env::temp_dir().join(format!("selfup-apps-standby-{}", std::process::id()));
+        let fronts = AppFronts::new(dir.join("apps"), 5800);
+        let front = fronts.ensure("web", elder_addr).unwrap();
+        fronts.publish();
+        front.switch(dead, Some(elder_addr));
+        let mut conn = tokio::net::UnixStream::connect(dir.join("apps/web.sock"))
+            .await
+            .unwrap();
+        conn.write_all(b"?").await.unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.unwrap();
+        assert!(text.ends_with("elder"), "{text}");
+        let answers = front.answers();
+        let (refused, last) = answers.refused();
+        assert_eq!(refused, 1);
+        assert!(last.unwrap().to_lowercase().contains("refused"));
+        assert_eq!(answers.counts(), (0, 0), "the standby's 503 is not the successor's");
+        assert_eq!(fronts.relaying(), 1, "relayed until the client closes");
+        drop(conn);
+        assert_eq!(fronts.until_idle(Duration::from_secs(2)).await, 0);
+        // Without a standby, a refused connection is closed.
+        front.switch(elder_addr, None);
+        front.switch(dead, None);
+        let mut conn = tokio::net::UnixStream::connect(dir.join("apps/web.sock"))
+            .await
+            .unwrap();
+        let _ = conn.write_all(b"?").await;
+        let mut text = String::new();
+        let _ = conn.read_to_string(&mut text).await;
+        assert_eq!(text, "");
+        serving.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_address_is_the_first_network_that_gave_one() {
         let c = container(&[], &[("zeta", "10.0.0.9"), ("alpha", ""), ("beta", "172.18.0.4")]);
         assert_eq!(address(&c, 8080), Some("172.18.0.4:8080".parse().unwrap()));
@@ -395,7 +624,7 @@ mod tests {
         let mut probe = tokio::net::UnixStream::connect(&path).await.unwrap();
         assert_eq!(ask(&mut probe).await, "elder");
         drop(probe);
-        let open = front.switch(successor);
+        let open = front.switch(successor, None);
         let mut fresh = tokio::net::UnixStream::connect(&path).await.unwrap();
         assert_eq!(ask(&mut fresh).await, "successor");
         drop(fresh);

@@ -20,9 +20,11 @@
 //! 8. [`blue_green`]: a container labelled `selfup.port` is handed over like
 //!    selfup itself: its successor runs beside it, is checked at its own
 //!    address, and takes the traffic of the app's socket before the elder
-//!    stops.
+//!    stops; with `update_bake_secs`, [`app_bake`] keeps the elder warm out
+//!    of rotation that long and switches back to it if the successor fails.
 
 pub mod admission;
+pub mod app_bake;
 pub mod auth;
 pub mod blue_green;
 pub mod journal;
@@ -50,6 +52,7 @@ use crate::registry::Registry;
 use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use crate::state::Shared;
 use admission::Slot;
+use app_bake::{AppBake, AppBakeEnd, BakeAsk};
 use auth::ApiKey;
 use blue_green::{AppFronts, AppHandover, AppSpec};
 use journal::{Phase, Resolution, Seen, SwapRecord, Swaps};
@@ -200,6 +203,9 @@ pub struct Companion {
     fronts: Option<Arc<AppFronts>>,
     /// For the successors' health paths: no proxy, no pooling.
     http: reqwest::Client,
+    /// The blue-green apps baking now, by name: an operator's promote or
+    /// rollback reaches the bake through it.
+    bakes: Mutex<std::collections::HashMap<String, Arc<BakeAsk>>>,
     /// The event log every step goes to, and the metrics every finished update counts in.
     shared: Arc<Shared>,
     /// Where finished updates are reported (`notify_urls`), if anywhere.
@@ -227,6 +233,9 @@ pub enum Step {
     /// A blue-green app's elder finishes the connections it has, out of
     /// rotation, before it is stopped.
     Draining,
+    /// A blue-green app's successor serves alone, watched for
+    /// `update_bake_secs`; the elder runs on, out of rotation, to switch back to.
+    Baking,
     /// The new container is up: the old one is stopped (unless it was
     /// already, stop-first) and removed.
     Retiring {
@@ -248,6 +257,7 @@ impl std::fmt::Display for Step {
             Step::HealthChecking => "health-checking the new container",
             Step::Switching => "switching the app's socket to the new container",
             Step::Draining => "draining the old container's connections",
+            Step::Baking => "baking the new container, the old one kept warm out of rotation",
             Step::Retiring { stopped: false } => "stopping and removing the old container",
             Step::Retiring { stopped: true } => "removing the old container",
             Step::RollingBack => "rolling back",
@@ -361,6 +371,7 @@ impl Companion {
                 .no_proxy()
                 .build()
                 .expect("a reqwest client with static settings builds"),
+            bakes: Mutex::default(),
             shared: reporting.shared,
             notifier: reporting.notifier,
             settings,
@@ -408,6 +419,82 @@ impl Companion {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(app = %name, error = %e, "not fronting a blue-green app"),
             }
+        }
+    }
+
+    /// Follows the Engine's container starts, until this instance is asked
+    /// to stop: an app labelled for blue-green that starts after this
+    /// instance gets its socket at once, and one recreated outside selfup
+    /// (`docker compose up` after a change) has its socket joined to its
+    /// new address. A lost stream is opened again, and the apps that started
+    /// meanwhile are fronted then.
+    pub async fn follow_apps(&self) {
+        if self.fronts.is_none() {
+            return;
+        }
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let labels = vec![
+            format!("{}=true", admission::ENABLE_LABEL),
+            blue_green::PORT_LABEL.to_string(),
+        ];
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            match self.engine.container_starts(labels.clone()).await {
+                Ok(starts) => {
+                    // Apps that started while no stream was open.
+                    self.front_apps().await;
+                    tokio::pin!(starts);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            next = futures_util::StreamExt::next(&mut starts) => match next {
+                                Some(Ok(id)) => self.front_started(&id).await,
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "the Engine's events stopped; following them again");
+                                    break;
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the Engine's events; apps started later get their socket at their first update")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Fronts an app container that just started, unless it is one of an
+    /// update's (the update switches the socket itself).
+    async fn front_started(&self, id: &str) {
+        if self.self_id.as_deref() == Some(id) {
+            return;
+        }
+        let Ok(app) = self.engine.inspect_container(id).await else {
+            return;
+        };
+        let name = name_of(&app);
+        if name.contains("-selfup-old-") || self.not_busy(&name).is_err() {
+            return;
+        }
+        match self.front_of(&app) {
+            Ok((front, spec)) => {
+                let Some(addr) = blue_green::address(&app, spec.port) else {
+                    return;
+                };
+                if front.addr() != addr {
+                    tracing::info!(app = %name, from = %front.addr(), to = %addr, "the app was started anew: its socket follows it");
+                    front.switch(addr, None);
+                }
+            }
+            Err(e) => tracing::warn!(app = %name, error = %e, "not fronting a blue-green app"),
         }
     }
 
@@ -751,7 +838,11 @@ impl Companion {
                 Some(AppSpec { health: Some(_), .. }) => Duration::ZERO,
                 _ => self.settings.update_settle(),
             },
-            bake: Duration::from_secs(self.settings.update_bake_secs),
+            // A blue-green app bakes after the switch, below.
+            bake: match blue_green {
+                Some(_) => Duration::ZERO,
+                None => Duration::from_secs(self.settings.update_bake_secs),
+            },
             stopped_old: false,
             progress: Some(progress),
             journal: slot.claim.as_ref().map(|claim| {
@@ -808,23 +899,66 @@ impl Companion {
             }
         };
 
-        let handover = match (front, new_addr) {
-            (Some(front), Some(to)) => {
+        let handover = match (front, new_addr, &blue_green) {
+            (Some(front), Some(to), Some(spec)) => {
                 let health_ms = checked.elapsed().as_millis();
                 let elder = front.addr();
+                let bake = Duration::from_secs(self.settings.update_bake_secs);
                 progress.step(Step::Switching);
-                let from = front.switch(to);
+                // During a bake the elder stands by: a connection the
+                // successor refuses is joined to it.
+                let from = front.switch(to, (!bake.is_zero()).then_some(elder));
                 let switched = Instant::now();
                 tracing::info!(container = %name, %to, "the app's socket reaches the successor");
                 progress.step(Step::Draining);
                 let left_open = blue_green::drain(&from, self.settings.update_deadline()).await;
+                let drain_ms = switched.elapsed().as_millis();
+                let baked = match bake.is_zero() {
+                    true => None,
+                    false => {
+                        let image = image.to_string();
+                        let baking = Baking {
+                            progress,
+                            name: &name,
+                            image: &image,
+                            front: &front,
+                            new_id: &new_id,
+                            to,
+                            elder,
+                            spec,
+                            window: bake,
+                        };
+                        match self.bake_app(baking).await {
+                            Ok(report) => Some(report),
+                            Err(reason) => {
+                                let log = watch::log_tail(&self.engine, &new_id).await;
+                                progress.step(Step::RollingBack);
+                                let restored = swap.roll_back(Some(new_id.as_str())).await;
+                                if let Err(e) = &restored {
+                                    tracing::error!(container = %name, %reason, error = %e, "rolled back during the bake, and removing the new container failed");
+                                    if let Some(claim) = slot.claim.as_mut() {
+                                        claim.keep();
+                                    }
+                                }
+                                return Err(UpdateError::Failed {
+                                    container: name,
+                                    image: image.to_string(),
+                                    reason: Box::new(SwapError::Baked(reason)),
+                                    log,
+                                    restored,
+                                });
+                            }
+                        }
+                    }
+                };
                 Some(Box::new(AppHandover {
                     socket: front.path(),
                     from: elder.to_string(),
                     to: to.to_string(),
                     health_ms,
-                    drain_ms: switched.elapsed().as_millis(),
+                    drain_ms,
                     left_open,
+                    bake: baked,
                 }))
             }
             _ => None,
@@ -853,6 +987,97 @@ impl Companion {
         })
     }
 
+    /// Bakes a blue-green app's successor after the switch, the elder warm
+    /// out of rotation: the report of a clean end, or why the traffic went
+    /// back to the elder (the successor is then the caller's to remove).
+    async fn bake_app(&self, b: Baking<'_>) -> Result<blue_green::AppBakeReport, String> {
+        let container = b.progress.container.to_string();
+        b.progress.step(Step::Baking);
+        self.shared.events.emit(Event::BakeStarted {
+            to: b.image.to_string(),
+            secs: b.window.as_secs(),
+            container: Some(container.clone()),
+        });
+        tracing::info!(
+            container = b.name,
+            secs = b.window.as_secs(),
+            "baking the new container; the old one stands by"
+        );
+        let ask = Arc::new(BakeAsk::default());
+        self.bakes().insert(b.name.to_string(), ask.clone());
+        let started = Instant::now();
+        let answers = b.front.answers();
+        let end = AppBake {
+            engine: &self.engine,
+            http: &self.http,
+            id: b.new_id,
+            addr: b.to,
+            health: b.spec.health.as_deref(),
+            answers: answers.clone(),
+            window: b.window,
+            max_ratio: self.settings.bake_max_5xx_ratio,
+            ask: &ask,
+        }
+        .run()
+        .await;
+        self.bakes().remove(b.name);
+        let (total, server_errors) = answers.counts();
+        let (outcome, reason, result) = match end {
+            AppBakeEnd::Promoted(reason) => {
+                // The elder stands by no longer.
+                b.front.switch(b.to, None);
+                tracing::info!(container = b.name, %reason, "the bake passed");
+                let report = blue_green::AppBakeReport {
+                    outcome: "promoted".into(),
+                    reason: reason.clone(),
+                    baked_ms: started.elapsed().as_millis(),
+                    answers: total,
+                    server_errors,
+                };
+                ("promoted", reason, Ok(report))
+            }
+            AppBakeEnd::RolledBack { reason, answering } => {
+                let breach = std::time::Instant::now();
+                let successor = b.front.switch(b.elder, None);
+                let reclaim_us = breach.elapsed().as_micros();
+                tracing::warn!(container = b.name, %reason, reclaim_us, "bake breach: the app's traffic is back on the old container");
+                // What the successor still relays ends before it is removed;
+                // one that does not answer gets a moment only.
+                let bound = match answering {
+                    true => self.settings.update_deadline(),
+                    false => UNANSWERING_DRAIN,
+                };
+                blue_green::drain(&successor, bound).await;
+                let error = format!("rolled back during the bake: {reason}");
+                ("rolled_back", reason, Err(error))
+            }
+        };
+        self.shared.events.emit(Event::BakeEnded {
+            outcome: outcome.into(),
+            reason,
+            container: Some(container),
+        });
+        result
+    }
+
+    fn bakes(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<BakeAsk>>> {
+        self.bakes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An operator's word on the bake of app `container`: `promote` ends
+    /// it with the successor kept, else the traffic goes back to the elder.
+    /// False when no bake of it runs here.
+    pub fn ask_bake(&self, container: &str, promote: bool) -> bool {
+        let Some(ask) = self.bakes().get(container).cloned() else {
+            return false;
+        };
+        match promote {
+            true => ask.promote(),
+            false => ask.roll_back(),
+        }
+        true
+    }
+
     /// The successor's address once it answers there: a failure is the
     /// swap's, so the elder comes back.
     async fn ready(&self, id: &str, spec: &AppSpec) -> Result<std::net::SocketAddr, SwapFailure> {
@@ -877,6 +1102,23 @@ impl Companion {
         .map_err(fail)?;
         Ok(addr)
     }
+}
+
+/// How long a successor that no longer answers may keep the connections
+/// it had when a bake went back to the elder, before it is removed.
+const UNANSWERING_DRAIN: Duration = Duration::from_secs(2);
+
+/// What an app bake works on.
+struct Baking<'a> {
+    progress: &'a Progress<'a>,
+    name: &'a str,
+    image: &'a str,
+    front: &'a blue_green::AppFront,
+    new_id: &'a str,
+    to: std::net::SocketAddr,
+    elder: std::net::SocketAddr,
+    spec: &'a AppSpec,
+    window: Duration,
 }
 
 /// What a container of a half-done swap is now; an error if Docker cannot say.

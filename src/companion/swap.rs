@@ -42,6 +42,10 @@ pub enum SwapError {
     /// A blue-green app's successor did not answer at its own address.
     #[error("{0}")]
     NotReady(String),
+    /// A blue-green app's successor failed after the switch, during the
+    /// bake: the traffic went back to the elder.
+    #[error("{0}")]
+    Baked(String),
 }
 
 /// A failed swap: why, and the new container, once it exists.

@@ -34,20 +34,24 @@ use crate::state::{Bake, BakeReport, BakeVerdict};
 /// How many public answers the successor must have given before its share
 /// of 5xx is judged: one 500 among the first three answers is no verdict.
 pub const MIN_ANSWERS: u64 = 20;
-/// How often the elder asks the successor's `/health` during a bake.
-const HEALTH_EVERY: Duration = Duration::from_millis(250);
+/// How often the elder asks the successor's `/health` during a bake (and
+/// an app's bake its health check).
+pub const HEALTH_EVERY: Duration = Duration::from_millis(250);
 /// How long one `/health` may take before it counts as a miss.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many misses in a row are a hang.
 const MISSES: u32 = 3;
 /// How often the elder asks the Engine about its successor.
-const LOOK_EVERY: Duration = Duration::from_millis(25);
+pub const LOOK_EVERY: Duration = Duration::from_millis(25);
 
 /// Judges a successor from its `/health` answers, one at a time. Pure, so
-/// that each rule is tested on its own.
+/// that each rule is tested on its own. An app's bake judges its successor
+/// by the same rules ([`crate::companion::app_bake`]).
 #[derive(Debug)]
 pub struct Judge {
     max_ratio: f64,
+    /// The check a miss is one of, as the breach names it.
+    check: String,
     misses: u32,
     /// The successor's public answers and 5xx, as it last reported them.
     pub answers: (u64, u64),
@@ -55,8 +59,14 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(max_ratio: f64) -> Judge {
+        Judge::of(max_ratio, "/health")
+    }
+
+    /// A judge whose misses are of `check` (an app's health check).
+    pub fn of(max_ratio: f64, check: &str) -> Judge {
         Judge {
             max_ratio,
+            check: check.to_string(),
             misses: 0,
             answers: (0, 0),
         }
@@ -73,8 +83,12 @@ impl Judge {
             }
             Err(e) => {
                 self.misses += 1;
-                (self.misses >= MISSES)
-                    .then(|| format!("the successor's /health failed {MISSES} times in a row (last: {e})"))
+                (self.misses >= MISSES).then(|| {
+                    format!(
+                        "the successor's {} failed {MISSES} times in a row (last: {e})",
+                        self.check
+                    )
+                })
             }
         }
     }
@@ -141,6 +155,7 @@ impl Orchestrator {
         self.shared.events.emit(Event::BakeStarted {
             to: to.to_string(),
             secs,
+            container: None,
         });
         tracing::info!(secs, successor, "baking the successor");
         // nginx's pooled connections to this instance close with their next
@@ -232,6 +247,7 @@ impl Orchestrator {
         self.shared.events.emit(Event::BakeEnded {
             outcome: report.outcome.clone(),
             reason: report.reason.clone(),
+            container: None,
         });
         {
             let mut status = self.shared.status();
@@ -376,6 +392,14 @@ mod tests {
         assert!(
             breach.contains("failed 3 times in a row (last: no answer within 1s)"),
             "{breach}"
+        );
+        let mut app = Judge::of(0.01, "GET /healthz");
+        for _ in 0..2 {
+            assert_eq!(app.look(Err("it answered 404".into())), None);
+        }
+        assert_eq!(
+            app.look(Err("it answered 404".into())).as_deref(),
+            Some("the successor's GET /healthz failed 3 times in a row (last: it answered 404)")
         );
     }
 

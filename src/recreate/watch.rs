@@ -157,6 +157,20 @@ impl<'a> Watcher<'a> {
         }
     }
 
+    /// `Some(why)` once the container is down, gone, or its HEALTHCHECK
+    /// reports unhealthy; `None` while it runs, or while the Engine cannot
+    /// say.
+    pub async fn failed(&self) -> Option<String> {
+        match self.engine.inspect_container(self.id).await {
+            Ok(c) => match verdict(&c, Duration::MAX, Duration::ZERO) {
+                Verdict::Failed(e) => Some(e.to_string()),
+                _ => None,
+            },
+            Err(DockerError::NoSuchContainer(_)) => Some("it was removed".into()),
+            Err(_) => None,
+        }
+    }
+
     /// The expiry error once the deadline has passed, saying what was last seen.
     pub fn expired(&self, what: &'static str, last: Option<String>) -> Option<WaitError> {
         (self.started.elapsed() >= self.deadline).then_some(WaitError::Expired {

@@ -35,6 +35,11 @@ pub enum CompanionError {
     /// The update task itself failed (a panic, caught).
     #[error("{0}")]
     Internal(String),
+    /// A promote or rollback for an app that is not baking here.
+    #[error(
+        "no bake of container {0} is running here: a blue-green app bakes after its switch when update_bake_secs is set"
+    )]
+    NoBake(String),
 }
 
 impl ResponseError for CompanionError {
@@ -45,6 +50,7 @@ impl ResponseError for CompanionError {
             CompanionError::Unauthorized => StatusCode::UNAUTHORIZED,
             CompanionError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CompanionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CompanionError::NoBake(_) => StatusCode::CONFLICT,
             CompanionError::Update(e) => match e {
                 BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
                 RegistryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
@@ -202,6 +208,49 @@ pub async fn update_to(
     let name = container.clone();
     let update = async move { companion.update_to(&container, requirement).await };
     answer(&req, &state, name, update).await
+}
+
+/// `POST /update/{container}/promote` and `/update/{container}/rollback`:
+/// an operator's word on a blue-green app's bake. Answers 202 once the bake
+/// has it; the update's own answer (and `/events`) tell how it ended.
+async fn bake_verdict(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    promote: bool,
+) -> Result<HttpResponse, CompanionError> {
+    if let Some(refused) = Listener::of(&req).refuse_update() {
+        return Ok(refused);
+    }
+    if let Err(refused) = refuse_cross_site(&req) {
+        return Ok(refused);
+    }
+    let companion = authorized(&req, &state)?;
+    let container = path.into_inner();
+    if !companion.ask_bake(&container, promote) {
+        return Err(CompanionError::NoBake(container));
+    }
+    let status = if promote { "promoting" } else { "rolling_back" };
+    Ok(HttpResponse::Accepted().json(json!({ "status": status, "container": container })))
+}
+
+/// `POST /update/{container}/promote`: the app's bake ends, the successor stays.
+pub async fn promote(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CompanionError> {
+    bake_verdict(req, path, state, true).await
+}
+
+/// `POST /update/{container}/rollback`: the app's traffic goes back to the
+/// warm elder and the successor is removed.
+pub async fn rollback(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CompanionError> {
+    bake_verdict(req, path, state, false).await
 }
 
 #[cfg(test)]

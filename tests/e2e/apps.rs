@@ -10,24 +10,37 @@ use serde_json::Value;
 
 use crate::harness::{CompanionEnv, Suite, docker, eventually, exists, free_port, inspect, run};
 use crate::load::{Load, Sample, assert_none_failed};
+use crate::sse::{assert_in_order, label, read_events};
 
 /// Where the companion puts the apps' sockets, inside its container and nginx's.
 const SOCKETS: &str = "/run/selfup-apps";
 
-/// Builds and pushes the app at `versions` (`healthy`: it serves
-/// `/healthz`) into a repository of this test's; returns the repository.
-/// `GET /` answers `{"version": ...}`, `POST /cgi-bin/echo` the body with
-/// the version in `X-Selfup-Version`, so the suite's load checks both.
-fn app_images(w: &mut CompanionEnv, versions: &[(&str, bool)]) -> String {
+/// How an app image behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// It serves `/healthz`.
+    Healthy,
+    /// `/healthz` answers 404.
+    NoHealthz,
+    /// It serves `/healthz` for this many seconds after its start, then 404;
+    /// the rest of its answers stay good.
+    SickAfter(u32),
+}
+
+/// Builds and pushes the app at `versions` into a repository of this
+/// test's; returns the repository. `GET /` answers `{"version": ...}`,
+/// `POST /cgi-bin/echo` the body with the version in `X-Selfup-Version`,
+/// so the suite's load checks both; `GET /cgi-bin/slow` answers after 10 s.
+fn app_images(w: &mut CompanionEnv, versions: &[(&str, Flavour)]) -> String {
     let repository = format!("bluegreen/{}", w.test);
     let dir = w.dir("app-image");
     std::fs::copy("/usr/bin/busybox", dir.join("busybox")).unwrap();
-    for (version, healthy) in versions {
+    for (version, flavour) in versions {
         let www = dir.join("www");
         let _ = std::fs::remove_dir_all(&www);
         std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
         std::fs::write(www.join("index.html"), format!("{{\"version\":\"{version}\"}}")).unwrap();
-        if *healthy {
+        if *flavour != Flavour::NoHealthz {
             std::fs::write(www.join("healthz"), "ok").unwrap();
         }
         let echo = www.join("cgi-bin/echo");
@@ -39,12 +52,22 @@ fn app_images(w: &mut CompanionEnv, versions: &[(&str, bool)]) -> String {
             ),
         )
         .unwrap();
-        run(Command::new("chmod").arg("755").arg(&echo));
+        let slow = www.join("cgi-bin/slow");
+        std::fs::write(
+            &slow,
+            format!("#!/busybox sh\n/busybox sleep 10\necho 'Content-Type: text/plain'\necho\necho 'slow {version}'\n"),
+        )
+        .unwrap();
+        run(Command::new("chmod").arg("755").arg(&echo).arg(&slow));
+        let sick = match flavour {
+            Flavour::SickAfter(secs) => format!("/busybox sleep {secs}; /busybox rm /www/healthz; "),
+            _ => String::new(),
+        };
         // httpd forks a child per connection; the shell stops on SIGTERM.
         let dockerfile = format!(
             "FROM scratch\nCOPY busybox /busybox\nCOPY www /www\n\
              LABEL org.opencontainers.image.version={version}\n\
-             ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"trap 'exit 0' TERM; /busybox httpd -f -p 8080 -h /www & wait\"]\n"
+             ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"trap 'exit 0' TERM; /busybox httpd -f -p 8080 -h /www & {sick}wait\"]\n"
         );
         std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
         let image = w.suite.image(&repository, version);
@@ -163,7 +186,7 @@ fn service_containers(w: &CompanionEnv) -> Vec<String> {
 /// companion: the world, the app's name, nginx's base URL.
 pub async fn healthy_app(suite: Arc<Suite>, versions: &[&str]) -> (CompanionEnv, String, String) {
     let mut w = suite.companion_env();
-    let all: Vec<(&str, bool)> = versions.iter().map(|v| (*v, true)).collect();
+    let all: Vec<(&str, Flavour)> = versions.iter().map(|v| (*v, Flavour::Healthy)).collect();
     let repository = app_images(&mut w, &all);
     let network = w.network("net");
     let web = app(&w, &network, &w.suite.image(&repository, versions[0]), &[]);
@@ -261,7 +284,7 @@ pub async fn an_app_whose_successor_fails_its_health_check_keeps_the_elder_servi
     suite: Arc<Suite>,
 ) {
     let mut w = suite.companion_env();
-    let repository = app_images(&mut w, &[("1.0.0", true), ("1.1.0", false)]);
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::NoHealthz)]);
     let network = w.network("net");
     let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_DEADLINE_SECS=3"]).await;
@@ -291,7 +314,7 @@ pub async fn an_app_whose_successor_fails_its_health_check_keeps_the_elder_servi
 
 pub async fn a_published_port_app_whose_successor_cannot_bind_is_refused_and_nothing_stops(suite: Arc<Suite>) {
     let mut w = suite.companion_env();
-    let repository = app_images(&mut w, &[("1.0.0", true), ("1.1.0", true)]);
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
     let network = w.network("net");
     let published = format!("127.0.0.1:{}:8080", free_port());
     let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &["-p", &published]);
@@ -311,4 +334,302 @@ pub async fn a_published_port_app_whose_successor_cannot_bind_is_refused_and_not
     assert_eq!(now["State"]["Running"], true);
     assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
     assert_eq!(service_containers(&w), vec![web.clone()]);
+}
+
+/// A GET of `/events?from=now` on the companion: the events from now on,
+/// read until `enough`.
+async fn watch_events(w: &CompanionEnv) -> reqwest::Response {
+    w.suite
+        .http
+        .get(w.url("/events?from=now"))
+        .send()
+        .await
+        .expect("the companion serves /events")
+}
+
+pub async fn an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_watcher_of_events_sees_every_step(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=4"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let elder = inspect(&web)["Id"].as_str().unwrap().to_string();
+    let events = watch_events(&w).await;
+    let reading = tokio::spawn(read_events(events, Duration::from_secs(60), |evs| {
+        evs.iter().any(|e| e.name == "update_finished")
+    }));
+    let load = Load::start(public.clone(), 4, usize::MAX, Duration::from_secs(60));
+
+    let asked = Instant::now();
+    let path = format!("/update/{web}/1.1");
+    let (answer, warm) = tokio::join!(w.post_raw(&path, Some(&w.key), ""), async {
+        // After the switch, during the bake: the elder runs, out of rotation.
+        wait_version(&http, &public, "1.1.0").await;
+        let seen = inspect(&elder);
+        (seen["State"]["Running"].as_bool(), asked.elapsed())
+    });
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "through an app handover with a bake");
+    assert_eq!(warm.0, Some(true), "the elder runs during the bake");
+    let bake = &body["handover"]["bake"];
+    assert_eq!(bake["outcome"], "promoted", "{body}");
+    assert_eq!(bake["reason"], "the bake ended clean after 4 s", "{body}");
+    assert!(bake["baked_ms"].as_u64().unwrap() >= 4000, "{body}");
+    assert!(
+        bake["answers"].as_u64().unwrap() > 0,
+        "the proxy counted the successor's answers: {body}"
+    );
+    assert_eq!(bake["server_errors"], 0, "{body}");
+    assert!(!exists(&elder), "the elder is removed once the bake passed");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    assert_eq!(version(&http, &public).await.as_deref(), Some("1.1.0"));
+    eprintln!(
+        "app handover with a 4 s bake: {} ms; the switch seen {} ms after the request; {} requests, 0 failed",
+        body["duration_ms"],
+        warm.1.as_millis(),
+        samples.len()
+    );
+
+    let events = reading.await.unwrap();
+    let labels: Vec<String> = events.iter().map(label).collect();
+    assert_in_order(
+        &labels,
+        &[
+            "update_started",
+            "health-checking the new container",
+            "switching the app's socket to the new container",
+            "draining the old container's connections",
+            "baking the new container, the old one kept warm out of rotation",
+            "bake_started",
+            "bake_ended",
+            "stopping and removing the old container",
+            "update_finished",
+        ],
+    );
+    for e in &events {
+        assert_eq!(e.data["container"], web.as_str(), "every event is the app's: {e:?}");
+    }
+    let started = events.iter().find(|e| e.name == "bake_started").unwrap();
+    assert_eq!(started.data["secs"], 4, "{:?}", started.data);
+    let ended = events.iter().find(|e| e.name == "bake_ended").unwrap();
+    assert_eq!(ended.data["outcome"], "promoted", "{:?}", ended.data);
+}
+
+pub async fn an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_back_to_the_elder_without_a_failed_request(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::SickAfter(5))]);
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=30"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let elder = inspect(&web);
+
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(90));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let asked = Instant::now();
+    let (status, body) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
+    let answered = Instant::now();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("rolled back during the bake")
+            && error.contains("GET /healthz failed 3 times in a row")
+            && error.contains("old container runs again"),
+        "{error}"
+    );
+    load.wait_for_samples_after(answered, 50, Duration::from_secs(20)).await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "through a bake that went back to the elder");
+    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
+    assert!(by_successor > 0, "the successor served during the bake");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
+        "the elder serves again"
+    );
+    let now = inspect(&web);
+    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
+    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    eprintln!(
+        "bake breach: answered {} ms after the request; {} requests ({by_successor} by the successor), 0 failed",
+        answered.duration_since(asked).as_millis(),
+        samples.len()
+    );
+}
+
+pub async fn an_app_started_after_selfup_is_reachable_through_its_socket_at_once_and_followed_when_recreated(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
+    let network = w.network("net");
+    let sockets = start(&mut w, &[]).await;
+    let web = w.name("web");
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = Instant::now();
+    app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    wait_version(&http, &public, "1.0.0").await;
+    eprintln!(
+        "an app started after selfup answered through its socket {} ms after its start",
+        started.elapsed().as_millis()
+    );
+    // Recreated outside selfup, with another address: the socket follows.
+    let first = inspect(&web)["NetworkSettings"]["Networks"][&network]["IPAddress"].clone();
+    docker(&["rm", "-f", &web]);
+    let hold = w.target(
+        "hold",
+        &["--network", &network],
+        &w.suite.image(&repository, "1.0.0"),
+        true,
+    );
+    app(&w, &network, &w.suite.image(&repository, "1.1.0"), &[]);
+    let second = inspect(&web)["NetworkSettings"]["Networks"][&network]["IPAddress"].clone();
+    assert_ne!(first, second, "the recreated app has another address");
+    wait_version(&http, &public, "1.1.0").await;
+    docker(&["rm", "-f", &hold]);
+    let logs = w.logs();
+    assert!(
+        logs.contains("the app was started anew: its socket follows it"),
+        "{logs}"
+    );
+}
+
+pub async fn a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request(suite: Arc<Suite>) {
+    let mut w = suite.companion_env();
+    let built = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
+    // The watched repository has 1.0.0 only, until the test publishes 1.1.0.
+    let repository = format!("{built}-watched");
+    w.suite.publish(&w.suite.image(&built, "1.0.0"), &repository, "1.0.0");
+    w.images.push(w.suite.image(&repository, "1.0.0"));
+    let network = w.network("net");
+    let web = app(
+        &w,
+        &network,
+        &w.suite.image(&repository, "1.0.0"),
+        &["--label", "selfup.watch=1"],
+    );
+    let sockets = start(&mut w, &["-e", "SELFUP_WATCH_INTERVAL_SECS=1"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let elder = inspect(&web)["Id"].as_str().unwrap().to_string();
+
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(120));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let published = Instant::now();
+    w.suite.publish(&w.suite.image(&built, "1.1.0"), &repository, "1.1.0");
+    w.images.push(w.suite.image(&repository, "1.1.0"));
+    wait_version(&http, &public, "1.1.0").await;
+    let switched = published.elapsed();
+    eventually("the elder to be removed", Duration::from_secs(30), || async {
+        (!exists(&elder)).then_some(())
+    })
+    .await;
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "through a handover the watch started");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    let logs = w.logs();
+    assert!(
+        logs.contains("the app's socket reaches the successor"),
+        "handed over blue-green, not recreated: {logs}"
+    );
+    eprintln!(
+        "the watch handed the app over {} ms after the push; {} requests, 0 failed",
+        switched.as_millis(),
+        samples.len()
+    );
+}
+
+pub async fn an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_one_longer_than_the_linger(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy)]);
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let allowed = serde_json::to_string(&[&suite.registry]).unwrap();
+    // selfup itself, live from compose in companion mode; the apps'
+    // sockets in its public directory.
+    let env = suite
+        .live_env(
+            &[
+                ("SELFUP_COMPANION", "true"),
+                ("SELFUP_API_KEY", &w.key),
+                ("SELFUP_ALLOWED_REGISTRIES", &allowed),
+            ],
+            "1.0.0",
+        )
+        .await;
+    let [a, b] = env.ports;
+    let sockets = env.path().join("public/apps");
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    suite.release(&env.repository, "1.1.0");
+
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(120));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    // A request the elder relays for 10 s: longer than its linger (4.5 s)
+    // after its successor stops it.
+    let slow_url = format!("{public}/cgi-bin/slow");
+    let slow = tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let sent = Instant::now();
+        let answer = match client.get(&slow_url).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap_or_else(|e| e.to_string()))
+            }
+            Err(e) => (0, e.to_string()),
+        };
+        (answer, sent.elapsed())
+    });
+    // Sent before the upgrade: the elder has accepted it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    env.wait_takeover_done(b).await;
+    let ((status, text), took) = slow.await.unwrap();
+    assert_eq!((status, text.trim()), (200, "slow 1.0.0"), "the slow request finished");
+    assert!(took >= Duration::from_secs(10), "{took:?}");
+    env.wait_single_container().await;
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "through a self-upgrade of selfup");
+    assert_eq!(version(&http, &public).await.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        env.version_at(&env.public("/")).await.map(|v| v.0).as_deref(),
+        Some("1.1.0")
+    );
+    eprintln!(
+        "{} app requests through selfup's own upgrade, 0 failed; a 10 s request relayed by the elder answered in {} ms",
+        samples.len(),
+        took.as_millis()
+    );
 }

@@ -40,7 +40,9 @@ mod proxy;
 mod restarts;
 mod retention;
 mod runner;
+mod sse;
 mod swaps;
+mod swarm;
 mod switch;
 mod token_front;
 mod traffic;
@@ -67,10 +69,11 @@ const DEFAULT_JOBS: usize = 2;
 /// use the suite's images; every companion on the Engine watches every
 /// container labelled `selfup.watch`, so another test's companion would
 /// update the watch tests' containers too (and their own, each other's).
-const ALONE: [&str; 3] = [
+const ALONE: [&str; 4] = [
     "retention::five_upgrades_leave_three_images_of_the_repository_and_rollback_still_works",
     "unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone",
     "unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once",
+    "apps::a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request",
 ];
 
 type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -145,6 +148,11 @@ fn main() -> ExitCode {
         apps::a_plain_web_app_is_handed_over_three_times_under_load_through_nginx_without_a_failed_request,
         apps::an_app_whose_successor_fails_its_health_check_keeps_the_elder_serving_and_the_answer_says_why,
         apps::a_published_port_app_whose_successor_cannot_bind_is_refused_and_nothing_stops,
+        apps::an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_watcher_of_events_sees_every_step,
+        apps::an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_back_to_the_elder_without_a_failed_request,
+        apps::an_app_started_after_selfup_is_reachable_through_its_socket_at_once_and_followed_when_recreated,
+        apps::a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request,
+        apps::an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_one_longer_than_the_linger,
         swaps::an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container,
         swaps::an_instance_that_starts_resolves_a_swap_left_half_done_rolling_back_or_finishing,
         swaps::a_second_instance_gets_409_for_a_container_whose_swap_runs_in_the_first,
@@ -162,6 +170,7 @@ fn main() -> ExitCode {
         watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
         unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
         unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
+        swarm::a_two_replica_service_upgrades_under_load_without_a_failed_request_and_swarm_rolls_back_a_failing_image,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,

@@ -5,67 +5,12 @@
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::harness::{APP, Env, Suite, docker, eventually, run};
-
-/// One Server-Sent Event: its id, name and JSON data.
-#[derive(Debug, Clone)]
-struct Ev {
-    id: Option<u64>,
-    name: String,
-    data: Value,
-}
-
-/// Reads `response` (an event stream) until `enough` says so, the stream
-/// ends, or `timeout` passes (a failure); the events read.
-async fn read_events(mut response: reqwest::Response, timeout: Duration, enough: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
-    let deadline = Instant::now() + timeout;
-    let mut raw = Vec::new();
-    loop {
-        let events = parse(&raw);
-        if enough(&events) {
-            return events;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => raw.extend_from_slice(&chunk),
-            Ok(Ok(None)) | Ok(Err(_)) => return parse(&raw),
-            Err(_) => panic!("timed out after {timeout:?} reading events; read: {events:#?}"),
-        }
-    }
-}
-
-fn parse(raw: &[u8]) -> Vec<Ev> {
-    // Only whole events: the last one may still be arriving.
-    let text = String::from_utf8_lossy(raw);
-    let whole = match text.rfind("\n\n") {
-        Some(end) => &text[..end + 2],
-        None => "",
-    };
-    selfup::cli::http::SseReader::new(whole.as_bytes())
-        .map(Result::unwrap)
-        .map(|e| Ev {
-            id: e.id.and_then(|i| i.parse().ok()),
-            name: e.event,
-            data: serde_json::from_str(&e.data).unwrap_or(Value::Null),
-        })
-        .collect()
-}
-
-/// `upgrade_step`, `update_step` and `takeover` events as `step` / `successor: phase`, the others by name.
-fn label(e: &Ev) -> String {
-    match e.name.as_str() {
-        "upgrade_step" | "update_step" => e.data["step"].as_str().unwrap_or_default().to_string(),
-        "takeover" => format!("successor: {}", e.data["phase"].as_str().unwrap_or_default()),
-        other => other.to_string(),
-    }
-}
+use crate::sse::{Ev, assert_in_order, label, read_events};
 
 /// `/upgrade[/req]` on `port`, asking for its events.
 async fn upgrade_streamed(env: &Env, port: u16, path: &str) -> reqwest::Response {
@@ -75,16 +20,6 @@ async fn upgrade_streamed(env: &Env, port: u16, path: &str) -> reqwest::Response
         .send()
         .await
         .expect("the upgrade answers")
-}
-
-fn assert_in_order(labels: &[String], expected: &[&str]) {
-    let mut at = 0;
-    for want in expected {
-        match labels[at..].iter().position(|l| l == want) {
-            Some(i) => at += i + 1,
-            None => panic!("{want:?} missing (or out of order) in {labels:#?}"),
-        }
-    }
 }
 
 pub async fn an_upgrade_streams_every_step_in_order_and_the_successor_resumes_after_the_last_event_id(

@@ -1,0 +1,307 @@
+//! The bake of a blue-green app's handover: after the switch, the elder is
+//! kept running, out of rotation, for `update_bake_secs`, and the successor
+//! is judged as the self-upgrade judges its own ([`crate::handover::bake`]):
+//! the same [`Judge`], the same paces. A breach sends the app's traffic back
+//! to the warm elder with one store (the switch), and the successor is
+//! removed; a clean end retires the elder.
+//!
+//! What is watched, and why each:
+//! - the Engine's view of the successor every 25 ms: an exit, a restart or
+//!   an unhealthy HEALTHCHECK is seen at once;
+//! - the app's health check (`selfup.health`, else a connect to its port)
+//!   every 250 ms, each given 1 s: three misses in a row are a hang;
+//! - what selfup's proxy sees of the successor's answers: the share of 5xx
+//!   against `bake_max_5xx_ratio` (from 20 answers on), and any connection
+//!   it refused. A refused connection is joined to the elder instead (the
+//!   elder is the standby of the app's socket during the bake), so it fails
+//!   no request; it ends the bake at the next look.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::blue_green::Answers;
+use crate::docker::Engine;
+use crate::handover::bake::{HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
+use crate::recreate::watch::Watcher;
+
+/// How a health check that got an answer other than 200 begins.
+const ANSWERED: &str = "it answered";
+
+/// How an app's bake ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppBakeEnd {
+    /// The successor stays: the time is up, or the operator promoted it.
+    Promoted(String),
+    /// The traffic goes back to the elder: why, and whether the successor
+    /// still answered (then it is drained before it is removed).
+    RolledBack { reason: String, answering: bool },
+}
+
+/// An operator's word on a running app bake (`POST /promote/<container>`,
+/// `POST /rollback/<container>`).
+#[derive(Debug, Default)]
+pub struct BakeAsk {
+    verdict: AtomicU8,
+    asked: Notify,
+}
+
+impl BakeAsk {
+    const PROMOTE: u8 = 1;
+    const ROLLBACK: u8 = 2;
+
+    /// Ends the bake now, the successor kept.
+    pub fn promote(&self) {
+        self.verdict.store(Self::PROMOTE, Ordering::SeqCst);
+        self.asked.notify_one();
+    }
+
+    /// Ends the bake now, the traffic back on the elder.
+    pub fn roll_back(&self) {
+        self.verdict.store(Self::ROLLBACK, Ordering::SeqCst);
+        self.asked.notify_one();
+    }
+}
+
+/// One app bake: the successor, how to reach and check it, and what the
+/// proxy counts of its answers.
+#[derive(Debug)]
+pub struct AppBake<'a> {
+    pub engine: &'a Engine,
+    pub http: &'a reqwest::Client,
+    /// The successor's container id and address.
+    pub id: &'a str,
+    pub addr: SocketAddr,
+    /// Its health path, if it has one; else a connect to its port.
+    pub health: Option<&'a str>,
+    pub answers: Arc<Answers>,
+    pub window: Duration,
+    pub max_ratio: f64,
+    pub ask: &'a BakeAsk,
+}
+
+impl AppBake<'_> {
+    /// Watches the successor until the window ends, a breach, or an
+    /// operator's word.
+    pub async fn run(&self) -> AppBakeEnd {
+        let ends = Instant::now() + self.window;
+        let check = match self.health {
+            Some(path) => format!("GET {path}"),
+            None => format!("connect to port {}", self.addr.port()),
+        };
+        let mut judge = Judge::of(self.max_ratio, &check);
+        let watcher = Watcher::new(self.engine, self.id, self.window, LOOK_EVERY);
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_health = Instant::now();
+        let mut health = Box::pin(self.health_check(next_health));
+        let breach = |reason: String, answering: bool| AppBakeEnd::RolledBack { reason, answering };
+        // Whether the successor's last health check got an answer, good or
+        // bad: one that answers is drained before it is removed.
+        let mut answered = true;
+        loop {
+            let asked = self.ask.asked.notified();
+            tokio::select! {
+                _ = tokio::time::sleep_until(ends) => {
+                    return AppBakeEnd::Promoted(format!("the bake ended clean after {} s", self.window.as_secs()));
+                }
+                _ = asked => match self.ask.verdict.load(Ordering::SeqCst) {
+                    BakeAsk::PROMOTE => return AppBakeEnd::Promoted("promoted by the operator (POST /promote)".into()),
+                    BakeAsk::ROLLBACK => {
+                        return breach("the operator asked for it (POST /rollback)".into(), answered);
+                    }
+                    _ => {}
+                },
+                _ = look.tick() => {
+                    if let Some(why) = watcher.failed().await {
+                        return breach(format!("the new container failed: {why}"), false);
+                    }
+                    let (refused, last) = self.answers.refused();
+                    if refused > 0 {
+                        return breach(
+                            format!(
+                                "it refused {refused} connection(s) at {} ({}); the old container took them",
+                                self.addr,
+                                last.unwrap_or_default()
+                            ),
+                            false,
+                        );
+                    }
+                    if let Some(reason) = judge.counts(self.answers.counts()) {
+                        return breach(reason, true);
+                    }
+                }
+                result = &mut health => {
+                    answered = match &result {
+                        Ok(()) => true,
+                        Err(e) => e.starts_with(ANSWERED),
+                    };
+                    if let Some(reason) = judge.look(result.map(|()| self.answers.counts())) {
+                        return breach(reason, answered);
+                    }
+                    next_health += HEALTH_EVERY;
+                    next_health = next_health.max(Instant::now());
+                    health = Box::pin(self.health_check(next_health));
+                }
+            }
+        }
+    }
+
+    /// One look at the successor's health, at `at`.
+    async fn health_check(&self, at: Instant) -> Result<(), String> {
+        tokio::time::sleep_until(at).await;
+        let looked = async {
+            match self.health {
+                Some(path) => {
+                    let r = self
+                        .http
+                        .get(format!("http://{}{path}", self.addr))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match r.status().as_u16() {
+                        200 => Ok(()),
+                        status => Err(format!("{ANSWERED} {status}")),
+                    }
+                }
+                None => TcpStream::connect(self.addr).await.map(drop).map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(HEALTH_TIMEOUT, looked).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server on loopback that answers every request with `status`.
+    async fn answering(status: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = c.read(&mut request).await;
+                    let answer = format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
+                    let _ = c.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    /// A bake of the app at `addr`; the Engine is nowhere, so it never
+    /// reports the successor dead (no news is not a death).
+    async fn bake(
+        addr: SocketAddr,
+        health: Option<&str>,
+        answers: Arc<Answers>,
+        ask: &BakeAsk,
+        window: Duration,
+    ) -> AppBakeEnd {
+        let engine = Engine::new("/nonexistent/docker.sock".into());
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        AppBake {
+            engine: &engine,
+            http: &http,
+            id: "successor",
+            addr,
+            health,
+            answers,
+            window,
+            max_ratio: 0.01,
+            ask,
+        }
+        .run()
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_healthy_successor_passes_and_an_operator_ends_the_bake_either_way() {
+        let (addr, server) = answering(200).await;
+        let ask = BakeAsk::default();
+        let started = Instant::now();
+        let end = bake(addr, Some("/healthz"), Arc::default(), &ask, Duration::from_secs(1)).await;
+        assert_eq!(end, AppBakeEnd::Promoted("the bake ended clean after 1 s".into()));
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        ask.promote();
+        let end = bake(addr, None, Arc::default(), &ask, Duration::from_secs(60)).await;
+        assert_eq!(
+            end,
+            AppBakeEnd::Promoted("promoted by the operator (POST /promote)".into())
+        );
+        ask.roll_back();
+        let end = bake(addr, None, Arc::default(), &ask, Duration::from_secs(60)).await;
+        assert_eq!(
+            end,
+            AppBakeEnd::RolledBack {
+                reason: "the operator asked for it (POST /rollback)".into(),
+                answering: true
+            }
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn three_bad_health_answers_a_refused_connection_or_a_run_of_5xx_end_the_bake() {
+        let (addr, server) = answering(404).await;
+        let ask = BakeAsk::default();
+        let end = bake(addr, Some("/healthz"), Arc::default(), &ask, Duration::from_secs(60)).await;
+        assert_eq!(
+            end,
+            AppBakeEnd::RolledBack {
+                reason: "the successor's GET /healthz failed 3 times in a row (last: it answered 404)".into(),
+                answering: true
+            }
+        );
+        let refused = Arc::new(Answers::default());
+        refused.refusal(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let end = bake(addr, None, refused, &ask, Duration::from_secs(60)).await;
+        let AppBakeEnd::RolledBack { reason, answering } = end else {
+            panic!("{end:?}")
+        };
+        assert!(reason.starts_with("it refused 1 connection(s)"), "{reason}");
+        assert!(!answering);
+        let errors = Arc::new(Answers::default());
+        for status in [200; 18].into_iter().chain([500, 502]) {
+            errors.answered(Some(status));
+        }
+        let end = bake(addr, None, errors, &ask, Duration::from_secs(60)).await;
+        assert_eq!(
+            end,
+            AppBakeEnd::RolledBack {
+                reason: "2 of its 20 public answers were 5xx (10.0 %), above bake_max_5xx_ratio 0.01".into(),
+                answering: true
+            }
+        );
+        server.abort();
+        // Nobody listens: with no health path, three failed connects.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = gone.local_addr().unwrap();
+        drop(gone);
+        let end = bake(dead, None, Arc::default(), &ask, Duration::from_secs(60)).await;
+        let AppBakeEnd::RolledBack { reason, answering } = end else {
+            panic!("{end:?}")
+        };
+        assert!(
+            reason.starts_with(&format!(
+                "the successor's connect to port {} failed 3 times",
+                dead.port()
+            )),
+            "{reason}"
+        );
+        assert!(!answering);
+    }
+}
