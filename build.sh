@@ -9,9 +9,10 @@
 # say where to; SELFUP_IMAGE_LABELS (optional, space-separated key=value)
 # adds labels to the image. SELFUP_FEATURES (default none) names cargo features
 # to build with: the end-to-end tests' fault switches ("faults"), never a
-# release. SELFUP_PROFILE (default release) names the cargo profile; dist
-# (thin LTO, one codegen unit) makes a binary about 1 MB smaller for builds
-# two to three times slower (docs/switch.md). A registry that asks for credentials gets the ones
+# release. SELFUP_PROFILE (default release, built for size) names the cargo
+# profile; o3 is the larger one it replaced (docs/switch.md). The version is
+# written into the built binary's copy, so every version of one source tree is
+# one build. A registry that asks for credentials gets the ones
 # registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
 # /var/lib/selfup-registry/auth), through `docker login`.
 set -euo pipefail
@@ -24,6 +25,9 @@ version=$1
 # The semver 2.0.0 grammar (semver.org), without build metadata: Docker tags cannot hold '+'.
 semver='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?$'
 [[ $version =~ $semver ]] || die "'$version' is not a semver version (MAJOR.MINOR.PATCH[-PRERELEASE]); nothing was built"
+# The binary's version slot holds 64 bytes (src/lib.rs, VERSION_SLOT_LEN).
+slot=64
+[ ${#version} -le $slot ] || die "'$version' is longer than $slot characters; nothing was built"
 
 registry=${SELFUP_REGISTRY:-localhost:5000}
 image=${SELFUP_IMAGE:-selfup}
@@ -43,10 +47,11 @@ case "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$registry/v2
   *) die "the registry at $registry does not answer (start it with registry/start.sh); nothing was built" ;;
 esac
 
-# The version goes into the binary (src/main.rs reads SELFUP_BUILD_VERSION at
-# compile time), not into Cargo.toml: the tree stays as it is, and a new
-# version relinks the binary in seconds instead of recompiling the library.
-export SELFUP_BUILD_VERSION=$version
+# The version goes into the built binary's copy, not into the build: cargo
+# builds the same binary for every version, and build.sh writes the version
+# into its .selfup_version section (src/lib.rs, VERSION_SLOT) with objcopy.
+# A new version of the same tree compiles and links nothing.
+command -v objcopy >/dev/null || die "objcopy (binutils) is not installed; nothing was built"
 
 target=x86_64-unknown-linux-gnu
 # Both are needed for a static binary: crt-static, and an explicit --target
@@ -54,7 +59,7 @@ target=x86_64-unknown-linux-gnu
 features=()
 [ -z "${SELFUP_FEATURES:-}" ] || features=(--features "$SELFUP_FEATURES")
 profile=${SELFUP_PROFILE:-release}
-echo "build.sh: compiling selfup $version ($profile profile, static; the first build on a machine takes about 4 min, the next versions seconds)" >&2
+echo "build.sh: compiling selfup $version ($profile profile, static; the first build on a machine takes about 4 min, the next versions of the same tree seconds)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --target "$target" --quiet "${features[@]}" \
   || die "the $profile build failed (its errors are above); rerun with: ./build.sh $version"
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -66,6 +71,12 @@ for label in ${SELFUP_IMAGE_LABELS:-}; do labels+=(--label "$label"); done
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/selfup"
+{ printf '%s' "$version"; head -c $((slot - ${#version})) /dev/zero; } >"$context/version"
+objcopy --update-section ".selfup_version=$context/version" "$context/selfup" \
+  || die "writing the version into the binary failed"
+# The binary is static: it runs here, and says which version it is.
+[ "$("$context/selfup" version)" = "selfup $version" ] \
+  || die "the binary does not report $version after objcopy (it says: $("$context/selfup" version 2>&1))"
 # A pre-release (a '-' in the version) is never :latest.
 tags=("$ref:$version")
 case $version in *-*) ;; *) tags+=("$ref:latest") ;; esac

@@ -84,14 +84,61 @@ pub mod state;
 pub mod telemetry;
 pub mod watch;
 
+/// The length of [`VERSION_SLOT`]: the longest version a binary can carry.
+pub const VERSION_SLOT_LEN: usize = 64;
+
+/// The name of the ELF section that holds [`VERSION_SLOT`], for `build.sh`.
+pub const VERSION_SECTION: &str = ".selfup_version";
+
+/// The version this binary reports, in a section of its own: the crate's
+/// version as compiled, which `build.sh` overwrites in its copy of the
+/// binary with the version it builds (`objcopy --update-section`), padded
+/// with NUL bytes. The library and the binary are built once per source
+/// tree, however many versions are made of them; link-time optimization then
+/// costs once per change of the code, never per version.
+#[used]
+#[unsafe(link_section = ".selfup_version")]
+static VERSION_SLOT: [u8; VERSION_SLOT_LEN] = padded(env!("CARGO_PKG_VERSION"));
+
+const fn padded(version: &str) -> [u8; VERSION_SLOT_LEN] {
+    let bytes = version.as_bytes();
+    let mut slot = [0; VERSION_SLOT_LEN];
+    let mut i = 0;
+    while i < bytes.len() {
+        slot[i] = bytes[i];
+        i += 1;
+    }
+    slot
+}
+
+/// The version [`VERSION_SLOT`] holds in this binary, as written there after
+/// the build: the bytes before the first NUL. Not checked here: `main`
+/// refuses to run as a version that is not semver.
+pub fn embedded_version() -> &'static str {
+    // A volatile read: the compiler must not fold the compiled-in value, since
+    // the section is rewritten after linking.
+    let slot = unsafe { std::ptr::read_volatile(&VERSION_SLOT) };
+    let version = version_in_slot(&slot).unwrap_or_else(|e| format!("<{e}>"));
+    Box::leak(version.into_boxed_str())
+}
+
+/// The version text in a slot: its bytes up to the first NUL (or all of
+/// them), which must be UTF-8 and not empty.
+pub fn version_in_slot(slot: &[u8]) -> Result<String, String> {
+    let end = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
+    match std::str::from_utf8(&slot[..end]) {
+        Ok("") => Err("an empty version slot".into()),
+        Ok(version) => Ok(version.to_string()),
+        Err(_) => Err("a version slot that is not UTF-8".into()),
+    }
+}
+
 /// The version this binary was built as, once [`set_build_version`] has run;
 /// the crate's own version before that (unit tests, `cargo run`).
 static BUILD_VERSION: std::sync::OnceLock<semver::Version> = std::sync::OnceLock::new();
 
-/// Records the version the binary was built as. `main` calls it first thing:
-/// the version is compiled into the binary alone (`build.sh` sets
-/// `SELFUP_BUILD_VERSION`), so that a new version relinks the binary instead
-/// of recompiling this library. A version that is not semver is an error; a
+/// Records the version the binary was built as. `main` calls it first thing,
+/// with [`embedded_version`]. A version that is not semver is an error; a
 /// second call keeps the first version.
 pub fn set_build_version(version: &str) -> Result<(), semver::Error> {
     let parsed = semver::Version::parse(version)?;
@@ -104,4 +151,49 @@ pub fn set_build_version(version: &str) -> Result<(), semver::Error> {
 pub fn build_version() -> &'static semver::Version {
     BUILD_VERSION
         .get_or_init(|| semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is semver"))
+}
+
+#[cfg(test)]
+mod version_slot_tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_slot_holds_the_crate_version() {
+        assert_eq!(embedded_version(), env!("CARGO_PKG_VERSION"));
+        assert_eq!(VERSION_SLOT.len(), VERSION_SLOT_LEN);
+    }
+
+    #[test]
+    fn a_slot_is_read_up_to_its_first_nul() {
+        let mut slot = [0u8; VERSION_SLOT_LEN];
+        slot[..11].copy_from_slice(b"1.5.0-rc.1\0");
+        assert_eq!(version_in_slot(&slot).unwrap(), "1.5.0-rc.1");
+        assert_eq!(version_in_slot(&padded("2.0.0")).unwrap(), "2.0.0");
+        // Bytes after the terminator (a longer version before) are ignored.
+        let mut slot = padded("10.20.30-beta.4");
+        slot[..6].copy_from_slice(b"1.0.0\0");
+        assert_eq!(version_in_slot(&slot).unwrap(), "1.0.0");
+        // A slot filled to the end has no terminator and is whole.
+        let full = [b'1'; VERSION_SLOT_LEN];
+        assert_eq!(version_in_slot(&full).unwrap().len(), VERSION_SLOT_LEN);
+    }
+
+    #[test]
+    fn build_sh_writes_the_slot_this_binary_reads() {
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/build.sh")).unwrap();
+        assert!(
+            script.contains(&format!("\nslot={VERSION_SLOT_LEN}\n")),
+            "build.sh's slot size"
+        );
+        assert!(
+            script.contains(&format!("--update-section \"{VERSION_SECTION}=")),
+            "build.sh's section name"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_garbled_slot_is_an_error_not_a_version() {
+        assert!(version_in_slot(&[0u8; VERSION_SLOT_LEN]).unwrap_err().contains("empty"));
+        assert!(version_in_slot(&[0xff, 0xfe, 0]).unwrap_err().contains("UTF-8"));
+    }
 }

@@ -1,16 +1,9 @@
-//! Wiring only: the version this binary is built as, then the program.
+//! Wiring only: the version this binary carries, then the program.
 
 use std::process::ExitCode;
 
-/// The version `build.sh` builds this binary as (`SELFUP_BUILD_VERSION` at
-/// compile time; `cargo build` alone gives the crate's version). Only this
-/// file reads it, so a new version recompiles these lines and relinks,
-/// and the library's build stays as it was.
-const VERSION: &str = match option_env!("SELFUP_BUILD_VERSION") {
-    Some(version) => version,
-    None => env!("CARGO_PKG_VERSION"),
-};
-
 fn main() -> ExitCode {
-    selfup::cli::program::main(VERSION)
+    // The version is in a section of the binary that `build.sh` writes after
+    // the build (`selfup::embedded_version`), so one build serves every version.
+    selfup::cli::program::main(selfup::embedded_version())
 }

@@ -85,8 +85,8 @@ impl Target {
     }
 }
 
-/// The whole program, for a binary built as `version`: `main` only passes
-/// the version in, so that a new version compiles nothing but `main`.
+/// The whole program, for a binary that carries `version`
+/// ([`crate::embedded_version`], which `build.sh` writes after the build).
 pub fn main(version: &'static str) -> ExitCode {
     if let Err(e) = crate::set_build_version(version) {
         eprintln!("selfup: this binary was built as version {version:?}, which is not semver: {e}");

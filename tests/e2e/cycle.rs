@@ -17,6 +17,15 @@ pub async fn build_refuses_a_version_that_is_not_semver(_suite: Arc<Suite>) {
             "{bad}: {stderr}"
         );
     }
+    // Semver, but longer than the binary's version slot.
+    let long = format!("1.0.0-{}", "a".repeat(59));
+    let out = Command::new(repo_root().join("build.sh")).arg(&long).output().unwrap();
+    assert!(!out.status.success(), "build.sh {long} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("longer than 64 characters") && stderr.contains("nothing was built"),
+        "{stderr}"
+    );
     let out = Command::new(repo_root().join("build.sh")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
