@@ -54,7 +54,11 @@ pub fn exit_reason(container: &ContainerInspectResponse) -> Option<String> {
     if state.running == Some(true) && state.restarting != Some(true) && restarts == 0 {
         return None;
     }
+    // Running again after a restart: the state's exit code is the new run's
+    // (0), not the code the container exited with.
+    let running_again = state.running == Some(true) && state.restarting != Some(true);
     let mut reason = match state.exit_code {
+        _ if running_again => "it exited".to_string(),
         Some(code) => format!("it exited with code {code}"),
         None => "it exited with an unknown code".to_string(),
     };
@@ -326,6 +330,14 @@ mod tests {
         restarted.state.as_mut().unwrap().exit_code = Some(1);
         assert!(
             matches!(running_for(&restarted, 9), Verdict::Failed(WaitError::Died(r)) if r.contains("restarted 2 times"))
+        );
+        // Running again after its restart: the state's code is the new run's.
+        let mut again = container();
+        again.restart_count = Some(1);
+        again.state.as_mut().unwrap().exit_code = Some(0);
+        assert_eq!(
+            exit_reason(&again).as_deref(),
+            Some("it exited and was restarted 1 times")
         );
     }
 
