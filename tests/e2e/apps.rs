@@ -25,6 +25,8 @@ pub enum Flavour {
     /// It serves `/healthz` for this many seconds after its start, then 404;
     /// the rest of its answers stay good.
     SickAfter(u32),
+    /// It exits (status 3) this many seconds after its start.
+    CrashAfter(u32),
 }
 
 /// Builds and pushes the app at `versions` into a repository of this
@@ -61,6 +63,7 @@ fn app_images(w: &mut CompanionEnv, versions: &[(&str, Flavour)]) -> String {
         run(Command::new("chmod").arg("755").arg(&echo).arg(&slow));
         let sick = match flavour {
             Flavour::SickAfter(secs) => format!("/busybox sleep {secs}; /busybox rm /www/healthz; "),
+            Flavour::CrashAfter(secs) => format!("/busybox sleep {secs}; exit 3; "),
             _ => String::new(),
         };
         // httpd forks a child per connection; the shell stops on SIGTERM.
@@ -607,6 +610,66 @@ pub async fn an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elde
         "operator rollback: the update answered {} ms after the 202; {} requests ({by_successor} by the successor), 0 failed",
         answered.duration_since(asked).as_millis(),
         samples.len()
+    );
+}
+
+pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_back_to_the_elder_at_most_one_failure_per_client(
+    suite: Arc<Suite>,
+) {
+    const CLIENTS: usize = 8;
+    let mut w = suite.companion_env();
+    let repository = app_images(
+        &mut w,
+        &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::CrashAfter(5))],
+    );
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=30"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let elder = inspect(&web);
+
+    let load = Load::start(public.clone(), CLIENTS, usize::MAX, Duration::from_secs(90));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let asked = Instant::now();
+    let (status, body) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
+    let answered = Instant::now();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    // The Engine's exit, or a connection it refused first (joined to the elder).
+    assert!(
+        error.contains("rolled back during the bake")
+            && (error.contains("the new container failed") || error.contains("refused"))
+            && error.contains("old container runs again"),
+        "{error}"
+    );
+    load.wait_for_samples_after(answered, 50, Duration::from_secs(20)).await;
+    let samples = load.finish().await;
+    let failed: Vec<_> = samples.iter().filter(|s| s.error.is_some()).collect();
+    assert!(
+        failed.len() <= CLIENTS,
+        "at most the request each client had in flight at the crash: {failed:?}"
+    );
+    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
+    assert!(by_successor > 0, "the successor served during the bake");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
+        "the elder serves again"
+    );
+    let now = inspect(&web);
+    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
+    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    eprintln!(
+        "successor crash in the bake: answered {} ms after the request; {} requests ({by_successor} by the successor), {} failed: {error}",
+        answered.duration_since(asked).as_millis(),
+        samples.len(),
+        failed.len()
     );
 }
 
