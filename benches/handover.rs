@@ -25,6 +25,15 @@
 //! (host networking) and with `docker/compose.bridge.yml` (a bridge network),
 //! alternating, and prints the median, min and max answer time and the
 //! steps' medians of each.
+//!
+//!   cargo bench --bench handover -- swarm [UPGRADES CLIENTS]   (defaults: 3 upgrades, 4 clients)
+//!
+//! `swarm` compares, in one run, UPGRADES host handovers (compose, host
+//! networking) with UPGRADES Swarm service updates of two tasks
+//! (`docker/stack.yml` on a single-node swarm made for the run and left
+//! after it), each under CLIENTS keep-alive clients through its nginx: the
+//! same columns as above. It is skipped, saying why, when the Engine is
+//! already in a swarm.
 
 #[path = "../tests/e2e/apps.rs"]
 #[allow(dead_code)]
@@ -38,6 +47,9 @@ mod load;
 #[path = "../tests/e2e/sse.rs"]
 #[allow(dead_code)]
 mod sse;
+#[path = "../tests/e2e/swarm.rs"]
+#[allow(dead_code)]
+mod swarm;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,8 +73,17 @@ fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rollbacks_only = std::env::args().any(|a| a == "rollback");
     let networks = std::env::args().skip(1).any(|a| a == "networks");
-    let upgrades = args.first().copied().unwrap_or(if networks { 6 } else { 5 }).max(1);
-    let clients = args.get(1).copied().unwrap_or(8).max(1);
+    let swarm_too = std::env::args().skip(1).any(|a| a == "swarm");
+    let upgrades = args
+        .first()
+        .copied()
+        .unwrap_or(match (networks, swarm_too) {
+            (true, _) => 6,
+            (_, true) => 3,
+            _ => 5,
+        })
+        .max(1);
+    let clients = args.get(1).copied().unwrap_or(if swarm_too { 4 } else { 8 }).max(1);
     let suite = match Suite::start() {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -95,6 +116,27 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if swarm_too {
+        let host = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
+        let service = runtime.block_on(swarm_updates(suite.clone(), upgrades, clients));
+        drop(runtime);
+        drop(suite);
+        println!(
+            "\n{upgrades} upgrades each under {clients} keep-alive clients (GET / and POST /echo through nginx)\n"
+        );
+        print_header();
+        print_row(&host);
+        match &service {
+            Ok(service) => {
+                print_row(service);
+                println!("{}: median steps: {}", host.name, step_medians(&host.steps));
+                let updates: Vec<u64> = service.steps.iter().map(|s| s[0]).collect();
+                println!("{}: Swarm's update_ms per upgrade: {updates:?}", service.name);
+            }
+            Err(reason) => println!("Swarm service update: skipped: {reason}"),
+        }
+        return ExitCode::SUCCESS;
+    }
     let keep_alive = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::KeepAlive));
     let new_connections = runtime.block_on(blue_green(suite.clone(), upgrades, clients, Connections::New));
     let recreate = runtime.block_on(recreate(suite.clone(), upgrades, clients));
@@ -106,19 +148,7 @@ fn main() -> ExitCode {
     drop(runtime);
     drop(suite);
     println!("\n{upgrades} upgrades per strategy under {clients} clients (GET / and POST /echo through nginx)\n");
-    println!(
-        "{:<34} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
-        "strategy",
-        "requests",
-        "failed",
-        "errors for",
-        "p50 upgrading",
-        "p99 upgrading",
-        "p50 steady",
-        "p99 steady",
-        "upgrade median",
-        "upgrade max"
-    );
+    print_header();
     for f in [&keep_alive, &new_connections, &app, &recreate] {
         print_row(f);
     }
@@ -512,6 +542,62 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn print_header() {
+    println!(
+        "{:<34} {:>9} {:>7} {:>10} {:>13} {:>13} {:>13} {:>13} {:>15} {:>12}",
+        "strategy",
+        "requests",
+        "failed",
+        "errors for",
+        "p50 upgrading",
+        "p99 upgrading",
+        "p50 steady",
+        "p99 steady",
+        "upgrade median",
+        "upgrade max"
+    );
+}
+
+/// UPGRADES Swarm service updates of two tasks under `clients` keep-alive
+/// clients through the stack's nginx, each to the next version of
+/// [`CYCLE`] named exactly; the steps hold each answer's `update_ms`.
+async fn swarm_updates(suite: Arc<Suite>, upgrades: usize, clients: usize) -> Result<Figures, String> {
+    let repository = "bench-swarm";
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
+        suite.release(repository, v);
+    }
+    let (swarm, url, mut task) = swarm::deployed(&suite, repository, "1.0.0").await?;
+    let load = Load::start_with(
+        url.clone(),
+        clients,
+        usize::MAX,
+        Duration::from_secs(900),
+        Connections::KeepAlive,
+    );
+    steady(&load, clients).await;
+    let mut windows = Vec::new();
+    let mut steps = Vec::new();
+    for i in 0..upgrades {
+        let version = CYCLE[i % CYCLE.len()];
+        let asked = Instant::now();
+        let (ok, body) = swarm::cli(&task, &["upgrade", &format!("={version}")]).await;
+        let answered = Instant::now();
+        assert!(ok && body["status"] == "completed", "{body}");
+        windows.push((asked, answered));
+        let mut step = [0; STEPS.len()];
+        step[0] = body["timings"]["update_ms"].as_u64().unwrap_or_default();
+        steps.push(step);
+        task = swarm::settled(&suite, &swarm, &url, 2, version).await;
+        steady(&load, clients).await;
+    }
+    Ok(Figures {
+        name: "Swarm service update, keep-alive",
+        samples: load.finish().await,
+        windows,
+        steps,
+    })
 }
 
 fn print_row(f: &Figures) {

@@ -270,7 +270,9 @@ impl Application {
             let shared = &stopping.shared;
             shared.shutdown.send_replace(true);
             let taken_over = stopping.taken_over_from();
-            if taken_over {
+            if stopping.known_backend().and_then(|b| b.swarm()).is_some() {
+                swarm_stop(&stopping).await;
+            } else if taken_over {
                 // actix closes idle keep-alive connections at once on a
                 // graceful stop, and nginx may be sending on one of them
                 // that instant: serve until nginx's upstream keep-alive
@@ -316,7 +318,12 @@ impl Application {
                 let following = companion.clone();
                 tokio::spawn(async move { following.follow_apps().await });
             }
-            orchestrator.reconcile().await;
+            match orchestrator.backend().await {
+                // Swarm keeps the service's replicas: there are no
+                // siblings of a handover to converge.
+                crate::handover::swarm::Backend::Swarm(_) => orchestrator.publish_sockets(),
+                crate::handover::swarm::Backend::Host => orchestrator.reconcile().await,
+            }
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.
             let containers = match companion {
@@ -459,6 +466,31 @@ fn companion_key(settings: &Settings) -> std::io::Result<ApiKey> {
         KeySource::Configured => tracing::info!("companion mode: API key from the settings"),
     }
     Ok(key)
+}
+
+/// How often a stopping Swarm task looks whether the update it follows is over.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+
+/// A Swarm task's stop. Swarm took the task out of the service's DNS
+/// before it sent the signal: the task keeps serving for `drain_ms`,
+/// closing each connection with its answer, for a proxy that looked the
+/// name up just before; then, while it follows a service update (an
+/// upgrade request it received, which Swarm answers by replacing this very
+/// task), it holds its exit until the update is over, so that the answer
+/// comes from here. The stop grace period the rollout sets covers it.
+async fn swarm_stop(o: &Orchestrator) {
+    o.shared.lingering.store(true, Ordering::Relaxed);
+    tracing::info!(drain = ?o.settings.drain(), "stop signal as a Swarm task: draining");
+    tokio::time::sleep(o.settings.drain()).await;
+    let held = tokio::time::Instant::now();
+    let mut said = false;
+    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::handover::swarm::FOLLOW_DEADLINE {
+        if !said {
+            tracing::info!("following a service update: its answer goes out before this task stops");
+            said = true;
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
 }
 
 async fn wait_for_stop_signal() {

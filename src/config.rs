@@ -35,6 +35,13 @@ pub struct Settings {
     pub registry: String,
     /// The repository of this service's image in that registry.
     pub image: String,
+    /// Where this instance calls the registry's API when `registry`, the
+    /// name images carry, does not reach it from inside the container: a
+    /// Swarm task on an overlay network has a loopback of its own, so a
+    /// registry on the node's `localhost:5000` (which the Engine pulls
+    /// from) is reached at the node's gateway address instead
+    /// (`http://172.18.0.1:5000`). Unset: `registry` itself.
+    pub registry_api: Option<String>,
     /// The Docker Engine socket.
     pub docker_socket: PathBuf,
     /// How long a successor has to answer `/health` with the target version.
@@ -48,6 +55,11 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// HTTP keep-alive of the app; nginx's upstream keep-alive must be shorter.
     pub keep_alive_secs: u64,
+    /// As a Swarm task: how long this instance keeps serving after its stop
+    /// signal before it stops accepting connections. Swarm takes the task
+    /// out of the service's DNS before it signals it; a proxy that looked
+    /// the name up just before may still send it requests this long.
+    pub drain_ms: u64,
     /// The nginx container in front of this instance, whose state `/health`
     /// reports; empty: no proxy.
     pub nginx_container: String,
@@ -162,12 +174,14 @@ impl Default for Settings {
             service_port: 0,
             registry: "localhost:5000".into(),
             image: "selfup".into(),
+            registry_api: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             health_deadline_secs: 30,
             takeover_deadline_secs: 60,
             stop_timeout_secs: 30,
             shutdown_timeout_secs: 25,
             keep_alive_secs: 5,
+            drain_ms: 2000,
             nginx_container: "selfup-nginx".into(),
             live_socket: PathBuf::from("/run/selfup-public/live.sock"),
             linger_ms: 4500,
@@ -237,6 +251,10 @@ impl Settings {
         // Compose passes `SELFUP_WATCH=` when the shell has none: unset.
         if settings.watch.as_deref().is_some_and(|w| w.trim().is_empty()) {
             settings.watch = None;
+        }
+        // A stack file passes `SELFUP_REGISTRY_API=` when the shell has none: unset.
+        if settings.registry_api.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            settings.registry_api = None;
         }
         if settings.hook_token.is_none() && settings.hook_token_file.is_file() {
             let token = std::fs::read_to_string(&settings.hook_token_file).map_err(|e| ConfigError::Invalid {
@@ -471,6 +489,10 @@ impl Settings {
         (!self.live_socket.as_os_str().is_empty()).then(|| self.live_socket.with_file_name("standby.sock"))
     }
 
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }
@@ -520,6 +542,28 @@ mod tests {
             assert_eq!(s, Settings::default());
             assert_eq!(s.other_port(5800), 5801);
             assert_eq!(s.other_port(5801), 5800);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_stack_file_settings_load_and_an_empty_registry_api_is_unset() {
+        jailed(|jail| {
+            // As docker/stack.yml passes them when the shell sets none.
+            jail.set_env("SELFUP_REGISTRY_API", "");
+            jail.set_env("SELFUP_LIVE_SOCKET", "");
+            jail.set_env("SELFUP_CONTROL_SOCKET", "");
+            jail.set_env("SELFUP_BIND", "0.0.0.0");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.registry_api, None);
+            assert!(s.live_socket.as_os_str().is_empty());
+            assert!(s.control_socket.as_os_str().is_empty());
+            assert_eq!(s.drain(), Duration::from_secs(2));
+            jail.set_env("SELFUP_REGISTRY_API", "http://172.18.0.1:5000");
+            jail.set_env("SELFUP_DRAIN_MS", "500");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.registry_api.as_deref(), Some("http://172.18.0.1:5000"));
+            assert_eq!(s.drain(), Duration::from_millis(500));
             Ok(())
         });
     }

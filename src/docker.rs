@@ -508,6 +508,53 @@ impl Engine {
         .await?;
         Ok(text)
     }
+
+    /// A Swarm service: its spec, its version (which an update must name)
+    /// and the state of its last update.
+    pub async fn inspect_service(&self, service: &str) -> Result<bollard::models::Service, DockerError> {
+        let docker = self.client().await?;
+        docker
+            .inspect_service(service, None)
+            .await
+            .map_err(self.err("inspecting service", service))
+    }
+
+    /// Replaces a Swarm service's spec (`rollback`: `Some("previous")` asks
+    /// Swarm to go back to the spec before the last update instead);
+    /// `version` is the service's version this spec was read at.
+    /// `credentials` go to every node that pulls the image.
+    pub async fn update_service(
+        &self,
+        service: &str,
+        spec: bollard::models::ServiceSpec,
+        version: i32,
+        rollback: Option<&str>,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<Vec<String>, DockerError> {
+        let docker = self.client().await?;
+        let options = bollard::query_parameters::UpdateServiceOptions {
+            version,
+            rollback: rollback.map(str::to_string),
+            ..Default::default()
+        };
+        let answer = docker
+            .update_service(service, spec, options, credentials)
+            .await
+            .map_err(self.err("updating service", service))?;
+        Ok(answer.warnings.unwrap_or_default())
+    }
+
+    /// The tasks of a Swarm service, every desired state included.
+    pub async fn service_tasks(&self, service: &str) -> Result<Vec<bollard::models::Task>, DockerError> {
+        let docker = self.client().await?;
+        let options = bollard::query_parameters::ListTasksOptions {
+            filters: Some(HashMap::from([("service".to_string(), vec![service.to_string()])])),
+        };
+        docker
+            .list_tasks(Some(options))
+            .await
+            .map_err(self.err("listing the tasks of service", service))
+    }
 }
 
 /// Runs a streamed call within `waited`: bollard's own timeout covers only

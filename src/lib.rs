@@ -24,7 +24,8 @@
 //!
 //! - [`handover`]: the self-upgrade protocol, read top to bottom in the order
 //!   it runs: the elder's side ([`handover::elder`]), then the successor's
-//!   ([`handover::takeover`]).
+//!   ([`handover::takeover`]); as a Swarm task, a service update instead
+//!   ([`handover::swarm`]).
 //! - [`companion`]: companion mode, `/update` of *other* containers:
 //!   admission, the API key, placement, the swap with its rollback, and the
 //!   swap journal every instance shares.

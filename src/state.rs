@@ -136,6 +136,10 @@ pub enum UpgradeStep {
     /// rotation, ready to take the traffic back.
     #[serde(rename = "baking the successor")]
     Baking,
+    /// A Swarm task: the service's spec names the target, and Swarm
+    /// replaces the tasks one by one (or rolls them back).
+    #[serde(rename = "updating the Swarm service")]
+    UpdatingTheService,
 }
 
 impl std::fmt::Display for UpgradeStep {
@@ -148,6 +152,7 @@ impl std::fmt::Display for UpgradeStep {
             UpgradeStep::HealthChecking => "health-checking the successor",
             UpgradeStep::WaitingForTakeover => "waiting for the successor's takeover",
             UpgradeStep::Baking => "baking the successor",
+            UpgradeStep::UpdatingTheService => "updating the Swarm service",
         })
     }
 }
@@ -496,6 +501,7 @@ mod tests {
             UpgradeStep::HealthChecking,
             UpgradeStep::WaitingForTakeover,
             UpgradeStep::Baking,
+            UpgradeStep::UpdatingTheService,
         ] {
             assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
         }

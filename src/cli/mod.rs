@@ -277,6 +277,30 @@ fn outcome_text(body: &Value) -> String {
             body["timings"]["total_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
         ),
         Some("already_there") => body["message"].as_str().unwrap_or("already there").to_string(),
+        Some(status @ ("completed" | "rollback_completed")) => {
+            let tasks: Vec<String> = body["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    format!(
+                        "{} {}",
+                        t["task"].as_str().unwrap_or("?"),
+                        t["version"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            format!(
+                "{} {} -> {}: {} ({}), in {:.3}s; tasks: {}",
+                body["service"].as_str().unwrap_or("?"),
+                body["from"].as_str().unwrap_or("?"),
+                body["to"].as_str().unwrap_or("?"),
+                status.replace('_', " "),
+                body["message"].as_str().unwrap_or(""),
+                body["timings"]["total_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                tasks.join(", ")
+            )
+        }
         _ => body.to_string(),
     }
 }

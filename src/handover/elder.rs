@@ -57,8 +57,20 @@ enum Handed {
     Baking,
 }
 
+/// A registry target, fetched: [`Orchestrator::fetch`].
+pub(super) struct Fetched {
+    /// The tag the requirement picked.
+    pub image: ImageRef,
+    /// The pulled image.
+    pub inspect: ImageInspect,
+    /// The registry's credentials, for whoever pulls next.
+    pub auth: Option<RegistryAuth>,
+    pub resolve_ms: u128,
+    pub pull_ms: u128,
+}
+
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
-struct Flight<'a> {
+pub(super) struct Flight<'a> {
     orchestrator: &'a Orchestrator,
 }
 
@@ -97,7 +109,7 @@ impl<'a> Flight<'a> {
         Ok(Flight { orchestrator })
     }
 
-    fn step(&self, step: UpgradeStep) {
+    pub(super) fn step(&self, step: UpgradeStep) {
         if let Some(u) = self.orchestrator.shared.status().upgrade.as_mut() {
             u.step = step;
         }
@@ -116,6 +128,38 @@ impl Drop for Flight<'_> {
 }
 
 impl Orchestrator {
+    /// The image `requirement` picks in the registry, pulled (or found on
+    /// this machine at the tag's digest): the first half of every upgrade
+    /// to a registry target, whichever backend lands it.
+    pub(super) async fn fetch(
+        &self,
+        flight: &Flight<'_>,
+        requirement: &Requirement,
+        started: Instant,
+    ) -> Result<Fetched, UpgradeError> {
+        let auth = self.registry_auth().await?;
+        let repository =
+            ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
+        let resolve_ms = started.elapsed().as_millis();
+        flight.step(UpgradeStep::Pulling);
+        let t = Instant::now();
+        let inspect = match self.local_at_tag_digest(&image, auth.as_ref()).await {
+            Some(local) => local,
+            None => {
+                let credentials = auth.as_ref().map(RegistryAuth::docker);
+                resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events, None).await?
+            }
+        };
+        Ok(Fetched {
+            image,
+            inspect,
+            auth,
+            resolve_ms,
+            pull_ms: t.elapsed().as_millis(),
+        })
+    }
+
     /// Waits (at most `update_deadline`) until no companion swap runs, then
     /// keeps new ones from starting, in this instance and in the successor,
     /// until the upgrade is over (the hold is dropped, or this process ends).
@@ -145,7 +189,10 @@ impl Orchestrator {
             self.shared.metrics.upgrade_phases(timings);
         }
         let (outcome, to, error) = match &result {
-            Ok(UpgradeOutcome::Upgraded { to, .. }) => (Outcome::Upgraded, Some(to.clone()), None),
+            Ok(UpgradeOutcome::Upgraded { to, .. }) | Ok(UpgradeOutcome::Completed { to, .. }) => {
+                (Outcome::Upgraded, Some(to.clone()), None)
+            }
+            Ok(UpgradeOutcome::RollbackCompleted { to, .. }) => (Outcome::Upgraded, to.clone(), None),
             Ok(UpgradeOutcome::AlreadyThere { version, .. }) => (Outcome::AlreadyThere, Some(version.clone()), None),
             Err(e) => (Outcome::Failed, None, Some(e.to_string())),
         };
@@ -171,26 +218,18 @@ impl Orchestrator {
     ) -> Result<UpgradeOutcome, UpgradeError> {
         let mut timings = Timings::default();
         let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
+        // A Swarm task: the same lock and resolution, and Swarm rolls the tasks.
+        if let super::swarm::Backend::Swarm(service) = self.backend().await {
+            return self.swarm_upgrade(flight, target, started, &service).await;
+        }
 
         // The image to run, by tag where there is one, and how it may be compared.
         let (image, new_image, requirement) = match target {
             Target::Registry(requirement) => {
-                let auth = self.registry_auth().await?;
-                let repository = ImageRef::parse(&self.settings.image_ref("latest"))
-                    .map_err(|e| UpgradeError::Internal(e.to_string()))?;
-                let (image, _) = resolve::pick(&self.registry, &repository, requirement, auth.as_ref()).await?;
-                timings.resolve_ms = started.elapsed().as_millis();
-                flight.step(UpgradeStep::Pulling);
-                let t = Instant::now();
-                let pulled = match self.local_at_tag_digest(&image, auth.as_ref()).await {
-                    Some(local) => local,
-                    None => {
-                        let credentials = auth.as_ref().map(RegistryAuth::docker);
-                        resolve::pull_reporting(&self.engine, &image, credentials, &self.shared.events, None).await?
-                    }
-                };
-                timings.pull_ms = t.elapsed().as_millis();
-                (image.to_string(), pulled, requirement.clone())
+                let fetched = self.fetch(flight, requirement, started).await?;
+                timings.resolve_ms = fetched.resolve_ms;
+                timings.pull_ms = fetched.pull_ms;
+                (fetched.image.to_string(), fetched.inspect, requirement.clone())
             }
             Target::Previous => {
                 let previous = self.previous(&me).await?;

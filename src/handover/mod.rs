@@ -8,11 +8,16 @@
 //!    upstream), confirms through it,
 //!    stops and removes its elder; at start-up every instance reconciles.
 //!
+//! As a task of a Docker Swarm service, an upgrade lands elsewhere once its
+//! target is resolved: [`swarm`] updates the service and Swarm replaces the
+//! tasks; the lock, the resolution, the history and the events are the same.
+//!
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
 pub mod bake;
 pub mod elder;
 pub mod plan;
+pub mod swarm;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -235,6 +240,30 @@ pub enum UpgradeError {
         "{version} was rolled back during a bake ({reason}); ask for it exactly (/upgrade/={version}) to upgrade to it anyway, or publish a newer version"
     )]
     RolledBackBefore { version: String, reason: String },
+    /// Swarm rolled the update back on its own: a new task failed.
+    #[error("the service update was rolled back by Swarm: {reason}")]
+    SwarmRolledBack {
+        reason: String,
+        tasks: Vec<swarm::TaskVersion>,
+    },
+    /// Swarm paused the update (or the rollback) and waits for an operator.
+    #[error(
+        "the service update stopped at {state}: {reason}; `docker service update` or POST /rollback goes on from there"
+    )]
+    SwarmPaused {
+        state: String,
+        reason: String,
+        tasks: Vec<swarm::TaskVersion>,
+    },
+    /// The service is being updated (or rolled back) already: by another
+    /// task's upgrade, or by an operator.
+    #[error("the service is already {state} ({message}); try again when it is over")]
+    SwarmBusy { state: String, message: String },
+    /// Swarm did not end the update within the time the answer waits.
+    #[error(
+        "the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks"
+    )]
+    SwarmNotDone { waited_secs: u64, last: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -278,6 +307,32 @@ pub enum UpgradeOutcome {
         #[serde(skip_serializing_if = "Option::is_none")]
         bake: Option<Box<crate::state::BakeReport>>,
     },
+    /// Swarm rolled the target out to every task of the service.
+    Completed {
+        from: String,
+        to: String,
+        /// The target is lower than what ran (named exactly).
+        rollback: bool,
+        /// The image the service runs, pinned by digest.
+        image: String,
+        service: String,
+        /// Swarm's last word on the update.
+        message: String,
+        /// Every task Swarm runs now, with its version.
+        tasks: Vec<swarm::TaskVersion>,
+        timings: swarm::SwarmTimings,
+    },
+    /// Swarm went back to the service's spec before its last update, as
+    /// asked (`POST /rollback`).
+    RollbackCompleted {
+        from: String,
+        /// The version the service's labels say ran before, if they say.
+        to: Option<String>,
+        service: String,
+        message: String,
+        tasks: Vec<swarm::TaskVersion>,
+        timings: swarm::SwarmTimings,
+    },
 }
 
 /// The orchestrator: everything an upgrade needs, passed in.
@@ -312,6 +367,9 @@ pub struct Orchestrator {
     /// networks ([`host_addresses`]), learnt once at start-up; until then,
     /// and with host networking, there are none and loopback alone is local.
     pub host_addrs: std::sync::OnceLock<Vec<IpAddr>>,
+    /// Where upgrades land (this host, or the Swarm service this instance
+    /// is a task of), detected once from this container's labels.
+    pub backend: std::sync::OnceLock<swarm::Backend>,
 }
 
 impl Orchestrator {
@@ -333,10 +391,14 @@ impl Orchestrator {
                 .build()
                 .expect("a reqwest client with static settings builds")
         });
+        let registry = match &settings.registry_api {
+            Some(address) => Registry::new().with_api_address(&settings.registry, address),
+            None => Registry::new(),
+        };
         Orchestrator {
             settings,
             engine,
-            registry: Registry::new(),
+            registry,
             proxy,
             shared,
             self_id,
@@ -348,6 +410,7 @@ impl Orchestrator {
             notifier: None,
             apps: None,
             host_addrs: std::sync::OnceLock::new(),
+            backend: std::sync::OnceLock::new(),
         }
     }
 

@@ -93,6 +93,18 @@ impl Orchestrator {
                 (image.to_string(), remote, requirement.clone())
             }
             Target::Previous => {
+                if let super::swarm::Backend::Swarm(service) = self.backend().await {
+                    // Swarm's rollback: to the spec before the last update.
+                    let (image, version) = self.swarm_previous(&service).await?.ok_or(UpgradeError::NoPrevious)?;
+                    let version = Version::parse(&version).map_err(|_| UpgradeError::NoPrevious)?;
+                    plan.image = Some(image);
+                    plan.version = Some(version.clone());
+                    return Ok(resolve::decide(
+                        &self.version,
+                        &version,
+                        &Requirement::Exact(version.clone()),
+                    )?);
+                }
                 let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
                 let previous = self.previous(&me).await?;
                 plan.image = Some(previous.image_ref.clone());

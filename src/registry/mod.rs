@@ -73,6 +73,9 @@ pub enum RegistryError {
 #[derive(Debug, Clone)]
 pub struct Registry {
     http: reqwest::Client,
+    /// A registry name (as images carry it) and the address its API is
+    /// called at instead (the `registry_api` setting).
+    api: Option<(String, String)>,
 }
 
 impl Default for Registry {
@@ -90,7 +93,22 @@ impl Registry {
             .no_proxy()
             .build()
             .expect("a reqwest client with static settings builds");
-        Registry { http }
+        Registry { http, api: None }
+    }
+
+    /// This client, calling the API of the registry named `name` at
+    /// `address` (`host:port` or a URL) instead of at its name.
+    pub fn with_api_address(mut self, name: &str, address: &str) -> Registry {
+        self.api = Some((name.to_string(), address.to_string()));
+        self
+    }
+
+    /// Where the API of the registry named `registry` is called.
+    fn api_address<'a>(&'a self, registry: &'a str) -> &'a str {
+        match &self.api {
+            Some((name, address)) if name == registry => address,
+            _ => registry,
+        }
     }
 
     /// The base URL for a registry host: plain HTTP for loopback, as the
@@ -186,10 +204,11 @@ impl<'a> Session<'a> {
         repository: &str,
         auth: Option<&'a RegistryAuth>,
     ) -> Result<Session<'a>, RegistryError> {
-        let base = Url::parse(&Registry::base_url(registry)).map_err(|e| RegistryError::Untrusted {
-            registry: registry.into(),
-            reason: format!("bad registry address: {e}"),
-        })?;
+        let base =
+            Url::parse(&Registry::base_url(client.api_address(registry))).map_err(|e| RegistryError::Untrusted {
+                registry: registry.into(),
+                reason: format!("bad registry address: {e}"),
+            })?;
         Ok(Session {
             http: &client.http,
             registry,
@@ -491,6 +510,16 @@ fn next_link(header: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_of_one_registry_name_is_called_at_its_configured_address_and_others_at_their_name() {
+        let registry = Registry::new().with_api_address("localhost:5000", "http://172.18.0.1:5000");
+        assert_eq!(registry.api_address("localhost:5000"), "http://172.18.0.1:5000");
+        assert_eq!(registry.api_address("localhost:5001"), "localhost:5001");
+        assert_eq!(Registry::new().api_address("localhost:5000"), "localhost:5000");
+        let session = Session::new(&registry, "localhost:5000", "selfup", None).unwrap();
+        assert_eq!(session.base.as_str(), "http://172.18.0.1:5000/");
+    }
 
     #[test]
     fn loopback_registries_are_plain_http_and_others_https() {

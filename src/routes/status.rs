@@ -36,6 +36,16 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         });
         (upgrade, status.takeover.clone(), bake, status.last_bake.clone())
     };
+    let o2 = state.orchestrator.clone();
+    let swarm = state
+        .spawn(async move {
+            let service = o2.backend().await.swarm().cloned()?;
+            let tasks = o2.swarm_tasks(&service, &[]).await;
+            Some(json!({ "service": service.name, "task": service.task, "tasks": tasks }))
+        })
+        .await
+        .ok()
+        .flatten();
     let history = o.shared.history();
     HttpResponse::Ok().json(json!({
         "version": o.version.to_string(),
@@ -51,6 +61,7 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         "last_bake": last_bake,
         "rolled_back_version": o.shared.rejected(),
         "history": history,
+        "swarm": swarm,
     }))
 }
 

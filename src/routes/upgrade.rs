@@ -29,6 +29,9 @@ impl ResponseError for UpgradeError {
             RolledBackDuringBake { by_operator: true, .. } | RolledBackBefore { .. } => StatusCode::CONFLICT,
             RolledBackDuringBake { .. } => StatusCode::BAD_GATEWAY,
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SwarmRolledBack { .. } | SwarmPaused { .. } => StatusCode::BAD_GATEWAY,
+            SwarmNotDone { .. } => StatusCode::GATEWAY_TIMEOUT,
+            SwarmBusy { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -57,6 +60,16 @@ impl ResponseError for UpgradeError {
                 body["live"] = json!("the elder serves again");
             }
             RolledBackBefore { version, .. } => body["rolled_back_version"] = json!(version),
+            SwarmRolledBack { reason, tasks } => {
+                body["status"] = json!("rollback_completed");
+                body["reason"] = json!(reason);
+                body["tasks"] = json!(tasks);
+            }
+            SwarmPaused { state, reason, tasks } => {
+                body["status"] = json!(state);
+                body["reason"] = json!(reason);
+                body["tasks"] = json!(tasks);
+            }
             Baking { to, left_secs } => body["bake"] = json!({ "to": to, "left_secs": left_secs }),
             _ => {}
         }
@@ -315,6 +328,37 @@ mod tests {
         };
         assert_eq!(status(unreadable), 500);
         assert_eq!(status(UpgradeError::Internal("x".into())), 500);
+        let rolled_back = UpgradeError::SwarmRolledBack {
+            reason: "update rolled back due to failure".into(),
+            tasks: vec![],
+        };
+        assert_eq!(status(rolled_back), 502);
+        let not_done = UpgradeError::SwarmNotDone {
+            waited_secs: 600,
+            last: "updating".into(),
+        };
+        assert_eq!(status(not_done), 504);
+    }
+
+    #[actix_web::test]
+    async fn a_swarm_rollback_answers_rollback_completed_with_swarm_reason_and_the_tasks() {
+        let task = crate::handover::swarm::TaskVersion {
+            task: "abc".into(),
+            slot: Some(1),
+            node: "n".into(),
+            state: "running".into(),
+            image: "r/selfup@sha256:1".into(),
+            version: Some("1.1.0".into()),
+        };
+        let e = UpgradeError::SwarmRolledBack {
+            reason: "update rolled back due to failure or early termination of task x".into(),
+            tasks: vec![task],
+        };
+        let body = actix_web::body::to_bytes(e.error_response().into_body()).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "rollback_completed");
+        assert!(body["reason"].as_str().unwrap().contains("early termination"), "{body}");
+        assert_eq!(body["tasks"][0]["version"], "1.1.0");
     }
 
     #[test]

@@ -281,12 +281,16 @@ impl Watch {
             Ok(UpgradeOutcome::Upgraded { to, .. }) => {
                 tracing::info!(%to, "watch: upgraded; the successor watches from now on")
             }
-            Ok(UpgradeOutcome::AlreadyThere { .. }) => {}
+            Ok(UpgradeOutcome::Completed { to, .. }) => {
+                tracing::info!(%to, "watch: Swarm rolled the service out")
+            }
+            Ok(UpgradeOutcome::AlreadyThere { .. } | UpgradeOutcome::RollbackCompleted { .. }) => {}
             // Not the target's fault: the next turn tries again.
             Err(
                 e @ (UpgradeError::InProgress(_)
                 | UpgradeError::Baking { .. }
                 | UpgradeError::TakeoverUnderway(_)
+                | UpgradeError::SwarmBusy { .. }
                 | UpgradeError::CompanionBusy { .. }),
             ) => {
                 tracing::info!(error = %e, "watch: busy; trying again at the next turn")
@@ -316,6 +320,7 @@ fn the_image_failed(e: &UpgradeError) -> bool {
         UpgradeError::SuccessorUnhealthy { .. }
             | UpgradeError::TakeoverFailed { .. }
             | UpgradeError::RolledBackDuringBake { by_operator: false, .. }
+            | UpgradeError::SwarmRolledBack { .. }
             | UpgradeError::Resolve(ResolveError::NoVersion { .. } | ResolveError::LabelMismatch { .. })
     )
 }

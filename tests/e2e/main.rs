@@ -42,6 +42,7 @@ mod retention;
 mod runner;
 mod sse;
 mod swaps;
+mod swarm;
 mod switch;
 mod token_front;
 mod traffic;
@@ -171,6 +172,7 @@ fn main() -> ExitCode {
         watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
         unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
         unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
+        swarm::a_two_replica_service_upgrades_under_load_without_a_failed_request_and_swarm_rolls_back_a_failing_image,
     ];
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
