@@ -266,7 +266,21 @@ impl AppFront {
                 let _open = open;
                 // The standby's answers are not the target's.
                 let standby_answers = Answers::default();
-                let (upstream, answers) = match TcpStream::connect(target.addr).await {
+                let connect = async {
+                    match target.standby {
+                        // A successor that died may leave no one to refuse:
+                        // its address is gone and a connect would hang.
+                        Some(_) => match tokio::time::timeout(STANDBY_AFTER, TcpStream::connect(target.addr)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("no answer to the connect in {} ms", STANDBY_AFTER.as_millis()),
+                            )),
+                        },
+                        None => TcpStream::connect(target.addr).await,
+                    }
+                };
+                let (upstream, answers) = match connect.await {
                     Ok(upstream) => (Ok(upstream), &*target.answers),
                     Err(e) => {
                         target.answers.refusal(&e);
@@ -284,6 +298,11 @@ impl AppFront {
         }
     }
 }
+
+/// During a bake, how long a connect to the successor may take before the
+/// connection goes to the standby instead (a connect on the Engine's
+/// network takes well under a millisecond).
+const STANDBY_AFTER: Duration = Duration::from_millis(500);
 
 /// How many bytes of an answer its status is read from: "HTTP/1.1 200".
 const HEAD: usize = 12;

@@ -25,6 +25,8 @@ pub enum Flavour {
     /// It serves `/healthz` for this many seconds after its start, then 404;
     /// the rest of its answers stay good.
     SickAfter(u32),
+    /// It exits (status 3) this many seconds after its start.
+    CrashAfter(u32),
 }
 
 /// Builds and pushes the app at `versions` into a repository of this
@@ -61,6 +63,7 @@ fn app_images(w: &mut CompanionEnv, versions: &[(&str, Flavour)]) -> String {
         run(Command::new("chmod").arg("755").arg(&echo).arg(&slow));
         let sick = match flavour {
             Flavour::SickAfter(secs) => format!("/busybox sleep {secs}; /busybox rm /www/healthz; "),
+            Flavour::CrashAfter(secs) => format!("/busybox sleep {secs}; exit 3; "),
             _ => String::new(),
         };
         // httpd forks a child per connection; the shell stops on SIGTERM.
@@ -469,6 +472,204 @@ pub async fn an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_
         "bake breach: answered {} ms after the request; {} requests ({by_successor} by the successor), 0 failed",
         answered.duration_since(asked).as_millis(),
         samples.len()
+    );
+}
+
+/// `POST /update/{web}/{verdict}` with `key` (or none).
+async fn verdict(w: &CompanionEnv, web: &str, verdict: &str, key: Option<&str>) -> (u16, Value) {
+    w.post_raw(&format!("/update/{web}/{verdict}"), key, "").await
+}
+
+/// `verdict` with the key once the bake of `web` has begun (before, the
+/// answer is 409: the switch comes before the elder's drain and the bake).
+async fn verdict_in_bake(w: &CompanionEnv, web: &str, word: &str) -> (u16, Value) {
+    eventually(
+        &format!("a {word} taken by the bake of {web}"),
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = verdict(w, web, word, Some(&w.key)).await;
+            (status != 409).then_some((status, body))
+        },
+    )
+    .await
+}
+
+/// Both verdicts on `web` when no bake of it runs: 409 naming it, and 401
+/// without the key.
+async fn no_bake_verdicts(w: &CompanionEnv, web: &str, when: &str) {
+    for word in ["promote", "rollback"] {
+        let (status, body) = verdict(w, web, word, Some(&w.key)).await;
+        assert_eq!(status, 409, "{word} {when}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("no bake of container {web} is running")),
+            "{word} {when}: {body}"
+        );
+        let (status, body) = verdict(w, web, word, None).await;
+        assert_eq!(status, 401, "{word} {when} without the key: {body}");
+    }
+}
+
+pub async fn an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elder_without_a_failed_request(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(
+        &mut w,
+        &[
+            ("1.0.0", Flavour::Healthy),
+            ("1.1.0", Flavour::Healthy),
+            ("1.2.0", Flavour::Healthy),
+        ],
+    );
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=60"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    no_bake_verdicts(&w, &web, "before any update").await;
+    let load = Load::start(public.clone(), 4, usize::MAX, Duration::from_secs(120));
+    load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(20))
+        .await;
+
+    // Promote: the bake of 60 s ends as soon as the operator says so.
+    let elder = inspect(&web)["Id"].as_str().unwrap().to_string();
+    let update = format!("/update/{web}/=1.1.0");
+    let (answer, promoted) = tokio::join!(w.post_raw(&update, Some(&w.key), ""), async {
+        wait_version(&http, &public, "1.1.0").await;
+        assert!(exists(&elder), "the elder stands by during the bake");
+        let (status, body) = verdict(&w, &web, "promote", None).await;
+        assert_eq!(status, 401, "promote without the key during the bake: {body}");
+        let (status, body) = verdict_in_bake(&w, &web, "promote").await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "promoting", "{body}");
+        assert_eq!(body["container"], web.as_str(), "{body}");
+        Instant::now()
+    });
+    let (status, body) = answer;
+    let answered_ms = promoted.elapsed().as_millis();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated", "{body}");
+    let bake = &body["handover"]["bake"];
+    assert_eq!(bake["outcome"], "promoted", "{body}");
+    assert!(
+        bake["reason"].as_str().unwrap().contains("promoted by the operator"),
+        "{body}"
+    );
+    assert!(bake["baked_ms"].as_u64().unwrap() < 30_000, "ended early: {body}");
+    assert!(!exists(&elder), "the elder is removed once promoted");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    assert_eq!(version(&http, &public).await.as_deref(), Some("1.1.0"));
+    no_bake_verdicts(&w, &web, "after the promote").await;
+    eprintln!(
+        "operator promote: the update answered {answered_ms} ms after the 202, baked {} ms of 60 s",
+        bake["baked_ms"]
+    );
+
+    // Roll back: the traffic goes back to the warm elder (1.1.0).
+    let elder = inspect(&web);
+    let update = format!("/update/{web}/=1.2.0");
+    let (answer, asked) = tokio::join!(w.post_raw(&update, Some(&w.key), ""), async {
+        wait_version(&http, &public, "1.2.0").await;
+        load.wait_for_samples_after(Instant::now(), 20, Duration::from_secs(20))
+            .await;
+        let (status, body) = verdict(&w, &web, "rollback", None).await;
+        assert_eq!(status, 401, "rollback without the key during the bake: {body}");
+        let (status, body) = verdict_in_bake(&w, &web, "rollback").await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "rolling_back", "{body}");
+        Instant::now()
+    });
+    let (status, body) = answer;
+    let answered = Instant::now();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("rolled back during the bake") && error.contains("the operator asked for it"),
+        "{error}"
+    );
+    load.wait_for_samples_after(answered, 20, Duration::from_secs(20)).await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "through an operator's promote and rollback");
+    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.2.0")).count();
+    assert!(by_successor > 0, "the rolled-back successor served during its bake");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Some("1.1.0")),
+        "the elder serves again"
+    );
+    let now = inspect(&web);
+    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
+    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    no_bake_verdicts(&w, &web, "after the rollback").await;
+    eprintln!(
+        "operator rollback: the update answered {} ms after the 202; {} requests ({by_successor} by the successor), 0 failed",
+        answered.duration_since(asked).as_millis(),
+        samples.len()
+    );
+}
+
+pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_back_to_the_elder_at_most_one_failure_per_client(
+    suite: Arc<Suite>,
+) {
+    const CLIENTS: usize = 8;
+    let mut w = suite.companion_env();
+    let repository = app_images(
+        &mut w,
+        &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::CrashAfter(5))],
+    );
+    let network = w.network("net");
+    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=30"]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let elder = inspect(&web);
+
+    let load = Load::start(public.clone(), CLIENTS, usize::MAX, Duration::from_secs(90));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let asked = Instant::now();
+    let (status, body) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
+    let answered = Instant::now();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["rolled_back"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    // The Engine's exit, or a connection it refused first (joined to the elder).
+    assert!(
+        error.contains("rolled back during the bake")
+            && (error.contains("the new container failed") || error.contains("refused"))
+            && error.contains("old container runs again"),
+        "{error}"
+    );
+    load.wait_for_samples_after(answered, 50, Duration::from_secs(20)).await;
+    let samples = load.finish().await;
+    let failed: Vec<_> = samples.iter().filter(|s| s.error.is_some()).collect();
+    assert!(
+        failed.len() <= CLIENTS,
+        "at most the request each client had in flight at the crash: {failed:?}"
+    );
+    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
+    assert!(by_successor > 0, "the successor served during the bake");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
+        "the elder serves again"
+    );
+    let now = inspect(&web);
+    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
+    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+    eprintln!(
+        "successor crash in the bake: answered {} ms after the request; {} requests ({by_successor} by the successor), {} failed: {error}",
+        answered.duration_since(asked).as_millis(),
+        samples.len(),
+        failed.len()
     );
 }
 

@@ -153,6 +153,8 @@ fn main() -> ExitCode {
         apps::a_published_port_app_whose_successor_cannot_bind_is_refused_and_nothing_stops,
         apps::an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_watcher_of_events_sees_every_step,
         apps::an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_back_to_the_elder_without_a_failed_request,
+        apps::an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elder_without_a_failed_request,
+        apps::an_app_successor_that_crashes_during_the_bake_gives_the_traffic_back_to_the_elder_at_most_one_failure_per_client,
         apps::an_app_started_after_selfup_is_reachable_through_its_socket_at_once_and_followed_when_recreated,
         apps::a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request,
         apps::an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_one_longer_than_the_linger,
