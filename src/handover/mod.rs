@@ -10,7 +10,26 @@
 //!
 //! As a task of a Docker Swarm service, an upgrade lands elsewhere once its
 //! target is resolved: [`swarm`] updates the service and Swarm replaces the
-//! tasks; the lock, the resolution, the history and the events are the same.
+//! tasks. The two backends share, in this order:
+//!
+//! - the lock: [`Orchestrator::upgrade`] takes the single-flight `Flight`
+//!   and records the outcome (history, notification, metrics) for both;
+//! - the branch: `run_upgrade` (in [`elder`]) asks [`Orchestrator::backend`]
+//!   (detected once from this container's labels) and hands a Swarm task's
+//!   whole target to `swarm_upgrade`; nothing below that line is shared
+//!   code, only shared helpers;
+//! - the resolution: both call `fetch` (registry, pull, progress events),
+//!   `resolve::labelled_version`, `refuse_rejected` and `resolve::decide`;
+//!   the rejected version is one `Shared` slot for both;
+//! - the landing: the host starts a successor and hands over; Swarm gets a
+//!   pinned spec ([`swarm::rollout_spec`]), followed by `swarm_follow`,
+//!   whose messages are the same `UpgradeStep` events; `/rollback` is
+//!   `previous` (labels on the container) on the host and
+//!   [`swarm::rollback_plan`] (labels on the service) on Swarm;
+//! - the answer: [`UpgradeOutcome`] and [`UpgradeError`], one enum each,
+//!   with Swarm's variants (`Completed`, `RollbackCompleted`, `Swarm*`);
+//! - `/status`: the same document, plus `swarm` from `swarm_tasks`;
+//!   `/upgrade/plan` asks the same backend in `plan::find`.
 //!
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
@@ -264,6 +283,13 @@ pub enum UpgradeError {
         "the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks"
     )]
     SwarmNotDone { waited_secs: u64, last: String },
+    /// `/rollback` on a Swarm service whose last update was rolled back
+    /// (Swarm's previous spec is that update) and whose spec records no
+    /// image that ran before it.
+    #[error(
+        "the service's last update was rolled back, so Swarm's rollback would go to that update again, and the service's spec records no image that ran before it: name a version with /upgrade/=VERSION"
+    )]
+    SwarmNothingToRollBackTo,
     #[error("{0}")]
     Internal(String),
 }

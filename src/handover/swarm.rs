@@ -15,7 +15,9 @@
 //! 2. [`Orchestrator::swarm_follow`]: the service's `UpdateStatus`, polled
 //!    until Swarm says `completed`, `rollback_completed` or paused.
 //! 3. [`Orchestrator::swarm_rollback`]: Swarm's own rollback to the spec
-//!    before the last update (`POST /rollback`).
+//!    before the last update (`POST /rollback`); after a rolled-back update,
+//!    whose spec Swarm's rollback would go to, a deploy of the image the
+//!    labels record instead ([`rollback_plan`]).
 //! 4. [`Orchestrator::swarm_tasks`]: every running task with its version,
 //!    for the answer and `/status`.
 //!
@@ -213,6 +215,53 @@ pub fn rollout_spec(mut spec: ServiceSpec, image: &str, previous: Option<(&str, 
     spec
 }
 
+/// How `/rollback` goes back on a Swarm service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RollbackPlan {
+    /// Swarm's own rollback: its previous spec is what ran before.
+    Swarm,
+    /// A service update to the (image, version) selfup recorded as running
+    /// before: Swarm's previous spec is another one, an update Swarm rolled
+    /// back.
+    Deploy { image: String, version: String },
+}
+
+/// The (image, version) a spec's labels record as running before it.
+pub fn recorded_previous(spec: Option<&ServiceSpec>) -> Option<(String, String)> {
+    let labels = spec?.labels.as_ref()?;
+    labels
+        .get(PREVIOUS_IMAGE_LABEL)
+        .cloned()
+        .zip(labels.get(PREVIOUS_VERSION_LABEL).cloned())
+}
+
+/// Where `/rollback` goes. `recorded`: the (image, version) the current
+/// spec's labels say ran before it (set by the deploy that made it);
+/// `last`: the state of the service's last update.
+///
+/// Swarm's own rollback goes to its previous spec: after an update that
+/// completed, the spec that update replaced, which is what the labels
+/// record when selfup made the update. After a rollback (Swarm's own after
+/// a failing task, or a `/rollback`) Swarm's previous spec is the update it
+/// rolled back, so its rollback would go forward to that update again: the
+/// recorded image is deployed instead, and without a record the rollback
+/// is refused (409), never a return to the rolled-back update.
+pub fn rollback_plan(
+    recorded: Option<(&str, &str)>,
+    last: Option<ServiceUpdateStatusStateEnum>,
+) -> Result<RollbackPlan, UpgradeError> {
+    use ServiceUpdateStatusStateEnum::*;
+    let rolled_back = matches!(last, Some(ROLLBACK_COMPLETED | ROLLBACK_PAUSED));
+    match recorded {
+        _ if !rolled_back => Ok(RollbackPlan::Swarm),
+        Some((image, version)) => Ok(RollbackPlan::Deploy {
+            image: image.to_string(),
+            version: version.to_string(),
+        }),
+        None => Err(UpgradeError::SwarmNothingToRollBackTo),
+    }
+}
+
 /// The image a spec's tasks run.
 pub fn spec_image(spec: &ServiceSpec) -> Option<&str> {
     spec.task_template.as_ref()?.container_spec.as_ref()?.image.as_deref()
@@ -337,17 +386,45 @@ impl Orchestrator {
     }
 
     /// `/rollback` as a Swarm task: Swarm's own rollback to the spec before
-    /// the service's last update.
+    /// the service's last update when that update completed; after a
+    /// rolled-back update (whose spec is Swarm's previous one), an update to
+    /// the image the labels record ([`rollback_plan`]).
     async fn swarm_roll_back(
         &self,
         flight: &Flight<'_>,
         started: Instant,
         service: &SwarmService,
     ) -> Result<UpgradeOutcome, UpgradeError> {
+        let current = self
+            .engine
+            .inspect_service(&service.id)
+            .await
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+        let recorded = recorded_previous(current.spec.as_ref());
+        let last = current.update_status.as_ref().and_then(|s| s.state);
+        let plan = rollback_plan(recorded.as_ref().map(|(i, v)| (i.as_str(), v.as_str())), last)?;
         flight.step(UpgradeStep::UpdatingTheService);
         let t = Instant::now();
-        let (before, previous) = self.swarm_rollback(service).await?;
-        let rollout = self.swarm_follow(service, before).await?;
+        let (rollout, previous, message) = match plan {
+            RollbackPlan::Swarm => {
+                let (before, previous) = self.swarm_rollback(service).await?;
+                (self.swarm_follow(service, before).await?, previous, None)
+            }
+            RollbackPlan::Deploy { image, version } => {
+                let auth = self.registry_auth().await?;
+                let Some(before) = self.swarm_deploy(service, &image, auth.as_ref()).await? else {
+                    return Ok(UpgradeOutcome::AlreadyThere {
+                        message: format!("the service {} already runs {image}: nothing to do", service.name),
+                        version,
+                    });
+                };
+                let rollout = self.swarm_follow(service, before).await?;
+                let message = format!(
+                    "the service's last update was rolled back, so Swarm's previous spec is that update: updated to {image}, recorded as running before, instead"
+                );
+                (rollout, Some((image, version)), Some(message))
+            }
+        };
         let known: Vec<(&str, &str)> = previous.iter().map(|(i, v)| (i.as_str(), v.as_str())).collect();
         let tasks = self.swarm_tasks(service, &known).await;
         let timings = SwarmTimings {
@@ -355,14 +432,25 @@ impl Orchestrator {
             total_ms: started.elapsed().as_millis(),
             ..Default::default()
         };
+        let done = match message {
+            Some(_) => ServiceUpdateStatusStateEnum::COMPLETED,
+            None => ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
+        };
         match rollout.state {
-            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => Ok(UpgradeOutcome::RollbackCompleted {
+            state if state == done => Ok(UpgradeOutcome::RollbackCompleted {
                 from: self.version.to_string(),
                 to: previous.map(|(_, version)| version),
                 service: service.name.clone(),
-                message: rollout.reason,
+                message: match message {
+                    Some(message) => format!("{message}; {}", rollout.reason),
+                    None => rollout.reason,
+                },
                 tasks,
                 timings,
+            }),
+            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => Err(UpgradeError::SwarmRolledBack {
+                reason: rollout.reason,
+                tasks,
             }),
             state => Err(UpgradeError::SwarmPaused {
                 state: state.to_string(),
@@ -501,11 +589,7 @@ impl Orchestrator {
             .inspect_service(&service.id)
             .await
             .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
-        let labels = current.spec.and_then(|s| s.labels).unwrap_or_default();
-        Ok(labels
-            .get(PREVIOUS_IMAGE_LABEL)
-            .cloned()
-            .zip(labels.get(PREVIOUS_VERSION_LABEL).cloned()))
+        Ok(recorded_previous(current.spec.as_ref()))
     }
 
     /// Follows the update that started after `before` until Swarm says it
@@ -718,6 +802,52 @@ mod tests {
         let labels = out.labels.unwrap();
         assert_eq!(labels[PREVIOUS_VERSION_LABEL], "1.0.0");
         assert_eq!(labels[PREVIOUS_IMAGE_LABEL], "old");
+    }
+
+    #[test]
+    fn rollback_never_goes_forward_to_an_update_swarm_rolled_back() {
+        use ServiceUpdateStatusStateEnum::*;
+        let recorded = Some(("repo:1.0.0@sha256:a", "1.0.0"));
+        // After a completed update (or none yet): Swarm's own rollback, to
+        // the spec that update replaced.
+        for last in [Some(COMPLETED), Some(PAUSED), None] {
+            assert_eq!(rollback_plan(recorded, last).unwrap(), RollbackPlan::Swarm, "{last:?}");
+            assert_eq!(rollback_plan(None, last).unwrap(), RollbackPlan::Swarm, "{last:?}");
+        }
+        // After a rollback, Swarm's previous spec is the rolled-back update:
+        // the recorded image instead, or a refusal without one.
+        for last in [ROLLBACK_COMPLETED, ROLLBACK_PAUSED] {
+            assert_eq!(
+                rollback_plan(recorded, Some(last)).unwrap(),
+                RollbackPlan::Deploy {
+                    image: "repo:1.0.0@sha256:a".into(),
+                    version: "1.0.0".into(),
+                },
+                "{last}"
+            );
+            assert!(matches!(
+                rollback_plan(None, Some(last)),
+                Err(UpgradeError::SwarmNothingToRollBackTo)
+            ));
+        }
+    }
+
+    #[test]
+    fn the_recorded_previous_needs_both_labels() {
+        let mut labelled = spec("a");
+        assert_eq!(recorded_previous(Some(&labelled)), None);
+        labelled.labels = Some(HashMap::from([(PREVIOUS_IMAGE_LABEL.to_string(), "old".to_string())]));
+        assert_eq!(recorded_previous(Some(&labelled)), None);
+        labelled
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(PREVIOUS_VERSION_LABEL.into(), "1.0.0".into());
+        assert_eq!(
+            recorded_previous(Some(&labelled)),
+            Some(("old".to_string(), "1.0.0".to_string()))
+        );
+        assert_eq!(recorded_previous(None), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl ResponseError for UpgradeError {
             Credentials { .. } | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SwarmRolledBack { .. } | SwarmPaused { .. } => StatusCode::BAD_GATEWAY,
             SwarmNotDone { .. } => StatusCode::GATEWAY_TIMEOUT,
-            SwarmBusy { .. } => StatusCode::CONFLICT,
+            SwarmBusy { .. } | SwarmNothingToRollBackTo => StatusCode::CONFLICT,
         }
     }
 

@@ -398,6 +398,16 @@ pub async fn a_two_replica_service_upgrades_under_load_without_a_failed_request_
     let reason = answer["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("rolled back"), "Swarm's reason is missing: {answer}");
     assert_eq!(task_versions(&answer), ["1.1.0", "1.1.0"], "{answer}");
-    settled(&suite, &swarm, &url, 2, "1.1.0").await;
+    let task = settled(&suite, &swarm, &url, 2, "1.1.0").await;
     eprintln!("    a failing image: {reason}");
+
+    // /rollback after Swarm rolled the failing image back: Swarm's previous
+    // spec is the failing one, so selfup updates to the image its labels
+    // record as running before 1.1.0 (1.0.0), never to 1.5.0.
+    let (ok, answer) = cli(&task, &["rollback"]).await;
+    assert!(ok, "the rollback after a rolled-back update failed: {answer}");
+    assert_eq!(answer["status"], "rollback_completed", "{answer}");
+    assert_eq!(answer["to"], "1.0.0", "{answer}");
+    assert_eq!(task_versions(&answer), ["1.0.0", "1.0.0"], "{answer}");
+    settled(&suite, &swarm, &url, 2, "1.0.0").await;
 }
