@@ -115,6 +115,19 @@ fn authorized(req: &HttpRequest, state: &AppState) -> Result<Arc<Companion>, Com
     }
 }
 
+/// The guards of every update endpoint, in order: the listener it came in
+/// on, a browser's cross-site request, the key. `Ok(Err(answer))` is a
+/// refusal answered as it is; `Err` is the key's (or the mode's) error.
+fn admit(req: &HttpRequest, state: &AppState) -> Result<Result<Arc<Companion>, HttpResponse>, CompanionError> {
+    if let Some(refused) = Listener::of(req).refuse_update() {
+        return Ok(Err(refused));
+    }
+    if let Err(refused) = refuse_cross_site(req) {
+        return Ok(Err(refused));
+    }
+    authorized(req, state).map(Ok)
+}
+
 fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
     const EXPECTED: &str = r#"expected {"container": "<name>", "image": "<repository>:<tag>"}"#;
     let bad = |e: String| CompanionError::BadRequest(format!("invalid request body: {e}; {EXPECTED}"));
@@ -176,13 +189,10 @@ pub async fn update(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
-    if let Some(refused) = Listener::of(&req).refuse_update() {
-        return Ok(refused);
-    }
-    if let Err(refused) = refuse_cross_site(&req) {
-        return Ok(refused);
-    }
-    let companion = authorized(&req, &state)?;
+    let companion = match admit(&req, &state)? {
+        Ok(companion) => companion,
+        Err(refused) => return Ok(refused),
+    };
     let request = parse_body(&body)?;
     let container = request.container.clone();
     let update = async move { companion.update(&request.container, &request.image).await };
@@ -196,13 +206,10 @@ pub async fn update_to(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
-    if let Some(refused) = Listener::of(&req).refuse_update() {
-        return Ok(refused);
-    }
-    if let Err(refused) = refuse_cross_site(&req) {
-        return Ok(refused);
-    }
-    let companion = authorized(&req, &state)?;
+    let companion = match admit(&req, &state)? {
+        Ok(companion) => companion,
+        Err(refused) => return Ok(refused),
+    };
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
     let name = container.clone();
@@ -219,13 +226,10 @@ async fn bake_verdict(
     state: web::Data<AppState>,
     promote: bool,
 ) -> Result<HttpResponse, CompanionError> {
-    if let Some(refused) = Listener::of(&req).refuse_update() {
-        return Ok(refused);
-    }
-    if let Err(refused) = refuse_cross_site(&req) {
-        return Ok(refused);
-    }
-    let companion = authorized(&req, &state)?;
+    let companion = match admit(&req, &state)? {
+        Ok(companion) => companion,
+        Err(refused) => return Ok(refused),
+    };
     let container = path.into_inner();
     if !companion.ask_bake(&container, promote) {
         return Err(CompanionError::NoBake(container));
