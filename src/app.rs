@@ -321,8 +321,8 @@ impl Application {
             match orchestrator.backend().await {
                 // Swarm keeps the service's replicas: there are no
                 // siblings of a handover to converge.
-                crate::handover::swarm::Backend::Swarm(_) => orchestrator.publish_sockets(),
-                crate::handover::swarm::Backend::Host => orchestrator.reconcile().await,
+                crate::handover::Backend::Swarm(_) => orchestrator.publish_sockets(),
+                crate::handover::Backend::Host => orchestrator.reconcile().await,
             }
             // Once this instance is the live one (or a plain start): an elder
             // it took over from is gone, and holds no swap any more.

@@ -1,5 +1,11 @@
 //! The elder's side: resolve, pull, start the successor, health-check it,
 //! give it the go-ahead, and answer with the outcome once it has taken over.
+//!
+//! The lock ([`Flight`]) and the fetch are every backend's; the handover
+//! itself is the host's implementation of
+//! [`UpgradeBackend`](super::backend::UpgradeBackend),
+//! [`HostHandover`]: `deploy` starts a healthy successor, `follow` hands
+//! over (and bakes), `roll_back` does both for the previous version.
 
 use std::time::Duration;
 
@@ -12,13 +18,14 @@ use super::{
 };
 use bollard::models::ImageInspect;
 
+use super::backend::{BackendStatus, HostHandover, Next, Pinned, UpgradeBackend};
 use super::bake::BakeEnd;
 use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
-use crate::recreate::resolve::{self, Go};
+use crate::recreate::resolve;
 use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
@@ -58,9 +65,12 @@ enum Handed {
 }
 
 /// A registry target, fetched: [`Orchestrator::fetch`].
-pub(super) struct Fetched {
-    /// The tag the requirement picked.
-    pub image: ImageRef,
+pub(crate) struct Fetched {
+    /// The tag the requirement picked (or, for a rollback on the host, the
+    /// previous version's local image).
+    pub image: String,
+    /// That image's repository, which a pin by digest names.
+    pub repository: String,
     /// The pulled image.
     pub inspect: ImageInspect,
     /// The registry's credentials, for whoever pulls next.
@@ -70,8 +80,10 @@ pub(super) struct Fetched {
 }
 
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
-pub(super) struct Flight<'a> {
+pub(crate) struct Flight<'a> {
     orchestrator: &'a Orchestrator,
+    /// When the lock was taken: where an upgrade's timings start.
+    pub(crate) started: Instant,
 }
 
 impl<'a> Flight<'a> {
@@ -106,7 +118,10 @@ impl<'a> Flight<'a> {
         events.emit(Event::UpgradeStep {
             step: UpgradeStep::Resolving.to_string(),
         });
-        Ok(Flight { orchestrator })
+        Ok(Flight {
+            orchestrator,
+            started: Instant::now(),
+        })
     }
 
     pub(super) fn step(&self, step: UpgradeStep) {
@@ -131,12 +146,8 @@ impl Orchestrator {
     /// The image `requirement` picks in the registry, pulled (or found on
     /// this machine at the tag's digest): the first half of every upgrade
     /// to a registry target, whichever backend lands it.
-    pub(super) async fn fetch(
-        &self,
-        flight: &Flight<'_>,
-        requirement: &Requirement,
-        started: Instant,
-    ) -> Result<Fetched, UpgradeError> {
+    pub(super) async fn fetch(&self, flight: &Flight<'_>, requirement: &Requirement) -> Result<Fetched, UpgradeError> {
+        let started = flight.started;
         let auth = self.registry_auth().await?;
         let repository =
             ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
@@ -152,7 +163,8 @@ impl Orchestrator {
             }
         };
         Ok(Fetched {
-            image,
+            repository: image.repository(),
+            image: image.to_string(),
             inspect,
             auth,
             resolve_ms,
@@ -183,8 +195,8 @@ impl Orchestrator {
     #[tracing::instrument(skip(self), fields(from = %self.version))]
     pub async fn upgrade(&self, target: Target) -> Result<UpgradeOutcome, UpgradeError> {
         let flight = Flight::take(self, &target)?;
-        let started = Instant::now();
-        let result = self.run_upgrade(&flight, &target, started).await;
+        let started = flight.started;
+        let result = self.run_upgrade(&flight, &target).await;
         if let Ok(UpgradeOutcome::Upgraded { timings, .. }) = &result {
             self.shared.metrics.upgrade_phases(timings);
         }
@@ -210,215 +222,11 @@ impl Orchestrator {
         result
     }
 
-    async fn run_upgrade(
-        &self,
-        flight: &Flight<'_>,
-        target: &Target,
-        started: Instant,
-    ) -> Result<UpgradeOutcome, UpgradeError> {
-        let mut timings = Timings::default();
-        let me = self.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
-        // A Swarm task: the same lock and resolution, and Swarm rolls the tasks.
-        if let super::swarm::Backend::Swarm(service) = self.backend().await {
-            return self.swarm_upgrade(flight, target, started, &service).await;
-        }
-
-        // The image to run, by tag where there is one, and how it may be compared.
-        let (image, new_image, requirement) = match target {
-            Target::Registry(requirement) => {
-                let fetched = self.fetch(flight, requirement, started).await?;
-                timings.resolve_ms = fetched.resolve_ms;
-                timings.pull_ms = fetched.pull_ms;
-                (fetched.image.to_string(), fetched.inspect, requirement.clone())
-            }
-            Target::Previous => {
-                let previous = self.previous(&me).await?;
-                timings.resolve_ms = started.elapsed().as_millis();
-                let inspected = resolve::inspect(&self.engine, &previous.image_ref).await?;
-                // A rollback names its version exactly: going down is the point.
-                (previous.image_ref, inspected, Requirement::Exact(previous.version))
-            }
-        };
-        let version = resolve::labelled_version(&image, &new_image, &requirement)?;
-        self.refuse_rejected(&version, &requirement)?;
-        // What runs is what was checked: the successor is created from this
-        // image id, not from the tag, which may move meanwhile.
-        let image_id = new_image
-            .id
-            .clone()
-            .ok_or_else(|| UpgradeError::Internal(format!("the image {image} has no id")))?;
-        let rollback = match resolve::decide(&self.version, &version, &requirement)? {
-            Go::AlreadyThere => {
-                return Ok(UpgradeOutcome::AlreadyThere {
-                    version: version.to_string(),
-                    message: format!("already at {version}: nothing to do"),
-                });
-            }
-            Go::Upgrade => false,
-            Go::Rollback => true,
-        };
-
-        // No companion swap runs across the handover, in either instance.
-        let _swaps = self.hold_swaps(flight).await?;
-        flight.step(UpgradeStep::StartingTheSuccessor);
-        let t = Instant::now();
-        let elder = self
-            .engine
-            .inspect_container(&me)
-            .await
-            .map_err(UpgradeError::docker("inspecting this container"))?;
-        let old_port = self.settings.port;
-        let new_port = self.settings.other_port(old_port);
-        let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
-        let overrides = Overrides {
-            image: image_id.clone(),
-            env: vec![
-                (ENV_PORT.into(), new_port.to_string()),
-                (ENV_HANDOVER_TOKEN.into(), token.clone()),
-                (ENV_HANDOVER_ELDER.into(), me.clone()),
-            ],
-            env_remove: vec![],
-            labels: vec![
-                (COMPOSE_IMAGE.into(), image_id.clone()),
-                (PREVIOUS_VERSION_LABEL.into(), self.version.to_string()),
-                (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
-            ],
-        };
-        let name = format!(
-            "{}-{new_port}",
-            base_name(elder.name.as_deref().unwrap_or("selfup"), self.settings.ports)
-        );
-        // The elder's image (what the clone leaves to the new image) and the
-        // leftovers of an interrupted upgrade, looked up at once.
-        let old_image = async {
-            match elder.image.as_deref() {
-                Some(id) => self.engine.inspect_image(id).await.ok().and_then(|i| i.config),
-                None => None,
-            }
-        };
-        let (old_image, leftovers) = tokio::join!(old_image, self.remove_leftovers(&elder, &me, &name));
-        leftovers?;
-        let mut body = clone_body(&elder, old_image.as_ref(), &overrides);
-        // On a bridge network the elder holds its published host port: the
-        // successor publishes the other one.
-        retarget_port(&mut body, old_port, new_port);
-        let successor = self
-            .engine
-            .create_container(&name, body)
-            .await
-            .map_err(UpgradeError::docker(format!(
-                "creating the successor {name} from {image}"
-            )))?;
-        if let Err(e) = self.engine.start_container(&successor).await {
-            let log = self.discard(&successor).await;
-            return Err(UpgradeError::SuccessorUnhealthy {
-                port: new_port,
-                reason: WaitError::Failed(e.to_string()),
-                log,
-            });
-        }
-        let reach = match self.engine.inspect_container(&successor).await {
-            Ok(started) => instance_addr(&started, new_port),
-            Err(e) => {
-                let log = self.discard(&successor).await;
-                return Err(UpgradeError::SuccessorUnhealthy {
-                    port: new_port,
-                    reason: WaitError::Failed(format!("inspecting it for its address: {e}")),
-                    log,
-                });
-            }
-        };
-        timings.start_ms = t.elapsed().as_millis();
-
-        flight.step(UpgradeStep::HealthChecking);
-        let t = Instant::now();
-        if let Err(reason) = self.wait_healthy(&successor, reach, &token, &version).await {
-            let log = self.discard(&successor).await;
-            return Err(UpgradeError::SuccessorUnhealthy {
-                port: new_port,
-                reason,
-                log,
-            });
-        }
-        timings.health_ms = t.elapsed().as_millis();
-
-        flight.step(UpgradeStep::WaitingForTakeover);
-        let t = Instant::now();
-        let bake = (self.settings.bake_secs > 0).then(|| self.settings.bake());
-        if bake.is_some() {
-            // Before the switch: nginx's backup reaches this instance as soon
-            // as the successor is live.
-            self.publish_standby();
-        }
-        let handed = self.go_and_wait(&successor, reach, &token, bake).await;
-        let handed = match handed {
-            Ok(handed) => handed,
-            Err(unconfirmed) => return Err(self.unconfirmed(&successor, new_port, unconfirmed).await),
-        };
-        timings.takeover_ms = t.elapsed().as_millis();
-        let bake = match handed {
-            // A successor that does not bake (an older version) stopped
-            // this instance at once.
-            Handed::Stopped => {
-                self.withdraw_standby();
-                None
-            }
-            Handed::Baking => {
-                flight.step(UpgradeStep::Baking);
-                let (end, report) = self.bake(&successor, reach, &token, &version).await;
-                match end {
-                    BakeEnd::Promoted { stopped: true } => {}
-                    BakeEnd::Promoted { stopped: false } => {
-                        if let Err(unconfirmed) = self.end_bake(&successor, reach, &token).await {
-                            return Err(self.unconfirmed(&successor, new_port, unconfirmed).await);
-                        }
-                    }
-                    BakeEnd::RolledBack { by_operator, answering } => {
-                        if !answering {
-                            // Dead or frozen: the requests it holds end (and
-                            // nginx retries the idempotent ones on the standby
-                            // socket) only when it is killed; its log stays.
-                            let _ = self.engine.signal(&successor, "SIGKILL").await;
-                        }
-                        let log = watch::log_tail(&self.engine, &successor).await;
-                        let removed = match answering {
-                            true => {
-                                let stop = Duration::from_secs(self.settings.stop_timeout_secs);
-                                watch::stop_and_remove(&self.engine, &successor, stop, watch::StopFailed::Force).await
-                            }
-                            false => self.engine.remove_container(&successor, true).await,
-                        };
-                        if let Err(e) = removed {
-                            tracing::warn!(container = %successor, error = %e, "could not remove the rolled back successor");
-                        }
-                        self.withdraw_standby();
-                        self.shared.reject(Rejected {
-                            version: version.to_string(),
-                            reason: report.reason.clone(),
-                            at: now_secs(),
-                        });
-                        return Err(UpgradeError::RolledBackDuringBake {
-                            report: Box::new(report),
-                            log,
-                            by_operator,
-                        });
-                    }
-                }
-                Some(Box::new(report))
-            }
-        };
-        timings.total_ms = started.elapsed().as_millis();
-        Ok(UpgradeOutcome::Upgraded {
-            from: self.version.to_string(),
-            to: version.to_string(),
-            rollback,
-            image: image.to_string(),
-            old_port,
-            new_port,
-            successor: successor.chars().take(12).collect(),
-            timings,
-            bake,
-        })
+    /// An upgrade under the lock: only in a container, on the backend it
+    /// runs on.
+    async fn run_upgrade(&self, flight: &Flight<'_>, target: &Target) -> Result<UpgradeOutcome, UpgradeError> {
+        self.self_id.as_ref().ok_or(UpgradeError::NotInContainer)?;
+        self.land_here(flight, target).await
     }
 
     /// Refuses a version rolled back during a bake, unless it is named
@@ -778,5 +586,280 @@ impl Orchestrator {
     fn reclaim(&self) {
         self.publish_sockets();
         tracing::info!(port = self.settings.port, "sockets reclaimed");
+    }
+}
+
+/// A successor started from the pinned image and healthy, on the other
+/// port: the host's update under way, which the go-ahead hands over to.
+pub(crate) struct Handover {
+    successor: String,
+    reach: Reach,
+    token: String,
+    old_port: u16,
+    new_port: u16,
+    version: Version,
+    /// The image as resolved (by tag where there is one).
+    image: String,
+    rollback: bool,
+    timings: Timings,
+    /// No companion swap runs across the handover, in either instance.
+    _swaps: Option<UpgradeGate>,
+}
+
+impl UpgradeBackend for HostHandover {
+    type Progress = Handover;
+
+    /// Starts a successor cloned from this container, from the pinned
+    /// image's id, on the other port, and waits until it is healthy.
+    async fn deploy(
+        &self,
+        o: &Orchestrator,
+        flight: &Flight<'_>,
+        target: Pinned,
+    ) -> Result<Next<Handover>, UpgradeError> {
+        let me = o.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
+        let Pinned {
+            fetched,
+            version,
+            rollback,
+        } = target;
+        let image = fetched.image;
+        let mut timings = Timings {
+            resolve_ms: fetched.resolve_ms,
+            pull_ms: fetched.pull_ms,
+            ..Timings::default()
+        };
+        // What runs is what was checked: the successor is created from this
+        // image id, not from the tag, which may move meanwhile.
+        let image_id = fetched
+            .inspect
+            .id
+            .clone()
+            .ok_or_else(|| UpgradeError::Internal(format!("the image {image} has no id")))?;
+
+        // No companion swap runs across the handover, in either instance.
+        let swaps = o.hold_swaps(flight).await?;
+        flight.step(UpgradeStep::StartingTheSuccessor);
+        let t = Instant::now();
+        let elder = o
+            .engine
+            .inspect_container(&me)
+            .await
+            .map_err(UpgradeError::docker("inspecting this container"))?;
+        let old_port = o.settings.port;
+        let new_port = o.settings.other_port(old_port);
+        let token = crate::secret::token().map_err(|e| UpgradeError::Internal(format!("reading /dev/urandom: {e}")))?;
+        let overrides = Overrides {
+            image: image_id.clone(),
+            env: vec![
+                (ENV_PORT.into(), new_port.to_string()),
+                (ENV_HANDOVER_TOKEN.into(), token.clone()),
+                (ENV_HANDOVER_ELDER.into(), me.clone()),
+            ],
+            env_remove: vec![],
+            labels: vec![
+                (COMPOSE_IMAGE.into(), image_id.clone()),
+                (PREVIOUS_VERSION_LABEL.into(), o.version.to_string()),
+                (PREVIOUS_IMAGE_LABEL.into(), elder.image.clone().unwrap_or_default()),
+            ],
+        };
+        let name = format!(
+            "{}-{new_port}",
+            base_name(elder.name.as_deref().unwrap_or("selfup"), o.settings.ports)
+        );
+        // The elder's image (what the clone leaves to the new image) and the
+        // leftovers of an interrupted upgrade, looked up at once.
+        let old_image = async {
+            match elder.image.as_deref() {
+                Some(id) => o.engine.inspect_image(id).await.ok().and_then(|i| i.config),
+                None => None,
+            }
+        };
+        let (old_image, leftovers) = tokio::join!(old_image, o.remove_leftovers(&elder, &me, &name));
+        leftovers?;
+        let mut body = clone_body(&elder, old_image.as_ref(), &overrides);
+        // On a bridge network the elder holds its published host port: the
+        // successor publishes the other one.
+        retarget_port(&mut body, old_port, new_port);
+        let successor = o
+            .engine
+            .create_container(&name, body)
+            .await
+            .map_err(UpgradeError::docker(format!(
+                "creating the successor {name} from {image}"
+            )))?;
+        if let Err(e) = o.engine.start_container(&successor).await {
+            let log = o.discard(&successor).await;
+            return Err(UpgradeError::SuccessorUnhealthy {
+                port: new_port,
+                reason: WaitError::Failed(e.to_string()),
+                log,
+            });
+        }
+        let reach = match o.engine.inspect_container(&successor).await {
+            Ok(started) => instance_addr(&started, new_port),
+            Err(e) => {
+                let log = o.discard(&successor).await;
+                return Err(UpgradeError::SuccessorUnhealthy {
+                    port: new_port,
+                    reason: WaitError::Failed(format!("inspecting it for its address: {e}")),
+                    log,
+                });
+            }
+        };
+        timings.start_ms = t.elapsed().as_millis();
+
+        flight.step(UpgradeStep::HealthChecking);
+        let t = Instant::now();
+        if let Err(reason) = o.wait_healthy(&successor, reach, &token, &version).await {
+            let log = o.discard(&successor).await;
+            return Err(UpgradeError::SuccessorUnhealthy {
+                port: new_port,
+                reason,
+                log,
+            });
+        }
+        timings.health_ms = t.elapsed().as_millis();
+        Ok(Next::Go(Handover {
+            successor,
+            reach,
+            token,
+            old_port,
+            new_port,
+            version,
+            image,
+            rollback,
+            timings,
+            _swaps: swaps,
+        }))
+    }
+
+    /// Gives the successor the go-ahead and waits until it has taken over
+    /// (and, with a bake, until the bake ends), or takes the traffic back.
+    async fn follow(
+        &self,
+        o: &Orchestrator,
+        flight: &Flight<'_>,
+        progress: Handover,
+    ) -> Result<UpgradeOutcome, UpgradeError> {
+        let Handover {
+            successor,
+            reach,
+            token,
+            old_port,
+            new_port,
+            version,
+            image,
+            rollback,
+            mut timings,
+            _swaps,
+        } = progress;
+        flight.step(UpgradeStep::WaitingForTakeover);
+        let t = Instant::now();
+        let bake = (o.settings.bake_secs > 0).then(|| o.settings.bake());
+        if bake.is_some() {
+            // Before the switch: nginx's backup reaches this instance as soon
+            // as the successor is live.
+            o.publish_standby();
+        }
+        let handed = o.go_and_wait(&successor, reach, &token, bake).await;
+        let handed = match handed {
+            Ok(handed) => handed,
+            Err(unconfirmed) => return Err(o.unconfirmed(&successor, new_port, unconfirmed).await),
+        };
+        timings.takeover_ms = t.elapsed().as_millis();
+        let bake = match handed {
+            // A successor that does not bake (an older version) stopped
+            // this instance at once.
+            Handed::Stopped => {
+                o.withdraw_standby();
+                None
+            }
+            Handed::Baking => {
+                flight.step(UpgradeStep::Baking);
+                let (end, report) = o.bake(&successor, reach, &token, &version).await;
+                match end {
+                    BakeEnd::Promoted { stopped: true } => {}
+                    BakeEnd::Promoted { stopped: false } => {
+                        if let Err(unconfirmed) = o.end_bake(&successor, reach, &token).await {
+                            return Err(o.unconfirmed(&successor, new_port, unconfirmed).await);
+                        }
+                    }
+                    BakeEnd::RolledBack { by_operator, answering } => {
+                        if !answering {
+                            // Dead or frozen: the requests it holds end (and
+                            // nginx retries the idempotent ones on the standby
+                            // socket) only when it is killed; its log stays.
+                            let _ = o.engine.signal(&successor, "SIGKILL").await;
+                        }
+                        let log = watch::log_tail(&o.engine, &successor).await;
+                        let removed = match answering {
+                            true => {
+                                let stop = Duration::from_secs(o.settings.stop_timeout_secs);
+                                watch::stop_and_remove(&o.engine, &successor, stop, watch::StopFailed::Force).await
+                            }
+                            false => o.engine.remove_container(&successor, true).await,
+                        };
+                        if let Err(e) = removed {
+                            tracing::warn!(container = %successor, error = %e, "could not remove the rolled back successor");
+                        }
+                        o.withdraw_standby();
+                        o.shared.reject(Rejected {
+                            version: version.to_string(),
+                            reason: report.reason.clone(),
+                            at: now_secs(),
+                        });
+                        return Err(UpgradeError::RolledBackDuringBake {
+                            report: Box::new(report),
+                            log,
+                            by_operator,
+                        });
+                    }
+                }
+                Some(Box::new(report))
+            }
+        };
+        timings.total_ms = flight.started.elapsed().as_millis();
+        Ok(UpgradeOutcome::Upgraded {
+            from: o.version.to_string(),
+            to: version.to_string(),
+            rollback,
+            image,
+            old_port,
+            new_port,
+            successor: successor.chars().take(12).collect(),
+            timings,
+            bake,
+        })
+    }
+
+    /// A handover to the version that ran before the last upgrade, from
+    /// its local image, which this container's labels name: decided as a
+    /// target named exactly (going down is the point), then deployed.
+    async fn roll_back(&self, o: &Orchestrator, flight: &Flight<'_>) -> Result<Next<Handover>, UpgradeError> {
+        let me = o.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
+        let previous = o.previous(&me).await?;
+        let resolve_ms = flight.started.elapsed().as_millis();
+        let inspect = resolve::inspect(&o.engine, &previous.image_ref).await?;
+        let repository = ImageRef::parse(&o.settings.image_ref("latest"))
+            .map(|r| r.repository())
+            .unwrap_or_default();
+        let fetched = Fetched {
+            image: previous.image_ref,
+            repository,
+            inspect,
+            auth: None,
+            resolve_ms,
+            pull_ms: 0,
+        };
+        match o.pin(fetched, &Requirement::Exact(previous.version))? {
+            Next::Go(pinned) => self.deploy(o, flight, pinned).await,
+            Next::AlreadyThere { version, message } => Ok(Next::AlreadyThere { version, message }),
+        }
+    }
+
+    /// Nothing beyond the shared document: `swarm` is null.
+    async fn status(&self, _o: &Orchestrator) -> BackendStatus {
+        BackendStatus::default()
     }
 }

@@ -8,31 +8,41 @@
 //!    upstream), confirms through it,
 //!    stops and removes its elder; at start-up every instance reconciles.
 //!
-//! As a task of a Docker Swarm service, an upgrade lands elsewhere once its
-//! target is resolved: [`swarm`] updates the service and Swarm replaces the
-//! tasks. The two backends share, in this order:
+//! Both are one implementation each of a small interface,
+//! [`backend::UpgradeBackend`]: `deploy` a pinned target, `follow` it to
+//! its answer, `roll_back`, and `status`. As a task of a Docker Swarm
+//! service, the other implementation lands the upgrade: [`swarm`] updates
+//! the service and Swarm replaces the tasks. Around the interface, all is
+//! shared, in this order:
 //!
 //! - the lock: [`Orchestrator::upgrade`] takes the single-flight `Flight`
 //!   and records the outcome (history, notification, metrics) for both;
-//! - the branch: `run_upgrade` (in [`elder`]) asks [`Orchestrator::backend`]
-//!   (detected once from this container's labels) and hands a Swarm task's
-//!   whole target to `swarm_upgrade`; nothing below that line is shared
-//!   code, only shared helpers;
-//! - the resolution: both call `fetch` (registry, pull, progress events),
-//!   `resolve::labelled_version`, `refuse_rejected` and `resolve::decide`;
-//!   the rejected version is one `Shared` slot for both;
-//! - the landing: the host starts a successor and hands over; Swarm gets a
-//!   pinned spec ([`swarm::rollout_spec`]), followed by `swarm_follow`,
-//!   whose messages are the same `UpgradeStep` events; `/rollback` is
-//!   `previous` (labels on the container) on the host and
-//!   [`swarm::rollback_plan`] (labels on the service) on Swarm;
+//! - the dispatch: `land_here` (in [`backend`]) asks
+//!   [`Orchestrator::backend`] (detected once from this container's labels)
+//!   and runs the shared path, `land`, on [`backend::HostHandover`] or the
+//!   [`swarm::SwarmService`]; nothing else asks which backend runs an
+//!   upgrade;
+//! - the resolution: `land` calls `fetch` (registry, pull, progress events)
+//!   and `pin` (`resolve::labelled_version`, `refuse_rejected`,
+//!   `resolve::decide`); the rejected version is one `Shared` slot for both;
+//! - the landing, the backend's: `deploy` starts a healthy successor on the
+//!   host and sends a pinned spec ([`swarm::rollout_spec`]) to Swarm;
+//!   `follow` hands over (and bakes) on the host and follows Swarm's
+//!   `UpdateStatus`, whose messages are the same `UpgradeStep` events;
+//!   `roll_back` (`/rollback`) is a handover to `previous` (labels on the
+//!   container) on the host and [`swarm::rollback_plan`] (labels on the
+//!   service) on Swarm, followed by the same `follow`;
 //! - the answer: [`UpgradeOutcome`] and [`UpgradeError`], one enum each,
 //!   with Swarm's variants (`Completed`, `RollbackCompleted`, `Swarm*`);
-//! - `/status`: the same document, plus `swarm` from `swarm_tasks`;
-//!   `/upgrade/plan` asks the same backend in `plan::find`.
+//! - `/status`: the same document, plus the backend's `status` (`swarm`,
+//!   null on the host); `/upgrade/plan` asks the same backend in
+//!   `plan::find`. Start-up and stop differ outside the interface: a Swarm
+//!   task has no siblings to reconcile, and holds its exit while it
+//!   follows an update (`app`).
 //!
 //! What the self-upgrade shares with companion mode is in [`crate::recreate`].
 
+pub mod backend;
 pub mod bake;
 pub mod elder;
 pub mod plan;
@@ -56,6 +66,8 @@ use crate::recreate::version::{Requirement, RequirementError};
 use crate::recreate::watch::WaitError;
 use crate::registry::Registry;
 use crate::state::{InProgress, Shared};
+
+pub use backend::Backend;
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
@@ -395,7 +407,7 @@ pub struct Orchestrator {
     pub host_addrs: std::sync::OnceLock<Vec<IpAddr>>,
     /// Where upgrades land (this host, or the Swarm service this instance
     /// is a task of), detected once from this container's labels.
-    pub backend: std::sync::OnceLock<swarm::Backend>,
+    pub backend: std::sync::OnceLock<backend::Backend>,
 }
 
 impl Orchestrator {

@@ -93,7 +93,7 @@ impl Orchestrator {
                 (image.to_string(), remote, requirement.clone())
             }
             Target::Previous => {
-                if let super::swarm::Backend::Swarm(service) = self.backend().await {
+                if let super::Backend::Swarm(service) = self.backend().await {
                     // Swarm's rollback: to the spec before the last update.
                     let (image, version) = self.swarm_previous(&service).await?.ok_or(UpgradeError::NoPrevious)?;
                     let version = Version::parse(&version).map_err(|_| UpgradeError::NoPrevious)?;

@@ -2,24 +2,26 @@
 //! service, an upgrade is a service update that Swarm rolls out, one task
 //! at a time, start-first, and rolls back on its own when a new task fails.
 //!
-//! Where an upgrade lands is the [`Backend`], detected from this container's
-//! own labels (`com.docker.swarm.service.id`). Everything before the landing
-//! is shared with the host handover: the single-flight lock, the version
-//! resolution and the decision, the history, the events, `/status`. What
-//! the Swarm backend adds are its four operations, in the order an upgrade
-//! takes them:
+//! Where an upgrade lands is the [`Backend`](super::Backend), detected from
+//! this container's own labels (`com.docker.swarm.service.id`). Everything
+//! around the landing is shared with the host handover: the single-flight
+//! lock, the version resolution and the decision, the history, the events,
+//! `/status`. The [`SwarmService`] is the Swarm implementation of
+//! [`UpgradeBackend`], in the order an upgrade takes its operations:
 //!
-//! 1. [`Orchestrator::swarm_deploy`]: the service's spec with the image
-//!    pinned by digest (`repo@sha256:…`), an update policy that rolls back
-//!    on failure ([`rollout_spec`]), sent with the registry's credentials.
-//! 2. [`Orchestrator::swarm_follow`]: the service's `UpdateStatus`, polled
-//!    until Swarm says `completed`, `rollback_completed` or paused.
-//! 3. [`Orchestrator::swarm_rollback`]: Swarm's own rollback to the spec
-//!    before the last update (`POST /rollback`); after a rolled-back update,
-//!    whose spec Swarm's rollback would go to, a deploy of the image the
-//!    labels record instead ([`rollback_plan`]).
-//! 4. [`Orchestrator::swarm_tasks`]: every running task with its version,
-//!    for the answer and `/status`.
+//! 1. `deploy`: [`Orchestrator::swarm_deploy`] sends the service's spec
+//!    with the image pinned by digest (`repo@sha256:…`) and an update
+//!    policy that rolls back on failure ([`rollout_spec`]), with the
+//!    registry's credentials.
+//! 2. `follow`: [`Orchestrator::swarm_follow`] polls the service's
+//!    `UpdateStatus` until Swarm says `completed`, `rollback_completed` or
+//!    paused, and [`answer`] makes that the outcome.
+//! 3. `roll_back`: [`Orchestrator::swarm_rollback`], Swarm's own rollback
+//!    to the spec before the last update (`POST /rollback`); after a
+//!    rolled-back update, whose spec Swarm's rollback would go to, a deploy
+//!    of the image the labels record instead ([`rollback_plan`]).
+//! 4. `status`: [`Orchestrator::swarm_tasks`], every running task with its
+//!    version, for `/status` (and each answer).
 //!
 //! The answer comes from the task that received the request, although
 //! Swarm replaces that task during the update: a task whose stop signal
@@ -32,18 +34,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerInspectResponse, HealthConfig, ServiceSpec, ServiceSpecRollbackConfig,
-    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
-    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatusStateEnum,
+    HealthConfig, ServiceSpec, ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatusStateEnum,
 };
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::backend::{BackendStatus, Next, Pinned, SwarmStatus, UpgradeBackend};
 use super::elder::Flight;
-use super::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Target, UpgradeError, UpgradeOutcome};
+use super::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, UpgradeError, UpgradeOutcome};
 use crate::docker::DockerError;
 use crate::events::Event;
-use crate::recreate::resolve::{self, Go};
 use crate::registry::credentials::RegistryAuth;
 use crate::state::{Rejected, UpgradeStep, now_secs};
 
@@ -70,52 +72,14 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// (Swarm goes on).
 pub const FOLLOW_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Where an upgrade lands once its target is resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// This host: the blue-green handover of [`super::elder`] and
-    /// [`super::takeover`], a successor container beside this one.
-    Host,
-    /// A Swarm service this instance is a task of: Swarm replaces the tasks.
-    Swarm(SwarmService),
-}
-
-/// The Swarm service this instance is a task of.
+/// The Swarm service this instance is a task of: the Swarm backend
+/// ([`UpgradeBackend`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SwarmService {
     pub id: String,
     pub name: String,
     /// This task's id.
     pub task: Option<String>,
-}
-
-impl Backend {
-    /// The backend of the container `container`: Swarm when Swarm's labels
-    /// name a service, else the host.
-    pub fn of(container: &ContainerInspectResponse) -> Backend {
-        let labels = container
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .cloned()
-            .unwrap_or_default();
-        match labels.get(SERVICE_ID_LABEL).filter(|id| !id.is_empty()) {
-            Some(id) => Backend::Swarm(SwarmService {
-                id: id.clone(),
-                name: labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_else(|| id.clone()),
-                task: labels.get(TASK_ID_LABEL).cloned(),
-            }),
-            None => Backend::Host,
-        }
-    }
-
-    /// The Swarm service, if this is the Swarm backend.
-    pub fn swarm(&self) -> Option<&SwarmService> {
-        match self {
-            Backend::Swarm(service) => Some(service),
-            Backend::Host => None,
-        }
-    }
 }
 
 /// One running task of the service, as the answer and `/status` list it.
@@ -300,195 +264,232 @@ pub fn pinned_ref(repository: &str, image: &bollard::models::ImageInspect) -> Op
         .cloned()
 }
 
-impl Orchestrator {
-    /// An upgrade as a Swarm service update: resolved, pulled (for its
-    /// label and digest) and decided as on the host, then the service's
-    /// spec names the image by digest and Swarm rolls it out; the answer
-    /// is Swarm's outcome and every task's version.
-    pub(super) async fn swarm_upgrade(
+/// A service update sent (or Swarm's rollback asked for): the Swarm
+/// backend's update under way.
+pub(crate) struct Update {
+    /// The start of the update before this one, to tell the new update's
+    /// status from the old one's.
+    before: Option<String>,
+    /// When the update was sent.
+    sent: Instant,
+    /// The resolution's share, for an upgrade; none for a rollback.
+    timings: SwarmTimings,
+    kind: UpdateKind,
+}
+
+/// What a service update is for, which decides how its end answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// An upgrade to version `to`, the image pinned by digest as `image`.
+    Upgrade { to: String, image: String, rollback: bool },
+    /// `/rollback`: Swarm's own (no `note`), or an update to the (image,
+    /// version) recorded as running before (`note` says why).
+    RollBack {
+        previous: Option<(String, String)>,
+        note: Option<String>,
+    },
+}
+
+impl UpdateKind {
+    /// The (image, version) pairs this update already knows, for the tasks' versions.
+    fn known(&self) -> Vec<(&str, &str)> {
+        match self {
+            UpdateKind::Upgrade { to, image, .. } => vec![(image.as_str(), to.as_str())],
+            UpdateKind::RollBack { previous, .. } => previous.iter().map(|(i, v)| (i.as_str(), v.as_str())).collect(),
+        }
+    }
+}
+
+/// The answer to a followed update, from what it was for and how Swarm
+/// ended it: an upgrade is done when Swarm completed it; a `/rollback` when
+/// Swarm completed its rollback (or, for an update to the recorded image,
+/// that update); Swarm's own rollback of a failing task and a pause are
+/// errors that list the tasks.
+pub fn answer(
+    kind: UpdateKind,
+    rollout: Rollout,
+    from: String,
+    service: String,
+    tasks: Vec<TaskVersion>,
+    timings: SwarmTimings,
+) -> Result<UpgradeOutcome, UpgradeError> {
+    use ServiceUpdateStatusStateEnum::*;
+    let done = match &kind {
+        UpdateKind::Upgrade { .. } | UpdateKind::RollBack { note: Some(_), .. } => COMPLETED,
+        UpdateKind::RollBack { note: None, .. } => ROLLBACK_COMPLETED,
+    };
+    match (rollout.state, kind) {
+        (state, UpdateKind::Upgrade { to, image, rollback }) if state == done => Ok(UpgradeOutcome::Completed {
+            from,
+            to,
+            rollback,
+            image,
+            service,
+            message: rollout.reason,
+            tasks,
+            timings,
+        }),
+        (state, UpdateKind::RollBack { previous, note }) if state == done => Ok(UpgradeOutcome::RollbackCompleted {
+            from,
+            to: previous.map(|(_, version)| version),
+            service,
+            message: match note {
+                Some(note) => format!("{note}; {}", rollout.reason),
+                None => rollout.reason,
+            },
+            tasks,
+            timings,
+        }),
+        (ROLLBACK_COMPLETED, _) => Err(UpgradeError::SwarmRolledBack {
+            reason: rollout.reason,
+            tasks,
+        }),
+        (state, _) => Err(UpgradeError::SwarmPaused {
+            state: state.to_string(),
+            reason: rollout.reason,
+            tasks,
+        }),
+    }
+}
+
+impl UpgradeBackend for SwarmService {
+    type Progress = Update;
+
+    /// The service's spec names the image by digest, which every node
+    /// pulls the very image that was checked by, and Swarm rolls it out.
+    async fn deploy(
         &self,
+        o: &Orchestrator,
         flight: &Flight<'_>,
-        target: &Target,
-        started: Instant,
-        service: &SwarmService,
-    ) -> Result<UpgradeOutcome, UpgradeError> {
-        let requirement = match target {
-            Target::Previous => return self.swarm_roll_back(flight, started, service).await,
-            Target::Registry(requirement) => requirement,
-        };
-        let mut timings = SwarmTimings::default();
-        let fetched = self.fetch(flight, requirement, started).await?;
-        timings.resolve_ms = fetched.resolve_ms;
-        timings.pull_ms = fetched.pull_ms;
-        let image = fetched.image.to_string();
-        let version = resolve::labelled_version(&image, &fetched.inspect, requirement)?;
-        self.refuse_rejected(&version, requirement)?;
+        target: Pinned,
+    ) -> Result<Next<Update>, UpgradeError> {
+        let Pinned {
+            fetched,
+            version,
+            rollback,
+        } = target;
         let to = version.to_string();
-        let rollback = match resolve::decide(&self.version, &version, requirement)? {
-            Go::AlreadyThere => {
-                return Ok(UpgradeOutcome::AlreadyThere {
-                    message: format!("already at {to}: nothing to do"),
-                    version: to,
-                });
-            }
-            Go::Upgrade => false,
-            Go::Rollback => true,
-        };
-        let repository = fetched.image.repository();
-        let pinned = pinned_ref(&repository, &fetched.inspect).ok_or_else(|| {
+        let pinned = pinned_ref(&fetched.repository, &fetched.inspect).ok_or_else(|| {
             UpgradeError::Internal(format!(
-                "the image {image} has no digest in {repository}, so the service cannot be pinned to it"
+                "the image {} has no digest in {}, so the service cannot be pinned to it",
+                fetched.image, fetched.repository
             ))
         })?;
         flight.step(UpgradeStep::UpdatingTheService);
-        let t = Instant::now();
-        let Some(before) = self.swarm_deploy(service, &pinned, fetched.auth.as_ref()).await? else {
-            return Ok(UpgradeOutcome::AlreadyThere {
-                message: format!("the service {} already runs {pinned}: nothing to do", service.name),
+        let sent = Instant::now();
+        let Some(before) = o.swarm_deploy(self, &pinned, fetched.auth.as_ref()).await? else {
+            return Ok(Next::AlreadyThere {
+                message: format!("the service {} already runs {pinned}: nothing to do", self.name),
                 version: to,
             });
         };
-        let rollout = self.swarm_follow(service, before).await?;
-        timings.update_ms = t.elapsed().as_millis();
-        timings.total_ms = started.elapsed().as_millis();
-        let tasks = self.swarm_tasks(service, &[(&pinned, &to)]).await;
-        match rollout.state {
-            ServiceUpdateStatusStateEnum::COMPLETED => Ok(UpgradeOutcome::Completed {
-                from: self.version.to_string(),
+        Ok(Next::Go(Update {
+            before,
+            sent,
+            timings: SwarmTimings {
+                resolve_ms: fetched.resolve_ms,
+                pull_ms: fetched.pull_ms,
+                ..Default::default()
+            },
+            kind: UpdateKind::Upgrade {
                 to,
-                rollback,
                 image: pinned,
-                service: service.name.clone(),
-                message: rollout.reason,
-                tasks,
-                timings,
-            }),
-            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => {
-                let reason = match self.swarm_failure(service, &pinned).await {
-                    Some(failure) => format!("{} ({failure})", rollout.reason),
-                    None => rollout.reason,
-                };
-                // As after a bake's rollback: `:latest` (and the watch
-                // policy) leave this version alone until it is named exactly.
-                self.shared.reject(Rejected {
-                    version: to,
-                    reason: reason.clone(),
-                    at: now_secs(),
-                });
-                Err(UpgradeError::SwarmRolledBack { reason, tasks })
-            }
-            state => Err(UpgradeError::SwarmPaused {
-                state: state.to_string(),
-                reason: rollout.reason,
-                tasks,
-            }),
-        }
+                rollback,
+            },
+        }))
     }
 
-    /// `/rollback` as a Swarm task: Swarm's own rollback to the spec before
-    /// the service's last update when that update completed; after a
-    /// rolled-back update (whose spec is Swarm's previous one), an update to
-    /// the image the labels record ([`rollback_plan`]).
-    async fn swarm_roll_back(
+    /// Follows the update to Swarm's end and answers with every task's
+    /// version. A version Swarm rolled back is refused to `:latest` (and
+    /// the watch policy) until it is named exactly, as after a bake's
+    /// rollback.
+    async fn follow(
         &self,
+        o: &Orchestrator,
         flight: &Flight<'_>,
-        started: Instant,
-        service: &SwarmService,
+        progress: Update,
     ) -> Result<UpgradeOutcome, UpgradeError> {
-        let current = self
+        let Update {
+            before,
+            sent,
+            mut timings,
+            kind,
+        } = progress;
+        let mut rollout = o.swarm_follow(self, before).await?;
+        timings.update_ms = sent.elapsed().as_millis();
+        timings.total_ms = flight.started.elapsed().as_millis();
+        let tasks = o.swarm_tasks(self, &kind.known()).await;
+        if let UpdateKind::Upgrade { to, image, .. } = &kind
+            && rollout.state == ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED
+        {
+            if let Some(failure) = o.swarm_failure(self, image).await {
+                rollout.reason = format!("{} ({failure})", rollout.reason);
+            }
+            o.shared.reject(Rejected {
+                version: to.clone(),
+                reason: rollout.reason.clone(),
+                at: now_secs(),
+            });
+        }
+        answer(kind, rollout, o.version.to_string(), self.name.clone(), tasks, timings)
+    }
+
+    /// Swarm's own rollback to the spec before the service's last update
+    /// when that update completed; after a rolled-back update (whose spec
+    /// is Swarm's previous one), an update to the image the labels record
+    /// ([`rollback_plan`]).
+    async fn roll_back(&self, o: &Orchestrator, flight: &Flight<'_>) -> Result<Next<Update>, UpgradeError> {
+        let current = o
             .engine
-            .inspect_service(&service.id)
+            .inspect_service(&self.id)
             .await
-            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", self.name)))?;
         let recorded = recorded_previous(current.spec.as_ref());
         let last = current.update_status.as_ref().and_then(|s| s.state);
         let plan = rollback_plan(recorded.as_ref().map(|(i, v)| (i.as_str(), v.as_str())), last)?;
         flight.step(UpgradeStep::UpdatingTheService);
-        let t = Instant::now();
-        let (rollout, previous, message) = match plan {
+        let sent = Instant::now();
+        let (before, previous, note) = match plan {
             RollbackPlan::Swarm => {
-                let (before, previous) = self.swarm_rollback(service).await?;
-                (self.swarm_follow(service, before).await?, previous, None)
+                let (before, previous) = o.swarm_rollback(self).await?;
+                (before, previous, None)
             }
             RollbackPlan::Deploy { image, version } => {
-                let auth = self.registry_auth().await?;
-                let Some(before) = self.swarm_deploy(service, &image, auth.as_ref()).await? else {
-                    return Ok(UpgradeOutcome::AlreadyThere {
-                        message: format!("the service {} already runs {image}: nothing to do", service.name),
+                let auth = o.registry_auth().await?;
+                let Some(before) = o.swarm_deploy(self, &image, auth.as_ref()).await? else {
+                    return Ok(Next::AlreadyThere {
+                        message: format!("the service {} already runs {image}: nothing to do", self.name),
                         version,
                     });
                 };
-                let rollout = self.swarm_follow(service, before).await?;
-                let message = format!(
+                let note = format!(
                     "the service's last update was rolled back, so Swarm's previous spec is that update: updated to {image}, recorded as running before, instead"
                 );
-                (rollout, Some((image, version)), Some(message))
+                (before, Some((image, version)), Some(note))
             }
         };
-        let known: Vec<(&str, &str)> = previous.iter().map(|(i, v)| (i.as_str(), v.as_str())).collect();
-        let tasks = self.swarm_tasks(service, &known).await;
-        let timings = SwarmTimings {
-            update_ms: t.elapsed().as_millis(),
-            total_ms: started.elapsed().as_millis(),
-            ..Default::default()
-        };
-        let done = match message {
-            Some(_) => ServiceUpdateStatusStateEnum::COMPLETED,
-            None => ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
-        };
-        match rollout.state {
-            state if state == done => Ok(UpgradeOutcome::RollbackCompleted {
-                from: self.version.to_string(),
-                to: previous.map(|(_, version)| version),
-                service: service.name.clone(),
-                message: match message {
-                    Some(message) => format!("{message}; {}", rollout.reason),
-                    None => rollout.reason,
-                },
-                tasks,
-                timings,
-            }),
-            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => Err(UpgradeError::SwarmRolledBack {
-                reason: rollout.reason,
-                tasks,
-            }),
-            state => Err(UpgradeError::SwarmPaused {
-                state: state.to_string(),
-                reason: rollout.reason,
+        Ok(Next::Go(Update {
+            before,
+            sent,
+            timings: SwarmTimings::default(),
+            kind: UpdateKind::RollBack { previous, note },
+        }))
+    }
+
+    /// The service, this task, and every task Swarm wants running.
+    async fn status(&self, o: &Orchestrator) -> BackendStatus {
+        let tasks = o.swarm_tasks(self, &[]).await;
+        BackendStatus {
+            swarm: Some(SwarmStatus {
+                service: self.name.clone(),
+                task: self.task.clone(),
                 tasks,
             }),
         }
     }
+}
 
-    /// The backend, from this container's labels; detected once. Outside
-    /// a container (or when the Engine cannot say), the host.
-    pub async fn backend(&self) -> Backend {
-        if let Some(backend) = self.backend.get() {
-            return backend.clone();
-        }
-        let Some(me) = &self.self_id else {
-            return Backend::Host;
-        };
-        match self.engine.inspect_container(me).await {
-            Ok(container) => {
-                let backend = Backend::of(&container);
-                if let Backend::Swarm(service) = &backend {
-                    tracing::info!(service = %service.name, "a Swarm task: upgrades are service updates");
-                }
-                self.backend.get_or_init(|| backend).clone()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot inspect this container: upgrades are host handovers");
-                Backend::Host
-            }
-        }
-    }
-
-    /// The backend if it is known already, without asking the Engine.
-    pub fn known_backend(&self) -> Option<&Backend> {
-        self.backend.get()
-    }
-
+impl Orchestrator {
     /// Sends the service's spec with `image` (pinned by digest) and the
     /// rollout policy ([`rollout_spec`]); `from_version` is what runs now.
     /// Returns the start time of the update before this one, to tell the
@@ -721,41 +722,7 @@ impl Orchestrator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{ContainerConfig, TaskSpec, TaskSpecContainerSpec};
-
-    fn container(labels: &[(&str, &str)]) -> ContainerInspectResponse {
-        ContainerInspectResponse {
-            config: Some(ContainerConfig {
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_container_with_a_swarm_service_label_is_a_task_and_any_other_is_the_host() {
-        let task = container(&[
-            (SERVICE_ID_LABEL, "svc123"),
-            (SERVICE_NAME_LABEL, "demo_selfup"),
-            (TASK_ID_LABEL, "task9"),
-            ("com.docker.compose.project", "x"),
-        ]);
-        assert_eq!(
-            Backend::of(&task),
-            Backend::Swarm(SwarmService {
-                id: "svc123".into(),
-                name: "demo_selfup".into(),
-                task: Some("task9".into()),
-            })
-        );
-        assert_eq!(
-            Backend::of(&container(&[("com.docker.compose.project", "x")])),
-            Backend::Host
-        );
-        assert_eq!(Backend::of(&container(&[(SERVICE_ID_LABEL, "")])), Backend::Host);
-        assert_eq!(Backend::of(&ContainerInspectResponse::default()), Backend::Host);
-    }
+    use bollard::models::{TaskSpec, TaskSpecContainerSpec};
 
     fn spec(image: &str) -> ServiceSpec {
         ServiceSpec {
@@ -913,5 +880,109 @@ mod tests {
             vec!["127.0.0.1:5000/selfup@sha256:ab"]
         );
         assert_eq!(lookups("selfup:1.0.0"), vec!["selfup:1.0.0"]);
+    }
+
+    fn ended(state: ServiceUpdateStatusStateEnum, reason: &str) -> Rollout {
+        Rollout {
+            state,
+            reason: reason.into(),
+        }
+    }
+
+    fn answered(kind: UpdateKind, rollout: Rollout) -> Result<UpgradeOutcome, UpgradeError> {
+        answer(
+            kind,
+            rollout,
+            "1.0.0".into(),
+            "demo_selfup".into(),
+            vec![],
+            SwarmTimings::default(),
+        )
+    }
+
+    #[test]
+    fn an_upgrade_is_done_when_swarm_completed_it_and_fails_when_swarm_rolled_back_or_paused() {
+        use ServiceUpdateStatusStateEnum::*;
+        let upgrade = UpdateKind::Upgrade {
+            to: "1.1.0".into(),
+            image: "r/selfup@sha256:1".into(),
+            rollback: false,
+        };
+        let done = answered(upgrade.clone(), ended(COMPLETED, "update completed")).unwrap();
+        assert!(
+            matches!(&done, UpgradeOutcome::Completed { to, image, message, .. }
+                if to == "1.1.0" && image == "r/selfup@sha256:1" && message == "update completed"),
+            "{done:?}"
+        );
+        let rolled_back = answered(upgrade.clone(), ended(ROLLBACK_COMPLETED, "task failed")).unwrap_err();
+        assert!(
+            matches!(&rolled_back, UpgradeError::SwarmRolledBack { reason, .. } if reason == "task failed"),
+            "{rolled_back:?}"
+        );
+        for state in [PAUSED, ROLLBACK_PAUSED] {
+            let paused = answered(upgrade.clone(), ended(state, "why")).unwrap_err();
+            assert!(
+                matches!(&paused, UpgradeError::SwarmPaused { state: s, .. } if *s == state.to_string()),
+                "{paused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollback_is_done_when_swarm_completed_its_rollback_or_the_update_to_the_recorded_image() {
+        use ServiceUpdateStatusStateEnum::*;
+        let swarms = UpdateKind::RollBack {
+            previous: Some(("r/selfup@sha256:0".into(), "0.9.0".into())),
+            note: None,
+        };
+        let done = answered(swarms.clone(), ended(ROLLBACK_COMPLETED, "rollback completed")).unwrap();
+        assert!(
+            matches!(&done, UpgradeOutcome::RollbackCompleted { to: Some(to), message, .. }
+                if to == "0.9.0" && message == "rollback completed"),
+            "{done:?}"
+        );
+        // Swarm's own rollback that ends `completed` is not what was asked.
+        assert!(matches!(
+            answered(swarms, ended(COMPLETED, "x")),
+            Err(UpgradeError::SwarmPaused { .. })
+        ));
+        let deploy = UpdateKind::RollBack {
+            previous: Some(("r/selfup:1.0.0@sha256:a".into(), "1.0.0".into())),
+            note: Some("updated to the recorded image instead".into()),
+        };
+        let done = answered(deploy.clone(), ended(COMPLETED, "update completed")).unwrap();
+        assert!(
+            matches!(&done, UpgradeOutcome::RollbackCompleted { to: Some(to), message, .. }
+                if to == "1.0.0" && message == "updated to the recorded image instead; update completed"),
+            "{done:?}"
+        );
+        // The update to the recorded image failed and Swarm rolled it back.
+        assert!(matches!(
+            answered(deploy, ended(ROLLBACK_COMPLETED, "task failed")),
+            Err(UpgradeError::SwarmRolledBack { .. })
+        ));
+        let none = UpdateKind::RollBack {
+            previous: None,
+            note: None,
+        };
+        assert!(matches!(
+            answered(none, ended(ROLLBACK_COMPLETED, "")),
+            Ok(UpgradeOutcome::RollbackCompleted { to: None, .. })
+        ));
+    }
+
+    #[test]
+    fn the_tasks_versions_start_from_what_the_update_knows() {
+        let upgrade = UpdateKind::Upgrade {
+            to: "1.1.0".into(),
+            image: "r/selfup@sha256:1".into(),
+            rollback: false,
+        };
+        assert_eq!(upgrade.known(), vec![("r/selfup@sha256:1", "1.1.0")]);
+        let rollback = UpdateKind::RollBack {
+            previous: None,
+            note: None,
+        };
+        assert!(rollback.known().is_empty());
     }
 }

@@ -37,17 +37,12 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         (upgrade, status.takeover.clone(), bake, status.last_bake.clone())
     };
     let o2 = state.orchestrator.clone();
-    let swarm = state
-        .spawn(async move {
-            let service = o2.backend().await.swarm().cloned()?;
-            let tasks = o2.swarm_tasks(&service, &[]).await;
-            Some(json!({ "service": service.name, "task": service.task, "tasks": tasks }))
-        })
+    let backend = state
+        .spawn(async move { o2.backend().await.status(&o2).await })
         .await
-        .ok()
-        .flatten();
+        .unwrap_or_default();
     let history = o.shared.history();
-    HttpResponse::Ok().json(json!({
+    let mut document = json!({
         "version": o.version.to_string(),
         "port": o.settings.port,
         "uptime_secs": o.shared.metrics.uptime_secs(),
@@ -61,8 +56,12 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         "last_bake": last_bake,
         "rolled_back_version": o.shared.rejected(),
         "history": history,
-        "swarm": swarm,
-    }))
+    });
+    // The backend's own part (`swarm`), the same keys on every backend.
+    if let (Some(document), Ok(Value::Object(part))) = (document.as_object_mut(), serde_json::to_value(backend)) {
+        document.extend(part);
+    }
+    HttpResponse::Ok().json(document)
 }
 
 /// This container's image (id, tag, digest) and the previous version, from the Engine.
