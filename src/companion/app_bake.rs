@@ -12,9 +12,12 @@
 //!   every 250 ms, each given 1 s: three misses in a row are a hang;
 //! - what selfup's proxy sees of the successor's answers: the share of 5xx
 //!   against `bake_max_5xx_ratio` (from 20 answers on), and any connection
-//!   it refused. A refused connection is joined to the elder instead (the
-//!   elder is the standby of the app's socket during the bake), so it fails
-//!   no request; it ends the bake at the next look.
+//!   it refused or ended without an answer. A refused connection is joined
+//!   to the elder instead (the elder is the standby of the app's socket
+//!   during the bake), so it fails no request; so is an unanswered one whose
+//!   request may be sent twice (GET, HEAD, OPTIONS, TRACE). Either ends the
+//!   bake at the next look, and from the first, every new connection goes
+//!   to the elder at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,6 +131,16 @@ impl AppBake<'_> {
                                 "it refused {refused} connection(s) at {} ({}); the old container took them",
                                 self.addr,
                                 last.unwrap_or_default()
+                            ),
+                            false,
+                        );
+                    }
+                    let dropped = self.answers.dropped();
+                    if dropped > 0 {
+                        return breach(
+                            format!(
+                                "it closed {dropped} connection(s) at {} without an answer; the old container took every connection since",
+                                self.addr
                             ),
                             false,
                         );
@@ -273,6 +286,14 @@ mod tests {
             panic!("{end:?}")
         };
         assert!(reason.starts_with("it refused 1 connection(s)"), "{reason}");
+        assert!(!answering);
+        let dropped = Arc::new(Answers::default());
+        dropped.drop_noted();
+        let end = bake(addr, None, dropped, &ask, Duration::from_secs(60)).await;
+        let AppBakeEnd::RolledBack { reason, answering } = end else {
+            panic!("{end:?}")
+        };
+        assert!(reason.starts_with("it closed 1 connection(s)"), "{reason}");
         assert!(!answering);
         let errors = Arc::new(Answers::default());
         for status in [200; 18].into_iter().chain([500, 502]) {

@@ -131,6 +131,9 @@ pub struct Answers {
     server_errors: AtomicU64,
     refused: AtomicU64,
     last_refusal: Mutex<Option<String>>,
+    /// Connections the target ended before the first byte of its answer
+    /// while the client still waited.
+    dropped: AtomicU64,
 }
 
 impl Answers {
@@ -159,6 +162,22 @@ impl Answers {
     pub(super) fn refusal(&self, e: &io::Error) {
         *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         self.refused.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many connections the target ended without answering while the
+    /// client still waited (a process that died with requests in hand).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn drop_noted(&self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the target refused or dropped any connection: during a bake,
+    /// no new connection is sent to it after that.
+    pub fn faulted(&self) -> bool {
+        self.refused.load(Ordering::SeqCst) > 0 || self.dropped() > 0
     }
 }
 
@@ -266,6 +285,15 @@ impl AppFront {
                 let _open = open;
                 // The standby's answers are not the target's.
                 let standby_answers = Answers::default();
+                // A successor that refused or dropped a connection loses its
+                // bake at the next look: until then, nothing more goes to it.
+                if let Some(standby) = target.standby.filter(|_| target.answers.faulted()) {
+                    match TcpStream::connect(standby).await {
+                        Ok(upstream) => relay(downstream, upstream, &standby_answers, None).await,
+                        Err(e) => tracing::warn!(app = %standby, error = %e, "the standby refused a connection"),
+                    }
+                    return;
+                }
                 let connect = async {
                     match target.standby {
                         // A successor that died may leave no one to refuse:
@@ -280,18 +308,18 @@ impl AppFront {
                         None => TcpStream::connect(target.addr).await,
                     }
                 };
-                let (upstream, answers) = match connect.await {
-                    Ok(upstream) => (Ok(upstream), &*target.answers),
+                let (upstream, answers, replay_to) = match connect.await {
+                    Ok(upstream) => (Ok(upstream), &*target.answers, target.standby),
                     Err(e) => {
                         target.answers.refusal(&e);
                         match target.standby {
-                            Some(standby) => (TcpStream::connect(standby).await, &standby_answers),
-                            None => (Err(e), &standby_answers),
+                            Some(standby) => (TcpStream::connect(standby).await, &standby_answers, None),
+                            None => (Err(e), &standby_answers, None),
                         }
                     }
                 };
                 match upstream {
-                    Ok(upstream) => relay(downstream, upstream, answers).await,
+                    Ok(upstream) => relay(downstream, upstream, answers, replay_to).await,
                     Err(e) => tracing::warn!(app = %target.addr, error = %e, "the app refused a connection"),
                 }
             });
@@ -307,42 +335,152 @@ const STANDBY_AFTER: Duration = Duration::from_millis(500);
 /// How many bytes of an answer its status is read from: "HTTP/1.1 200".
 const HEAD: usize = 12;
 
+/// How many bytes each direction of a relay reads at a time; also the most
+/// of a request kept for a replay.
+const CHUNK: usize = 16 * 1024;
+
+/// Whether a request the app ended without answering may be sent again to
+/// another server, given `sent`, all the client sent on that connection so
+/// far: nothing, or one request of a method RFC 9110 calls idempotent (GET,
+/// HEAD, OPTIONS, TRACE) with nothing after its head, so that no request
+/// that changes state is ever run twice. nginx's `proxy_next_upstream`
+/// follows the same rule.
+pub fn replayable(sent: &[u8]) -> bool {
+    const IDEMPOTENT: [&[u8]; 4] = [b"GET ", b"HEAD ", b"OPTIONS ", b"TRACE "];
+    if sent.is_empty() {
+        return true;
+    }
+    if !IDEMPOTENT.iter().any(|method| sent.starts_with(method)) {
+        return false;
+    }
+    match sent.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => end + 4 == sent.len(),
+        // The head is still coming: the rest goes to the new server.
+        None => true,
+    }
+}
+
+/// Bytes read from one side and not yet all written to the other.
+struct Pending {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            buf: Vec::with_capacity(CHUNK),
+            at: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+
+    fn set(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+        self.at = 0;
+    }
+
+    fn clear(&mut self) {
+        self.set(&[]);
+    }
+}
+
 /// Joins a connection from nginx to one to the app, byte for byte, noting
 /// the status of the app's answer; each side's end is passed on.
-async fn relay(downstream: UnixStream, upstream: TcpStream, answers: &Answers) {
+///
+/// With `replay_to` (a bake's standby), a connection the app ends before the
+/// first byte of its answer while the client still waits is counted as
+/// dropped, and when what the client sent is [`replayable`], it is sent
+/// again to `replay_to`, whose answer the client gets instead of an error.
+async fn relay(downstream: UnixStream, upstream: TcpStream, answers: &Answers, mut replay_to: Option<SocketAddr>) {
     let _ = upstream.set_nodelay(true);
     let (mut down_read, mut down_write) = downstream.into_split();
     let (mut up_read, mut up_write) = upstream.into_split();
-    let request = async {
-        let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
-        let _ = up_write.shutdown().await;
-    };
-    let answer = async {
-        // Passed on as it comes; the status is read from the first 12
-        // bytes ("HTTP/1.1 200") as they go by.
-        let mut head = Vec::with_capacity(HEAD);
-        let mut counted = false;
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match up_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if !counted {
-                let take = n.min(HEAD - head.len());
-                head.extend_from_slice(&buf[..take]);
-                if head.len() == HEAD {
-                    answers.answered(status_of(&head));
-                    counted = true;
+    // Whose answer is counted: no one's after a replay on the standby.
+    let mut counting = Some(answers);
+    // What the client sent, while a replay of it is still possible.
+    let mut sent: Option<Vec<u8>> = replay_to.map(|_| Vec::new());
+    let (mut request, mut answer) = (Pending::new(), Pending::new());
+    let (mut from_client, mut from_app) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    // The client sent its end; nothing more goes to the app; the answer ended.
+    let (mut client_ended, mut request_done, mut answer_done) = (false, false, false);
+    let mut head = Vec::with_capacity(HEAD);
+    let mut answered = false;
+    while !(request_done && answer_done) {
+        tokio::select! {
+            read = down_read.read(&mut from_client), if !request_done && request.is_empty() => match read {
+                Ok(n) if n > 0 => {
+                    request.set(&from_client[..n]);
+                    if let Some(kept) = &mut sent {
+                        if kept.len() + n <= CHUNK {
+                            kept.extend_from_slice(&from_client[..n]);
+                        } else {
+                            sent = None;
+                        }
+                    }
                 }
-            }
-            if down_write.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+                _ => {
+                    client_ended = true;
+                    request_done = true;
+                    let _ = up_write.shutdown().await;
+                }
+            },
+            wrote = up_write.write(request.rest()), if !request.is_empty() => match wrote {
+                Ok(n) if n > 0 => request.at += n,
+                // The app is gone: its end shows on the answer's side.
+                _ => {
+                    request.clear();
+                    request_done = true;
+                }
+            },
+            read = up_read.read(&mut from_app), if !answer_done && answer.is_empty() => match read {
+                Ok(n) if n > 0 => {
+                    answered = true;
+                    sent = None;
+                    if head.len() < HEAD {
+                        let take = n.min(HEAD - head.len());
+                        head.extend_from_slice(&from_app[..take]);
+                        if head.len() == HEAD && let Some(answers) = counting {
+                            answers.answered(status_of(&head));
+                        }
+                    }
+                    answer.set(&from_app[..n]);
+                }
+                _ => {
+                    if !answered && !client_ended && let Some(standby) = replay_to.take() {
+                        answers.drop_noted();
+                        if let Some(again) = sent.take().filter(|s| replayable(s))
+                            && let Ok(stream) = TcpStream::connect(standby).await
+                        {
+                            let _ = stream.set_nodelay(true);
+                            (up_read, up_write) = stream.into_split();
+                            request.set(&again);
+                            request_done = false;
+                            counting = None;
+                            continue;
+                        }
+                    }
+                    answer_done = true;
+                    let _ = down_write.shutdown().await;
+                }
+            },
+            wrote = down_write.write(answer.rest()), if !answer.is_empty() => match wrote {
+                Ok(n) if n > 0 => answer.at += n,
+                _ => {
+                    answer.clear();
+                    answer_done = true;
+                }
+            },
         }
-        let _ = down_write.shutdown().await;
-    };
-    tokio::join!(request, answer);
+    }
 }
 
 /// The sockets of every blue-green app this instance fronts.
@@ -594,6 +732,112 @@ mod tests {
         let _ = conn.read_to_string(&mut text).await;
         assert_eq!(text, "");
         serving.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_an_idempotent_request_alone_or_nothing_is_sent_again() {
+        assert!(replayable(b""), "nothing sent: a new connection is no replay");
+        assert!(replayable(b"GET / HTTP/1.0\r\nHost: app\r\n\r\n"));
+        assert!(replayable(b"HEAD /x HTTP/1.1\r\n\r\n"));
+        assert!(replayable(b"OPTIONS * HTTP/1.1\r\n\r\n"));
+        assert!(replayable(b"GET / HTTP/1.0\r\nHost:"), "its head is still coming");
+        assert!(!replayable(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi"));
+        assert!(!replayable(b"POST /echo HTTP/1.0\r\n"), "not even its head");
+        assert!(!replayable(b"PATCH / HTTP/1.1\r\n\r\n"));
+        assert!(!replayable(b"DELETE / HTTP/1.1\r\n\r\n"), "a body may follow");
+        assert!(
+            !replayable(b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\n\r\n"),
+            "a request after it"
+        );
+        assert!(!replayable(b"GETS / HTTP/1.1\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_get_goes_to_the_standby_a_post_does_not_and_nothing_more_goes_to_the_successor() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The elder answers every request with its name.
+        let elder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elder_addr = elder.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = elder.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 256];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nelder").await;
+                });
+            }
+        });
+        // The successor reads each request and closes without a word; it
+        // counts the connections it took.
+        let successor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let successor_addr = successor.local_addr().unwrap();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counting = taken.clone();
+        let dropping = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = successor.accept().await.unwrap();
+                counting.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 256];
+                let _ = c.read(&mut buf).await;
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("selfup-apps-replay-{}", std::process::id()));
+        let fronts = AppFronts::new(dir.join("apps"), 5800);
+        let front = fronts.ensure("web", elder_addr).unwrap();
+        fronts.publish();
+        front.switch(successor_addr, Some(elder_addr));
+        let socket = dir.join("apps/web.sock");
+        let ask = |request: &'static [u8]| {
+            let socket = socket.clone();
+            async move {
+                let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+                conn.write_all(request).await.unwrap();
+                let mut text = String::new();
+                let _ = conn.read_to_string(&mut text).await;
+                text
+            }
+        };
+        // A POST the successor dropped is not run twice: the client sees the end.
+        let text = ask(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi").await;
+        assert_eq!(text, "");
+        let answers = front.answers();
+        assert_eq!(answers.dropped(), 1);
+        assert!(answers.faulted());
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+        // From then on, every connection goes to the elder at once.
+        let text = ask(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi").await;
+        assert!(text.ends_with("elder"), "{text}");
+        assert_eq!(taken.load(Ordering::SeqCst), 1, "the successor got no more");
+        assert_eq!(answers.counts(), (0, 0), "the elder's answers are not the successor's");
+
+        // A fresh bake: the GET the successor dropped is answered by the elder.
+        front.switch(elder_addr, None);
+        front.switch(successor_addr, Some(elder_addr));
+        let text = ask(b"GET / HTTP/1.0\r\n\r\n").await;
+        assert!(text.ends_with("elder"), "{text}");
+        assert_eq!(taken.load(Ordering::SeqCst), 2);
+        let answers = front.answers();
+        assert_eq!(answers.dropped(), 1);
+        assert_eq!(answers.counts(), (0, 0));
+        assert_eq!(fronts.until_idle(Duration::from_secs(2)).await, 0);
+
+        // Outside a bake, nothing is replayed or counted as dropped.
+        front.switch(elder_addr, None);
+        front.switch(successor_addr, None);
+        let text = ask(b"GET / HTTP/1.0\r\n\r\n").await;
+        assert_eq!(text, "");
+        assert_eq!(front.answers().dropped(), 0);
+        assert_eq!(taken.load(Ordering::SeqCst), 3);
+        serving.abort();
+        dropping.abort();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

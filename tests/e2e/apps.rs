@@ -639,20 +639,30 @@ pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_bac
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["rolled_back"], true, "{body}");
     let error = body["error"].as_str().unwrap();
-    // The Engine's exit, or a connection it refused first (joined to the elder).
+    // The Engine's exit, or a connection it refused or closed unanswered
+    // first (the elder took it).
     assert!(
         error.contains("rolled back during the bake")
-            && (error.contains("the new container failed") || error.contains("refused"))
+            && (error.contains("the new container failed")
+                || error.contains("refused")
+                || error.contains("without an answer"))
             && error.contains("old container runs again"),
         "{error}"
     );
     load.wait_for_samples_after(answered, 50, Duration::from_secs(20)).await;
     let samples = load.finish().await;
     let failed: Vec<_> = samples.iter().filter(|s| s.error.is_some()).collect();
-    assert!(
-        failed.len() <= CLIENTS,
-        "at most the request each client had in flight at the crash: {failed:?}"
-    );
+    // A request the dying successor held is lost only if it may not be sent
+    // twice (the POSTs) or its answer had begun; once the successor closed
+    // one unanswered, every new connection goes to the elder, so no client
+    // loses two.
+    for client in 0..CLIENTS {
+        let lost: Vec<_> = failed.iter().filter(|s| s.client == client).collect();
+        assert!(
+            lost.len() <= 1,
+            "at most the request client {client} had in flight at the crash: {lost:?}"
+        );
+    }
     let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
     assert!(by_successor > 0, "the successor served during the bake");
     let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
@@ -665,8 +675,9 @@ pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_bac
     assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
     assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
     assert_eq!(service_containers(&w), vec![web.clone()]);
+    let lost_gets = failed.iter().filter(|s| s.error.as_deref().unwrap_or("").starts_with("GET")).count();
     eprintln!(
-        "successor crash in the bake: answered {} ms after the request; {} requests ({by_successor} by the successor), {} failed: {error}",
+        "successor crash in the bake: answered {} ms after the request; {} requests ({by_successor} by the successor), {} failed ({lost_gets} GET): {error}",
         answered.duration_since(asked).as_millis(),
         samples.len(),
         failed.len()

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// One request and what came of it.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// Which client sent it, from 0.
+    pub client: usize,
     pub sent: Instant,
     pub latency: Duration,
     /// The version that answered, if the answer was right.
@@ -81,6 +83,7 @@ impl Load {
                             echo(&http, &base, &format!("client {c} request {n}")).await
                         };
                         let sample = Sample {
+                            client: c,
                             sent,
                             latency: sent.elapsed(),
                             version,
