@@ -675,7 +675,10 @@ pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_bac
     assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
     assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
     assert_eq!(service_containers(&w), vec![web.clone()]);
-    let lost_gets = failed.iter().filter(|s| s.error.as_deref().unwrap_or("").starts_with("GET")).count();
+    let lost_gets = failed
+        .iter()
+        .filter(|s| s.error.as_deref().unwrap_or("").starts_with("GET"))
+        .count();
     eprintln!(
         "successor crash in the bake: answered {} ms after the request; {} requests ({by_successor} by the successor), {} failed ({lost_gets} GET): {error}",
         answered.duration_since(asked).as_millis(),
