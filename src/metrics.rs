@@ -40,6 +40,8 @@ pub struct Metrics {
     /// The watch loop's last check: when (seconds since the epoch), and whether it worked.
     watch_time: Gauge,
     watch_ok: Gauge,
+    /// Connections this instance relays to blue-green apps, set as `/metrics` is read.
+    app_connections: Gauge,
     started: Instant,
 }
 
@@ -109,6 +111,12 @@ impl Default for Metrics {
             "Whether the watch loop's last check worked (1) or failed (0)",
             watch_ok.clone(),
         );
+        let app_connections = Gauge::default();
+        registry.register(
+            "selfup_app_connections",
+            "Connections this instance relays to blue-green apps now (companion mode; an elder finishes these before it exits)",
+            app_connections.clone(),
+        );
         Metrics {
             registry,
             upgrades,
@@ -121,6 +129,7 @@ impl Default for Metrics {
             public_5xx: AtomicU64::new(0),
             watch_time,
             watch_ok,
+            app_connections,
             started: Instant::now(),
         }
     }
@@ -191,6 +200,11 @@ impl Metrics {
     pub fn watch_checked(&self, ok: bool) {
         self.watch_time.set(crate::state::now_secs() as i64);
         self.watch_ok.set(i64::from(ok));
+    }
+
+    /// How many connections this instance relays to blue-green apps now.
+    pub fn app_connections(&self, open: usize) {
+        self.app_connections.set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// Seconds since this instance started.
@@ -269,7 +283,9 @@ mod tests {
             Some(0.0)
         );
         m.watch_checked(false);
+        m.app_connections(3);
         let text = m.render();
+        assert_eq!(sample(&text, "selfup_app_connections"), Some(3.0));
         assert!(sample(&text, "selfup_watch_last_check_timestamp_seconds").unwrap() >= 1.7e9);
         assert_eq!(sample(&text, "selfup_watch_last_check_success"), Some(0.0));
         assert_eq!(sample(&text, r#"selfup_upgrades_total{outcome="failed"}"#), Some(1.0));

@@ -245,9 +245,13 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
         return denied;
     }
+    let metrics = &state.orchestrator.shared.metrics;
+    if let Some(apps) = &state.orchestrator.apps {
+        metrics.app_connections(apps.relaying());
+    }
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(state.orchestrator.shared.metrics.render())
+        .body(metrics.render())
 }
 
 #[cfg(test)]

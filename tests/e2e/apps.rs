@@ -801,9 +801,6 @@ pub async fn an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_on
     wait_version(&http, &public, "1.0.0").await;
     suite.release(&env.repository, "1.1.0");
 
-    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(120));
-    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
-        .await;
     // A request the elder relays for 10 s: longer than its linger (4.5 s)
     // after its successor stops it.
     let slow_url = format!("{public}/cgi-bin/slow");
@@ -823,8 +820,23 @@ pub async fn an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_on
         };
         (answer, sent.elapsed())
     });
-    // Sent before the upgrade: the elder has accepted it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The elder relays it (nothing else is sent yet) before the load starts
+    // and the upgrade is asked for.
+    let metrics = env.direct(a, "/metrics");
+    eventually("the elder relaying the slow request", Duration::from_secs(10), || async {
+        let text = env.http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        let open = text
+            .lines()
+            .find_map(|line| line.strip_prefix("selfup_app_connections "))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        (open >= 1.0).then_some(())
+    })
+    .await;
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(120));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
     let (status, body) = env.upgrade(a, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "upgraded", "{body}");
