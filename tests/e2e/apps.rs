@@ -823,16 +823,20 @@ pub async fn an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_on
     // The elder relays it (nothing else is sent yet) before the load starts
     // and the upgrade is asked for.
     let metrics = env.direct(a, "/metrics");
-    eventually("the elder relaying the slow request", Duration::from_secs(10), || async {
-        let text = env.http.get(&metrics).send().await.ok()?.text().await.ok()?;
-        let open = text
-            .lines()
-            .find_map(|line| line.strip_prefix("selfup_app_connections "))?
-            .trim()
-            .parse::<f64>()
-            .ok()?;
-        (open >= 1.0).then_some(())
-    })
+    eventually(
+        "the elder relaying the slow request",
+        Duration::from_secs(10),
+        || async {
+            let text = env.http.get(&metrics).send().await.ok()?.text().await.ok()?;
+            let open = text
+                .lines()
+                .find_map(|line| line.strip_prefix("selfup_app_connections "))?
+                .trim()
+                .parse::<f64>()
+                .ok()?;
+            (open >= 1.0).then_some(())
+        },
+    )
     .await;
     let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(120));
     load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
