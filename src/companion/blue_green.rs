@@ -343,8 +343,9 @@ const CHUNK: usize = 16 * 1024;
 /// another server, given `sent`, all the client sent on that connection so
 /// far: nothing, or one request of a method RFC 9110 calls idempotent (GET,
 /// HEAD, OPTIONS, TRACE) with nothing after its head, so that no request
-/// that changes state is ever run twice. nginx's `proxy_next_upstream`
-/// follows the same rule.
+/// that changes state is ever run twice. Stricter than nginx's
+/// `proxy_next_upstream`, which passes on any method but POST, LOCK and
+/// PATCH.
 pub fn replayable(sent: &[u8]) -> bool {
     const IDEMPOTENT: [&[u8]; 4] = [b"GET ", b"HEAD ", b"OPTIONS ", b"TRACE "];
     if sent.is_empty() {
