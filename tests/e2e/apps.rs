@@ -124,6 +124,38 @@ fn nginx(w: &mut CompanionEnv, sockets: &std::path::Path, app: &str) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// Asserts that a bake rolled back to the warm elder: the successor (at
+/// `versions.0`) answered some of `samples`, every request sent after
+/// `answered` got the elder's `versions.1`, and the elder container, never
+/// stopped, is the service's one container under its name again. Returns
+/// how many requests the successor answered.
+fn assert_app_back_on_the_elder(
+    w: &CompanionEnv,
+    web: &str,
+    elder: &Value,
+    samples: &[Sample],
+    answered: Instant,
+    versions: (&str, &str),
+) -> usize {
+    let (successor, back) = versions;
+    let by_successor = samples
+        .iter()
+        .filter(|s| s.version.as_deref() == Some(successor))
+        .count();
+    assert!(by_successor > 0, "the successor at {successor} served during its bake");
+    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Some(back)),
+        "the elder serves again"
+    );
+    let now = inspect(web);
+    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
+    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
+    assert_eq!(service_containers(w), vec![web.to_string()]);
+    by_successor
+}
+
 /// The version `GET /` answers at `base`, if it answers.
 async fn version(http: &reqwest::Client, base: &str) -> Option<String> {
     let r = http.get(format!("{base}/")).send().await.ok()?;
@@ -456,18 +488,7 @@ pub async fn an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_
     load.wait_for_samples_after(answered, 50, Duration::from_secs(20)).await;
     let samples = load.finish().await;
     assert_none_failed(&samples, "through a bake that went back to the elder");
-    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
-    assert!(by_successor > 0, "the successor served during the bake");
-    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
-    assert!(!after.is_empty());
-    assert!(
-        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
-        "the elder serves again"
-    );
-    let now = inspect(&web);
-    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
-    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
-    assert_eq!(service_containers(&w), vec![web.clone()]);
+    let by_successor = assert_app_back_on_the_elder(&w, &web, &elder, &samples, answered, ("1.1.0", "1.0.0"));
     eprintln!(
         "bake breach: answered {} ms after the request; {} requests ({by_successor} by the successor), 0 failed",
         answered.duration_since(asked).as_millis(),
@@ -593,18 +614,7 @@ pub async fn an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elde
     load.wait_for_samples_after(answered, 20, Duration::from_secs(20)).await;
     let samples = load.finish().await;
     assert_none_failed(&samples, "through an operator's promote and rollback");
-    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.2.0")).count();
-    assert!(by_successor > 0, "the rolled-back successor served during its bake");
-    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
-    assert!(!after.is_empty());
-    assert!(
-        after.iter().all(|s| s.version.as_deref() == Some("1.1.0")),
-        "the elder serves again"
-    );
-    let now = inspect(&web);
-    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
-    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
-    assert_eq!(service_containers(&w), vec![web.clone()]);
+    let by_successor = assert_app_back_on_the_elder(&w, &web, &elder, &samples, answered, ("1.2.0", "1.1.0"));
     no_bake_verdicts(&w, &web, "after the rollback").await;
     eprintln!(
         "operator rollback: the update answered {} ms after the 202; {} requests ({by_successor} by the successor), 0 failed",
@@ -663,18 +673,7 @@ pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_bac
             "at most the request client {client} had in flight at the crash: {lost:?}"
         );
     }
-    let by_successor = samples.iter().filter(|s| s.version.as_deref() == Some("1.1.0")).count();
-    assert!(by_successor > 0, "the successor served during the bake");
-    let after: Vec<_> = samples.iter().filter(|s| s.sent > answered).collect();
-    assert!(!after.is_empty());
-    assert!(
-        after.iter().all(|s| s.version.as_deref() == Some("1.0.0")),
-        "the elder serves again"
-    );
-    let now = inspect(&web);
-    assert_eq!(now["Id"], elder["Id"], "the elder has its name back");
-    assert_eq!(now["State"]["StartedAt"], elder["State"]["StartedAt"], "never stopped");
-    assert_eq!(service_containers(&w), vec![web.clone()]);
+    let by_successor = assert_app_back_on_the_elder(&w, &web, &elder, &samples, answered, ("1.1.0", "1.0.0"));
     let lost_gets = failed
         .iter()
         .filter(|s| s.error.as_deref().unwrap_or("").starts_with("GET"))
