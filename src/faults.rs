@@ -56,7 +56,7 @@ pub fn inspect_error(id: &str) -> Option<DockerError> {
 /// 70, no cleanup) right after the swap of `<container>` wrote its journal
 /// at `<phase>` (`planned`, `aside`, `created`, `started`, `checked`), as a
 /// crash there would leave it.
-pub fn swap_exit(container: &str, phase: crate::companion::journal::Phase) {
+pub fn swap_exit(container: &str, phase: impl serde::Serialize) {
     let Ok(spec) = std::env::var("FAULT_SWAP_EXIT") else {
         return;
     };
@@ -101,12 +101,9 @@ pub fn successor_exit_later() {
 }
 
 /// The 500 a successor answers on the live socket with `FAULT_SUCCESSOR_5XX=1`.
-pub fn server_error(
-    req: &actix_web::HttpRequest,
-    settings: &crate::config::Settings,
-) -> Option<actix_web::HttpResponse> {
+/// `live`: whether the request came in on the live socket.
+pub fn server_error(live: bool, settings: &crate::config::Settings) -> Option<actix_web::HttpResponse> {
     let on = std::env::var("FAULT_SUCCESSOR_5XX").is_ok_and(|v| v == "1");
-    let live = crate::routes::Listener::of(req) == crate::routes::Listener::Live;
     (on && live && settings.handover_token.is_some()).then(|| {
         actix_web::HttpResponse::InternalServerError().json(serde_json::json!({ "error": "injected fault: 500" }))
     })

@@ -48,7 +48,6 @@
 //!
 //! And what everything stands on:
 //!
-//! - [`retention`]: which old images of this service a takeover removes.
 //! - [`proxy`]: whether nginx runs (it follows the live socket, never reloaded).
 //! - [`registry`]: tags and digests over the registry API (Basic or bearer
 //!   token), and the credentials for it from a `config.json`; both roles use it.
@@ -77,11 +76,11 @@ pub mod notify;
 pub mod proxy;
 pub mod recreate;
 pub mod registry;
-pub mod retention;
 pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
+pub mod version;
 pub mod watch;
 
 /// The length of [`VERSION_SLOT`]: the longest version a binary can carry.

@@ -28,7 +28,7 @@ use super::elder::{Fetched, Flight};
 use super::swarm::{SERVICE_ID_LABEL, SERVICE_NAME_LABEL, SwarmService, TASK_ID_LABEL, TaskVersion};
 use super::{Orchestrator, Target, UpgradeError, UpgradeOutcome};
 use crate::recreate::resolve::{self, Go};
-use crate::recreate::version::Requirement;
+use crate::version::Requirement;
 
 /// Where an upgrade lands once its target is resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

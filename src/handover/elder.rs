@@ -26,10 +26,10 @@ use crate::events::Event;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
 use crate::recreate::resolve;
-use crate::recreate::version::Requirement;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
 use crate::state::{InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
+use crate::version::Requirement;
 
 /// How often the elder looks at its successor (the Engine's view of it)
 /// while waiting.

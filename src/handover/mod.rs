@@ -46,6 +46,7 @@ pub mod backend;
 pub mod bake;
 pub mod elder;
 pub mod plan;
+pub mod retention;
 pub mod swarm;
 pub mod takeover;
 
@@ -62,11 +63,12 @@ use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
 use crate::proxy::Nginx;
 use crate::recreate::resolve::ResolveError;
-use crate::recreate::version::{Requirement, RequirementError};
 use crate::recreate::watch::WaitError;
 use crate::registry::Registry;
 use crate::state::{InProgress, Shared};
+use crate::version::{Requirement, RequirementError};
 
+pub use crate::metrics::Timings;
 pub use backend::Backend;
 
 /// The compose labels that identify a service's containers.
@@ -312,17 +314,6 @@ impl UpgradeError {
         let context = context.into();
         move |source| UpgradeError::Docker { context, source }
     }
-}
-
-/// Milliseconds spent in each step of an upgrade.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    pub resolve_ms: u128,
-    pub pull_ms: u128,
-    pub start_ms: u128,
-    pub health_ms: u128,
-    pub takeover_ms: u128,
-    pub total_ms: u128,
 }
 
 /// What a finished upgrade request reports.

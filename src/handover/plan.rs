@@ -11,8 +11,8 @@ use semver::Version;
 use super::{Orchestrator, Target, UpgradeError};
 use crate::image_ref::ImageRef;
 use crate::recreate::resolve::{self, Go, ResolveError};
-use crate::recreate::version::Requirement;
 use crate::registry::image::RemoteImage;
+use crate::version::Requirement;
 
 /// What an upgrade to a target would do.
 #[derive(Debug)]

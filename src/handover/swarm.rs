@@ -682,7 +682,7 @@ impl Orchestrator {
                 let mut version = None;
                 for reference in lookups(&image) {
                     if let Ok(inspect) = self.engine.inspect_image(&reference).await {
-                        version = crate::recreate::version::version_label(&inspect).map(str::to_string);
+                        version = crate::version::version_label(&inspect).map(str::to_string);
                         break;
                     }
                 }

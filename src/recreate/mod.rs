@@ -4,8 +4,6 @@
 //! ([`crate::companion`]) do the same things in a different order; the
 //! rules they share live here, and nothing here knows either role.
 //!
-//! - [`version`]: which tag a requirement picks, what an image's label says,
-//!   and whether a version is an upgrade, a rollback or refused.
 //! - [`resolve`]: one path from a request to an image: pick the tag, pull,
 //!   inspect, read the version, decide.
 //! - [`clone`]: the create body of a container recreated from a new image.
@@ -14,5 +12,4 @@
 
 pub mod clone;
 pub mod resolve;
-pub mod version;
 pub mod watch;

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::companion::{Companion, UpdateError, UpdateOutcome};
 use crate::events::Event;
-use crate::recreate::version::Requirement;
 use crate::routes::{AppState, Listener, refuse_cross_site, resolve_details, resolve_status};
+use crate::version::Requirement;
 
 /// Why a companion request was refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,10 @@ fn wants_json(req: &HttpRequest) -> bool {
 /// `selfup version X`, or JSON with the port when asked for.
 pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     #[cfg(feature = "faults")]
-    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+    if let Some(fault) = crate::faults::server_error(
+        super::Listener::of(&req) == super::Listener::Live,
+        &state.orchestrator.settings,
+    ) {
         return fault;
     }
     let o = &state.orchestrator;
@@ -125,7 +128,10 @@ fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<Str
 /// a load test sees a request that was lost, answered twice, or mixed up.
 pub async fn echo(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     #[cfg(feature = "faults")]
-    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+    if let Some(fault) = crate::faults::server_error(
+        super::Listener::of(&req) == super::Listener::Live,
+        &state.orchestrator.settings,
+    ) {
         return fault;
     }
     #[cfg(not(feature = "faults"))]

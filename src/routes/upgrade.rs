@@ -6,9 +6,9 @@ use serde_json::json;
 
 use crate::handover::plan::PlannedDecision;
 use crate::handover::{Target, UpgradeError};
-use crate::recreate::version::Requirement;
 use crate::routes::{AppState, guard_control, json_error, resolve_details, resolve_status};
 use crate::state::{BakeVerdict, TakeoverPhase, TakeoverStep};
+use crate::version::Requirement;
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
@@ -224,10 +224,10 @@ mod tests {
     use super::*;
     use crate::docker::DockerError;
     use crate::recreate::resolve::ResolveError;
-    use crate::recreate::version::RequirementError;
     use crate::recreate::watch::WaitError;
     use crate::registry::RegistryError;
     use crate::state::{TakeoverPhase, UpgradeStep};
+    use crate::version::RequirementError;
 
     fn unreachable() -> DockerError {
         DockerError::Unreachable {
