@@ -13,12 +13,12 @@ use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
 use crate::companion::auth::{ApiKey, KeySource};
-use crate::companion::journal::Swaps;
 use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
 use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::Orchestrator;
+use crate::recreate::journal::Swaps;
 use crate::registry::Registry;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
@@ -72,7 +72,10 @@ impl Application {
         let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
         orchestrator.swaps = swaps;
         orchestrator.notifier = notifier;
-        orchestrator.apps = companion.as_ref().and_then(|c| c.fronts());
+        orchestrator.apps = companion
+            .as_ref()
+            .and_then(|c| c.fronts())
+            .map(|f| f as Arc<dyn crate::control::Publish>);
         let orchestrator = Arc::new(orchestrator);
 
         let listener = TcpListener::bind((settings.bind, settings.port))
@@ -265,6 +268,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stopping = self.orchestrator.clone();
+        let fronts = self.companion.as_ref().and_then(|c| c.fronts());
         let stopper = tokio::spawn(async move {
             wait_for_stop_signal().await;
             let shared = &stopping.shared;
@@ -291,7 +295,7 @@ impl Application {
             // (its successor holds their sockets now) finish too, within
             // the same drain time as its own.
             let apps = async {
-                if let (true, Some(apps)) = (taken_over, &stopping.apps) {
+                if let (true, Some(apps)) = (taken_over, &fronts) {
                     let bound = Duration::from_secs(stopping.settings.shutdown_timeout_secs);
                     let relaying = apps.relaying();
                     let left = apps.until_idle(bound).await;

@@ -48,6 +48,14 @@ impl Access {
     }
 }
 
+/// Sockets of a role that the live instance publishes beside its own: the
+/// blue-green apps' fronts in companion mode. The self-upgrade publishes
+/// them when this instance becomes the live one, without knowing the role.
+pub trait Publish: std::fmt::Debug + Send + Sync {
+    /// Makes these sockets the ones clients reach.
+    fn publish(&self);
+}
+
 /// This instance's control (or update) socket, bound and perhaps not yet
 /// published.
 #[derive(Debug)]

@@ -18,13 +18,12 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::docker::DockerError;
-
 static INSPECT_ERRORS_LEFT: OnceLock<AtomicU64> = OnceLock::new();
 static OWN_ID: OnceLock<Option<String>> = OnceLock::new();
 
-/// The error to return instead of inspecting `id`, while the switch has some left.
-pub fn inspect_error(id: &str) -> Option<DockerError> {
+/// The error message to return instead of inspecting `id` (as a daemon's
+/// 500 would), while the switch has some left.
+pub fn inspect_error(id: &str) -> Option<String> {
     let own = OWN_ID.get_or_init(crate::identity::own_container_id);
     if own
         .as_deref()
@@ -44,11 +43,7 @@ pub fn inspect_error(id: &str) -> Option<DockerError> {
         .ok()
         .map(|n| {
             tracing::warn!(container = id, left = n - 1, "fault switch: failing an inspection");
-            DockerError::Call {
-                op: "inspecting container",
-                target: id.to_string(),
-                message: "injected fault: server error (500)".into(),
-            }
+            "injected fault: server error (500)".to_string()
         })
 }
 

@@ -5,9 +5,9 @@
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 
-use super::journal::{Claim, Entry};
 use super::{Companion, UpdateError, name_of};
 use crate::docker::DockerError;
+use crate::recreate::journal::{Claim, Entry};
 
 /// Only containers with this label set to `true` may be updated.
 pub const ENABLE_LABEL: &str = "selfup.enable";

@@ -553,9 +553,11 @@ impl AppFronts {
     pub async fn until_idle(&self, bound: Duration) -> usize {
         drain(&self.relaying, bound).await
     }
+}
 
+impl crate::control::Publish for AppFronts {
     /// Publishes every app socket: this instance is the live one now.
-    pub fn publish(&self) {
+    fn publish(&self) {
         self.live.store(true, Ordering::SeqCst);
         for front in self.fronts().values() {
             if let Err(e) = front.socket.publish() {
@@ -613,6 +615,7 @@ pub async fn drain(open: &AtomicUsize, deadline: Duration) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Publish;
     use bollard::models::{ContainerConfig, EndpointSettings, NetworkSettings};
 
     fn container(labels: &[(&str, &str)], networks: &[(&str, &str)]) -> ContainerInspectResponse {

@@ -13,7 +13,7 @@
 //! 5. The clone ([`crate::recreate::clone`]) and its [`placement`]: beside
 //!    the old container, or after stopping it.
 //! 6. The [`swap`], and its rollback if the new container does not come up.
-//! 7. [`journal`]: with a data directory, the one-swap-per-container lock and
+//! 7. [`crate::recreate::journal`]: with a data directory, the one-swap-per-container lock and
 //!    the swap's journal are files there, shared by every instance: a
 //!    self-upgrade waits for running swaps, and an instance that starts
 //!    resolves a swap left half-done ([`Companion::recover`]).
@@ -27,7 +27,6 @@ pub mod admission;
 pub mod app_bake;
 pub mod auth;
 pub mod blue_green;
-pub mod journal;
 pub mod placement;
 pub mod swap;
 
@@ -45,6 +44,7 @@ use crate::events::{Attempts, Event, EventLog};
 use crate::image_ref::{ImageRef, ImageRefError};
 use crate::notify::Notifier;
 use crate::recreate::clone::{self, COMPOSE_IMAGE, Overrides, clone_body};
+use crate::recreate::journal::{self, Phase, Resolution, Seen, SwapRecord, Swaps};
 use crate::recreate::resolve::{self, Go, ResolveError};
 use crate::recreate::watch;
 use crate::registry::Registry;
@@ -55,7 +55,6 @@ use admission::Slot;
 use app_bake::{AppBake, AppBakeEnd, BakeAsk};
 use auth::ApiKey;
 use blue_green::{AppFronts, AppHandover, AppSpec};
-use journal::{Phase, Resolution, Seen, SwapRecord, Swaps};
 use placement::Placement;
 use swap::{NewContainer, Swap, SwapError, SwapFailure};
 

@@ -20,11 +20,11 @@ use bollard::models::ImageInspect;
 
 use super::backend::{BackendStatus, HostHandover, Next, Pinned, UpgradeBackend};
 use super::bake::BakeEnd;
-use crate::companion::journal::{GateError, UpgradeGate};
 use crate::docker::DockerError;
 use crate::events::Event;
 use crate::image_ref::ImageRef;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
+use crate::recreate::journal::{GateError, UpgradeGate};
 use crate::recreate::resolve;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};

@@ -386,12 +386,12 @@ pub struct Orchestrator {
     pub control: std::sync::OnceLock<Vec<crate::control::ControlSocket>>,
     /// The companion's swaps in the data directory, shared with every
     /// instance: an upgrade waits for running ones.
-    pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
+    pub swaps: Option<Arc<crate::recreate::journal::Swaps>>,
     /// Where finished upgrades are reported (`notify_urls`), if anywhere.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// The blue-green apps' sockets (companion mode), published with the
     /// live socket.
-    pub apps: Option<Arc<crate::companion::blue_green::AppFronts>>,
+    pub apps: Option<Arc<dyn crate::control::Publish>>,
     /// The addresses the host itself reaches this container from on its
     /// networks ([`host_addresses`]), learnt once at start-up; until then,
     /// and with host networking, there are none and loopback alone is local.

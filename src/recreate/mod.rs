@@ -11,5 +11,6 @@
 //!   died, and the stop-then-remove of an old one.
 
 pub mod clone;
+pub mod journal;
 pub mod resolve;
 pub mod watch;

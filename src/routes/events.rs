@@ -246,7 +246,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         return denied;
     }
     let metrics = &state.orchestrator.shared.metrics;
-    if let Some(apps) = &state.orchestrator.apps {
+    if let Some(apps) = state.companion.as_ref().and_then(|c| c.fronts()) {
         metrics.app_connections(apps.relaying());
     }
     HttpResponse::Ok()
