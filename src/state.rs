@@ -47,8 +47,6 @@ pub struct Bake {
     pub successor_port: u16,
     pub started: Instant,
     pub ends: Instant,
-    /// What an operator asked for (`/promote`, `/rollback`), not yet acted on.
-    pub asked: Option<BakeVerdict>,
     /// The successor's public answers, and the 5xx among them, last seen.
     pub answers: (u64, u64),
 }
@@ -62,12 +60,59 @@ pub enum BakeVerdict {
     Rollback,
 }
 
+/// An operator's word on a running bake (`/promote`, `/rollback`, and
+/// their `/<container>` forms for an app): the one way both bakes are asked.
+#[derive(Debug, Default)]
+pub struct BakeAsk {
+    verdict: Mutex<Option<BakeVerdict>>,
+    asked: Notify,
+}
+
+impl BakeAsk {
+    /// Passes `verdict` to the bake, which acts on it at once.
+    pub fn ask(&self, verdict: BakeVerdict) {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+        self.asked.notify_one();
+    }
+
+    /// Resolves when a word is passed (or was passed before and not yet
+    /// taken), with that word.
+    pub async fn asked(&self) -> Option<BakeVerdict> {
+        self.asked.notified().await;
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets any word: a new bake starts.
+    pub fn clear(&self) {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// How a bake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BakeOutcome {
+    /// The successor stays.
+    Promoted,
+    /// The elder serves again; the successor is removed.
+    RolledBack,
+}
+
+impl BakeOutcome {
+    /// As the JSON, the metrics' label and the events say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BakeOutcome::Promoted => "promoted",
+            BakeOutcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// How a bake ended, as `/status`, the `/upgrade` answer and `/promote` or
 /// `/rollback` report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BakeReport {
-    /// `promoted` (the successor stays) or `rolled_back` (the elder serves again).
-    pub outcome: String,
+    pub outcome: BakeOutcome,
     pub reason: String,
     pub to: String,
     /// How long the bake ran.
@@ -84,7 +129,7 @@ pub struct BakeReport {
 impl BakeReport {
     /// Whether the successor was rolled back.
     pub fn rolled_back(&self) -> bool {
-        self.outcome == "rolled_back"
+        self.outcome == BakeOutcome::RolledBack
     }
 }
 
@@ -289,7 +334,7 @@ pub struct Shared {
     /// What `/metrics` exports.
     pub metrics: crate::metrics::Metrics,
     /// Wakes a running bake: an operator's `/promote` or `/rollback`.
-    pub bake_asked: Notify,
+    pub bake_ask: BakeAsk,
     /// Wakes whoever waits for a bake's end (`/promote`, `/rollback`).
     pub bake_ended: Notify,
     /// Where the version rolled back during a bake is kept, beside the history.
@@ -310,7 +355,7 @@ impl Default for Shared {
             pushed: Mutex::default(),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::default(),
-            bake_asked: Notify::new(),
+            bake_ask: BakeAsk::default(),
             bake_ended: Notify::new(),
             rejected_file: None,
         }

@@ -111,7 +111,7 @@ pub struct AppHandover {
 /// successor's answers the proxy counted meanwhile.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppBakeReport {
-    pub outcome: String,
+    pub outcome: crate::state::BakeOutcome,
     pub reason: String,
     pub baked_ms: u128,
     pub answers: u64,

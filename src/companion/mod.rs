@@ -43,6 +43,7 @@ use crate::docker::{DockerError, Engine};
 use crate::events::{Attempts, Event, EventLog};
 use crate::image_ref::{ImageRef, ImageRefError};
 use crate::notify::Notifier;
+use crate::recreate::bake::BakeEnd;
 use crate::recreate::clone::{self, COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::journal::{self, Phase, Resolution, Seen, SwapRecord, Swaps};
 use crate::recreate::resolve::{self, Go, ResolveError};
@@ -50,9 +51,10 @@ use crate::recreate::watch;
 use crate::registry::Registry;
 use crate::registry::credentials::{self, CredentialsError, Helpers, RegistryAuth};
 use crate::state::Shared;
+use crate::state::{BakeAsk, BakeOutcome, BakeVerdict};
 use crate::version::{self, Requirement, RequirementError};
 use admission::Slot;
-use app_bake::{AppBake, AppBakeEnd, BakeAsk};
+use app_bake::AppBake;
 use auth::ApiKey;
 use blue_green::{AppFronts, AppHandover, AppSpec};
 use placement::Placement;
@@ -1022,20 +1024,20 @@ impl Companion {
         self.bakes().remove(b.name);
         let (total, server_errors) = answers.counts();
         let (outcome, reason, result) = match end {
-            AppBakeEnd::Promoted(reason) => {
+            BakeEnd::Promoted { reason, .. } => {
                 // The elder stands by no longer.
                 b.front.switch(b.to, None);
                 tracing::info!(container = b.name, %reason, "the bake passed");
                 let report = blue_green::AppBakeReport {
-                    outcome: "promoted".into(),
+                    outcome: BakeOutcome::Promoted,
                     reason: reason.clone(),
                     baked_ms: started.elapsed().as_millis(),
                     answers: total,
                     server_errors,
                 };
-                ("promoted", reason, Ok(report))
+                (BakeOutcome::Promoted, reason, Ok(report))
             }
-            AppBakeEnd::RolledBack { reason, answering } => {
+            BakeEnd::RolledBack { reason, answering, .. } => {
                 let breach = std::time::Instant::now();
                 let successor = b.front.switch(b.elder, None);
                 let reclaim_us = breach.elapsed().as_micros();
@@ -1048,11 +1050,11 @@ impl Companion {
                 };
                 blue_green::drain(&successor, bound).await;
                 let error = format!("rolled back during the bake: {reason}");
-                ("rolled_back", reason, Err(error))
+                (BakeOutcome::RolledBack, reason, Err(error))
             }
         };
         self.shared.events.emit(Event::BakeEnded {
-            outcome: outcome.into(),
+            outcome: outcome.as_str().to_string(),
             reason,
             container: Some(container),
         });
@@ -1071,8 +1073,8 @@ impl Companion {
             return false;
         };
         match promote {
-            true => ask.promote(),
-            false => ask.roll_back(),
+            true => ask.ask(BakeVerdict::Promote),
+            false => ask.ask(BakeVerdict::Rollback),
         }
         true
     }

@@ -19,10 +19,10 @@ use super::{
 use bollard::models::ImageInspect;
 
 use super::backend::{BackendStatus, HostHandover, Next, Pinned, UpgradeBackend};
-use super::bake::BakeEnd;
 use crate::docker::DockerError;
 use crate::events::Event;
 use crate::image_ref::ImageRef;
+use crate::recreate::bake::BakeEnd;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
 use crate::recreate::journal::{GateError, UpgradeGate};
 use crate::recreate::resolve;
@@ -779,13 +779,15 @@ impl UpgradeBackend for HostHandover {
                 flight.step(UpgradeStep::Baking);
                 let (end, report) = o.bake(&successor, reach, &token, &version).await;
                 match end {
-                    BakeEnd::Promoted { stopped: true } => {}
-                    BakeEnd::Promoted { stopped: false } => {
+                    BakeEnd::Promoted { stopped: true, .. } => {}
+                    BakeEnd::Promoted { stopped: false, .. } => {
                         if let Err(unconfirmed) = o.end_bake(&successor, reach, &token).await {
                             return Err(o.unconfirmed(&successor, new_port, unconfirmed).await);
                         }
                     }
-                    BakeEnd::RolledBack { by_operator, answering } => {
+                    BakeEnd::RolledBack {
+                        by_operator, answering, ..
+                    } => {
                         if !answering {
                             // Dead or frozen: the requests it holds end (and
                             // nginx retries the idempotent ones on the standby

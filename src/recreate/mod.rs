@@ -4,12 +4,17 @@
 //! ([`crate::companion`]) do the same things in a different order; the
 //! rules they share live here, and nothing here knows either role.
 //!
+//! - [`bake`]: the one bake's judge, paces and ends, for the self-upgrade
+//!   and blue-green apps alike.
+//! - [`journal`]: the companion's swaps, recorded for every instance: a
+//!   self-upgrade waits for running ones.
 //! - [`resolve`]: one path from a request to an image: pick the tag, pull,
 //!   inspect, read the version, decide.
 //! - [`clone`]: the create body of a container recreated from a new image.
 //! - [`watch`]: one watcher that says whether a new container came up or
 //!   died, and the stop-then-remove of an old one.
 
+pub mod bake;
 pub mod clone;
 pub mod journal;
 pub mod resolve;
