@@ -144,7 +144,7 @@ pub struct Ending {
 /// event's name).
 #[derive(Debug, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Progress {
+pub enum Event {
     /// The live instance accepted the upgrade.
     UpgradeStarted { from: String, requested: String },
     /// The elder's step.

@@ -6,8 +6,8 @@
 //! upgrade failed (the reason on stderr), 69 no instance answered, 2 bad
 //! arguments.
 
-pub mod address;
-pub mod answer;
+mod address;
+mod answer;
 pub mod program;
 pub mod sse;
 mod view;
@@ -34,6 +34,7 @@ const ANSWER: Duration = Duration::from_secs(30);
 /// What every command needs.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The control socket or a port on loopback.
     pub address: Address,
     /// The bearer token, when the instance wants one.
     pub token: Option<String>,
@@ -44,7 +45,9 @@ pub struct Client {
 /// Why a command did not succeed, and its exit code.
 #[derive(Debug)]
 pub struct Failure {
+    /// The exit code: 1, 2 or [`UNAVAILABLE`].
     pub code: u8,
+    /// What stderr says, after `selfup: `.
     pub message: String,
 }
 

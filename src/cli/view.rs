@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::answer::{self, Progress, Stamp};
+use super::answer::{self, Event, Stamp};
 
 /// The person's view of an upgrade's events.
 pub(super) struct View {
@@ -30,19 +30,19 @@ impl View {
         let at = answer::read::<Stamp>(data).time_ms;
         let start = *self.start_ms.get_or_insert(at);
         let elapsed = at.saturating_sub(start) as f64 / 1000.0;
-        let line = match answer::read::<Progress>(data) {
-            Progress::UpgradeStarted { from, requested } => Some(format!("upgrading {from} to {requested}")),
-            Progress::UpgradeStep { step } => Some(step),
-            Progress::Takeover { phase } => Some(format!("successor: {phase}")),
-            Progress::BakeStarted { to, secs } => Some(format!(
+        let line = match answer::read::<Event>(data) {
+            Event::UpgradeStarted { from, requested } => Some(format!("upgrading {from} to {requested}")),
+            Event::UpgradeStep { step } => Some(step),
+            Event::Takeover { phase } => Some(format!("successor: {phase}")),
+            Event::BakeStarted { to, secs } => Some(format!(
                 "baking {to} for {secs} s: the elder stands by (POST /promote ends it, POST /rollback goes back)"
             )),
-            Progress::BakeEnded { outcome, reason } => Some(format!("bake {}: {reason}", outcome.replace('_', " "))),
+            Event::BakeEnded { outcome, reason } => Some(format!("bake {}: {reason}", outcome.replace('_', " "))),
             // The attempt that passed; every attempt is in /events.
-            Progress::HealthAttempt { attempt, result } if result == "answered as the successor" => {
+            Event::HealthAttempt { attempt, result } if result == "answered as the successor" => {
                 Some(format!("the successor answered /health (attempt {attempt})"))
             }
-            Progress::PullProgress { done, total } => {
+            Event::PullProgress { done, total } => {
                 let bar = self.bar.get_or_insert_with(|| {
                     let bar = indicatif::ProgressBar::new(total);
                     if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -56,7 +56,7 @@ impl View {
                 bar.set_position(done);
                 None
             }
-            Progress::HealthAttempt { .. } | Progress::Other => None,
+            Event::HealthAttempt { .. } | Event::Other => None,
         };
         if let Some(line) = line {
             self.end_bar();
