@@ -177,6 +177,7 @@ where
     F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
 {
     if super::events::wants_events(req) {
+        let update = async move { update.await.map_err(CompanionError::from) };
         return Ok(super::events::stream_update(state, container, update));
     }
     let outcome = state.spawn(update).await;

@@ -10,10 +10,9 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use tokio::sync::mpsc;
 
-use crate::companion::{UpdateError, UpdateOutcome};
+use crate::companion::UpdateOutcome;
 use crate::events::{EventLog, Record};
 use crate::handover::{UpgradeError, UpgradeOutcome};
-use crate::routes::companion::CompanionError;
 use crate::routes::{AppState, guard_control};
 use crate::state::Shared;
 
@@ -194,9 +193,10 @@ where
 /// own events as they come (the ones it emits, and no other's: a second
 /// request for the same container is refused with events of its own), then
 /// the answer as a last event, `result`, with its HTTP status in `http_status`.
-pub fn stream_update<F>(state: &AppState, container: String, update: F) -> HttpResponse
+pub fn stream_update<F, E>(state: &AppState, container: String, update: F) -> HttpResponse
 where
-    F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
+    F: std::future::Future<Output = Result<UpdateOutcome, E>> + Send + 'static,
+    E: ResponseError + Send + 'static,
 {
     let (own_tx, mut own) = mpsc::unbounded_channel();
     let collected = crate::events::collecting(own_tx, update);
@@ -233,7 +233,6 @@ where
                 return;
             }
         }
-        let result = result.map(|r| r.map_err(CompanionError::from));
         let _ = tx.send(result_event(result).await).await;
     });
     sse(rx)
