@@ -17,7 +17,7 @@ use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
 use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
-use crate::handover::Orchestrator;
+use crate::handover::{Deps, Orchestrator};
 use crate::recreate::journal::Swaps;
 use crate::registry::Registry;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
@@ -69,14 +69,12 @@ impl Application {
             notifier: notifier.clone(),
         };
         let companion = build_companion(&settings, &engine, &self_id, &swaps, reporting)?;
-        let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
-        orchestrator.swaps = swaps;
-        orchestrator.notifier = notifier;
-        orchestrator.apps = companion
+        let apps = companion
             .as_ref()
             .and_then(|c| c.fronts())
             .map(|f| f as Arc<dyn crate::control::Publish>);
-        let orchestrator = Arc::new(orchestrator);
+        let deps = Deps::new(settings.clone(), engine, shared, self_id);
+        let orchestrator = Arc::new(Orchestrator::new(deps, swaps, notifier, apps));
 
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
@@ -488,7 +486,7 @@ async fn swarm_stop(o: &Orchestrator) {
     tokio::time::sleep(o.settings.drain()).await;
     let held = tokio::time::Instant::now();
     let mut said = false;
-    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::handover::swarm::FOLLOW_DEADLINE {
+    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::swarm::FOLLOW_DEADLINE {
         if !said {
             tracing::info!("following a service update: its answer goes out before this task stops");
             said = true;

@@ -79,6 +79,7 @@ pub mod registry;
 pub mod routes;
 pub mod secret;
 pub mod state;
+pub mod swarm;
 pub mod telemetry;
 pub mod version;
 pub mod watch;

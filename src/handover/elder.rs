@@ -13,22 +13,25 @@ use semver::Version;
 use tokio::time::Instant;
 
 use super::{
-    ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL,
-    Previous, Reach, Target, Timings, UpgradeError, UpgradeOutcome, base_name, instance_addr,
+    ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Previous, Reach, base_name, instance_addr,
 };
 use bollard::models::ImageInspect;
 
-use super::backend::{BackendStatus, HostHandover, Next, Pinned, UpgradeBackend};
+use super::backend::HostHandover;
 use crate::docker::DockerError;
-use crate::events::Event;
 use crate::image_ref::ImageRef;
+use crate::metrics::Timings;
 use crate::recreate::bake::BakeEnd;
 use crate::recreate::clone::{COMPOSE_IMAGE, Overrides, clone_body, retarget_port};
 use crate::recreate::journal::{GateError, UpgradeGate};
 use crate::recreate::resolve;
+use crate::recreate::upgrade::{
+    BackendStatus, Deps, Fetched, Flight, Next, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Pinned, Target,
+    UpgradeBackend, UpgradeError, UpgradeOutcome,
+};
 use crate::recreate::watch::{self, WaitError, Watcher};
-use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
+use crate::registry::credentials::RegistryAuth;
+use crate::state::{Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
 use crate::version::Requirement;
 
 /// How often the elder looks at its successor (the Engine's view of it)
@@ -62,84 +65,6 @@ enum Handed {
     Stopped,
     /// It serves the public and waits for the end of the bake.
     Baking,
-}
-
-/// A registry target, fetched: [`Orchestrator::fetch`].
-pub(crate) struct Fetched {
-    /// The tag the requirement picked (or, for a rollback on the host, the
-    /// previous version's local image).
-    pub image: String,
-    /// That image's repository, which a pin by digest names.
-    pub repository: String,
-    /// The pulled image.
-    pub inspect: ImageInspect,
-    /// The registry's credentials, for whoever pulls next.
-    pub auth: Option<RegistryAuth>,
-    pub resolve_ms: u128,
-    pub pull_ms: u128,
-}
-
-/// Holds the single-flight lock; releasing it is dropping it, on every path.
-pub(crate) struct Flight<'a> {
-    orchestrator: &'a Orchestrator,
-    /// When the lock was taken: where an upgrade's timings start.
-    pub(crate) started: Instant,
-}
-
-impl<'a> Flight<'a> {
-    fn take(orchestrator: &'a Orchestrator, target: &Target) -> Result<Self, UpgradeError> {
-        let mut status = orchestrator.shared.status();
-        if let Some(bake) = &status.bake {
-            return Err(UpgradeError::Baking {
-                to: bake.to.clone(),
-                left_secs: bake.ends.saturating_duration_since(std::time::Instant::now()).as_secs(),
-            });
-        }
-        if let Some(running) = &status.upgrade {
-            return Err(UpgradeError::InProgress(running.clone()));
-        }
-        if matches!(
-            status.takeover,
-            TakeoverPhase::WaitingForGo | TakeoverPhase::Running { .. }
-        ) {
-            return Err(UpgradeError::TakeoverUnderway(status.takeover.clone()));
-        }
-        status.upgrade = Some(InProgress {
-            requirement: target.to_string(),
-            step: UpgradeStep::Resolving,
-            started: std::time::Instant::now(),
-        });
-        drop(status);
-        let events = &orchestrator.shared.events;
-        events.emit(Event::UpgradeStarted {
-            requested: target.to_string(),
-            from: orchestrator.version.to_string(),
-        });
-        events.emit(Event::UpgradeStep {
-            step: UpgradeStep::Resolving.to_string(),
-        });
-        Ok(Flight {
-            orchestrator,
-            started: Instant::now(),
-        })
-    }
-
-    pub(super) fn step(&self, step: UpgradeStep) {
-        if let Some(u) = self.orchestrator.shared.status().upgrade.as_mut() {
-            u.step = step;
-        }
-        tracing::info!(%step, "upgrade");
-        self.orchestrator
-            .shared
-            .events
-            .emit(Event::UpgradeStep { step: step.to_string() });
-    }
-}
-
-impl Drop for Flight<'_> {
-    fn drop(&mut self) {
-        self.orchestrator.shared.status().upgrade = None;
-    }
 }
 
 impl Orchestrator {
@@ -330,18 +255,6 @@ impl Orchestrator {
         let local = self.engine.inspect_image(&image.to_string()).await.ok()?;
         let wanted = format!("{}@{remote}", image.repository());
         local.repo_digests.as_ref()?.contains(&wanted).then_some(local)
-    }
-
-    /// The registry's credentials from the `docker_config` file, the same
-    /// lookup companion mode makes; none when the file or its entry is absent.
-    pub(super) async fn registry_auth(&self) -> Result<Option<RegistryAuth>, UpgradeError> {
-        let registry = &self.settings.registry;
-        credentials::for_registry(&self.settings.docker_config, registry, &Helpers::from_env())
-            .await
-            .map_err(|source| UpgradeError::Credentials {
-                registry: registry.clone(),
-                source,
-            })
     }
 
     /// Removes what an interrupted upgrade left: stopped siblings and a
@@ -606,17 +519,13 @@ pub(crate) struct Handover {
     _swaps: Option<UpgradeGate>,
 }
 
-impl UpgradeBackend for HostHandover {
+impl UpgradeBackend for HostHandover<'_> {
     type Progress = Handover;
 
     /// Starts a successor cloned from this container, from the pinned
     /// image's id, on the other port, and waits until it is healthy.
-    async fn deploy(
-        &self,
-        o: &Orchestrator,
-        flight: &Flight<'_>,
-        target: Pinned,
-    ) -> Result<Next<Handover>, UpgradeError> {
+    async fn deploy(&self, _deps: &Deps, flight: &Flight<'_>, target: Pinned) -> Result<Next<Handover>, UpgradeError> {
+        let o = self.0;
         let me = o.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
         let Pinned {
             fetched,
@@ -738,10 +647,11 @@ impl UpgradeBackend for HostHandover {
     /// (and, with a bake, until the bake ends), or takes the traffic back.
     async fn follow(
         &self,
-        o: &Orchestrator,
+        _deps: &Deps,
         flight: &Flight<'_>,
         progress: Handover,
     ) -> Result<UpgradeOutcome, UpgradeError> {
+        let o = self.0;
         let Handover {
             successor,
             reach,
@@ -838,7 +748,8 @@ impl UpgradeBackend for HostHandover {
     /// A handover to the version that ran before the last upgrade, from
     /// its local image, which this container's labels name: decided as a
     /// target named exactly (going down is the point), then deployed.
-    async fn roll_back(&self, o: &Orchestrator, flight: &Flight<'_>) -> Result<Next<Handover>, UpgradeError> {
+    async fn roll_back(&self, _deps: &Deps, flight: &Flight<'_>) -> Result<Next<Handover>, UpgradeError> {
+        let o = self.0;
         let me = o.self_id.clone().ok_or(UpgradeError::NotInContainer)?;
         let previous = o.previous(&me).await?;
         let resolve_ms = flight.started.elapsed().as_millis();
@@ -861,7 +772,7 @@ impl UpgradeBackend for HostHandover {
     }
 
     /// Nothing beyond the shared document: `swarm` is null.
-    async fn status(&self, _o: &Orchestrator) -> BackendStatus {
+    async fn status(&self, _deps: &Deps) -> BackendStatus {
         BackendStatus::default()
     }
 }

@@ -47,7 +47,6 @@ pub mod bake;
 pub mod elder;
 pub mod plan;
 pub mod retention;
-pub mod swarm;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -59,17 +58,14 @@ use bollard::models::ContainerInspectResponse;
 use semver::Version;
 use serde::Serialize;
 
-use crate::config::Settings;
-use crate::docker::{DockerError, Engine};
+use crate::docker::DockerError;
 use crate::proxy::Nginx;
-use crate::recreate::resolve::ResolveError;
-use crate::recreate::watch::WaitError;
-use crate::registry::Registry;
-use crate::state::{InProgress, Shared};
-use crate::version::{Requirement, RequirementError};
 
 pub use crate::metrics::Timings;
-pub use backend::Backend;
+pub use crate::recreate::upgrade::{
+    Deps, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Target, UpgradeError, UpgradeOutcome,
+};
+use crate::swarm::{SERVICE_ID_LABEL, SERVICE_NAME_LABEL, SwarmService, TASK_ID_LABEL};
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
@@ -80,28 +76,6 @@ pub const GROUP_LABEL: &str = "selfup.group";
 pub const ENV_PORT: &str = "SELFUP_PORT";
 pub const ENV_HANDOVER_TOKEN: &str = "SELFUP_HANDOVER_TOKEN";
 pub const ENV_HANDOVER_ELDER: &str = "SELFUP_HANDOVER_ELDER";
-/// The version, and the local image id, that ran before the last upgrade:
-/// what `POST /rollback` goes back to.
-pub const PREVIOUS_VERSION_LABEL: &str = "selfup.previous.version";
-pub const PREVIOUS_IMAGE_LABEL: &str = "selfup.previous.image";
-
-/// What an upgrade goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A registry tag: `:latest` or the highest match of a requirement.
-    Registry(Requirement),
-    /// The version that ran before the last upgrade, from its local image.
-    Previous,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Registry(r) => r.fmt(f),
-            Target::Previous => f.write_str("rollback"),
-        }
-    }
-}
 
 /// The version that ran before this one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -216,168 +190,13 @@ pub fn base_name(name: &str, ports: [u16; 2]) -> String {
     name.to_string()
 }
 
-/// Why an upgrade did not happen. Every variant says what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error(transparent)]
-    BadRequirement(#[from] RequirementError),
-    #[error("an upgrade is already running")]
-    InProgress(InProgress),
-    /// The last upgrade's successor is live and this instance still bakes it.
-    #[error(
-        "a bake of {to} is running ({left_secs} s left): POST /promote to keep {to} now, POST /rollback to go back, or wait"
-    )]
-    Baking { to: String, left_secs: u64 },
-    #[error(
-        "companion updates of {} still ran after {waited_secs}s; the upgrade did not start: try again when they are done",
-        containers.join(", ")
-    )]
-    CompanionBusy { containers: Vec<String>, waited_secs: u64 },
-    #[error("this instance is still taking over from its elder ({0}); try again when it is done")]
-    TakeoverUnderway(crate::state::TakeoverPhase),
-    #[error("no previous version is known: this instance was not started by an upgrade")]
-    NoPrevious,
-    #[error("the image of the previous version {version} ({image}) is no longer on this machine")]
-    PreviousImageGone { version: String, image: String },
-    #[error("this instance does not run in a Docker container, so it cannot start a successor")]
-    NotInContainer,
-    /// The way to the target: the registry, the pull, the label, the decision.
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
-    /// The `docker_config` file names no usable credentials for the registry.
-    #[error("credentials for {registry}: {source}")]
-    Credentials {
-        registry: String,
-        source: crate::registry::credentials::CredentialsError,
-    },
-    #[error("{context}: {source}")]
-    Docker { context: String, source: DockerError },
-    #[error("the successor on port {port} did not become healthy: {reason}")]
-    SuccessorUnhealthy { port: u16, reason: WaitError, log: String },
-    #[error("the successor on port {port} failed to take over: {reason}")]
-    TakeoverFailed { port: u16, reason: WaitError, log: String },
-    #[error(
-        "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
-    )]
-    StoppedBeforeConfirmation { port: u16, phase: String },
-    /// The successor went bad during the bake (or an operator said so):
-    /// the elder serves again and the successor is removed.
-    #[error("rolled back during bake: {}", report.reason)]
-    RolledBackDuringBake {
-        report: Box<crate::state::BakeReport>,
-        log: String,
-        by_operator: bool,
-    },
-    /// The target is the version last rolled back during a bake.
-    #[error(
-        "{version} was rolled back during a bake ({reason}); ask for it exactly (/upgrade/={version}) to upgrade to it anyway, or publish a newer version"
-    )]
-    RolledBackBefore { version: String, reason: String },
-    /// Swarm rolled the update back on its own: a new task failed.
-    #[error("the service update was rolled back by Swarm: {reason}")]
-    SwarmRolledBack {
-        reason: String,
-        tasks: Vec<swarm::TaskVersion>,
-    },
-    /// Swarm paused the update (or the rollback) and waits for an operator.
-    #[error(
-        "the service update stopped at {state}: {reason}; `docker service update` or POST /rollback goes on from there"
-    )]
-    SwarmPaused {
-        state: String,
-        reason: String,
-        tasks: Vec<swarm::TaskVersion>,
-    },
-    /// The service is being updated (or rolled back) already: by another
-    /// task's upgrade, or by an operator.
-    #[error("the service is already {state} ({message}); try again when it is over")]
-    SwarmBusy { state: String, message: String },
-    /// Swarm did not end the update within the time the answer waits.
-    #[error(
-        "the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks"
-    )]
-    SwarmNotDone { waited_secs: u64, last: String },
-    /// `/rollback` on a Swarm service whose last update was rolled back
-    /// (Swarm's previous spec is that update) and whose spec records no
-    /// image that ran before it.
-    #[error(
-        "the service's last update was rolled back, so Swarm's rollback would go to that update again, and the service's spec records no image that ran before it: name a version with /upgrade/=VERSION"
-    )]
-    SwarmNothingToRollBackTo,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl UpgradeError {
-    /// A Docker failure with the step it happened in.
-    pub fn docker(context: impl Into<String>) -> impl FnOnce(DockerError) -> UpgradeError {
-        let context = context.into();
-        move |source| UpgradeError::Docker { context, source }
-    }
-}
-
-/// What a finished upgrade request reports.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum UpgradeOutcome {
-    /// The target is what runs; nothing was done.
-    AlreadyThere { version: String, message: String },
-    /// The successor is live and this instance is on its way out.
-    Upgraded {
-        from: String,
-        to: String,
-        rollback: bool,
-        image: String,
-        old_port: u16,
-        new_port: u16,
-        successor: String,
-        timings: Timings,
-        /// How the bake ended (the answer comes after it); none without one.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bake: Option<Box<crate::state::BakeReport>>,
-    },
-    /// Swarm rolled the target out to every task of the service.
-    Completed {
-        from: String,
-        to: String,
-        /// The target is lower than what ran (named exactly).
-        rollback: bool,
-        /// The image the service runs, pinned by digest.
-        image: String,
-        service: String,
-        /// Swarm's last word on the update.
-        message: String,
-        /// Every task Swarm runs now, with its version.
-        tasks: Vec<swarm::TaskVersion>,
-        timings: swarm::SwarmTimings,
-    },
-    /// Swarm went back to the service's spec before its last update, as
-    /// asked (`POST /rollback`).
-    RollbackCompleted {
-        from: String,
-        /// The version the service's labels say ran before, if they say.
-        to: Option<String>,
-        service: String,
-        message: String,
-        tasks: Vec<swarm::TaskVersion>,
-        timings: swarm::SwarmTimings,
-    },
-}
-
 /// The orchestrator: everything an upgrade needs, passed in.
 #[derive(Debug)]
 pub struct Orchestrator {
-    pub settings: Arc<Settings>,
-    pub engine: Arc<Engine>,
-    pub registry: Registry,
+    /// What every backend works with (`o.engine`, `o.settings`, ... reach
+    /// it through `Deref`).
+    pub deps: Deps,
     pub proxy: Option<Nginx>,
-    pub shared: Arc<Shared>,
-    /// This instance's container id, if it runs in one.
-    pub self_id: Option<String>,
-    /// This binary's version.
-    pub version: Version,
-    /// For talking to instances on loopback: no proxy, no pooling across runtimes.
-    pub http: reqwest::Client,
     /// For asking through the live socket's public path (`live_socket`), if
     /// there is one; built once, before any takeover needs it.
     pub live_http: Option<reqwest::Client>,
@@ -398,20 +217,69 @@ pub struct Orchestrator {
     pub host_addrs: std::sync::OnceLock<Vec<IpAddr>>,
     /// Where upgrades land (this host, or the Swarm service this instance
     /// is a task of), detected once from this container's labels.
-    pub backend: std::sync::OnceLock<backend::Backend>,
+    pub backend: std::sync::OnceLock<Backend>,
+}
+
+impl std::ops::Deref for Orchestrator {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
+    }
+}
+
+/// Where an upgrade lands once its target is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// This host: the blue-green handover of [`elder`] and [`takeover`], a
+    /// successor container beside this one.
+    Host,
+    /// A Swarm service this instance is a task of: Swarm replaces the tasks.
+    Swarm(SwarmService),
+}
+
+impl Backend {
+    /// The backend of the container `container`: Swarm when Swarm's labels
+    /// name a service, else the host.
+    pub fn of(container: &ContainerInspectResponse) -> Backend {
+        let labels = container
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        match labels.get(SERVICE_ID_LABEL).filter(|id| !id.is_empty()) {
+            Some(id) => Backend::Swarm(SwarmService {
+                id: id.clone(),
+                name: labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_else(|| id.clone()),
+                task: labels.get(TASK_ID_LABEL).cloned(),
+            }),
+            None => Backend::Host,
+        }
+    }
+
+    /// The Swarm service, if this is the Swarm backend.
+    pub fn swarm(&self) -> Option<&SwarmService> {
+        match self {
+            Backend::Swarm(service) => Some(service),
+            Backend::Host => None,
+        }
+    }
 }
 
 impl Orchestrator {
-    pub fn new(settings: Arc<Settings>, engine: Arc<Engine>, shared: Arc<Shared>, self_id: Option<String>) -> Self {
+    /// The orchestrator of `deps`, with what only the self-upgrade needs:
+    /// the swaps it waits for, where it reports, and the apps' sockets it
+    /// publishes with its own.
+    pub fn new(
+        deps: Deps,
+        swaps: Option<Arc<crate::recreate::journal::Swaps>>,
+        notifier: Option<Arc<crate::notify::Notifier>>,
+        apps: Option<Arc<dyn crate::control::Publish>>,
+    ) -> Self {
+        let settings = &deps.settings;
         let proxy = settings
             .proxy_enabled()
-            .then(|| Nginx::new(engine.clone(), settings.nginx_container.clone()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .build()
-            .expect("a reqwest client with static settings builds");
+            .then(|| Nginx::new(deps.engine.clone(), settings.nginx_container.clone()));
         let live_http = (!settings.live_socket.as_os_str().is_empty()).then(|| {
             reqwest::Client::builder()
                 .unix_socket(settings.live_socket.as_path())
@@ -420,24 +288,14 @@ impl Orchestrator {
                 .build()
                 .expect("a reqwest client with static settings builds")
         });
-        let registry = match &settings.registry_api {
-            Some(address) => Registry::new().with_api_address(&settings.registry, address),
-            None => Registry::new(),
-        };
         Orchestrator {
-            settings,
-            engine,
-            registry,
+            deps,
             proxy,
-            shared,
-            self_id,
-            version: crate::build_version().clone(),
-            http,
             live_http,
             control: std::sync::OnceLock::new(),
-            swaps: None,
-            notifier: None,
-            apps: None,
+            swaps,
+            notifier,
+            apps,
             host_addrs: std::sync::OnceLock::new(),
             backend: std::sync::OnceLock::new(),
         }

@@ -95,7 +95,7 @@ impl Orchestrator {
             Target::Previous => {
                 if let super::Backend::Swarm(service) = self.backend().await {
                     // Swarm's rollback: to the spec before the last update.
-                    let (image, version) = self.swarm_previous(&service).await?.ok_or(UpgradeError::NoPrevious)?;
+                    let (image, version) = service.previous(&self.deps).await?.ok_or(UpgradeError::NoPrevious)?;
                     let version = Version::parse(&version).map_err(|_| UpgradeError::NoPrevious)?;
                     plan.image = Some(image);
                     plan.version = Some(version.clone());

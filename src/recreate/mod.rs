@@ -10,6 +10,7 @@
 //!   self-upgrade waits for running ones.
 //! - [`resolve`]: one path from a request to an image: pick the tag, pull,
 //!   inspect, read the version, decide.
+//! - [`upgrade`]: the interface both backends of the self-upgrade share.
 //! - [`clone`]: the create body of a container recreated from a new image.
 //! - [`watch`]: one watcher that says whether a new container came up or
 //!   died, and the stop-then-remove of an old one.
@@ -18,4 +19,5 @@ pub mod bake;
 pub mod clone;
 pub mod journal;
 pub mod resolve;
+pub mod upgrade;
 pub mod watch;

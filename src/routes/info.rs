@@ -159,7 +159,8 @@ mod tests {
     fn answer(req: TestRequest, docker: Result<(), String>) -> (u16, Value) {
         let settings = Arc::new(Settings::default());
         let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
-        let o = Orchestrator::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
+        let deps = crate::handover::Deps::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
+        let o = Orchestrator::new(deps, None, None, None);
         let detail = crate::routes::guard_loopback(&req.to_http_request()).is_ok();
         let r = health_answer(&o, docker, detail.then(|| "running".to_string()));
         let status = r.status().as_u16();

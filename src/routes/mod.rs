@@ -454,7 +454,8 @@ mod tests {
         };
         let settings = Arc::new(settings);
         let engine = Arc::new(crate::docker::Engine::new(settings.docker_socket.clone()));
-        let orchestrator = Orchestrator::new(settings, engine, Arc::new(crate::state::Shared::default()), None);
+        let deps = crate::handover::Deps::new(settings, engine, Arc::new(crate::state::Shared::default()), None);
+        let orchestrator = Orchestrator::new(deps, None, None, None);
         orchestrator
             .host_addrs
             .set(vec!["172.20.0.1".parse().unwrap()])

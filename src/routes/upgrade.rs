@@ -342,7 +342,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_swarm_rollback_answers_rollback_completed_with_swarm_reason_and_the_tasks() {
-        let task = crate::handover::swarm::TaskVersion {
+        let task = crate::recreate::upgrade::TaskVersion {
             task: "abc".into(),
             slot: Some(1),
             node: "n".into(),
