@@ -28,7 +28,9 @@ use crate::recreate::journal::{GateError, UpgradeGate};
 use crate::recreate::resolve;
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{InProgress, Outcome, Rejected, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs};
+use crate::state::{
+    InProgress, Outcome, Rejected, Requested, TakeoverPhase, TakeoverStep, UpgradeRecord, UpgradeStep, now_secs,
+};
 use crate::version::Requirement;
 
 /// How often the elder looks at its successor (the Engine's view of it)
@@ -112,11 +114,11 @@ impl<'a> Flight<'a> {
         drop(status);
         let events = &orchestrator.shared.events;
         events.emit(Event::UpgradeStarted {
-            requested: target.to_string(),
+            requested: requested(target),
             from: orchestrator.version.to_string(),
         });
         events.emit(Event::UpgradeStep {
-            step: UpgradeStep::Resolving.to_string(),
+            step: UpgradeStep::Resolving.into(),
         });
         Ok(Flight {
             orchestrator,
@@ -132,13 +134,21 @@ impl<'a> Flight<'a> {
         self.orchestrator
             .shared
             .events
-            .emit(Event::UpgradeStep { step: step.to_string() });
+            .emit(Event::UpgradeStep { step: step.into() });
     }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         self.orchestrator.shared.status().upgrade = None;
+    }
+}
+
+/// What `target` is, as the history and the events name it.
+fn requested(target: &Target) -> Requested {
+    match target {
+        Target::Previous => Requested::Rollback,
+        Target::Registry(requirement) => Requested::Registry(requirement.to_string()),
     }
 }
 
@@ -211,7 +221,7 @@ impl Orchestrator {
         let record = UpgradeRecord {
             from: self.version.to_string(),
             to,
-            requested: target.to_string(),
+            requested: requested(&target),
             outcome,
             error,
             duration_ms: started.elapsed().as_millis(),
@@ -266,10 +276,11 @@ impl Orchestrator {
             Target::Previous => "rollback",
             Target::Registry(_) => "upgrade",
         };
-        let to = record.to.as_deref().unwrap_or(&record.requested);
+        let requested = record.requested.to_string();
+        let to = record.to.as_deref().unwrap_or(&requested);
         notifier.send(crate::notify::Event::new(
             kind,
-            &record.outcome.to_string(),
+            record.outcome,
             &record.from,
             Some(to),
             record.duration_ms,

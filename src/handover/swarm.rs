@@ -45,7 +45,7 @@ use super::backend::{BackendStatus, Next, Pinned, SwarmStatus, UpgradeBackend};
 use super::elder::Flight;
 use super::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, UpgradeError, UpgradeOutcome};
 use crate::docker::DockerError;
-use crate::events::Event;
+use crate::events::{Event, Logged};
 use crate::registry::credentials::RegistryAuth;
 use crate::state::{Rejected, UpgradeStep, now_secs};
 
@@ -612,7 +612,7 @@ impl Orchestrator {
                         if said != seen {
                             tracing::info!(%state, %message, "the service update");
                             self.shared.events.emit(Event::UpgradeStep {
-                                step: format!("swarm {said}"),
+                                step: Logged::Other(format!("swarm {said}")),
                             });
                             seen = said;
                         }
