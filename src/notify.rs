@@ -248,6 +248,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_outcome_is_sent_as_it_was_when_it_was_a_string() {
+        let sent = [
+            (Outcome::Upgraded, "upgraded"),
+            (Outcome::AlreadyThere, "already_there"),
+            (Outcome::Failed, "failed"),
+            (Outcome::Updated, "updated"),
+            (Outcome::Unchanged, "unchanged"),
+            (Outcome::Available, "available"),
+        ];
+        for (outcome, name) in sent {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), name);
+            assert_eq!(outcome.to_string(), name);
+        }
+        assert_eq!(
+            Outcome::from(crate::events::Outcome::AlreadyThere),
+            Outcome::AlreadyThere
+        );
+    }
+
     #[tokio::test]
     async fn a_dead_endpoint_costs_the_sender_nothing_and_a_flush_is_bounded() {
         // A port nothing listens on: every attempt is refused, then retried.

@@ -364,6 +364,15 @@ mod tests {
     }
 
     #[test]
+    fn a_history_written_when_requests_were_strings_reads_and_writes_back_the_same() {
+        let old = r#"[{"from":"1.1.0","to":"1.0.0","requested":"rollback","outcome":"upgraded","error":null,"duration_ms":900,"finished_at":2},{"from":"1.0.0","to":"1.1.0","requested":"=1.1.0","outcome":"upgraded","error":null,"duration_ms":400,"finished_at":1}]"#;
+        let history: VecDeque<UpgradeRecord> = serde_json::from_str(old).unwrap();
+        assert_eq!(history[0].requested, Requested::Rollback);
+        assert_eq!(history[1].requested, Requested::Registry("=1.1.0".into()));
+        assert_eq!(serde_json::to_string(&history).unwrap(), old);
+    }
+
+    #[test]
     fn a_finished_takeover_is_remembered_by_the_next_start_of_the_same_container() {
         let dir = std::env::temp_dir().join(format!("selfup-handover-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
