@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+pub use crate::events::{BakeOutcome, Outcome, Requested, TakeoverPhase, TakeoverStep, UpgradeStep};
+
 /// How many finished upgrades `/status` remembers.
 pub const HISTORY_LEN: usize = 10;
 /// How many finished takeovers the handover record remembers.
@@ -88,26 +90,6 @@ impl BakeAsk {
     }
 }
 
-/// How a bake ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BakeOutcome {
-    /// The successor stays.
-    Promoted,
-    /// The elder serves again; the successor is removed.
-    RolledBack,
-}
-
-impl BakeOutcome {
-    /// As the JSON, the metrics' label and the events say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BakeOutcome::Promoted => "promoted",
-            BakeOutcome::RolledBack => "rolled_back",
-        }
-    }
-}
-
 /// How a bake ended, as `/status`, the `/upgrade` answer and `/promote` or
 /// `/rollback` report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,149 +138,18 @@ pub struct InProgress {
     pub started: Instant,
 }
 
-/// The elder's steps in an upgrade, in the order they run; `/status` and
-/// a refused second request name the one under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum UpgradeStep {
-    /// Finding the image: the registry's tags, or the previous version's image.
-    #[serde(rename = "resolving")]
-    Resolving,
-    #[serde(rename = "pulling")]
-    Pulling,
-    /// Holding the swap lock: companion updates in either instance finish first.
-    #[serde(rename = "waiting for companion updates")]
-    WaitingForCompanionUpdates,
-    /// Creating and starting the successor on the other port.
-    #[serde(rename = "starting the successor")]
-    StartingTheSuccessor,
-    /// Polling the successor's `/health` until it answers as itself.
-    #[serde(rename = "health-checking the successor")]
-    HealthChecking,
-    /// The go-ahead is given; waiting for the successor to stop this instance.
-    #[serde(rename = "waiting for the successor's takeover")]
-    WaitingForTakeover,
-    /// The successor serves the public; this instance watches it, out of
-    /// rotation, ready to take the traffic back.
-    #[serde(rename = "baking the successor")]
-    Baking,
-    /// A Swarm task: the service's spec names the target, and Swarm
-    /// replaces the tasks one by one (or rolls them back).
-    #[serde(rename = "updating the Swarm service")]
-    UpdatingTheService,
-}
-
-impl std::fmt::Display for UpgradeStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            UpgradeStep::Resolving => "resolving",
-            UpgradeStep::Pulling => "pulling",
-            UpgradeStep::WaitingForCompanionUpdates => "waiting for companion updates",
-            UpgradeStep::StartingTheSuccessor => "starting the successor",
-            UpgradeStep::HealthChecking => "health-checking the successor",
-            UpgradeStep::WaitingForTakeover => "waiting for the successor's takeover",
-            UpgradeStep::Baking => "baking the successor",
-            UpgradeStep::UpdatingTheService => "updating the Swarm service",
-        })
-    }
-}
-
-/// The successor's steps in a takeover, in the order they run. The elder
-/// reads them from the successor's `/handover`, so their names are the wire
-/// format between two versions: they never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TakeoverStep {
-    /// Renaming this instance's sockets over the public paths (the live
-    /// socket nginx connects to, the control and update sockets).
-    #[serde(rename = "publishing the sockets")]
-    PublishingSockets,
-    /// Asking through the live socket's public path until this very
-    /// instance answers there.
-    #[serde(rename = "confirming through the live socket")]
-    ConfirmingThroughLiveSocket,
-    /// Serving the public while the elder, out of rotation, watches this
-    /// instance; only an elder that asked for a bake sees this step.
-    #[serde(rename = "baking")]
-    Baking,
-    /// Stopping and removing the elder: an elder that gets a stop signal at
-    /// this step has been taken over from.
-    #[serde(rename = "stopping the elder")]
-    StoppingTheElder,
-}
-
-impl std::fmt::Display for TakeoverStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TakeoverStep::PublishingSockets => "publishing the sockets",
-            TakeoverStep::ConfirmingThroughLiveSocket => "confirming through the live socket",
-            TakeoverStep::Baking => "baking",
-            TakeoverStep::StoppingTheElder => "stopping the elder",
-        })
-    }
-}
-
-/// The successor's side of the handover.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum TakeoverPhase {
-    /// Nothing to take over (yet).
-    #[default]
-    Idle,
-    /// Started by an elder; waiting for its go-ahead after its health check.
-    WaitingForGo,
-    /// Publishing the sockets, confirming, stopping the elder.
-    Running { step: TakeoverStep },
-    /// This instance is the one live instance.
-    Done,
-    /// The takeover failed; the elder keeps serving and removes this instance.
-    Failed { reason: String },
-}
-
-impl std::fmt::Display for TakeoverPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TakeoverPhase::Idle => f.write_str("idle"),
-            TakeoverPhase::WaitingForGo => f.write_str("waiting for the elder's go-ahead"),
-            TakeoverPhase::Running { step } => step.fmt(f),
-            TakeoverPhase::Done => f.write_str("done"),
-            TakeoverPhase::Failed { reason } => write!(f, "failed: {reason}"),
-        }
-    }
-}
-
 /// A finished upgrade, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRecord {
     pub from: String,
     pub to: Option<String>,
     /// What was asked for: `latest`, `2`, `=1.4.0`, `rollback`.
-    pub requested: String,
+    pub requested: Requested,
     pub outcome: Outcome,
     pub error: Option<String>,
     pub duration_ms: u128,
     /// Seconds since the epoch.
     pub finished_at: u64,
-}
-
-/// How a finished upgrade ended, as the history records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// A successor took over.
-    Upgraded,
-    /// The target was what ran: nothing was done.
-    AlreadyThere,
-    /// Refused, or it did not work; the record's `error` says why.
-    Failed,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::AlreadyThere => "already_there",
-            Outcome::Failed => "failed",
-        })
-    }
 }
 
 /// What the routes and the orchestrator share.
@@ -386,7 +237,7 @@ impl Shared {
 
     pub fn set_takeover(&self, phase: TakeoverPhase) {
         let event = crate::events::Event::Takeover {
-            phase: phase.to_string(),
+            phase: phase.clone().into(),
         };
         let changed = std::mem::replace(&mut self.status().takeover, phase.clone()) != phase;
         if changed {
@@ -406,12 +257,12 @@ impl Shared {
     /// Adds a finished upgrade to the history, and saves it where it is kept.
     pub fn record(&self, record: UpgradeRecord) {
         self.metrics.upgrade_finished(
-            &record.outcome.to_string(),
-            record.requested == "rollback",
+            record.outcome,
+            record.requested == Requested::Rollback,
             record.duration_ms,
         );
         self.events.emit(crate::events::Event::UpgradeFinished {
-            outcome: record.outcome.to_string(),
+            outcome: record.outcome.into(),
             requested: record.requested.clone(),
             to: record.to.clone(),
             error: record.error.clone(),
@@ -513,7 +364,7 @@ mod tests {
         UpgradeRecord {
             from: "1.0.0".into(),
             to: Some("1.1.0".into()),
-            requested: "latest".into(),
+            requested: Requested::Registry("latest".into()),
             outcome: Outcome::Upgraded,
             error: None,
             duration_ms: 400,
@@ -538,42 +389,12 @@ mod tests {
     }
 
     #[test]
-    fn steps_and_outcomes_are_written_as_they_display() {
-        for step in [
-            UpgradeStep::Resolving,
-            UpgradeStep::Pulling,
-            UpgradeStep::StartingTheSuccessor,
-            UpgradeStep::HealthChecking,
-            UpgradeStep::WaitingForTakeover,
-            UpgradeStep::Baking,
-            UpgradeStep::UpdatingTheService,
-        ] {
-            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
-        }
-        for step in [
-            TakeoverStep::PublishingSockets,
-            TakeoverStep::ConfirmingThroughLiveSocket,
-            TakeoverStep::Baking,
-            TakeoverStep::StoppingTheElder,
-        ] {
-            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
-        }
-        for outcome in [Outcome::Upgraded, Outcome::AlreadyThere, Outcome::Failed] {
-            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.to_string());
-        }
-        let phase: TakeoverPhase =
-            serde_json::from_str(r#"{"phase": "running", "step": "stopping the elder"}"#).unwrap();
-        assert_eq!(
-            phase,
-            TakeoverPhase::Running {
-                step: TakeoverStep::StoppingTheElder
-            }
-        );
-        assert_eq!(phase.to_string(), "stopping the elder");
-        assert_eq!(
-            TakeoverPhase::WaitingForGo.to_string(),
-            "waiting for the elder's go-ahead"
-        );
+    fn a_history_written_when_requests_were_strings_reads_and_writes_back_the_same() {
+        let old = r#"[{"from":"1.1.0","to":"1.0.0","requested":"rollback","outcome":"upgraded","error":null,"duration_ms":900,"finished_at":2},{"from":"1.0.0","to":"1.1.0","requested":"=1.1.0","outcome":"upgraded","error":null,"duration_ms":400,"finished_at":1}]"#;
+        let history: VecDeque<UpgradeRecord> = serde_json::from_str(old).unwrap();
+        assert_eq!(history[0].requested, Requested::Rollback);
+        assert_eq!(history[1].requested, Requested::Registry("=1.1.0".into()));
+        assert_eq!(serde_json::to_string(&history).unwrap(), old);
     }
 
     #[test]

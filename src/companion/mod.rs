@@ -40,7 +40,8 @@ use tokio::time::{Instant, sleep};
 
 use crate::config::Settings;
 use crate::docker::{DockerError, Engine};
-use crate::events::{Attempts, Event, EventLog};
+pub use crate::events::UpdateStep as Step;
+use crate::events::{Attempts, Event, EventLog, UpdateEnd};
 use crate::image_ref::{ImageRef, ImageRefError};
 use crate::notify::Notifier;
 use crate::recreate::bake::BakeEnd;
@@ -213,59 +214,6 @@ pub struct Companion {
     notifier: Option<Arc<Notifier>>,
 }
 
-/// The steps of a companion update, in the order they run, as the event
-/// log names them (`update_step`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Admission, credentials, and the tag a requirement picks.
-    Resolving,
-    Pulling,
-    /// Stop-first placement: the old container stops before the new one exists.
-    StoppingTheOld,
-    /// The switch of the name: the old container gives it up.
-    RenamingAside,
-    Creating,
-    Starting,
-    /// Watching the new container until it is up (each look is a `health_attempt`).
-    HealthChecking,
-    /// A blue-green app's successor answered at its own address: the app's
-    /// socket sends new connections to it.
-    Switching,
-    /// A blue-green app's elder finishes the connections it has, out of
-    /// rotation, before it is stopped.
-    Draining,
-    /// A blue-green app's successor serves alone, watched for
-    /// `update_bake_secs`; the elder runs on, out of rotation, to switch back to.
-    Baking,
-    /// The new container is up: the old one is stopped (unless it was
-    /// already, stop-first) and removed.
-    Retiring {
-        stopped: bool,
-    },
-    /// The new container did not come up: it is removed and the old one restored.
-    RollingBack,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::Resolving => "resolving",
-            Step::Pulling => "pulling",
-            Step::StoppingTheOld => "stopping the old container",
-            Step::RenamingAside => "renaming the old container aside",
-            Step::Creating => "creating the new container",
-            Step::Starting => "starting the new container",
-            Step::HealthChecking => "health-checking the new container",
-            Step::Switching => "switching the app's socket to the new container",
-            Step::Draining => "draining the old container's connections",
-            Step::Baking => "baking the new container, the old one kept warm out of rotation",
-            Step::Retiring { stopped: false } => "stopping and removing the old container",
-            Step::Retiring { stopped: true } => "removing the old container",
-            Step::RollingBack => "rolling back",
-        })
-    }
-}
-
 /// Where one update's steps go: the event log, under the container as the
 /// update was asked for, so that every event of it names the same one.
 #[derive(Debug)]
@@ -284,7 +232,7 @@ impl<'a> Progress<'a> {
         tracing::debug!(container = self.container, %step, "update");
         self.log.emit(Event::UpdateStep {
             container: self.container.to_string(),
-            step: step.to_string(),
+            step: step.into(),
         });
     }
 
@@ -297,12 +245,12 @@ impl<'a> Progress<'a> {
 /// How a finished update is counted and named in its `update_finished`
 /// event, with its error: `updated`, `unchanged`, `rolled_back` (the new
 /// container failed and the old one runs again) or `failed`.
-pub fn outcome_of(result: &Result<UpdateOutcome, UpdateError>) -> (&'static str, Option<String>) {
+pub fn outcome_of(result: &Result<UpdateOutcome, UpdateError>) -> (UpdateEnd, Option<String>) {
     match result {
-        Ok(UpdateOutcome::Updated { .. }) => ("updated", None),
-        Ok(UpdateOutcome::Unchanged { .. }) => ("unchanged", None),
-        Err(e @ UpdateError::Failed { restored: Ok(()), .. }) => ("rolled_back", Some(e.to_string())),
-        Err(e) => ("failed", Some(e.to_string())),
+        Ok(UpdateOutcome::Updated { .. }) => (UpdateEnd::Updated, None),
+        Ok(UpdateOutcome::Unchanged { .. }) => (UpdateEnd::Unchanged, None),
+        Err(e @ UpdateError::Failed { restored: Ok(()), .. }) => (UpdateEnd::RolledBack, Some(e.to_string())),
+        Err(e) => (UpdateEnd::Failed, Some(e.to_string())),
     }
 }
 
@@ -587,7 +535,7 @@ impl Companion {
         self.shared.metrics.update_finished(outcome);
         progress.log.emit(Event::UpdateFinished {
             container: progress.container.to_string(),
-            outcome: outcome.to_string(),
+            outcome: outcome.into(),
             error,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
@@ -603,7 +551,7 @@ impl Companion {
         started: std::time::Instant,
         result: &Result<UpdateOutcome, UpdateError>,
     ) {
-        use crate::notify::Event;
+        use crate::notify::{Event, Outcome};
         let Some(notifier) = &self.notifier else { return };
         let elapsed = started.elapsed().as_millis();
         let event = match result {
@@ -612,11 +560,25 @@ impl Companion {
                 new_image,
                 duration_ms,
                 ..
-            }) => Event::new("update", "updated", old_image, Some(new_image), *duration_ms, None),
+            }) => Event::new(
+                "update",
+                Outcome::Updated,
+                old_image,
+                Some(new_image),
+                *duration_ms,
+                None,
+            ),
             Ok(UpdateOutcome::Unchanged { image, .. }) => {
-                Event::new("update", "unchanged", image, Some(image), elapsed, None)
+                Event::new("update", Outcome::Unchanged, image, Some(image), elapsed, None)
             }
-            Err(e) => Event::new("update", "failed", "?", Some(asked), elapsed, Some(&e.to_string())),
+            Err(e) => Event::new(
+                "update",
+                Outcome::Failed,
+                "?",
+                Some(asked),
+                elapsed,
+                Some(&e.to_string()),
+            ),
         };
         notifier.send(event.for_container(container));
     }
@@ -1054,7 +1016,7 @@ impl Companion {
             }
         };
         self.shared.events.emit(Event::BakeEnded {
-            outcome: outcome.as_str().to_string(),
+            outcome,
             reason,
             container: Some(container),
         });

@@ -133,9 +133,9 @@ impl Orchestrator {
             // nginx sent to the successor and retries land on this instance.
             self.withdraw_standby();
         }
-        self.shared.metrics.bake_finished(report.outcome.as_str());
+        self.shared.metrics.bake_finished(report.outcome);
         self.shared.events.emit(Event::BakeEnded {
-            outcome: report.outcome.as_str().to_string(),
+            outcome: report.outcome,
             reason: report.reason.clone(),
             container: None,
         });

@@ -27,7 +27,7 @@ use crate::recreate::journal::{GateError, UpgradeGate};
 use crate::recreate::resolve;
 use crate::recreate::upgrade::{
     BackendStatus, Deps, Fetched, Flight, Next, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Pinned, Target,
-    UpgradeBackend, UpgradeError, UpgradeOutcome,
+    UpgradeBackend, UpgradeError, UpgradeOutcome, requested,
 };
 use crate::recreate::watch::{self, WaitError, Watcher};
 use crate::registry::credentials::RegistryAuth;
@@ -136,7 +136,7 @@ impl Orchestrator {
         let record = UpgradeRecord {
             from: self.version.to_string(),
             to,
-            requested: target.to_string(),
+            requested: requested(&target),
             outcome,
             error,
             duration_ms: started.elapsed().as_millis(),
@@ -191,10 +191,11 @@ impl Orchestrator {
             Target::Previous => "rollback",
             Target::Registry(_) => "upgrade",
         };
-        let to = record.to.as_deref().unwrap_or(&record.requested);
+        let requested = record.requested.to_string();
+        let to = record.to.as_deref().unwrap_or(&requested);
         notifier.send(crate::notify::Event::new(
             kind,
-            &record.outcome.to_string(),
+            record.outcome,
             &record.from,
             Some(to),
             record.duration_ms,

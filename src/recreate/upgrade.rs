@@ -21,7 +21,7 @@ use crate::recreate::resolve::ResolveError;
 use crate::recreate::watch::WaitError;
 use crate::registry::Registry;
 use crate::registry::credentials::{self, Helpers, RegistryAuth};
-use crate::state::{InProgress, Shared, TakeoverPhase, UpgradeStep};
+use crate::state::{InProgress, Requested, Shared, TakeoverPhase, UpgradeStep};
 use crate::version::{Requirement, RequirementError};
 
 /// The version, and the local image id, that ran before the last upgrade:
@@ -266,11 +266,11 @@ impl<'a> Flight<'a> {
         drop(status);
         let events = &deps.shared.events;
         events.emit(Event::UpgradeStarted {
-            requested: target.to_string(),
+            requested: requested(target),
             from: deps.version.to_string(),
         });
         events.emit(Event::UpgradeStep {
-            step: UpgradeStep::Resolving.to_string(),
+            step: UpgradeStep::Resolving.into(),
         });
         Ok(Flight {
             deps,
@@ -283,16 +283,21 @@ impl<'a> Flight<'a> {
             u.step = step;
         }
         tracing::info!(%step, "upgrade");
-        self.deps
-            .shared
-            .events
-            .emit(Event::UpgradeStep { step: step.to_string() });
+        self.deps.shared.events.emit(Event::UpgradeStep { step: step.into() });
     }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         self.deps.shared.status().upgrade = None;
+    }
+}
+
+/// What `target` is, as the history and the events name it.
+pub fn requested(target: &Target) -> Requested {
+    match target {
+        Target::Previous => Requested::Rollback,
+        Target::Registry(requirement) => Requested::Registry(requirement.to_string()),
     }
 }
 

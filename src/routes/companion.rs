@@ -154,10 +154,10 @@ fn finish(
 ) -> Result<HttpResponse, CompanionError> {
     if let Err(e) = &outcome {
         let shared = &state.orchestrator.shared;
-        shared.metrics.update_finished("failed");
+        shared.metrics.update_finished(crate::events::UpdateEnd::Failed);
         shared.events.emit(Event::UpdateFinished {
             container: container.to_string(),
-            outcome: "failed".into(),
+            outcome: crate::events::UpdateEnd::Failed.into(),
             error: Some(e.clone()),
             duration_ms: 0,
         });

@@ -217,10 +217,10 @@ where
         };
         if let Err(e) = &result {
             // The task panicked, so the update did not report its end.
-            shared.metrics.update_finished("failed");
+            shared.metrics.update_finished(crate::events::UpdateEnd::Failed);
             shared.events.emit(crate::events::Event::UpdateFinished {
                 container,
-                outcome: "failed".into(),
+                outcome: crate::events::UpdateEnd::Failed.into(),
                 error: Some(e.clone()),
                 duration_ms: 0,
             });

@@ -42,7 +42,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::docker::DockerError;
-use crate::events::Event;
+use crate::events::{Event, Logged};
 use crate::recreate::upgrade::{
     BackendStatus, Deps, Flight, Next, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Pinned, SwarmStatus, SwarmTimings,
     TaskVersion, UpgradeBackend, UpgradeError, UpgradeOutcome,
@@ -577,7 +577,7 @@ impl SwarmService {
                         if said != seen {
                             tracing::info!(%state, %message, "the service update");
                             deps.shared.events.emit(Event::UpgradeStep {
-                                step: format!("swarm {said}"),
+                                step: Logged::Other(format!("swarm {said}")),
                             });
                             seen = said;
                         }

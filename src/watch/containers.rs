@@ -264,7 +264,7 @@ impl ContainerWatch {
             notifier.send(
                 crate::notify::Event::new(
                     "available",
-                    "available",
+                    crate::notify::Outcome::Available,
                     &running.to_string(),
                     Some(&to),
                     0,

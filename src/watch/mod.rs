@@ -250,7 +250,7 @@ impl Watch {
             let to = candidate.version.to_string();
             notifier.send(Event::new(
                 "available",
-                "available",
+                crate::notify::Outcome::Available,
                 &o.version.to_string(),
                 Some(&to),
                 0,
