@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, sleep};
 
-use super::placement::labels;
+use super::container::labels;
 use crate::control::{Access, ControlSocket};
 
 /// The container port the app listens on; its presence asks for blue-green.
