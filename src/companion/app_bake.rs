@@ -266,24 +266,19 @@ impl AppBake<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An HTTP server on loopback that answers every request with `status`.
     async fn answering(status: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = c.read(&mut request).await;
-                    let answer = format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
-                    let _ = c.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        (addr, task)
+        blue_green::tests::answering(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n")).await
+    }
+
+    /// Why a bake that went back to the elder did, and whether the
+    /// successor still answered.
+    fn rolled_back(end: BakeEnd) -> (String, bool) {
+        let BakeEnd::RolledBack { reason, answering, .. } = end else {
+            panic!("{end:?}")
+        };
+        (reason, answering)
     }
 
     /// A bake of the app at `addr`; the Engine is nowhere, so it never
@@ -344,17 +339,13 @@ mod tests {
         let refused = Arc::new(Answers::default());
         refused.refusal(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let end = bake(addr, None, refused, &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it refused 1 connection(s)"), "{reason}");
         assert!(!answering);
         let dropped = Arc::new(Answers::default());
         dropped.drop_noted();
         let end = bake(addr, None, dropped, &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it closed 1 connection(s)"), "{reason}");
         assert!(!answering);
         let errors = Arc::new(Answers::default());
@@ -375,9 +366,7 @@ mod tests {
         let dead = gone.local_addr().unwrap();
         drop(gone);
         let end = bake(dead, None, Arc::default(), &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(
             reason.starts_with(&format!(
                 "the successor's connect to port {} failed 3 times",
