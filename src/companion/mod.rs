@@ -27,8 +27,9 @@
 //! 5. [`apps`]: the sockets of the blue-green apps, bound at start and kept
 //!    joined to each app's address as containers start.
 //!
-//! No child imports this file: the types the children share live in
-//! [`container`], [`progress`] and [`outcome`], below every `impl Companion`.
+//! The types the files share live in [`container`], [`progress`] and
+//! [`outcome`], which import neither this file nor any file that adds to
+//! `Companion`: so nothing this file imports imports it back.
 
 pub mod admission;
 pub mod app_bake;
