@@ -623,9 +623,7 @@ pub(super) mod tests {
 
     /// A server on loopback that answers what each connection sends first
     /// with `answer`.
-    pub(in crate::companion) async fn answering(
-        answer: impl Into<Vec<u8>>,
-    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    pub(crate) async fn answering(answer: impl Into<Vec<u8>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let answer: Arc<[u8]> = answer.into().into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
