@@ -269,7 +269,7 @@ mod tests {
 
     /// An HTTP server on loopback that answers every request with `status`.
     async fn answering(status: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        blue_green::tests::answering(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n")).await
+        blue_green::answering(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n")).await
     }
 
     /// Why a bake that went back to the elder did, and whether the

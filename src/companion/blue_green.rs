@@ -616,30 +616,31 @@ pub async fn drain(open: &AtomicUsize, deadline: Duration) -> usize {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+/// A server on loopback that answers what each connection sends first
+/// with `answer`.
+pub(crate) async fn answering(answer: impl Into<Vec<u8>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let answer: Arc<[u8]> = answer.into().into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = c.read(&mut request).await;
+                let _ = c.write_all(&answer).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use crate::control::Publish;
     use bollard::models::{ContainerConfig, EndpointSettings, NetworkSettings};
-
-    /// A server on loopback that answers what each connection sends first
-    /// with `answer`.
-    pub(crate) async fn answering(answer: impl Into<Vec<u8>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let answer: Arc<[u8]> = answer.into().into();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = listener.accept().await.unwrap();
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = c.read(&mut request).await;
-                    let _ = c.write_all(&answer).await;
-                });
-            }
-        });
-        (addr, task)
-    }
 
     fn container(labels: &[(&str, &str)], networks: &[(&str, &str)]) -> ContainerInspectResponse {
         ContainerInspectResponse {
