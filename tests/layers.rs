@@ -236,7 +236,10 @@ fn imports(src: &Path) -> (Vec<(PathBuf, usize, PathBuf)>, Crate) {
         let mut line_module = Vec::with_capacity(lines.len());
         for line in &lines {
             let t = line.trim_start();
-            let t = t.strip_prefix("pub ").unwrap_or(t);
+            let t = ["pub(crate) ", "pub(super) ", "pub "]
+                .iter()
+                .find_map(|p| t.strip_prefix(p))
+                .unwrap_or(t);
             if let Some(name) = t.strip_prefix("mod ").and_then(|r| r.strip_suffix('{'))
                 && !name.trim().is_empty()
             {

@@ -26,11 +26,120 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::blue_green::Answers;
+use super::Companion;
+use super::blue_green::{self, Answers, AppBakeReport, AppFront, AppSpec};
+use super::progress::{Progress, Step};
 use crate::docker::Engine;
+use crate::events::Event;
 use crate::recreate::bake::{BakeEnd, HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
 use crate::recreate::watch::Watcher;
-use crate::state::{BakeAsk, BakeVerdict};
+use crate::state::{BakeAsk, BakeOutcome, BakeVerdict};
+
+impl Companion {
+    /// Bakes a blue-green app's successor after the switch, the elder warm
+    /// out of rotation: the report of a clean end, or why the traffic went
+    /// back to the elder (the successor is then the caller's to remove).
+    pub(super) async fn bake_app(&self, b: Baking<'_>) -> Result<AppBakeReport, String> {
+        let container = b.progress.container.to_string();
+        b.progress.step(Step::Baking);
+        self.shared.events.emit(Event::BakeStarted {
+            to: b.image.to_string(),
+            secs: b.window.as_secs(),
+            container: Some(container.clone()),
+        });
+        tracing::info!(
+            container = b.name,
+            secs = b.window.as_secs(),
+            "baking the new container; the old one stands by"
+        );
+        let ask = Arc::new(BakeAsk::default());
+        self.bakes().insert(b.name.to_string(), ask.clone());
+        let started = Instant::now();
+        let answers = b.front.answers();
+        let end = AppBake {
+            engine: &self.engine,
+            http: &self.http,
+            id: b.new_id,
+            addr: b.to,
+            health: b.spec.health.as_deref(),
+            answers: answers.clone(),
+            window: b.window,
+            max_ratio: self.settings.bake_max_5xx_ratio,
+            ask: &ask,
+        }
+        .run()
+        .await;
+        self.bakes().remove(b.name);
+        let (total, server_errors) = answers.counts();
+        let (outcome, reason, result) = match end {
+            BakeEnd::Promoted { reason, .. } => {
+                // The elder stands by no longer.
+                b.front.switch(b.to, None);
+                tracing::info!(container = b.name, %reason, "the bake passed");
+                let report = AppBakeReport {
+                    outcome: BakeOutcome::Promoted,
+                    reason: reason.clone(),
+                    baked_ms: started.elapsed().as_millis(),
+                    answers: total,
+                    server_errors,
+                };
+                (BakeOutcome::Promoted, reason, Ok(report))
+            }
+            BakeEnd::RolledBack { reason, answering, .. } => {
+                let breach = std::time::Instant::now();
+                let successor = b.front.switch(b.elder, None);
+                let reclaim_us = breach.elapsed().as_micros();
+                tracing::warn!(container = b.name, %reason, reclaim_us, "bake breach: the app's traffic is back on the old container");
+                // What the successor still relays ends before it is removed;
+                // one that does not answer gets a moment only.
+                let bound = match answering {
+                    true => self.settings.update_deadline(),
+                    false => UNANSWERING_DRAIN,
+                };
+                blue_green::drain(&successor, bound).await;
+                let error = format!("rolled back during the bake: {reason}");
+                (BakeOutcome::RolledBack, reason, Err(error))
+            }
+        };
+        self.shared.events.emit(Event::BakeEnded {
+            outcome,
+            reason,
+            container: Some(container),
+        });
+        result
+    }
+
+    /// An operator's word on the bake of app `container`: `promote` ends
+    /// it with the successor kept, else the traffic goes back to the elder.
+    /// False when no bake of it runs here.
+    pub fn ask_bake(&self, container: &str, promote: bool) -> bool {
+        let Some(ask) = self.bakes().get(container).cloned() else {
+            return false;
+        };
+        match promote {
+            true => ask.ask(BakeVerdict::Promote),
+            false => ask.ask(BakeVerdict::Rollback),
+        }
+        true
+    }
+}
+
+/// How long a successor that no longer answers may keep the connections
+/// it had when a bake went back to the elder, before it is removed.
+const UNANSWERING_DRAIN: Duration = Duration::from_secs(2);
+
+/// What an app bake works on.
+pub(super) struct Baking<'a> {
+    pub(super) progress: &'a Progress<'a>,
+    pub(super) name: &'a str,
+    pub(super) image: &'a str,
+    pub(super) front: &'a AppFront,
+    pub(super) new_id: &'a str,
+    pub(super) to: std::net::SocketAddr,
+    pub(super) elder: std::net::SocketAddr,
+    pub(super) spec: &'a AppSpec,
+    pub(super) window: Duration,
+}
 
 /// How a health check that got an answer other than 200 begins.
 const ANSWERED: &str = "it answered";
@@ -157,24 +266,19 @@ impl AppBake<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An HTTP server on loopback that answers every request with `status`.
     async fn answering(status: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = c.read(&mut request).await;
-                    let answer = format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
-                    let _ = c.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        (addr, task)
+        blue_green::answering(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n")).await
+    }
+
+    /// Why a bake that went back to the elder did, and whether the
+    /// successor still answered.
+    fn rolled_back(end: BakeEnd) -> (String, bool) {
+        let BakeEnd::RolledBack { reason, answering, .. } = end else {
+            panic!("{end:?}")
+        };
+        (reason, answering)
     }
 
     /// A bake of the app at `addr`; the Engine is nowhere, so it never
@@ -235,17 +339,13 @@ mod tests {
         let refused = Arc::new(Answers::default());
         refused.refusal(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let end = bake(addr, None, refused, &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it refused 1 connection(s)"), "{reason}");
         assert!(!answering);
         let dropped = Arc::new(Answers::default());
         dropped.drop_noted();
         let end = bake(addr, None, dropped, &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it closed 1 connection(s)"), "{reason}");
         assert!(!answering);
         let errors = Arc::new(Answers::default());
@@ -266,9 +366,7 @@ mod tests {
         let dead = gone.local_addr().unwrap();
         drop(gone);
         let end = bake(dead, None, Arc::default(), &ask, Duration::from_secs(60)).await;
-        let BakeEnd::RolledBack { reason, answering, .. } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(
             reason.starts_with(&format!(
                 "the successor's connect to port {} failed 3 times",

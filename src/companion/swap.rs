@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, RestartPolicy};
 
-use super::name_of;
+use super::container::name_of;
 use super::placement::{self, Placement};
-use super::{Progress, Step};
+use super::progress::{Progress, Step};
 use crate::docker::{DockerError, Engine};
 use crate::recreate::journal::{Claim, Phase, Seen, SwapRecord};
 use crate::recreate::watch::{self, StopFailed, WaitError, Watcher};
