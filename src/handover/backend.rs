@@ -224,7 +224,8 @@ impl Orchestrator {
     /// or nothing to do.
     pub(super) fn pin(&self, fetched: Fetched, requirement: &Requirement) -> Result<Next<Pinned>, UpgradeError> {
         let version = resolve::labelled_version(&fetched.image, &fetched.inspect, requirement)?;
-        self.refuse_rejected(&version, requirement)?;
+        let digest = super::elder::registry_digest(&fetched);
+        self.refuse_rejected(&version, digest.as_deref(), requirement)?;
         let rollback = match resolve::decide(&self.version, &version, requirement)? {
             Go::AlreadyThere => {
                 return Ok(Next::AlreadyThere {

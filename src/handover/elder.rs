@@ -79,6 +79,13 @@ pub(crate) struct Fetched {
     pub pull_ms: u128,
 }
 
+/// The registry's digest of a fetched image (`sha256:…`), from the pull's
+/// record of it in its repository; `None` for an image never pulled.
+pub(crate) fn registry_digest(fetched: &Fetched) -> Option<String> {
+    let pinned = super::swarm::pinned_ref(&fetched.repository, &fetched.inspect)?;
+    pinned.rsplit_once('@').map(|(_, digest)| digest.to_string())
+}
+
 /// Holds the single-flight lock; releasing it is dropping it, on every path.
 pub(crate) struct Flight<'a> {
     orchestrator: &'a Orchestrator,
@@ -229,18 +236,24 @@ impl Orchestrator {
         self.land_here(flight, target).await
     }
 
-    /// Refuses a version rolled back during a bake, unless it is named
-    /// exactly: `:latest` keeps pointing at it until a newer one is pushed.
-    pub(super) fn refuse_rejected(&self, version: &Version, requirement: &Requirement) -> Result<(), UpgradeError> {
+    /// Refuses an image rolled back before (any of them, by its registry
+    /// `digest` when known), unless it is named exactly: `:latest` keeps
+    /// pointing at it until a newer one is pushed.
+    pub(super) fn refuse_rejected(
+        &self,
+        version: &Version,
+        digest: Option<&str>,
+        requirement: &Requirement,
+    ) -> Result<(), UpgradeError> {
         if matches!(requirement, Requirement::Exact(_)) {
             return Ok(());
         }
-        match self.shared.rejected() {
-            Some(rejected) if rejected.version == version.to_string() => Err(UpgradeError::RolledBackBefore {
+        match self.shared.refused(&version.to_string(), digest) {
+            Some(rejected) => Err(UpgradeError::RolledBackBefore {
                 version: rejected.version,
                 reason: rejected.reason,
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -600,6 +613,9 @@ pub(crate) struct Handover {
     version: Version,
     /// The image as resolved (by tag where there is one).
     image: String,
+    /// Its registry digest, if the pull recorded one: what a rollback
+    /// during the bake remembers.
+    digest: Option<String>,
     rollback: bool,
     timings: Timings,
     /// No companion swap runs across the handover, in either instance.
@@ -623,6 +639,7 @@ impl UpgradeBackend for HostHandover {
             version,
             rollback,
         } = target;
+        let digest = registry_digest(&fetched);
         let image = fetched.image;
         let mut timings = Timings {
             resolve_ms: fetched.resolve_ms,
@@ -728,6 +745,7 @@ impl UpgradeBackend for HostHandover {
             new_port,
             version,
             image,
+            digest,
             rollback,
             timings,
             _swaps: swaps,
@@ -750,6 +768,7 @@ impl UpgradeBackend for HostHandover {
             new_port,
             version,
             image,
+            digest,
             rollback,
             mut timings,
             _swaps,
@@ -806,6 +825,7 @@ impl UpgradeBackend for HostHandover {
                         o.withdraw_standby();
                         o.shared.reject(Rejected {
                             version: version.to_string(),
+                            digest: digest.clone(),
                             reason: report.reason.clone(),
                             at: now_secs(),
                         });
@@ -820,6 +840,8 @@ impl UpgradeBackend for HostHandover {
             }
         };
         timings.total_ms = flight.started.elapsed().as_millis();
+        // It ran to the end (named exactly, if it had been rolled back).
+        o.shared.forget_rejected(&version.to_string(), digest.as_deref());
         Ok(UpgradeOutcome::Upgraded {
             from: o.version.to_string(),
             to: version.to_string(),
