@@ -123,6 +123,7 @@ fn main() -> ExitCode {
         bake::rollback_during_the_bake_is_instant_and_loses_no_request,
         bake::a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and_alone,
         bake::a_restart_of_either_instance_during_the_bake_converges_to_one,
+        bake::every_version_rolled_back_during_a_bake_stays_refused_to_latest_until_it_is_named,
         restarts::a_restarted_live_instance_is_a_plain_start_and_the_next_upgrade_works,
         restarts::the_elder_killed_while_its_successor_starts_leaves_one_instance_of_the_new_version,
         restarts::the_elder_restarted_while_its_successor_starts_leaves_one_instance_of_the_new_version,
