@@ -58,7 +58,11 @@ async fn upgrade_until_baking(env: &Env) -> (Pending, String) {
 
 /// [`upgrade_until_baking`] of `path` asked of the instance on `port`.
 async fn upgrade_until_baking_to(env: &Env, port: u16, path: &str) -> (Pending, String) {
-    let b = if port == env.ports[0] { env.ports[1] } else { env.ports[0] };
+    let b = if port == env.ports[0] {
+        env.ports[1]
+    } else {
+        env.ports[0]
+    };
     let upgrade = spawn_upgrade_to(env, port, path);
     let successor = eventually("the successor to bake", Duration::from_secs(60), || async {
         let r = env.http.get(env.direct(b, "/handover")).send().await.ok()?;
@@ -530,7 +534,10 @@ pub async fn every_version_rolled_back_during_a_bake_stays_refused_to_latest_unt
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["rolled_back_version"], FAULT_VERSION, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("was rolled back during a bake"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("was rolled back during a bake"),
         "{body}"
     );
     assert_eq!(env.selfup_containers(), before);

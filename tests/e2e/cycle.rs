@@ -130,7 +130,10 @@ pub fn assert_exited(body: &Value, code: i64, log_line: &str) {
         "expected \"it exited with code {code}\" or \"it exited and was restarted N times\": {body}"
     );
     let log = body["successor_log"].to_string();
-    assert!(log.contains(log_line), "the successor's log does not say why ({log_line}): {body}");
+    assert!(
+        log.contains(log_line),
+        "the successor's log does not say why ({log_line}): {body}"
+    );
 }
 
 async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reason: &str, log_line: Option<&str>) {
@@ -151,9 +154,7 @@ async fn assert_faulty_successor_is_refused(suite: Arc<Suite>, fault: &str, reas
 }
 
 pub async fn a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving(suite: Arc<Suite>) {
-    let env = suite
-        .live_env(&[("SELFUP_HEALTH_DEADLINE_SECS", "4")], "1.0.0")
-        .await;
+    let env = suite.live_env(&[("SELFUP_HEALTH_DEADLINE_SECS", "4")], "1.0.0").await;
     let before = env.selfup_containers();
     suite.publish(&suite.image("fixtures", "crash"), &env.repository, "latest");
     let (status, body) = env.upgrade_under_load(env.ports[0], None).await;

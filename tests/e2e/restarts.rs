@@ -218,10 +218,7 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
     docker(&["start", &env.nginx]);
     env.wait_public_version(FAULT_VERSION).await;
-    assert_eq!(
-        env.version_at(&env.public("/")).await,
-        Some((FAULT_VERSION.into(), b))
-    );
+    assert_eq!(env.version_at(&env.public("/")).await, Some((FAULT_VERSION.into(), b)));
     let health: Value = env.get_json(&env.direct(b, "/health")).await;
     assert_eq!(health["proxy"], "running", "{health}");
 
