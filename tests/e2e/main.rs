@@ -136,6 +136,8 @@ fn main() -> ExitCode {
         unattended::notify_mode_reports_a_newer_version_once_and_changes_nothing,
         unattended::a_failed_target_is_not_tried_again_and_a_young_one_waits_for_the_cooldown,
         unattended::a_push_to_the_registry_upgrades_through_its_notification_without_any_request,
+        unattended::only_the_live_instance_watches_and_an_elder_that_hands_over_stops_watching,
+        unattended::an_elder_waits_at_most_five_seconds_for_a_report_that_hangs,
         checks::a_stray_listener_on_the_successor_port_gets_no_handover_secret,
         input::malformed_and_random_requests_get_a_json_4xx_and_the_service_keeps_serving,
         companion::an_update_keeps_every_setting_of_the_container_and_answers_with_both_images,
