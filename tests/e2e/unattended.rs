@@ -747,8 +747,9 @@ pub async fn only_the_live_instance_watches_and_an_elder_that_hands_over_stops_w
     let at = |what: &str| lines.iter().position(|l| l.contains(what));
     let upgrading = lines.iter().filter(|l| l.contains("watch: upgrading")).count();
     assert_eq!(upgrading, 1, "the elder's watch started {upgrading} upgrades:\n{log}");
-    let upgraded = at("watch: upgraded; the successor watches").expect(&format!("no upgrade by the watch:\n{log}"));
-    let stopped = at("watch: stopped").expect(&format!("the elder's watch did not stop:\n{log}"));
+    let upgraded =
+        at("watch: upgraded; the successor watches").unwrap_or_else(|| panic!("no upgrade by the watch:\n{log}"));
+    let stopped = at("watch: stopped").unwrap_or_else(|| panic!("the elder's watch did not stop:\n{log}"));
     assert!(upgraded < stopped, "{log}");
     let after: Vec<_> = lines[upgraded + 1..]
         .iter()
@@ -765,11 +766,11 @@ pub async fn only_the_live_instance_watches_and_an_elder_that_hands_over_stops_w
     let live = lines
         .iter()
         .position(|l| l.contains("this instance is the live one"))
-        .expect(&format!("the successor never took over:\n{log}"));
+        .unwrap_or_else(|| panic!("the successor never took over:\n{log}"));
     let watching = lines
         .iter()
         .position(|l| l.contains("watching the registry"))
-        .expect(&format!("the successor does not watch:\n{log}"));
+        .unwrap_or_else(|| panic!("the successor does not watch:\n{log}"));
     assert!(live < watching, "the successor watched before it was live:\n{log}");
     assert_eq!(
         lines.iter().filter(|l| l.contains("watching the registry")).count(),
