@@ -34,8 +34,9 @@ pub struct Status {
     /// Set by an elder's go-ahead on its successor: how long the elder
     /// bakes it. `None`: the elder does not bake (or is an older version).
     pub bake_requested: Option<Duration>,
-    /// The version last rolled back during a bake, without a data directory.
-    pub rejected: Option<Rejected>,
+    /// The images rolled back (during a bake, or by Swarm), newest first,
+    /// without a data directory.
+    pub rejected: Vec<Rejected>,
 }
 
 /// A bake under way: the elder keeps running out of rotation and watches
@@ -115,15 +116,50 @@ impl BakeReport {
     }
 }
 
-/// A version rolled back during a bake: `/upgrade` to `:latest` (or to a
-/// requirement that picks it) refuses it until a newer one appears or it is
-/// named exactly.
+/// An image rolled back during a bake (or by Swarm): `/upgrade` to
+/// `:latest` (or to a requirement that picks it) and the watch policy refuse
+/// it until a newer one appears or it is named exactly. Every rolled-back
+/// image is kept, not only the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub version: String,
+    /// The registry's digest of the image (`sha256:…`). `None` in a record
+    /// written before digests were kept: then the version alone matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub reason: String,
     /// Seconds since the epoch.
     pub at: u64,
+}
+
+impl Rejected {
+    /// Whether this record refuses `version` with `digest` (`None`: not
+    /// known): by digest when both are known, else by version.
+    pub fn refuses(&self, version: &str, digest: Option<&str>) -> bool {
+        match (&self.digest, digest) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => self.version == version,
+        }
+    }
+}
+
+/// How many rolled-back images are remembered.
+const REJECTED_LEN: usize = 64;
+
+/// `rejected.json` as it is on disk: a list, newest first, or the single
+/// record an earlier release wrote.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RejectedFile {
+    Many(Vec<Rejected>),
+    One(Rejected),
+}
+
+fn read_rejected(path: &std::path::Path) -> Option<Vec<Rejected>> {
+    match serde_json::from_slice(&std::fs::read(path).ok()?).ok()? {
+        RejectedFile::Many(list) => Some(list),
+        RejectedFile::One(one) => Some(vec![one]),
+    }
 }
 
 /// The running upgrade, as a refused second request is told.
@@ -284,24 +320,53 @@ impl Shared {
 }
 
 impl Shared {
-    /// The version last rolled back during a bake, if any: with a data
-    /// directory, every generation sees it.
-    pub fn rejected(&self) -> Option<Rejected> {
+    /// The images rolled back, newest first: with a data directory, every
+    /// generation sees them.
+    pub fn rejected_all(&self) -> Vec<Rejected> {
         match &self.rejected_file {
-            Some(path) => serde_json::from_slice(&std::fs::read(path).ok()?).ok(),
+            Some(path) => read_rejected(path).unwrap_or_default(),
             None => self.status().rejected.clone(),
         }
     }
 
-    /// Remembers a version rolled back during a bake.
+    /// The image last rolled back, if any (`/status`'s `rolled_back_version`).
+    pub fn rejected(&self) -> Option<Rejected> {
+        self.rejected_all().into_iter().next()
+    }
+
+    /// The record that refuses `version` with `digest`, if one does.
+    pub fn refused(&self, version: &str, digest: Option<&str>) -> Option<Rejected> {
+        self.rejected_all().into_iter().find(|r| r.refuses(version, digest))
+    }
+
+    /// Remembers an image rolled back, beside every one before it.
     pub fn reject(&self, rejected: Rejected) {
-        self.status().rejected = Some(rejected.clone());
+        let mut list = self.rejected_all();
+        list.retain(|r| !(r.version == rejected.version && r.digest == rejected.digest));
+        list.insert(0, rejected);
+        list.truncate(REJECTED_LEN);
+        self.save_rejected(list);
+    }
+
+    /// Forgets the rolled-back records of `version` with `digest`: an
+    /// upgrade that named it exactly ran it to the end.
+    pub fn forget_rejected(&self, version: &str, digest: Option<&str>) {
+        let mut list = self.rejected_all();
+        let before = list.len();
+        list.retain(|r| !r.refuses(version, digest));
+        if list.len() != before {
+            self.save_rejected(list);
+        }
+    }
+
+    fn save_rejected(&self, list: Vec<Rejected>) {
+        self.status().rejected = list.clone();
         let Some(path) = &self.rejected_file else { return };
-        let saved = serde_json::to_string_pretty(&rejected)
+        let saved = serde_json::to_string_pretty(&list)
             .map_err(std::io::Error::other)
             .and_then(|text| crate::atomic::write_atomically(path, &text));
         if let Err(e) = saved {
-            tracing::warn!(path = %path.display(), error = %e, "the rolled back version is remembered in memory only");
+            tracing::warn!(path = %path.display(), error = %e, "the rolled back images are remembered in memory only");
         }
     }
 }
@@ -409,5 +474,80 @@ mod tests {
         assert!(!restarted.takeover_done("def"));
         assert!(!Shared::default().takeover_done("abc"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn rejected(version: &str, digest: &str) -> Rejected {
+        Rejected {
+            version: version.into(),
+            digest: Some(digest.into()),
+            reason: format!("{version} breached"),
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn every_rolled_back_image_is_refused_by_digest_until_it_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("selfup-rejected-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elder = Shared::with_data_dir(&dir);
+        assert_eq!(elder.rejected(), None);
+        // 9.3.1 crashed in its bake, then 9.2.0 was rolled back by an operator.
+        elder.reject(rejected("9.3.1", "sha256:931"));
+        elder.reject(rejected("9.2.0", "sha256:920"));
+        let successor = Shared::with_data_dir(&dir);
+        assert_eq!(successor.rejected().unwrap().version, "9.2.0", "the newest first");
+        assert!(
+            successor.refused("9.3.1", Some("sha256:931")).is_some(),
+            "the first is kept"
+        );
+        assert!(successor.refused("9.2.0", Some("sha256:920")).is_some());
+        // The same version pushed again is another image.
+        assert_eq!(successor.refused("9.3.1", Some("sha256:other")), None);
+        // 9.2.0 named exactly and run to the end: forgotten; 9.3.1 still refused.
+        successor.forget_rejected("9.2.0", Some("sha256:920"));
+        let next = Shared::with_data_dir(&dir);
+        assert_eq!(next.refused("9.2.0", Some("sha256:920")), None);
+        assert_eq!(
+            next.refused("9.3.1", Some("sha256:931")).unwrap().reason,
+            "9.3.1 breached"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_single_record_an_earlier_release_wrote_is_still_read_and_matches_by_version() {
+        let dir = std::env::temp_dir().join(format!("selfup-rejected-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("rejected.json"),
+            r#"{"version": "9.3.1", "reason": "it exited with code 3", "at": 7}"#,
+        )
+        .unwrap();
+        let shared = Shared::with_data_dir(&dir);
+        let old = shared
+            .refused("9.3.1", Some("sha256:931"))
+            .expect("the old record refuses 9.3.1");
+        assert_eq!((old.digest, old.at), (None, 7));
+        assert_eq!(shared.refused("9.4.0", Some("sha256:940")), None);
+        // A new rejection keeps the old record beside it.
+        shared.reject(rejected("9.2.0", "sha256:920"));
+        let all = Shared::with_data_dir(&dir).rejected_all();
+        let versions: Vec<_> = all.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["9.2.0", "9.3.1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_data_directory_rolled_back_images_are_kept_in_memory() {
+        let shared = Shared::default();
+        shared.reject(rejected("9.3.1", "sha256:931"));
+        shared.reject(rejected("9.2.0", "sha256:920"));
+        shared.reject(rejected("9.3.1", "sha256:931"));
+        assert_eq!(shared.rejected_all().len(), 2, "one record per image");
+        assert_eq!(shared.rejected().unwrap().version, "9.3.1");
+        assert!(
+            shared.refused("9.2.0", None).is_some(),
+            "an unknown digest matches by version"
+        );
     }
 }

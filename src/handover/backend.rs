@@ -32,6 +32,13 @@ use crate::version::Requirement;
 #[derive(Debug, Clone, Copy)]
 pub struct HostHandover<'a>(pub &'a Orchestrator);
 
+/// The registry's digest of a fetched image (`sha256:…`), from the pull's
+/// record of it in its repository; `None` for an image never pulled.
+pub(crate) fn registry_digest(fetched: &Fetched) -> Option<String> {
+    let pinned = crate::swarm::pinned_ref(&fetched.repository, &fetched.inspect)?;
+    pinned.rsplit_once('@').map(|(_, digest)| digest.to_string())
+}
+
 impl Backend {
     /// This backend's part of `/status`.
     pub async fn status(&self, o: &Orchestrator) -> BackendStatus {
@@ -115,7 +122,8 @@ impl Orchestrator {
     /// or nothing to do.
     pub(super) fn pin(&self, fetched: Fetched, requirement: &Requirement) -> Result<Next<Pinned>, UpgradeError> {
         let version = resolve::labelled_version(&fetched.image, &fetched.inspect, requirement)?;
-        self.refuse_rejected(&version, requirement)?;
+        let digest = registry_digest(&fetched);
+        self.refuse_rejected(&version, digest.as_deref(), requirement)?;
         let rollback = match resolve::decide(&self.version, &version, requirement)? {
             Go::AlreadyThere => {
                 return Ok(Next::AlreadyThere {

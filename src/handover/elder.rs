@@ -17,7 +17,7 @@ use super::{
 };
 use bollard::models::ImageInspect;
 
-use super::backend::HostHandover;
+use super::backend::{HostHandover, registry_digest};
 use crate::docker::DockerError;
 use crate::image_ref::ImageRef;
 use crate::metrics::Timings;
@@ -154,18 +154,24 @@ impl Orchestrator {
         self.land_here(flight, target).await
     }
 
-    /// Refuses a version rolled back during a bake, unless it is named
-    /// exactly: `:latest` keeps pointing at it until a newer one is pushed.
-    pub(super) fn refuse_rejected(&self, version: &Version, requirement: &Requirement) -> Result<(), UpgradeError> {
+    /// Refuses an image rolled back before (any of them, by its registry
+    /// `digest` when known), unless it is named exactly: `:latest` keeps
+    /// pointing at it until a newer one is pushed.
+    pub(super) fn refuse_rejected(
+        &self,
+        version: &Version,
+        digest: Option<&str>,
+        requirement: &Requirement,
+    ) -> Result<(), UpgradeError> {
         if matches!(requirement, Requirement::Exact(_)) {
             return Ok(());
         }
-        match self.shared.rejected() {
-            Some(rejected) if rejected.version == version.to_string() => Err(UpgradeError::RolledBackBefore {
+        match self.shared.refused(&version.to_string(), digest) {
+            Some(rejected) => Err(UpgradeError::RolledBackBefore {
                 version: rejected.version,
                 reason: rejected.reason,
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -514,6 +520,9 @@ pub(crate) struct Handover {
     version: Version,
     /// The image as resolved (by tag where there is one).
     image: String,
+    /// Its registry digest, if the pull recorded one: what a rollback
+    /// during the bake remembers.
+    digest: Option<String>,
     rollback: bool,
     timings: Timings,
     /// No companion swap runs across the handover, in either instance.
@@ -533,6 +542,7 @@ impl UpgradeBackend for HostHandover<'_> {
             version,
             rollback,
         } = target;
+        let digest = registry_digest(&fetched);
         let image = fetched.image;
         let mut timings = Timings {
             resolve_ms: fetched.resolve_ms,
@@ -638,6 +648,7 @@ impl UpgradeBackend for HostHandover<'_> {
             new_port,
             version,
             image,
+            digest,
             rollback,
             timings,
             _swaps: swaps,
@@ -661,6 +672,7 @@ impl UpgradeBackend for HostHandover<'_> {
             new_port,
             version,
             image,
+            digest,
             rollback,
             mut timings,
             _swaps,
@@ -719,6 +731,7 @@ impl UpgradeBackend for HostHandover<'_> {
                         o.withdraw_standby();
                         o.shared.reject(Rejected {
                             version: version.to_string(),
+                            digest: digest.clone(),
                             reason: report.reason.clone(),
                             at: now_secs(),
                         });
@@ -733,6 +746,8 @@ impl UpgradeBackend for HostHandover<'_> {
             }
         };
         timings.total_ms = flight.started.elapsed().as_millis();
+        // It ran to the end (named exactly, if it had been rolled back).
+        o.shared.forget_rejected(&version.to_string(), digest.as_deref());
         Ok(UpgradeOutcome::Upgraded {
             from: o.version.to_string(),
             to: version.to_string(),

@@ -126,7 +126,7 @@ impl Orchestrator {
                 found: remote.version.clone(),
             })?;
         plan.version = Some(version.clone());
-        self.refuse_rejected(&version, &requirement)?;
+        self.refuse_rejected(&version, Some(&remote.digest), &requirement)?;
         if !requirement.admits(&version) {
             return Err(ResolveError::LabelMismatch {
                 image,

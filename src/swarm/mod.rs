@@ -392,6 +392,8 @@ impl UpgradeBackend for SwarmService {
             }
             o.shared.reject(Rejected {
                 version: to.clone(),
+                // `image` is pinned by digest: `repository@sha256:…`.
+                digest: image.rsplit_once('@').map(|(_, digest)| digest.to_string()),
                 reason: rollout.reason.clone(),
                 at: now_secs(),
             });

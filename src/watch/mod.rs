@@ -199,13 +199,17 @@ impl Watch {
             created: remote.created,
         };
         let min_age = o.settings.min_image_age_secs;
+        // An image rolled back before (during a bake, by an operator too)
+        // is refused as `/upgrade` refuses it, unless the policy names it.
+        let named = matches!(self.requirement, Requirement::Exact(_));
+        let version = candidate.version.to_string();
         let verdict = judge(
             &o.version,
             &candidate,
             &self.requirement,
             min_age,
             crate::state::now_secs(),
-            |digest| self.failed.contains(digest),
+            |digest| self.failed.contains(digest) || (!named && o.shared.refused(&version, Some(digest)).is_some()),
         );
         let to = candidate.version.to_string();
         match verdict {
