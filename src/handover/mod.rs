@@ -1,52 +1,33 @@
-//! The handover protocol, in the order it runs:
+//! The self-upgrade: the handover protocol, in the order it runs.
 //!
-//! 1. [`elder`]: the live instance (the elder) resolves and pulls the
-//!    target ([`crate::recreate::resolve`]), starts a successor cloned from its
-//!    own container ([`crate::recreate::clone`]) on the other port,
-//!    health-checks it, gives it the go-ahead, and waits to be stopped by it.
+//! 1. [`elder`]: the live instance (the elder) takes the single-flight lock
+//!    and records the outcome ([`Orchestrator::upgrade`]); [`backend`]
+//!    picks where the upgrade lands and runs the shared path, `land`:
+//!    `fetch` (registry, pull), `pin` (the version label, the refusal of a
+//!    rolled-back image, the decision), then the backend's `deploy` and
+//!    `follow`. On this host ([`backend::HostHandover`], in [`elder`]):
+//!    `deploy` clones this container onto the other port, starts the
+//!    successor and polls its health; `follow` gives it the go-ahead,
+//!    waits for its takeover and, with `bake_secs`, runs the [`bake`].
+//!    The elder's steps, each one call from there, are in [`steps`].
 //! 2. [`takeover`]: the successor publishes its live socket (nginx's
-//!    upstream), confirms through it,
-//!    stops and removes its elder; at start-up every instance reconciles.
+//!    upstream), confirms through it, stops and removes its elder and the
+//!    old images [`retention`] allows; at start-up every instance reconciles.
 //!
-//! Both are one implementation each of a small interface,
-//! [`backend::UpgradeBackend`]: `deploy` a pinned target, `follow` it to
-//! its answer, `roll_back`, and `status`. As a task of a Docker Swarm
-//! service, the other implementation lands the upgrade: [`swarm`] updates
-//! the service and Swarm replaces the tasks. Around the interface, all is
-//! shared, in this order:
-//!
-//! - the lock: [`Orchestrator::upgrade`] takes the single-flight `Flight`
-//!   and records the outcome (history, notification, metrics) for both;
-//! - the dispatch: `land_here` (in [`backend`]) asks
-//!   [`Orchestrator::backend`] (detected once from this container's labels)
-//!   and runs the shared path, `land`, on [`backend::HostHandover`] or the
-//!   [`swarm::SwarmService`]; nothing else asks which backend runs an
-//!   upgrade;
-//! - the resolution: `land` calls `fetch` (registry, pull, progress events)
-//!   and `pin` (`resolve::labelled_version`, `refuse_rejected`,
-//!   `resolve::decide`); the rejected version is one `Shared` slot for both;
-//! - the landing, the backend's: `deploy` starts a healthy successor on the
-//!   host and sends a pinned spec ([`swarm::rollout_spec`]) to Swarm;
-//!   `follow` hands over (and bakes) on the host and follows Swarm's
-//!   `UpdateStatus`, whose messages are the same `UpgradeStep` events;
-//!   `roll_back` (`/rollback`) is a handover to `previous` (labels on the
-//!   container) on the host and [`swarm::rollback_plan`] (labels on the
-//!   service) on Swarm, followed by the same `follow`;
-//! - the answer: [`UpgradeOutcome`] and [`UpgradeError`], one enum each,
-//!   with Swarm's variants (`Completed`, `RollbackCompleted`, `Swarm*`);
-//! - `/status`: the same document, plus the backend's `status` (`swarm`,
-//!   null on the host); `/upgrade/plan` asks the same backend in
-//!   `plan::find`. Start-up and stop differ outside the interface: a Swarm
-//!   task has no siblings to reconcile, and holds its exit while it
-//!   follows an update (`app`).
-//!
-//! What the self-upgrade shares with companion mode is in [`crate::recreate`].
+//! As a task of a Docker Swarm service, the other backend lands the upgrade:
+//! [`crate::swarm`] updates the service and Swarm replaces the tasks. Both
+//! implement one interface, [`crate::recreate::upgrade::UpgradeBackend`]
+//! (`deploy`, `follow`, `roll_back`, `status`), with one [`UpgradeOutcome`]
+//! and one [`UpgradeError`]; `/upgrade/plan` asks the same backend
+//! ([`plan`]). What the self-upgrade shares with companion mode is in
+//! [`crate::recreate`].
 
 pub mod backend;
 pub mod bake;
 pub mod elder;
 pub mod plan;
 pub mod retention;
+pub mod steps;
 pub mod takeover;
 
 use std::collections::HashMap;
