@@ -13,7 +13,7 @@
 //! - the successor's own count of its public answers and 5xx (in its
 //!   `/health` detail, and every 25 ms in `/health?answers`, which costs
 //!   it no Docker call), against `bake_max_5xx_ratio`, once there are
-//!   [`MIN_ANSWERS`] to judge by.
+//!   [`crate::recreate::bake::MIN_ANSWERS`] to judge by.
 //!
 //! While it bakes, the elder also publishes its socket as the standby
 //! socket, nginx's `backup` server: a connect nginx makes to a dead
