@@ -118,16 +118,11 @@ pub enum Outcome {
     Available,
 }
 
+/// The name `serde` gives it, as the JSON carries it.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::AlreadyThere => "already_there",
-            Outcome::Failed => "failed",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Available => "available",
-        })
+        let name = serde_json::to_value(self).ok();
+        f.write_str(name.as_ref().and_then(|n| n.as_str()).unwrap_or_default())
     }
 }
 

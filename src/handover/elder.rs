@@ -255,19 +255,8 @@ impl UpgradeBackend for HostHandover<'_> {
         progress: Handover,
     ) -> Result<UpgradeOutcome, UpgradeError> {
         let o = self.0;
-        let Handover {
-            successor,
-            reach,
-            token,
-            old_port,
-            new_port,
-            version,
-            image,
-            digest,
-            rollback,
-            mut timings,
-            _swaps,
-        } = progress;
+        // The swap hold in `progress` lasts until this answer.
+        let mut h = progress;
         flight.step(UpgradeStep::WaitingForTakeover);
         let t = Instant::now();
         let bake = (o.settings.bake_secs > 0).then(|| o.settings.bake());
@@ -276,12 +265,12 @@ impl UpgradeBackend for HostHandover<'_> {
             // as the successor is live.
             o.publish_standby();
         }
-        let handed = o.go_and_wait(&successor, reach, &token, bake).await;
+        let handed = o.go_and_wait(&h.successor, h.reach, &h.token, bake).await;
         let handed = match handed {
             Ok(handed) => handed,
-            Err(unconfirmed) => return Err(o.unconfirmed(&successor, new_port, unconfirmed).await),
+            Err(unconfirmed) => return Err(o.unconfirmed(&h.successor, h.new_port, unconfirmed).await),
         };
-        timings.takeover_ms = t.elapsed().as_millis();
+        h.timings.takeover_ms = t.elapsed().as_millis();
         let bake = match handed {
             // A successor that does not bake (an older version) stopped
             // this instance at once.
@@ -291,12 +280,12 @@ impl UpgradeBackend for HostHandover<'_> {
             }
             Handed::Baking => {
                 flight.step(UpgradeStep::Baking);
-                let (end, report) = o.bake(&successor, reach, &token, &version).await;
+                let (end, report) = o.bake(&h.successor, h.reach, &h.token, &h.version).await;
                 match end {
                     BakeEnd::Promoted { stopped: true, .. } => {}
                     BakeEnd::Promoted { stopped: false, .. } => {
-                        if let Err(unconfirmed) = o.end_bake(&successor, reach, &token).await {
-                            return Err(o.unconfirmed(&successor, new_port, unconfirmed).await);
+                        if let Err(unconfirmed) = o.end_bake(&h.successor, h.reach, &h.token).await {
+                            return Err(o.unconfirmed(&h.successor, h.new_port, unconfirmed).await);
                         }
                     }
                     BakeEnd::RolledBack {
@@ -306,23 +295,23 @@ impl UpgradeBackend for HostHandover<'_> {
                             // Dead or frozen: the requests it holds end (and
                             // nginx retries the idempotent ones on the standby
                             // socket) only when it is killed; its log stays.
-                            let _ = o.engine.signal(&successor, "SIGKILL").await;
+                            let _ = o.engine.signal(&h.successor, "SIGKILL").await;
                         }
-                        let log = watch::log_tail(&o.engine, &successor).await;
+                        let log = watch::log_tail(&o.engine, &h.successor).await;
                         let removed = match answering {
                             true => {
                                 let stop = Duration::from_secs(o.settings.stop_timeout_secs);
-                                watch::stop_and_remove(&o.engine, &successor, stop, watch::StopFailed::Force).await
+                                watch::stop_and_remove(&o.engine, &h.successor, stop, watch::StopFailed::Force).await
                             }
-                            false => o.engine.remove_container(&successor, true).await,
+                            false => o.engine.remove_container(&h.successor, true).await,
                         };
                         if let Err(e) = removed {
-                            tracing::warn!(container = %successor, error = %e, "could not remove the rolled back successor");
+                            tracing::warn!(container = %h.successor, error = %e, "could not remove the rolled back successor");
                         }
                         o.withdraw_standby();
                         o.shared.reject(Rejected {
-                            version: version.to_string(),
-                            digest: digest.clone(),
+                            version: h.version.to_string(),
+                            digest: h.digest.clone(),
                             reason: report.reason.clone(),
                             at: now_secs(),
                         });
@@ -336,18 +325,18 @@ impl UpgradeBackend for HostHandover<'_> {
                 Some(Box::new(report))
             }
         };
-        timings.total_ms = flight.started.elapsed().as_millis();
+        h.timings.total_ms = flight.started.elapsed().as_millis();
         // It ran to the end (named exactly, if it had been rolled back).
-        o.shared.forget_rejected(&version.to_string(), digest.as_deref());
+        o.shared.forget_rejected(&h.version.to_string(), h.digest.as_deref());
         Ok(UpgradeOutcome::Upgraded {
             from: o.version.to_string(),
-            to: version.to_string(),
-            rollback,
-            image,
-            old_port,
-            new_port,
-            successor: successor.chars().take(12).collect(),
-            timings,
+            to: h.version.to_string(),
+            rollback: h.rollback,
+            image: h.image,
+            old_port: h.old_port,
+            new_port: h.new_port,
+            successor: h.successor.chars().take(12).collect(),
+            timings: h.timings,
             bake,
         })
     }
