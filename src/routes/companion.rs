@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::companion::{UpdateError, UpdateOutcome};
 use crate::events::Event;
-use crate::routes::guard::UpdateCaller;
+use crate::routes::guard::{GuardError, UpdateCaller};
 use crate::routes::{AppState, resolve_details, resolve_status};
 use crate::version::Requirement;
 
@@ -153,17 +153,20 @@ where
 }
 
 /// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
-/// The body is read before the guard's verdict, as it always was.
+/// The whole body is read before the guard's verdict is answered, as it
+/// always was: an oversized body is a 413 for anyone, and a refused caller's
+/// connection stays open for its next request.
 pub async fn update(
     req: HttpRequest,
     body: web::Bytes,
-    UpdateCaller(companion): UpdateCaller,
+    caller: Result<UpdateCaller, GuardError>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, CompanionError> {
+) -> actix_web::Result<HttpResponse> {
+    let UpdateCaller(companion) = caller?;
     let request = parse_body(&body)?;
     let container = request.container.clone();
     let update = async move { companion.update(&request.container, &request.image).await };
-    answer(&req, &state, container, update).await
+    Ok(answer(&req, &state, container, update).await?)
 }
 
 /// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the

@@ -22,7 +22,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::routes::guard::Hook;
+use crate::routes::guard::{GuardError, Hook};
 use crate::routes::{AppState, json_error};
 
 /// The largest envelope accepted: the registry batches a few events at most.
@@ -67,17 +67,23 @@ fn pushed_repositories(envelope: &Envelope) -> std::collections::HashSet<String>
         .collect()
 }
 
-/// `POST /hooks/registry`. The body is read before the guard's verdict, as
-/// it always was.
-pub async fn registry(body: web::Bytes, _: Hook, state: web::Data<AppState>) -> HttpResponse {
+/// `POST /hooks/registry`. The whole body is read before the guard's
+/// verdict is answered, as it always was: an oversized envelope is a 413 for
+/// anyone, and a refused caller's connection stays open.
+pub async fn registry(
+    body: web::Bytes,
+    hook: Result<Hook, GuardError>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GuardError> {
+    let Hook = hook?;
     let settings = &state.orchestrator.settings;
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
-            return json_error(
+            return Ok(json_error(
                 StatusCode::BAD_REQUEST,
                 format!(r#"expected a registry notification envelope {{"events": [...]}}: {e}"#),
-            );
+            ));
         }
     };
     let pushes = pushes_to(&envelope, &settings.image);
@@ -109,12 +115,12 @@ pub async fn registry(body: web::Bytes, _: Hook, state: web::Data<AppState>) -> 
         ?repositories,
         "registry notification"
     );
-    HttpResponse::Accepted().json(json!({
+    Ok(HttpResponse::Accepted().json(json!({
         "events": envelope.events.len(),
         "pushes": pushes,
         "checking": checking,
         "checking_containers": checking_containers,
-    }))
+    })))
 }
 
 #[cfg(test)]
