@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use crate::companion::UpdateOutcome;
 use crate::events::{EventLog, Record};
 use crate::handover::{UpgradeError, UpgradeOutcome};
-use crate::routes::{AppState, guard_control};
+use crate::routes::AppState;
+use crate::routes::guard::Control;
 use crate::state::Shared;
 
 /// How often a stream looks for events another instance wrote to the shared log.
@@ -78,10 +79,7 @@ async fn forward(log: &EventLog, last: &mut u64, tx: &mpsc::Sender<String>, keep
 /// without one: the client asked for history by not naming a place), then
 /// every event as it comes, until the client leaves or this instance stops.
 /// `?from=now` starts at the next event.
-pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+pub async fn events(_: Control, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let shared = state.orchestrator.shared.clone();
     let mut last = match resume_from(&req) {
         Ok(Some(id)) => id,
@@ -240,10 +238,7 @@ where
 
 /// `GET /metrics`: the Prometheus text format; on loopback (or the control
 /// socket), with the bearer token when one is set.
-pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+pub async fn metrics(_: Control, state: web::Data<AppState>) -> HttpResponse {
     let metrics = &state.orchestrator.shared.metrics;
     if let Some(apps) = state.companion.as_ref().and_then(|c| c.fronts()) {
         metrics.app_connections(apps.relaying());
