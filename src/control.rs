@@ -19,7 +19,7 @@
 //! write, so nobody else can put a name there, but anyone may connect,
 //! nginx's unprivileged workers included; connections on it are served the
 //! companion's endpoints and the public ones, never the control endpoints
-//! (see `routes::guard_loopback`).
+//! (see `routes::guard::Loopback`).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
