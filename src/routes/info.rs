@@ -38,7 +38,9 @@ pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     }
 }
 
-/// 200 when the Docker daemon answers, 503 when it does not. A direct
+/// 200 when the Docker daemon answers, 503 when it does not, as seen at
+/// most a second ago (one ping a second, however many requests come). The
+/// answer is marked [`NotJudged`]: a bake never counts it. A direct
 /// loopback caller (the elder's health poll, the image's HEALTHCHECK, the
 /// operator's curl) also gets the version, port and container, so that an
 /// elder knows whom it is talking to, and Docker's error; anyone else (through
