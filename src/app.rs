@@ -143,14 +143,17 @@ impl Application {
                     let metrics = metrics.clone();
                     async move {
                         let res = answered.await;
-                        let status = match &res {
-                            Ok(res) => res.status(),
-                            Err(e) => e.as_response_error().status_code(),
-                        };
-                        metrics.metrics.answered(status);
-                        // What an elder baking this instance judges it by.
-                        if public {
-                            metrics.metrics.public_answered(status);
+                        // What an elder baking this instance judges it by:
+                        // public answers, `/health` left out.
+                        match &res {
+                            Ok(res) => metrics.metrics.answered_on(public, res.response()),
+                            Err(e) => {
+                                let status = e.as_response_error().status_code();
+                                metrics.metrics.answered(status);
+                                if public {
+                                    metrics.metrics.public_answered(status);
+                                }
+                            }
                         }
                         res
                     }

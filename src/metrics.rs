@@ -35,6 +35,13 @@ type Label = [(&'static str, String); 1];
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Marks an answer, in its extensions, that is left out of the public
+/// answers a bake judges: `/health`, which anyone can ask through nginx as
+/// often as they like, and whose 503 says that the Docker daemon, not the
+/// release, is unwell.
+#[derive(Debug, Clone, Copy)]
+pub struct NotJudged;
+
 /// Every metric this instance exports.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +51,8 @@ pub struct Metrics {
     updates: Family<Label, Counter>,
     http: Family<Label, Counter>,
     bakes: Family<Label, Counter>,
+    /// Pings of the Docker daemon `/health` made (the others reused one).
+    docker_pings: Counter,
     /// Public answers (those on the live socket), and the 5xx among them:
     /// what an elder baking this instance judges it by.
     public: AtomicU64,
@@ -122,6 +131,12 @@ impl Default for Metrics {
             "Whether the watch loop's last check worked (1) or failed (0)",
             watch_ok.clone(),
         );
+        let docker_pings = Counter::default();
+        registry.register(
+            "selfup_docker_pings",
+            "Pings of the Docker daemon made for /health (its answer is reused for a second)",
+            docker_pings.clone(),
+        );
         let app_connections = Gauge::default();
         registry.register(
             "selfup_app_connections",
@@ -136,6 +151,7 @@ impl Default for Metrics {
             updates,
             http,
             bakes,
+            docker_pings,
             public: AtomicU64::new(0),
             public_5xx: AtomicU64::new(0),
             watch_time,
@@ -184,6 +200,22 @@ impl Metrics {
     pub fn answered(&self, status: StatusCode) {
         let class = format!("{}xx", status.as_u16() / 100);
         self.http.get_or_create(&[("class", class)]).inc();
+    }
+
+    /// Counts one answer: by its status class, and among the public answers
+    /// when it came on the live socket (`public`) and is not marked
+    /// [`NotJudged`].
+    pub fn answered_on<B>(&self, public: bool, response: &actix_web::HttpResponse<B>) {
+        let status = response.status();
+        self.answered(status);
+        if public && !response.extensions().contains::<NotJudged>() {
+            self.public_answered(status);
+        }
+    }
+
+    /// Counts one ping of the Docker daemon.
+    pub fn docker_pinged(&self) {
+        self.docker_pings.inc();
     }
 
     /// Counts one public answer (on the live socket).
@@ -239,7 +271,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The value of the sample `name{labels}` in `text`, checking every line

@@ -15,6 +15,45 @@ pub const HISTORY_LEN: usize = 10;
 /// How many finished takeovers the handover record remembers.
 const TAKEOVERS_LEN: usize = 16;
 
+/// How long `/health` reuses the Docker daemon's last answer.
+pub const DAEMON_STATE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The last outcome of a check, reused for `max_age`: however many callers
+/// ask within that window, the check runs once; callers that ask while it
+/// runs wait for its outcome instead of running their own.
+#[derive(Debug)]
+pub struct Recent<T> {
+    max_age: Duration,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>,
+}
+
+impl<T: Clone> Recent<T> {
+    pub fn new(max_age: Duration) -> Recent<T> {
+        Recent {
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The last outcome if it is younger than `max_age`; else `check`'s,
+    /// which is kept.
+    pub async fn get_or_check<F, Fut>(&self, check: F) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = last.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return value.clone();
+        }
+        let value = check().await;
+        *last = Some((tokio::time::Instant::now(), value.clone()));
+        value
+    }
+}
+
 /// One small struct behind one lock; every critical section is a few field
 /// reads or writes, never an await.
 #[derive(Debug, Default)]
@@ -226,6 +265,10 @@ pub struct Shared {
     pub bake_ended: Notify,
     /// Where the version rolled back during a bake is kept, beside the history.
     rejected_file: Option<PathBuf>,
+    /// The Docker daemon's state as `/health` reports it, kept
+    /// [`DAEMON_STATE_MAX_AGE`]: a flood of public `/health` pings the
+    /// daemon once a second at most.
+    pub daemon: Recent<Result<(), String>>,
 }
 
 impl Default for Shared {
@@ -245,6 +288,7 @@ impl Default for Shared {
             bake_ask: BakeAsk::default(),
             bake_ended: Notify::new(),
             rejected_file: None,
+            daemon: Recent::new(DAEMON_STATE_MAX_AGE),
         }
     }
 }
@@ -424,6 +468,33 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn many_callers_within_the_window_share_one_check_and_a_later_one_checks_again() {
+        let recent = std::sync::Arc::new(Recent::<u32>::new(Duration::from_millis(300)));
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ask = || {
+            let (recent, checks) = (recent.clone(), checks.clone());
+            async move {
+                recent
+                    .get_or_check(|| async {
+                        // A slow check: the callers that arrive meanwhile wait for it.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+                    })
+                    .await
+            }
+        };
+        let answers = futures_util::future::join_all((0..200).map(|_| tokio::spawn(ask()))).await;
+        assert!(answers.into_iter().all(|a| a.unwrap() == 1));
+        for _ in 0..100 {
+            assert_eq!(ask().await, 1);
+        }
+        assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(ask().await, 2, "an outcome older than the window is checked again");
+        assert_eq!(ask().await, 2);
+    }
 
     fn record(n: u64) -> UpgradeRecord {
         UpgradeRecord {

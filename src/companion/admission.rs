@@ -1,14 +1,17 @@
 //! Admission: which container a request may update, and when. The container
 //! must exist, run and carry `selfup.enable=true`; it is not this companion;
-//! the image comes from an allowed registry; and one update per container
-//! runs at a time, held by a slot that is released on every path.
+//! the image comes from an allowed registry and from the container's own
+//! repository (or one its `selfup.repositories` label lists); and one update
+//! per container runs at a time, held by a slot that is released on every
+//! path.
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 
 use super::Companion;
-use super::container::{is_enabled, name_of};
+use super::container::{REPOSITORIES_LABEL, is_enabled, labels, name_of};
 use super::outcome::UpdateError;
 use crate::docker::DockerError;
+use crate::image_ref::ImageRef;
 use crate::recreate::journal::{Claim, Entry};
 
 /// Whether a string can name a container (as Docker allows names, or an id):
@@ -19,6 +22,60 @@ pub fn is_container_name(name: &str) -> bool {
         && bytes.len() <= 255
         && bytes[0].is_ascii_alphanumeric()
         && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+}
+
+/// A repository as one name, whatever way a reference spells it: the
+/// registry's host in lower case, Docker Hub under one name, and its
+/// official images under `library/`; any tag or digest left off. `None`
+/// when `reference` names no repository (an image id, or not a reference).
+pub fn canonical_repository(reference: &str) -> Option<String> {
+    let reference = reference.trim();
+    if reference.starts_with("sha256:") {
+        return None;
+    }
+    // A pin by digest names its repository all the same.
+    let named = reference.split_once('@').map_or(reference, |(name, _)| name);
+    let image = ImageRef::parse(named).ok()?;
+    let host = match image.registry_host().to_ascii_lowercase().as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_string(),
+        host => host.to_string(),
+    };
+    let path = match (host.as_str(), image.path.contains('/')) {
+        ("docker.io", false) => format!("library/{}", image.path),
+        _ => image.path,
+    };
+    Some(format!("{host}/{path}"))
+}
+
+/// The repositories a container may be moved to: the one it runs
+/// (`current`, its `Config.Image`), and those its `selfup.repositories`
+/// label lists. An entry that is not a repository is left out.
+pub fn allowed_repositories(current: &str, label: Option<&str>) -> Vec<String> {
+    let mut allowed: Vec<String> = canonical_repository(current).into_iter().collect();
+    for entry in label
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        match canonical_repository(entry) {
+            Some(repository) if !allowed.contains(&repository) => allowed.push(repository),
+            Some(_) => {}
+            None => tracing::warn!(entry, label = REPOSITORIES_LABEL, "not a repository; ignored"),
+        }
+    }
+    allowed
+}
+
+/// Whether an update to `asked` stays in its lane: the tag (or digest) of
+/// an allowed repository changes, the repository does not. `Err` carries
+/// the repository asked for, as one name.
+pub fn in_lane(asked: &ImageRef, allowed: &[String]) -> Result<(), String> {
+    let asked = canonical_repository(&asked.repository()).unwrap_or_else(|| asked.repository());
+    match allowed.contains(&asked) {
+        true => Ok(()),
+        false => Err(asked),
+    }
 }
 
 /// Holds a container's update slot; releasing it is dropping it, on every path.
@@ -65,6 +122,19 @@ impl Companion {
                 allowed: allowed.clone(),
             })
         }
+    }
+
+    /// Refuses an image of another repository than `old` runs, unless its
+    /// `selfup.repositories` label lists that repository.
+    pub(super) fn check_lane(&self, old: &ContainerInspectResponse, asked: &ImageRef) -> Result<(), UpdateError> {
+        let current = old.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
+        let labels = labels(old);
+        let allowed = allowed_repositories(&current, labels.get(REPOSITORIES_LABEL).map(String::as_str));
+        in_lane(asked, &allowed).map_err(|asked| UpdateError::RepositoryNotAllowed {
+            container: name_of(old),
+            asked,
+            allowed,
+        })
     }
 
     /// The container a request names, if it may be updated now.
@@ -183,5 +253,72 @@ mod tests {
         for bad in ["", "/app", "../images/x", "a/b", "a?b", "-app", ".app", "a b", "a%2Fb"] {
             assert!(!is_container_name(bad), "{bad}");
         }
+    }
+
+    fn asked(reference: &str) -> ImageRef {
+        ImageRef::parse(reference).unwrap()
+    }
+
+    #[test]
+    fn an_update_may_change_the_tag_of_the_containers_repository_only() {
+        let allowed = allowed_repositories("localhost:5000/app:1.0.0", None);
+        assert_eq!(allowed, vec!["localhost:5000/app".to_string()]);
+        for same in [
+            "localhost:5000/app:2.0.0",
+            "localhost:5000/app",
+            "LOCALHOST:5000/app:1.0.0",
+        ] {
+            assert_eq!(in_lane(&asked(same), &allowed), Ok(()), "{same}");
+        }
+        for (other, named) in [
+            ("localhost:5000/other:1", "localhost:5000/other"),
+            ("localhost:5000/app/sub:1", "localhost:5000/app/sub"),
+            ("localhost:5001/app:1", "localhost:5001/app"),
+            ("app:1", "docker.io/library/app"),
+        ] {
+            assert_eq!(in_lane(&asked(other), &allowed), Err(named.to_string()), "{other}");
+        }
+        // A container pinned by digest keeps its repository.
+        let pinned = allowed_repositories("localhost:5000/app@sha256:0123", None);
+        assert_eq!(pinned, vec!["localhost:5000/app".to_string()]);
+    }
+
+    #[test]
+    fn docker_hub_names_are_one_repository_however_they_are_spelled() {
+        let allowed = allowed_repositories("nginx:1.25", None);
+        assert_eq!(allowed, vec!["docker.io/library/nginx".to_string()]);
+        for same in ["nginx:1.27", "docker.io/library/nginx:1", "index.docker.io/nginx:1"] {
+            assert_eq!(in_lane(&asked(same), &allowed), Ok(()), "{same}");
+        }
+        assert!(in_lane(&asked("someone/nginx:1"), &allowed).is_err());
+    }
+
+    #[test]
+    fn the_label_lists_the_other_repositories_a_container_may_move_to() {
+        let label = " localhost:5000/app-next , ghcr.io/org/app:ignored-tag,,not a repo, localhost:5000/app";
+        let allowed = allowed_repositories("localhost:5000/app:1", Some(label));
+        assert_eq!(
+            allowed,
+            vec![
+                "localhost:5000/app".to_string(),
+                "localhost:5000/app-next".to_string(),
+                "ghcr.io/org/app".to_string(),
+            ]
+        );
+        assert_eq!(in_lane(&asked("localhost:5000/app-next:3"), &allowed), Ok(()));
+        assert_eq!(in_lane(&asked("ghcr.io/org/app:2"), &allowed), Ok(()));
+        assert!(in_lane(&asked("ghcr.io/org/other:2"), &allowed).is_err());
+    }
+
+    #[test]
+    fn a_container_run_from_an_image_id_may_move_only_where_its_label_says() {
+        assert!(allowed_repositories("sha256:0123456789abcdef", None).is_empty());
+        assert!(allowed_repositories("", None).is_empty());
+        let allowed = allowed_repositories("sha256:0123456789abcdef", Some("localhost:5000/app"));
+        assert_eq!(in_lane(&asked("localhost:5000/app:2"), &allowed), Ok(()));
+        assert_eq!(
+            in_lane(&asked("localhost:5000/x:2"), &[]),
+            Err("localhost:5000/x".to_string())
+        );
     }
 }

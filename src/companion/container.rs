@@ -9,6 +9,10 @@ use bollard::models::ContainerInspectResponse;
 /// Only containers with this label set to `true` may be updated.
 pub const ENABLE_LABEL: &str = "selfup.enable";
 
+/// The repositories, beside its own, that a container may be moved to by
+/// an update: `registry/repository` names, comma-separated.
+pub const REPOSITORIES_LABEL: &str = "selfup.repositories";
+
 /// The container's name without Docker's leading slash.
 pub fn name_of(container: &ContainerInspectResponse) -> String {
     container

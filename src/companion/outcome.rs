@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::blue_green::{AppHandover, PORT_LABEL};
-use super::container::ENABLE_LABEL;
+use super::container::{ENABLE_LABEL, REPOSITORIES_LABEL};
 use super::placement::Placement;
 use super::swap::SwapError;
 use crate::docker::DockerError;
@@ -31,6 +31,19 @@ pub enum UpdateError {
         ENABLE_LABEL
     )]
     NotEnabled { container: String },
+    /// The image asked for is of another repository than the container's,
+    /// and its `selfup.repositories` label does not list it: the key may
+    /// change a container's tag, not what it runs.
+    #[error(
+        "container {container} may be updated only within {}: {asked} is another repository; list it in the container's {} label to allow it",
+        allowed.join(", "),
+        REPOSITORIES_LABEL
+    )]
+    RepositoryNotAllowed {
+        container: String,
+        asked: String,
+        allowed: Vec<String>,
+    },
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("container {container} is {state}, not running; start it first")]

@@ -152,6 +152,7 @@ impl Companion {
         self.check_registry(image.registry_host())?;
         self.not_busy(container)?;
         let old = self.target(container).await?;
+        self.check_lane(&old, &image)?;
         let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(image.registry_host()).await?;

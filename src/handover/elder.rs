@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{ENV_HANDOVER_ELDER, ENV_HANDOVER_TOKEN, ENV_PORT, Orchestrator, Reach, base_name, instance_addr};
 
 use super::backend::{HostHandover, registry_digest};
-use super::steps::Handed;
+use super::steps::{Handed, successor_port_free};
 use crate::image_ref::ImageRef;
 use crate::metrics::Timings;
 use crate::recreate::bake::BakeEnd;
@@ -120,6 +120,19 @@ pub(crate) struct Handover {
     _swaps: Option<UpgradeGate>,
 }
 
+/// The error of a successor that did not come up, once it is removed: when
+/// another process took its port meanwhile (after the check before its
+/// creation), that is the cause, not the image.
+fn port_or_image(o: &Orchestrator, port: u16, reason: WaitError, log: String) -> UpgradeError {
+    match successor_port_free(o.settings.bind, port) {
+        Err(taken @ UpgradeError::PortTaken { .. }) => {
+            tracing::warn!(port, %reason, "the successor failed and another process holds its port");
+            taken
+        }
+        _ => UpgradeError::SuccessorUnhealthy { port, reason, log },
+    }
+}
+
 impl UpgradeBackend for HostHandover<'_> {
     type Progress = Handover;
 
@@ -188,6 +201,8 @@ impl UpgradeBackend for HostHandover<'_> {
         };
         let (old_image, leftovers) = tokio::join!(old_image, o.remove_leftovers(&elder, &me, &name));
         leftovers?;
+        // A leftover successor is gone: whatever holds the port now is not ours.
+        successor_port_free(o.settings.bind, new_port)?;
         let mut body = clone_body(&elder, old_image.as_ref(), &overrides);
         // On a bridge network the elder holds its published host port: the
         // successor publishes the other one.
@@ -201,11 +216,7 @@ impl UpgradeBackend for HostHandover<'_> {
             )))?;
         if let Err(e) = o.engine.start_container(&successor).await {
             let log = o.discard(&successor).await;
-            return Err(UpgradeError::SuccessorUnhealthy {
-                port: new_port,
-                reason: WaitError::Failed(e.to_string()),
-                log,
-            });
+            return Err(port_or_image(o, new_port, WaitError::Failed(e.to_string()), log));
         }
         let reach = match o.engine.inspect_container(&successor).await {
             Ok(started) => instance_addr(&started, new_port),
@@ -224,11 +235,7 @@ impl UpgradeBackend for HostHandover<'_> {
         let t = Instant::now();
         if let Err(reason) = o.wait_healthy(&successor, reach, &token, &version).await {
             let log = o.discard(&successor).await;
-            return Err(UpgradeError::SuccessorUnhealthy {
-                port: new_port,
-                reason,
-                log,
-            });
+            return Err(port_or_image(o, new_port, reason, log));
         }
         timings.health_ms = t.elapsed().as_millis();
         Ok(Next::Go(Handover {

@@ -4,6 +4,7 @@
 //! poll, the go-ahead and its answer, the wait for the elder's own stop,
 //! and taking the traffic back.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use semver::Version;
@@ -52,6 +53,28 @@ pub(super) enum Handed {
     Stopped,
     /// It serves the public and waits for the end of the bake.
     Baking,
+}
+
+/// Whether the successor's port is free: binds `bind:port` and drops the
+/// listener at once. Any local user can bind the idle port; a successor
+/// started there would exit with "Address already in use" and the image
+/// would be blamed. So a port another process holds is refused before
+/// anything is created, with the port named (409).
+pub(super) fn successor_port_free(bind: IpAddr, port: u16) -> Result<(), UpgradeError> {
+    match std::net::TcpListener::bind((bind, port)) {
+        Ok(listener) => {
+            drop(listener);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(UpgradeError::PortTaken {
+            port,
+            bind,
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(UpgradeError::Internal(format!(
+            "checking that the successor's port {bind}:{port} is free: {e}"
+        ))),
+    }
 }
 
 impl Orchestrator {
@@ -430,5 +453,29 @@ impl Orchestrator {
     pub(super) fn reclaim(&self) {
         self.publish_sockets();
         tracing::info!(port = self.settings.port, "sockets reclaimed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_process_holds_is_refused_by_name_and_a_free_one_passes() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let held = std::net::TcpListener::bind((loopback, 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        match successor_port_free(loopback, port) {
+            Err(UpgradeError::PortTaken { port: named, bind, .. }) => {
+                assert_eq!((named, bind), (port, loopback));
+            }
+            other => panic!("a held port passed: {other:?}"),
+        }
+        let e = successor_port_free(loopback, port).unwrap_err().to_string();
+        assert!(e.contains(&format!("port {port} on 127.0.0.1")), "{e}");
+        drop(held);
+        successor_port_free(loopback, port).unwrap();
+        // The check itself leaves the port free.
+        successor_port_free(loopback, port).unwrap();
     }
 }

@@ -83,6 +83,17 @@ pub enum UpgradeError {
     },
     #[error("{context}: {source}")]
     Docker { context: String, source: DockerError },
+    /// Something other than a successor holds the port the successor would
+    /// listen on (any local user can bind the idle port): not the image's
+    /// fault. No successor was created; the watch tries again later.
+    #[error(
+        "port {port} on {bind}, where the successor would listen, is held by another process ({reason}); nothing was started: free the port and try again"
+    )]
+    PortTaken {
+        port: u16,
+        bind: std::net::IpAddr,
+        reason: String,
+    },
     #[error("the successor on port {port} did not become healthy: {reason}")]
     SuccessorUnhealthy { port: u16, reason: WaitError, log: String },
     #[error("the successor on port {port} failed to take over: {reason}")]

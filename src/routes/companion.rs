@@ -45,7 +45,7 @@ impl ResponseError for CompanionError {
             CompanionError::NoBake(_) => StatusCode::CONFLICT,
             CompanionError::Update(e) => match e {
                 BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
-                RegistryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
+                RegistryNotAllowed { .. } | RepositoryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
                 NoSuchContainer(_) => StatusCode::NOT_FOUND,
                 NotRunning { .. }
                 | Busy { .. }
@@ -69,6 +69,15 @@ impl ResponseError for CompanionError {
             match e {
                 UpdateError::Resolve(e) => resolve_details(e, &mut body),
                 UpdateError::Busy { container } => body["container"] = json!(container),
+                UpdateError::RepositoryNotAllowed {
+                    container,
+                    asked,
+                    allowed,
+                } => {
+                    body["container"] = json!(container);
+                    body["asked_repository"] = json!(asked);
+                    body["allowed_repositories"] = json!(allowed);
+                }
                 UpdateError::Failed {
                     container,
                     log,
@@ -260,6 +269,21 @@ mod tests {
             403
         );
         assert_eq!(status(UpdateError::NoSuchContainer("a".into())), 404);
+        let elsewhere = CompanionError::from(UpdateError::RepositoryNotAllowed {
+            container: "app".into(),
+            asked: "localhost:5000/other".into(),
+            allowed: vec!["localhost:5000/app".into()],
+        });
+        assert_eq!(elsewhere.status_code().as_u16(), 403);
+        let body = actix_web::body::to_bytes(elsewhere.error_response().into_body());
+        let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["asked_repository"], "localhost:5000/other");
+        assert_eq!(body["allowed_repositories"], json!(["localhost:5000/app"]));
+        assert!(
+            body["error"].as_str().unwrap().contains("selfup.repositories"),
+            "{body}"
+        );
         assert_eq!(
             status(UpdateError::NotRunning {
                 container: "a".into(),

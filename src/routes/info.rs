@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::handover::Orchestrator;
+use crate::metrics::NotJudged;
 use crate::routes::AppState;
 use crate::routes::guard::Direct;
 
@@ -38,7 +39,9 @@ pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     }
 }
 
-/// 200 when the Docker daemon answers, 503 when it does not. A direct
+/// 200 when the Docker daemon answers, 503 when it does not, as seen at
+/// most a second ago (one ping a second, however many requests come). The
+/// answer is marked [`NotJudged`]: a bake never counts it. A direct
 /// loopback caller (the elder's health poll, the image's HEALTHCHECK, the
 /// operator's curl) also gets the version, port and container, so that an
 /// elder knows whom it is talking to, and Docker's error; anyone else (through
@@ -51,21 +54,33 @@ pub async fn health(req: HttpRequest, Direct(direct): Direct, state: web::Data<A
     if req.query_string() == "answers" && direct {
         let o = &state.orchestrator;
         let (total, server_errors) = o.shared.metrics.public_answers();
-        return HttpResponse::Ok().json(json!({
+        let mut answer = HttpResponse::Ok().json(json!({
             "container": o.self_id,
             "answers": { "total": total, "server_errors": server_errors },
         }));
+        answer.extensions_mut().insert(NotJudged);
+        return answer;
     }
     let o = state.orchestrator.clone();
-    let docker = state
-        .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
-        .await
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let docker = state.spawn(async move { daemon_state(&o).await }).await.and_then(|r| r);
     let proxy = match direct {
         true => Some(proxy_state(&state).await),
         false => None,
     };
     health_answer(&state.orchestrator, docker, proxy)
+}
+
+/// Whether the Docker daemon answers, as last seen: one ping a second at
+/// most, however many `/health` requests come (the others wait for it, or
+/// reuse it).
+async fn daemon_state(o: &Orchestrator) -> Result<(), String> {
+    o.shared
+        .daemon
+        .get_or_check(|| async {
+            o.shared.metrics.docker_pinged();
+            o.engine.ping(Duration::from_secs(2)).await.map_err(|e| e.to_string())
+        })
+        .await
 }
 
 /// Whether nginx runs. Reported, not judged: this instance is healthy with
@@ -108,7 +123,11 @@ fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<Str
     } else {
         json!({ "status": status })
     };
-    HttpResponse::build(code).json(body)
+    // Not among the answers a bake judges: anyone can ask for it, and a
+    // 503 is the daemon's state, not the release's.
+    let mut answer = HttpResponse::build(code).json(body);
+    answer.extensions_mut().insert(NotJudged);
+    answer
 }
 
 /// Answers a POST with its own body and the version that answered, so that
@@ -155,6 +174,59 @@ mod tests {
         let body = actix_web::body::to_bytes(r.into_body());
         let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_health_checks_pings_the_daemon_once_a_second() {
+        let settings = Arc::new(Settings {
+            docker_socket: "/nonexistent/docker.sock".into(),
+            ..Settings::default()
+        });
+        let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
+        let deps = crate::handover::Deps::new(settings, engine, Arc::new(Shared::default()), None);
+        let o = Arc::new(Orchestrator::new(deps, None, None, None));
+        let asks = (0..300).map(|_| {
+            let o = o.clone();
+            tokio::spawn(async move { daemon_state(&o).await })
+        });
+        for state in futures_util::future::join_all(asks).await {
+            assert!(state.unwrap().unwrap_err().contains("/nonexistent/docker.sock"));
+        }
+        let pings =
+            |o: &Orchestrator| crate::metrics::tests::sample(&o.shared.metrics.render(), "selfup_docker_pings_total");
+        assert_eq!(pings(&o), Some(1.0));
+        tokio::time::sleep(crate::state::DAEMON_STATE_MAX_AGE + Duration::from_millis(50)).await;
+        daemon_state(&o).await.unwrap_err();
+        assert_eq!(pings(&o), Some(2.0));
+    }
+
+    #[test]
+    fn health_answers_are_not_among_the_public_answers_a_bake_judges() {
+        let (status, _) = answer(direct(), Err("unreachable".into()));
+        assert_eq!(status, 503);
+        let o = {
+            let settings = Arc::new(Settings::default());
+            let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
+            Orchestrator::new(
+                crate::handover::Deps::new(settings, engine, Arc::new(Shared::default()), None),
+                None,
+                None,
+                None,
+            )
+        };
+        let metrics = &o.shared.metrics;
+        for _ in 0..50 {
+            let unavailable = health_answer(&o, Err("the Docker daemon is unreachable".into()), None);
+            assert_eq!(unavailable.status(), 503);
+            metrics.answered_on(true, &unavailable);
+        }
+        assert_eq!(metrics.public_answers(), (0, 0), "no /health answer counts");
+        // Any other public answer counts, and a 5xx among the 5xx.
+        metrics.answered_on(true, &HttpResponse::InternalServerError().finish());
+        metrics.answered_on(true, &HttpResponse::Ok().finish());
+        // Not on the live socket: not public.
+        metrics.answered_on(false, &HttpResponse::InternalServerError().finish());
+        assert_eq!(metrics.public_answers(), (2, 1));
     }
 
     fn direct() -> TestRequest {

@@ -22,7 +22,8 @@ impl ResponseError for UpgradeError {
             | CompanionBusy { .. }
             | TakeoverUnderway(_)
             | NotInContainer
-            | NoPrevious => StatusCode::CONFLICT,
+            | NoPrevious
+            | PortTaken { .. } => StatusCode::CONFLICT,
             PreviousImageGone { .. } => StatusCode::NOT_FOUND,
             Resolve(e) => resolve_status(e),
             Docker { source, .. } if source.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
@@ -73,6 +74,11 @@ impl ResponseError for UpgradeError {
                 body["tasks"] = json!(tasks);
             }
             Baking { to, left_secs } => body["bake"] = json!({ "to": to, "left_secs": left_secs }),
+            PortTaken { port, bind, .. } => {
+                body["port"] = json!(port);
+                body["bind"] = json!(bind.to_string());
+                body["live"] = json!("this instance keeps serving; no successor was created");
+            }
             _ => {}
         }
         HttpResponse::build(self.status_code()).json(body)
@@ -411,6 +417,27 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the successor on port 5801 did not become healthy: it exited with code 3"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_successor_port_held_by_another_process_is_a_409_that_names_the_port() {
+        let held = UpgradeError::PortTaken {
+            port: 5801,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            reason: "Address already in use (os error 98)".into(),
+        };
+        assert_eq!(held.status_code(), StatusCode::CONFLICT);
+        let body = actix_web::body::to_bytes(held.error_response().into_body())
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["port"], 5801);
+        assert_eq!(body["bind"], "127.0.0.1");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("port 5801 on 127.0.0.1") && error.contains("held by another process"),
+            "{error}"
         );
     }
 

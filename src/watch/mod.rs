@@ -287,7 +287,8 @@ impl Watch {
                 | UpgradeError::Baking { .. }
                 | UpgradeError::TakeoverUnderway(_)
                 | UpgradeError::SwarmBusy { .. }
-                | UpgradeError::CompanionBusy { .. }),
+                | UpgradeError::CompanionBusy { .. }
+                | UpgradeError::PortTaken { .. }),
             ) => {
                 tracing::info!(error = %e, "watch: busy; trying again at the next turn")
             }
@@ -406,6 +407,13 @@ mod tests {
         };
         assert!(!the_image_failed(&registry_down.into()));
         assert!(!the_image_failed(&UpgradeError::Internal("x".into())));
+        // Another user holding the successor's port is not the image's fault.
+        let held = UpgradeError::PortTaken {
+            port: 5801,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            reason: "Address already in use (os error 98)".into(),
+        };
+        assert!(!the_image_failed(&held));
     }
 
     #[test]

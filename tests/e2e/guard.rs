@@ -8,9 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::harness::{Suite, docker, eventually, free_port, repo_root, run as run_cmd, run_quietly};
+use crate::harness::{
+    APP, Nobody, Suite, docker, eventually, free_port, inspect, repo_root, run as run_cmd, run_quietly,
+};
 
 pub async fn browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades(suite: Arc<Suite>) {
     let env = suite.live_env(&[], "1.0.0").await;
@@ -375,4 +377,164 @@ pub async fn secrets_go_to_a_control_socket_that_follows_the_live_instance_and_n
         (body["version"] == "1.2.0" && body["port"] == env.ports[0]).then_some(())
     })
     .await;
+}
+
+/// A local user who binds the idle port cannot make a release fail: the
+/// upgrade is a 409 naming the port before any successor is created, the
+/// live version is unchanged, and the upgrade works once the port is free.
+pub async fn a_user_holding_the_idle_port_gets_a_409_naming_it_and_the_upgrade_works_once_it_is_free(
+    suite: Arc<Suite>,
+) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    let before = env.selfup_containers();
+    let squatter = Nobody::listen(b);
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["port"], b, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains(&format!("port {b} on 127.0.0.1")), "{error}");
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+    assert_eq!(env.status(a).await["history"][0]["outcome"], "failed");
+
+    // The port is free again: the same release goes through.
+    drop(squatter);
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["to"].as_str(), body["new_port"].as_u64()),
+        (Some("1.1.0"), Some(u64::from(b)))
+    );
+    env.wait_public_version("1.1.0").await;
+}
+
+/// A local user's flood of public `/health` during a bake: the bake judges
+/// none of those answers (it ends promoted with no public answer counted),
+/// and the daemon is pinged about once a second, not once per request.
+pub async fn a_flood_of_public_health_during_a_bake_is_not_judged_and_pings_the_daemon_once_a_second(
+    suite: Arc<Suite>,
+) {
+    let env = suite.live_env(&[("SELFUP_BAKE_SECS", "8")], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.release(&env.repository, "1.1.0");
+    let url = env.public("/health");
+    let mut flood = Nobody::python(&format!(
+        r#"
+import threading, time, urllib.request
+end = time.time() + 20
+counts = []
+def run():
+    n = bad = 0
+    while time.time() < end:
+        try:
+            urllib.request.urlopen("{url}", timeout=2).read()
+            n += 1
+        except Exception:
+            bad += 1
+    counts.append((n, bad))
+threads = [threading.Thread(target=run) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sum(c[0] for c in counts), sum(c[1] for c in counts))
+"#
+    ));
+    let started = std::time::Instant::now();
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    let bake = &body["bake"];
+    assert_eq!(bake["outcome"], "promoted", "{body}");
+    assert_eq!(bake["answers"], 0, "the bake counted /health answers: {bake}");
+    // The successor's pings while the flood ran.
+    let metrics = env
+        .http
+        .get(env.direct(b, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (out, err) = flood.finish();
+    let elapsed = started.elapsed().as_secs();
+    let mut counts = out.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+    let answered = counts
+        .next()
+        .unwrap_or_else(|| panic!("the flood printed nothing: {err}"));
+    assert!(
+        answered >= 500,
+        "only {answered} /health answers in the flood: {out} {err}"
+    );
+    let pings = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("selfup_docker_pings_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no ping count in /metrics:\n{metrics}"));
+    assert!(
+        pings <= (elapsed + 5) as f64,
+        "{pings} daemon pings in {elapsed}s for {answered} /health answers"
+    );
+    eprintln!("    {answered} public /health answers in {elapsed}s; the successor pinged the daemon {pings} times");
+}
+
+/// The companion's key, in the hands of a local user, cannot move a
+/// labelled container to another repository of an allowed registry (here
+/// selfup's own image, which would run with that container's mounts): a
+/// 403 names the repository asked for and the one allowed, and the
+/// container is unchanged.
+pub async fn the_companion_key_cannot_move_a_container_to_another_repository_of_an_allowed_registry(suite: Arc<Suite>) {
+    let mut w = suite.companion_env();
+    w.start_companion(&[&suite.registry], &[], false).await;
+    let app = w.target(
+        "app",
+        &["--label", "selfup.enable=true"],
+        &suite.image(APP, "plain-1"),
+        true,
+    );
+    let id = inspect(&app)["Id"].clone();
+    let elsewhere = suite.image("selfup", "1.0.0");
+    let body = json!({ "container": app, "image": elsewhere }).to_string();
+    let mut curl = Nobody::spawn(
+        "/usr/bin/curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("authorization: {}", w.key),
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+            &w.url("/update"),
+        ],
+    );
+    let (out, err) = curl.finish();
+    let (answer, status) = out
+        .trim()
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl: {out} {err}"));
+    assert_eq!(status, "403", "{answer}");
+    let answer: Value = serde_json::from_str(answer).unwrap();
+    assert_eq!(
+        answer["asked_repository"],
+        format!("{}/selfup", suite.registry),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["allowed_repositories"],
+        json!([format!("{}/{APP}", suite.registry)]),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("selfup.repositories"),
+        "{answer}"
+    );
+    let now = inspect(&app);
+    assert_eq!(now["Id"], id, "the container was replaced");
+    assert_eq!(now["Config"]["Image"], suite.image(APP, "plain-1"));
+    // The same key still moves it within its own repository.
+    let (status, body) = w.update(&app, &suite.image(APP, "plain-2")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(inspect(&app)["Config"]["Image"], suite.image(APP, "plain-2"));
 }

@@ -844,6 +844,69 @@ pub fn labels(id: &str) -> HashMap<String, String> {
 /// volumes) when the guard drops, even on failure.
 pub struct Container(pub String);
 
+/// A process run as the unprivileged user 65534 with no groups, as a local
+/// user without root would run it; killed (by its own pid) on drop.
+pub struct Nobody(Child);
+
+impl Nobody {
+    /// Starts `program args` as uid and gid 65534, its output piped.
+    pub fn spawn(program: &str, args: &[&str]) -> Nobody {
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} as user 65534 with setpriv: {e}"));
+        Nobody(child)
+    }
+
+    /// `python3 -c script` as user 65534 (the system's python, which that
+    /// user can read).
+    pub fn python(script: &str) -> Nobody {
+        Nobody::spawn("/usr/bin/python3", &["-u", "-c", script])
+    }
+
+    /// Holds `127.0.0.1:port` with a listener of user 65534; returns once
+    /// it listens, and panics with the reason when it cannot.
+    pub fn listen(port: u16) -> Nobody {
+        let mut nobody = Nobody::python(&format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen()\nprint('listening')\ntime.sleep(3600)"
+        ));
+        let mut line = String::new();
+        let stdout = nobody.0.stdout.as_mut().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        if line.trim() != "listening" {
+            let (_, err) = nobody.finish();
+            panic!("user 65534 could not listen on port {port}: {err}");
+        }
+        nobody
+    }
+
+    /// Waits for the process to end: (stdout, stderr).
+    pub fn finish(&mut self) -> (String, String) {
+        let read = |pipe: Option<&mut dyn std::io::Read>| {
+            let mut text = String::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        };
+        let out = read(self.0.stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+        let err = read(self.0.stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+        let _ = self.0.wait();
+        (out, err)
+    }
+}
+
+impl Drop for Nobody {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         run_quietly(Command::new("docker").args(["rm", "-f", "-v", &self.0]));
