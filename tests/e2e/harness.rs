@@ -36,6 +36,17 @@ const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD 
 const UNHEALTHY: &str =
     r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
 
+/// Which settings an environment's selfup runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// What the compose files ship, untouched: the 30 s bake, the default
+    /// health and takeover deadlines. What users get.
+    Shipped,
+    /// The suite's fast variant: no bake (the elder goes at the switch) and
+    /// shorter deadlines, so that a test of something else keeps its speed.
+    Fast,
+}
+
 /// Runs a command, returning stdout; panics with stderr when it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -1266,6 +1277,12 @@ impl AppNetEnv {
     /// Releases selfup `version` to a repository of its own and starts the
     /// project; returns once the companion answers the app by name.
     pub async fn start(suite: Arc<Suite>, version: &str) -> AppNetEnv {
+        Self::start_with(suite, version, Config::Fast).await
+    }
+
+    /// [`AppNetEnv::start`] with `config`: [`Config::Shipped`] leaves every
+    /// setting of `docker/compose.companion.yml` as it ships (the bake too).
+    pub async fn start_with(suite: Arc<Suite>, version: &str, config: Config) -> AppNetEnv {
         suite.companion_images();
         let n = suite.next_env.fetch_add(1, Ordering::SeqCst);
         let project = format!("{PROJECT_PREFIX}{}a{n}", suite.run_id);
@@ -1274,10 +1291,14 @@ impl AppNetEnv {
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
         let run = &suite.run_id;
         let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
-        // No bake, as in `Suite::env`: the elder goes at the switch (the
-        // bake's own tests set one).
+        // Fast: no bake, as in `Suite::env`, the elder goes at the switch
+        // (the bake's own tests set one). Shipped: the file's settings.
+        let environment = match config {
+            Config::Fast => "    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n",
+            Config::Shipped => "",
+        };
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
+            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}{environment}networks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
         let env = AppNetEnv {

@@ -172,6 +172,7 @@ fn main() -> ExitCode {
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
         bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
         bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
+        bridge::the_companion_upgrades_itself_with_the_bake_off_while_the_app_keeps_reaching_it_by_name,
         watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
         unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
         unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
