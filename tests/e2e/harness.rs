@@ -47,12 +47,180 @@ pub enum Config {
     Fast,
 }
 
-/// Runs a command, returning stdout; panics with stderr when it fails.
+tokio::task_local! {
+    /// What the test running on this task waits for now (see [`waiting_for`]).
+    static WAITS: Waits;
+}
+
+/// What one test waits for at this moment, shared with the runner: when the
+/// test runs out of time, the runner says what it was waiting for.
+#[derive(Clone, Default)]
+pub struct Waits(Arc<std::sync::Mutex<Vec<(u64, String, Instant)>>>);
+
+impl Waits {
+    /// Runs `test` with its waits recorded here.
+    pub async fn scope<F: std::future::Future>(&self, test: F) -> F::Output {
+        WAITS.scope(self.clone(), test).await
+    }
+
+    /// What the test waits for now, each with how long it has waited;
+    /// `None` when it waits for nothing the harness knows of.
+    pub fn describe(&self) -> Option<String> {
+        let waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (!waits.is_empty()).then(|| {
+            waits
+                .iter()
+                .map(|(_, what, since)| format!("{what} (for {:.1} s)", since.elapsed().as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// A wait in progress, recorded until it drops.
+pub struct Waiting(Option<(Waits, u64)>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some((waits, id)) = self.0.take() {
+            waits
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(i, _, _)| *i != id);
+        }
+    }
+}
+
+/// Records that the current test waits for `what` until the guard drops
+/// (nothing outside a test's task, e.g. in `spawn_blocking`).
+pub fn waiting_for(what: impl Into<String>) -> Waiting {
+    static IDS: AtomicUsize = AtomicUsize::new(0);
+    let what = what.into();
+    Waiting(
+        WAITS
+            .try_with(|w| {
+                let id = IDS.fetch_add(1, Ordering::Relaxed) as u64;
+                w.0.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, what, Instant::now()));
+                (w.clone(), id)
+            })
+            .ok(),
+    )
+}
+
+/// How long a `docker` or `docker-compose` command may run (a pull, push or
+/// build gets [`SLOW_DOCKER_LIMIT`]): a hung daemon call fails its test
+/// with the command line instead of holding it until the test's own limit.
+pub const DOCKER_LIMIT: Duration = Duration::from_secs(120);
+/// How long a `docker build`, `push` or `pull` may run.
+pub const SLOW_DOCKER_LIMIT: Duration = Duration::from_secs(300);
+/// How long `build.sh` may run (a release build with LTO takes ~2 min here).
+pub const BUILD_LIMIT: Duration = Duration::from_secs(1200);
+
+/// A command as a person would type it.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The time limit of `cmd`: [`DOCKER_LIMIT`] or [`SLOW_DOCKER_LIMIT`] for
+/// docker and docker-compose, [`BUILD_LIMIT`] for `build.sh`, none otherwise.
+pub fn limit_of(cmd: &Command) -> Option<Duration> {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match program.as_str() {
+        "docker" | "docker-compose" => {
+            let slow = cmd
+                .get_args()
+                .any(|a| ["build", "push", "pull"].contains(&a.to_string_lossy().as_ref()));
+            Some(if slow { SLOW_DOCKER_LIMIT } else { DOCKER_LIMIT })
+        }
+        "build.sh" => Some(BUILD_LIMIT),
+        _ => None,
+    }
+}
+
+/// `cmd.output()` within the command's time limit ([`limit_of`]): past it the
+/// command is killed and the error names its command line and the limit.
+/// Its standard input is closed unless the caller piped it; `input` is
+/// written there first.
+pub fn output_within(cmd: &mut Command, input: Option<&[u8]>) -> std::io::Result<std::process::Output> {
+    let line = command_line(cmd);
+    let _waiting = waiting_for(format!("`{line}`"));
+    let limit = limit_of(cmd);
+    let mut child = cmd
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(bytes) = input {
+        write_input(&mut child, bytes);
+    }
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(limit) = limit.filter(|l| start.elapsed() > *l) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("`{line}` did not end within its limit of {limit:?}: killed"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn write_input(child: &mut Child, bytes: &[u8]) {
+    use std::io::Write;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+}
+
+/// Runs a command within its time limit ([`limit_of`]), returning stdout;
+/// panics with the command line and stderr when it fails or runs too long.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = output_within(cmd, None).unwrap_or_else(|e| panic!("running {}: {e}", command_line(cmd)));
     if !out.status.success() {
         panic!(
-            "{cmd:?} failed ({}):\n{}{}",
+            "`{}` failed ({}):\n{}{}",
+            command_line(cmd),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -61,9 +229,21 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs a command and ignores its outcome (cleanup).
+/// Runs a command within its time limit and ignores its outcome (cleanup).
 pub fn run_quietly(cmd: &mut Command) {
-    let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = output_within(cmd, None);
+}
+
+/// Runs a command within its time limit ([`limit_of`]): its output, or an
+/// error that names the command line.
+pub trait Within {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl Within for Command {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output> {
+        output_within(self, None)
+    }
 }
 
 /// What a finished command wrote, its standard output then its errors.
@@ -96,6 +276,7 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     let start = Instant::now();
+    let _waiting = waiting_for(what);
     loop {
         if let Some(v) = check().await {
             return v;
@@ -135,12 +316,107 @@ fn process_start(pid: u32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The variable every process a run starts carries (set in the runner's
+/// own environment before any thread starts): its run id. A run that dies
+/// leaves its registries behind; the next run finds them by it.
+pub const RUN_VARIABLE: &str = "SELFUP_E2E_RUN";
+
+/// The run id (`<pid>x<start>`) in a name the suite gave something: a
+/// compose project (`selfupe2e<run>t3`), a stack (`selfupe2eswarm<pid>s<start>`,
+/// compose-safe), a scratch directory (`selfup-e2e-registry-<run>`).
+pub fn run_id_in(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = 0;
+    while i < b.len() {
+        let n = digits(i);
+        if n > 0 && i + n < b.len() && matches!(b[i + n], b'x' | b's') {
+            let m = digits(i + n + 1);
+            if m > 0 {
+                return Some(format!("{}x{}", &name[i..i + n], &name[i + n + 1..i + n + 1 + m]));
+            }
+        }
+        i += n.max(1);
+    }
+    None
+}
+
+/// Kills the processes that carry the [`RUN_VARIABLE`] of a run that is no
+/// longer alive: what a killed run started and could not stop (its
+/// registries first of all).
+fn kill_processes_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let marker = format!("{RUN_VARIABLE}=");
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let run = environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix(&marker).map(str::to_string));
+        if let Some(run) = run
+            && !run_is_alive(&run)
+            && pid as u32 != std::process::id()
+        {
+            run_quietly(Command::new("kill").args(["-KILL", &pid.to_string()]));
+        }
+    }
+}
+
+/// The swarm a run's Swarm test made, and the run (its node's label).
+/// Leaves it when that run is dead; the gateway network it made is labelled,
+/// and goes with the other networks.
+fn leave_a_swarm_of_a_dead_run() {
+    if swarm_left_by_a_dead_run() {
+        run_quietly(Command::new("docker").args(["swarm", "leave", "--force"]));
+    }
+}
+
+/// Whether the swarm this Engine is in is one a run's Swarm test made and
+/// could not leave (it was killed): its node carries that run's label.
+pub fn swarm_left_by_a_dead_run() -> bool {
+    let format = format!("{{{{index .Spec.Labels \"{LABEL}\"}}}}");
+    let owner = Command::new("docker")
+        .args(["node", "inspect", "self", "--format", &format])
+        .output_within()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    !owner.is_empty() && owner != "<no value>" && !run_is_alive(&owner)
+}
+
+/// Removes the scratch directories (and files) of dead runs under the
+/// temporary directory: every one the suite makes is named `selfup-e2e-…`
+/// or `selfupe2e…` with the run id in it.
+fn remove_scratch_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("selfup-e2e-") || name.starts_with(PROJECT_PREFIX)) {
+            continue;
+        }
+        if run_id_in(&name).is_some_and(|run| !run_is_alive(&run)) {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
 /// The name of the nginx image built from the recipe in this tree (tagged by
 /// its hash), building it when it is missing.
 fn nginx_image() -> Result<String, String> {
     let out = Command::new(repo_root().join("nginx/build-image.sh"))
         .stderr(Stdio::inherit())
-        .output()
+        .output_within()
         .map_err(|e| format!("running nginx/build-image.sh: {e}"))?;
     if !out.status.success() {
         return Err("nginx/build-image.sh failed (run scripts/setup.sh first)".into());
@@ -177,7 +453,7 @@ impl Suite {
         };
         if Command::new("docker")
             .args(["image", "inspect", &nginx_image])
-            .output()
+            .output_within()
             .map(|o| !o.status.success())
             .unwrap_or(true)
         {
@@ -266,7 +542,7 @@ impl Suite {
             .env("SELFUP_IMAGE", repository)
             .env("SELFUP_IMAGE_LABELS", self.label())
             .env("SELFUP_FEATURES", features)
-            .output()
+            .output_within()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
@@ -311,7 +587,7 @@ impl Suite {
                     &self.image("fixtures", name),
                 ])
                 .arg(&dir)
-                .output()
+                .output_within()
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!(
@@ -348,47 +624,70 @@ impl Suite {
         format!("{LABEL}={}", self.run_id)
     }
 
-    /// Removes what interrupted earlier runs left behind: the containers,
-    /// networks, volumes and images labelled `selfup.e2e` by a run that is no
-    /// longer alive ([`run_is_alive`]). A run going on beside this one is
-    /// left alone.
+    /// Removes what interrupted earlier runs left behind, in the order that
+    /// frees each part: their host processes (registries, and whatever else
+    /// carries their [`RUN_VARIABLE`]), the swarm a dead run's Swarm test
+    /// made, the containers, networks and volumes labelled `selfup.e2e` by a
+    /// dead run or belonging to one of its compose projects or stacks, their
+    /// images, and their scratch directories under the temporary directory.
+    /// A run going on beside this one ([`run_is_alive`]) is left alone.
     pub fn remove_leftovers() {
+        kill_processes_of_dead_runs();
+        leave_a_swarm_of_a_dead_run();
         let listed = |args: &[&str]| {
             Command::new("docker")
                 .args(args)
-                .output()
+                .output_within()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
-        let filter = format!("label={LABEL}");
+        // Who made each object: its `selfup.e2e` label, or the run id in its
+        // compose project's or stack's name.
+        let owners = format!(
+            "{{{{.Label \"{LABEL}\"}}}}\t{{{{.Label \"com.docker.compose.project\"}}}}\t{{{{.Label \"com.docker.stack.namespace\"}}}}"
+        );
+        let dead = |line: &str| -> bool {
+            let mut fields = line.split('\t');
+            let (label, project, stack) = (
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+            );
+            let run = match (label, project, stack) {
+                (label, _, _) if !label.is_empty() => Some(label.to_string()),
+                (_, project, _) if project.starts_with(PROJECT_PREFIX) => run_id_in(project),
+                (_, _, stack) if stack.starts_with(PROJECT_PREFIX) => run_id_in(stack),
+                _ => None,
+            };
+            run.is_some_and(|run| !run_is_alive(&run))
+        };
         // Containers first: they hold the rest.
-        let containers = listed(&["ps", "-aq", "--filter", &filter]);
-        let networks = listed(&["network", "ls", "-q", "--filter", &filter]);
-        let volumes = listed(&["volume", "ls", "-q", "--filter", &filter]);
-        let images = listed(&["image", "ls", "-q", "--no-trunc", "--filter", &filter]);
-        let owner = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
-        let owner_of_set = format!("{{{{index .Labels \"{LABEL}\"}}}}");
-        for (kind, ids, format) in [
-            ("container", containers, &owner),
-            ("network", networks, &owner_of_set),
-            ("volume", volumes, &owner_of_set),
-            ("image", images, &owner),
+        for (kind, list, remove) in [
+            ("container", &["ps", "-a", "--format"][..], &["rm", "-f", "-v"][..]),
+            ("network", &["network", "ls", "--format"], &["network", "rm"]),
+            ("volume", &["volume", "ls", "--format"], &["volume", "rm", "-f"]),
         ] {
-            let mut seen = std::collections::HashSet::new();
-            for id in ids.split_whitespace().filter(|id| seen.insert(id.to_string())) {
-                let run = listed(&[kind, "inspect", "-f", format, id]);
-                if run.trim().is_empty() || run_is_alive(run.trim()) {
+            let id = if kind == "volume" { "{{.Name}}" } else { "{{.ID}}" };
+            let format = format!("{id}\t{owners}");
+            for line in listed(&[list, &[format.as_str()]].concat()).lines() {
+                let Some((id, owners)) = line.split_once('\t') else {
                     continue;
-                }
-                let remove: &[&str] = match kind {
-                    "container" => &["rm", "-f", "-v"],
-                    "network" => &["network", "rm"],
-                    "volume" => &["volume", "rm", "-f"],
-                    _ => &["rmi", "-f"],
                 };
-                run_quietly(Command::new("docker").args(remove).arg(id));
+                if dead(owners) {
+                    run_quietly(Command::new("docker").args(remove).arg(id));
+                }
             }
         }
+        let images = listed(&["image", "ls", "-q", "--no-trunc", "--filter", &format!("label={LABEL}")]);
+        let owner = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
+        let mut seen = std::collections::HashSet::new();
+        for id in images.split_whitespace().filter(|id| seen.insert(id.to_string())) {
+            let run = listed(&["image", "inspect", "-f", &owner, id]);
+            if !run.trim().is_empty() && !run_is_alive(run.trim()) {
+                run_quietly(Command::new("docker").args(["rmi", "-f", id]));
+            }
+        }
+        remove_scratch_of_dead_runs();
     }
 
     /// A fresh environment with selfup `version` released to it and running:
@@ -447,7 +746,7 @@ impl Suite {
                 let out = Command::new("docker")
                     .args(["build", "-q", "--label", &suite.label(), "-t", &image])
                     .arg(&dir)
-                    .output()
+                    .output_within()
                     .map_err(|e| e.to_string())?;
                 if !out.status.success() {
                     return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -472,7 +771,7 @@ impl Drop for Suite {
         // Every image the run tagged lives under the run's registry address.
         let images = Command::new("docker")
             .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let prefix = format!("{}/", self.registry);
@@ -738,12 +1037,12 @@ impl Env {
         let mut out = String::new();
         if let Ok(o) = Command::new("docker")
             .args(["logs", "--tail", "20", &self.nginx])
-            .output()
+            .output_within()
         {
             out.push_str(&format!("--- {}\n{}\n", self.nginx, String::from_utf8_lossy(&o.stderr)));
         }
         for id in self.selfup_containers() {
-            let o = Command::new("docker").args(["logs", &id]).output();
+            let o = Command::new("docker").args(["logs", &id]).output_within();
             if let Ok(o) = o {
                 // The access log drowns the handover's own lines.
                 let text = format!(
@@ -793,7 +1092,7 @@ impl Drop for Env {
                 "--filter",
                 &format!("label=com.docker.compose.project={}", self.project),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for id in ids.split_whitespace() {
@@ -810,7 +1109,7 @@ impl Drop for Env {
                 "--filter",
                 &format!("label=com.docker.compose.project={}", self.project),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for network in networks.split_whitespace() {
@@ -841,7 +1140,7 @@ pub fn inspect(name: &str) -> Value {
 pub fn exists(name: &str) -> bool {
     Command::new("docker")
         .args(["inspect", "-f", "{{.Id}}", name])
-        .output()
+        .output_within()
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
@@ -934,7 +1233,7 @@ fn wait_for_registry(address: &str, status: &str) -> Result<(), String> {
                 "%{http_code}",
                 &format!("http://{address}/v2/"),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         if answered == status {
@@ -1144,7 +1443,7 @@ impl CompanionEnv {
     pub fn logs(&self) -> String {
         Command::new("docker")
             .args(["logs", &self.companion])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
             .unwrap_or_default()
     }
@@ -1197,7 +1496,7 @@ impl Drop for CompanionEnv {
         }
         let ids = Command::new("docker")
             .args(["ps", "-aq", "--filter", &format!("label=selfup.e2e.test={}", self.test)])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for id in ids.split_whitespace() {
@@ -1294,7 +1593,9 @@ impl AppNetEnv {
         // Fast: no bake, as in `Suite::env`, the elder goes at the switch
         // (the bake's own tests set one). Shipped: the file's settings.
         let environment = match config {
-            Config::Fast => "    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n",
+            Config::Fast => {
+                "    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n"
+            }
             Config::Shipped => "",
         };
         let override_yml = format!(
@@ -1382,28 +1683,19 @@ impl AppNetEnv {
     /// answer came within 90 s.
     pub fn ask_from_app_at(&self, (target, port): (&str, u16), request: &Request) -> Option<(u16, String)> {
         let request = request.to_string();
-        let out = Command::new("docker")
-            .args([
-                "exec",
-                "-i",
-                &self.app(),
-                "/busybox",
-                "nc",
-                "-w",
-                "90",
-                target,
-                &port.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(request.as_bytes())?;
-                child.wait_with_output()
-            })
-            .ok()?;
+        let mut ask = Command::new("docker");
+        ask.args([
+            "exec",
+            "-i",
+            &self.app(),
+            "/busybox",
+            "nc",
+            "-w",
+            "90",
+            target,
+            &port.to_string(),
+        ]);
+        let out = output_within(&mut ask, Some(request.as_bytes())).ok()?;
         parse_http(&String::from_utf8_lossy(&out.stdout))
     }
 
@@ -1425,7 +1717,7 @@ impl AppNetEnv {
     pub fn resolve_from_app(&self, name: &str) -> Vec<String> {
         let out = Command::new("docker")
             .args(["exec", &self.app(), "/busybox", "nslookup", name, "127.0.0.11"])
-            .output()
+            .output_within()
             .unwrap();
         let text = output_text(&out);
         // busybox prints the server first ("Server: 127.0.0.11", then an
@@ -1523,7 +1815,10 @@ impl Drop for AppNetEnv {
         let ids = self.all_containers();
         if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
             for id in &ids {
-                if let Ok(o) = Command::new("docker").args(["logs", "--tail", "40", id]).output() {
+                if let Ok(o) = Command::new("docker")
+                    .args(["logs", "--tail", "40", id])
+                    .output_within()
+                {
                     eprintln!("--- {id}\n{}", output_text(&o));
                 }
             }
@@ -1535,7 +1830,7 @@ impl Drop for AppNetEnv {
         for kind in ["network", "volume"] {
             let listed = Command::new("docker")
                 .args([kind, "ls", "-q", "--filter", &project])
-                .output()
+                .output_within()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             for name in listed.split_whitespace() {

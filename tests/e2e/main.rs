@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harness::Suite;
-use runner::Args;
+use runner::{Args, Verdict};
 
 /// How many tests run at once unless `--test-threads N` says otherwise: each
 /// has its own compose project, nginx, ports and repository, and most of a
@@ -79,11 +79,13 @@ const ALONE: [&str; 5] = [
     "apps::a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request",
 ];
 
-type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A test: its future ends with the reason it skipped, if it did
+/// ([`runner::Outcome`]); a panic fails it.
+type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 macro_rules! tests {
     ($($module:ident :: $name:ident),* $(,)?) => {
-        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|s| Box::pin($module::$name(s))) as Test)),*]
+        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|s| Box::pin(async move { runner::Outcome::skipped($module::$name(s).await) })) as Test)),*]
     };
 }
 
@@ -213,10 +215,14 @@ fn main() -> ExitCode {
     }
     if selected.is_empty() {
         // `--ignored`: the suite has no ignored tests.
-        println!("0 passed, 0 failed");
+        println!("{}", runner::summary(0, 0, 0));
         return ExitCode::SUCCESS;
     }
 
+    // Every process the run starts carries its id: a later run kills what
+    // this one leaves if it is killed (`Suite::remove_leftovers`).
+    // SAFETY: no other thread runs yet; the runtime is built below.
+    unsafe { std::env::set_var(harness::RUN_VARIABLE, harness::this_run_id()) };
     let jobs = args.jobs.unwrap_or(DEFAULT_JOBS);
     // Tests make blocking calls (docker, docker-compose) from async code; with
     // several tests at once, spare workers keep the load generators running.
@@ -238,29 +244,49 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64(),
         selected.len()
     );
-    let (passed, failed) = runtime.block_on(run_all(suite.clone(), selected, jobs, args.fail_fast));
+    let verdicts = runtime.block_on(run_all(suite.clone(), selected, jobs, args.fail_fast));
     drop(runtime);
     drop(suite);
     eprintln!("e2e: {:.1}s in all", started.elapsed().as_secs_f64());
-    for name in &failed {
-        println!("failed: {name}");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, verdict) in &verdicts {
+        match verdict {
+            Verdict::Passed => passed += 1,
+            Verdict::Skipped(reason) => {
+                skipped += 1;
+                println!("skipped: {name}: {reason}");
+            }
+            Verdict::Failed(_) => {
+                failed += 1;
+                println!("failed: {name}");
+            }
+        }
     }
-    println!("{passed} passed, {} failed", failed.len());
-    if failed.is_empty() {
+    if skipped > 0 && std::env::var("CI").is_ok_and(|v| v == "true") {
+        // A CI log's reader sees the skips apart from the passes.
+        for (name, verdict) in &verdicts {
+            if let Verdict::Skipped(reason) = verdict {
+                println!("::warning title=e2e test skipped::{name}: {reason}");
+            }
+        }
+    }
+    println!("{}", runner::summary(passed, failed, skipped));
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-/// Runs `selected` in order, `jobs` at a time; prints each result as it
-/// ends. With `fail_fast`, no test starts after a failure.
+/// Runs `selected` in order, `jobs` at a time, each within its time limit
+/// ([`runner::time_limit`]); prints each result as it ends, and returns them
+/// in the order they ended. With `fail_fast`, no test starts after a failure.
 async fn run_all(
     suite: Arc<Suite>,
     selected: Vec<(&'static str, Test)>,
     jobs: usize,
     fail_fast: bool,
-) -> (usize, Vec<&'static str>) {
+) -> Vec<(&'static str, Verdict)> {
     let slots = Arc::new(tokio::sync::Semaphore::new(jobs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut running = tokio::task::JoinSet::new();
@@ -279,28 +305,54 @@ async fn run_all(
         let (suite, stop) = (suite.clone(), stop.clone());
         running.spawn(async move {
             let t = Instant::now();
-            let result = tokio::spawn(test(suite)).await;
+            let verdict = run_one(name, test, suite).await;
             let took = t.elapsed().as_secs_f64();
-            match &result {
-                Ok(()) => println!("test {name} ... ok ({took:.1}s)"),
-                Err(e) => {
-                    println!("test {name} ... FAILED ({took:.1}s): {e}");
+            match &verdict {
+                Verdict::Passed => println!("test {name} ... ok ({took:.1}s)"),
+                Verdict::Skipped(reason) => println!("test {name} ... skipped ({took:.1}s): {reason}"),
+                Verdict::Failed(why) => {
+                    println!("test {name} ... FAILED ({took:.1}s): {why}");
                     if fail_fast {
                         stop.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             }
             drop(slot);
-            (name, result.is_ok())
+            (name, verdict)
         });
     }
-    let (mut passed, mut failed) = (0, Vec::new());
+    let mut verdicts = Vec::new();
     while let Some(done) = running.join_next().await {
         match done {
-            Ok((_, true)) => passed += 1,
-            Ok((name, false)) => failed.push(name),
+            Ok(verdict) => verdicts.push(verdict),
             Err(e) => panic!("a test's runner task failed: {e}"),
         }
     }
-    (passed, failed)
+    verdicts
+}
+
+/// Runs one test on a task of its own: a panic fails it, and so does its
+/// time limit, with what it was waiting for then. A test out of time is
+/// cancelled: its environments' guards drop and remove what it made.
+async fn run_one(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
+    let waits = harness::Waits::default();
+    let limit = runner::time_limit(name);
+    let scoped = waits.clone();
+    let mut task = tokio::spawn(async move { scoped.scope(test(suite)).await });
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(None)) => Verdict::Passed,
+        Ok(Ok(Some(reason))) => Verdict::Skipped(reason),
+        Ok(Err(e)) => Verdict::Failed(e.to_string()),
+        Err(_) => {
+            let waiting = waits
+                .describe()
+                .unwrap_or_else(|| "nothing the harness records (a check between two waits)".into());
+            task.abort();
+            // The cancelled test's guards clean up as it drops.
+            let _ = task.await;
+            Verdict::Failed(format!(
+                "ran out of its time limit of {limit:?} while waiting for: {waiting}"
+            ))
+        }
+    }
 }

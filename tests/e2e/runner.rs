@@ -3,8 +3,78 @@
 
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::harness::Suite;
+
+/// Why a test did not check anything here: what it needs is missing (the
+/// Swarm test on an Engine that is in someone else's swarm). Reported apart
+/// from the passed tests, with its reason, also in CI.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+/// What a test function may return: `()` for a test that always runs its
+/// checks, `Result<(), Skip>` for one that may find it cannot.
+pub trait Outcome {
+    /// The reason it was skipped, if it was.
+    fn skipped(self) -> Option<String>;
+}
+
+impl Outcome for () {
+    fn skipped(self) -> Option<String> {
+        None
+    }
+}
+
+impl Outcome for Result<(), Skip> {
+    fn skipped(self) -> Option<String> {
+        self.err().map(|Skip(reason)| reason)
+    }
+}
+
+/// How one test ended.
+#[derive(Debug)]
+pub enum Verdict {
+    Passed,
+    Skipped(String),
+    Failed(String),
+}
+
+/// How long an end-to-end test may run unless [`LONG`] names it: past it
+/// the test fails with what it was waiting for. Most take 10 to 60 s here;
+/// one with the shipped 30 s bake takes about 40 s per upgrade.
+pub const TIME_LIMIT: Duration = Duration::from_secs(300);
+/// The tests with many upgrades, a swarm, or a watch, and their limit.
+pub const LONG: [(&str, Duration); 4] = [
+    ("swarm::", Duration::from_secs(600)),
+    ("switch::eight_keep_alive_clients", Duration::from_secs(600)),
+    ("retention::", Duration::from_secs(600)),
+    ("_with_the_shipped_settings", Duration::from_secs(600)),
+];
+
+/// The time limit of the test `name`.
+pub fn time_limit(name: &str) -> Duration {
+    LONG.iter()
+        .find(|(part, _)| name.contains(part))
+        .map_or(TIME_LIMIT, |(_, limit)| *limit)
+}
+
+/// The tests of the quick tier (`scripts/test.sh quick`, or `--quick`): the
+/// core cycle (build, start, three upgrades, one under load, a successor that
+/// fails at once and one that never answers) with the bake off, in under 3
+/// minutes here with the unit tests. The whole suite runs in CI.
+pub const QUICK: [&str; 5] = [
+    "cycle::build_refuses_a_version_that_is_not_semver",
+    "cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container",
+    "cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving",
+    "cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving",
+    "traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades",
+];
+
+/// The closing line, alone on its line: what CI reads.
+pub fn summary(passed: usize, failed: usize, skipped: usize) -> String {
+    format!("{passed} passed, {failed} failed, {skipped} skipped")
+}
 
 /// What the command line asks for.
 #[derive(Debug, Default, PartialEq)]
@@ -23,6 +93,8 @@ pub struct Args {
     pub fail_fast: bool,
     /// `--test-threads N`: how many tests run at once.
     pub jobs: Option<usize>,
+    /// `--quick`: the quick tier's tests ([`QUICK`]) only.
+    pub quick: bool,
     pub help: bool,
 }
 
@@ -61,6 +133,7 @@ pub const USAGE: &str = "usage: e2e [OPTIONS] [FILTERS...]
     --exact          filters and --skip match whole names
     --list           print the selected tests' names
     --fail-fast      stop after the first failure
+    --quick          only the quick tier: the core cycle (scripts/test.sh quick)
     --test-threads N run N tests at once (default 2)
     libtest's other flags (--nocapture, --quiet, --format F, ...) are accepted
     and change nothing";
@@ -106,6 +179,7 @@ impl Args {
                 "--list" => parsed.list = true,
                 "--ignored" => parsed.ignored = true,
                 "--fail-fast" => parsed.fail_fast = true,
+                "--quick" => parsed.quick = true,
                 "-h" | "--help" => parsed.help = true,
                 f if ACCEPTED.contains(&f) => {}
                 f => return Err(format!("unknown option {f}")),
@@ -125,6 +199,7 @@ impl Args {
     /// Whether the test `name` runs.
     pub fn selects(&self, name: &str) -> bool {
         !self.ignored
+            && (!self.quick || QUICK.contains(&name))
             && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
             && !self.skip.iter().any(|s| self.matches(name, s))
     }
@@ -132,7 +207,7 @@ impl Args {
     /// Whether the command line narrows the set at all: then selecting
     /// nothing is an error (a typo must not pass as a green run).
     pub fn narrows(&self) -> bool {
-        !self.filters.is_empty() || !self.skip.is_empty()
+        self.quick || !self.filters.is_empty() || !self.skip.is_empty()
     }
 }
 
