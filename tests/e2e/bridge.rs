@@ -21,10 +21,22 @@ fn published(id: &str) -> Vec<String> {
     docker(&["port", id]).lines().map(str::to_string).collect()
 }
 
+/// The fast variant: the bake off.
 pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container(
     suite: Arc<Suite>,
 ) {
-    let env = suite.bridge_env(&[]);
+    two_upgrades_on_a_bridge_network(suite, Config::Fast).await
+}
+
+/// With what `docker/compose.bridge.yml` ships: each upgrade bakes for 30 s.
+pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container_with_the_shipped_settings(
+    suite: Arc<Suite>,
+) {
+    two_upgrades_on_a_bridge_network(suite, Config::Shipped).await
+}
+
+async fn two_upgrades_on_a_bridge_network(suite: Arc<Suite>, config: Config) {
+    let env = suite.bridge_env_with(config, &[]);
     let [a, b] = env.ports;
     suite.release(&env.repository, "1.0.0");
     env.up("1.0.0").await;

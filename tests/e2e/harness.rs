@@ -442,9 +442,11 @@ pub struct Suite {
 }
 
 impl Suite {
-    /// Starts the registry and builds every image; a missing prerequisite
-    /// (Docker, docker-registry, the nginx image) is a clear error.
-    pub fn start() -> Result<Suite, String> {
+    /// Starts the registry and builds every image (the fault-switch build
+    /// too when `faults_now`; otherwise the first test that asks for it
+    /// builds it); a missing prerequisite (Docker, docker-registry, the
+    /// nginx image) is a clear error.
+    pub fn start(faults_now: bool) -> Result<Suite, String> {
         let run_id = this_run_id();
         Self::remove_leftovers();
         let nginx_image = match std::env::var("SELFUP_NGINX_IMAGE") {
@@ -492,7 +494,7 @@ impl Suite {
         suite.build_fault_images()?;
         // Before any test: its build compiles the library once more (with
         // the feature), which must not weigh on tests that run meanwhile.
-        if let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
+        if faults_now && let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
             return Err(e.clone());
         }
         Ok(suite)
@@ -699,18 +701,27 @@ impl Suite {
         env
     }
 
-    /// A fresh environment: its own compose project, nginx and ports.
+    /// A fresh environment: its own compose project, nginx and ports; the
+    /// fast settings ([`Config::Fast`]) under `extra_env`.
     pub fn env(&self, extra_env: &[(&str, &str)]) -> Env {
+        self.env_with(Config::Fast, extra_env)
+    }
+
+    /// [`Suite::env`] with `config`: [`Config::Shipped`] leaves every setting
+    /// of `docker/compose.yml` as it ships but the ports and nginx's name.
+    pub fn env_with(&self, config: Config, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
-        Env::new(self, n, extra_env, false)
+        Env::new(self, n, extra_env, false, config)
     }
 
     /// A fresh environment from `docker/compose.bridge.yml`: selfup and
     /// nginx on a network of the project's own (labelled, removed on drop),
     /// the live port and nginx's public port published on the host's loopback.
-    pub fn bridge_env(&self, extra_env: &[(&str, &str)]) -> Env {
+    /// With `config`: [`Config::Shipped`] leaves the file's settings as
+    /// they ship but the ports and nginx's name.
+    pub fn bridge_env_with(&self, config: Config, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
-        Env::new(self, n, extra_env, true)
+        Env::new(self, n, extra_env, true, config)
     }
 
     /// A fresh companion-mode environment, with the target images built.
@@ -803,7 +814,7 @@ pub struct Env {
 }
 
 impl Env {
-    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)], bridge: bool) -> Env {
+    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)], bridge: bool, config: Config) -> Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
         std::fs::create_dir_all(&dir).unwrap();
@@ -825,12 +836,16 @@ impl Env {
             ("SELFUP_PORT".into(), a.to_string()),
             ("SELFUP_PORTS".into(), format!("[{a},{b}]")),
             ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
-            ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
-            ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
-            // The bake's own tests set one; the rest keep their speed and
-            // meaning (the elder goes at the switch).
-            ("SELFUP_BAKE_SECS".into(), "0".into()),
         ];
+        if config == Config::Fast {
+            env.extend([
+                ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
+                ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
+                // The bake's own tests set one; the rest keep their speed and
+                // meaning (the elder goes at the switch).
+                ("SELFUP_BAKE_SECS".into(), "0".into()),
+            ]);
+        }
         for (k, v) in extra_env {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));

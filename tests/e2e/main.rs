@@ -10,9 +10,21 @@
 //! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
 //! NAME, `--skip NAME` leaves some out, `--exact` matches whole names, `--list`
 //! prints the selection, `--fail-fast` stops at the first failure,
-//! `--test-threads N` runs N at once (1: one after the other); the other
+//! `--test-threads N` runs N at once (1: one after the other), `--quick`
+//! only the quick tier ([`runner::QUICK`], `scripts/test.sh quick`); the other
 //! libtest flags (`--nocapture`, `--quiet`, `--format F`, ...) are accepted
 //! and change nothing, and an unknown flag is an error.
+//!
+//! Each test ends passed, failed or skipped: a test that cannot run here
+//! returns [`runner::Skip`] with its reason, printed with its result and
+//! again before the closing line, which is `N passed, N failed, N skipped`
+//! alone on its line (CI reads it; with `CI=true` each skip is also a
+//! warning annotation). Each test has a time limit ([`runner::time_limit`]):
+//! past it, it fails with what it was waiting for (the harness records its
+//! polls and commands), and every docker command the harness runs has one
+//! of its own ([`harness::DOCKER_LIMIT`]). A run starts by removing what
+//! killed runs left: containers, networks, volumes, images, a swarm,
+//! registry processes and scratch directories ([`Suite::remove_leftovers`]).
 //!
 //! A filter or skip that selects no e2e test fails the run before anything is
 //! built, with a message saying so. `cargo test -- NAME` (and
@@ -93,11 +105,13 @@ fn main() -> ExitCode {
     let all: Vec<(&str, Test)> = tests![
         cycle::build_refuses_a_version_that_is_not_semver,
         cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container,
+        cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container_with_the_shipped_settings,
         cycle::upgrading_to_the_running_version_does_nothing,
         cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving,
         cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving,
         proxy::stopping_nginx_lets_a_request_in_flight_finish,
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
+        traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades_with_the_shipped_settings,
         switch::eight_keep_alive_clients_see_no_failure_across_five_upgrades,
         switch::a_slow_public_post_gets_its_answer_while_upgrades_run_in_their_usual_time,
         switch::a_foreign_listener_on_the_idle_port_or_in_the_socket_directory_receives_nothing,
@@ -172,6 +186,7 @@ fn main() -> ExitCode {
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
+        bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container_with_the_shipped_settings,
         bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
         bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
         bridge::the_companion_upgrades_itself_with_the_bake_off_while_the_app_keeps_reaching_it_by_name,
@@ -232,7 +247,9 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
     let started = Instant::now();
-    let suite = match Suite::start() {
+    // The quick tier's tests need no fault switch: its build (a whole
+    // compile of the library with LTO) is left out.
+    let suite = match Suite::start(!args.quick) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("e2e: the suite could not start: {e}");

@@ -291,6 +291,30 @@ pub async fn the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_noth
         assert!(err.contains("--test-threads needs a number above 0"), "{err}");
     }
 
+    // --quick: the quick tier, in the suite's order; a filter narrows it.
+    let (code, names, err) = list(&["--quick"]);
+    assert_eq!(code, 0, "{err}");
+    let mut quick: Vec<String> = QUICK.iter().map(|n| n.to_string()).collect();
+    quick.sort_by_key(|n| all.iter().position(|a| a == n));
+    assert_eq!(names, quick, "every quick test is in the suite, and only they run");
+    let (code, names, _) = list(&["--quick", "traffic::"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        names,
+        vec!["traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades"]
+    );
+    let (code, _, err) = list(&["--quick", "swarm::"]);
+    assert_ne!(code, 0, "a filter outside the quick tier selected something");
+    assert!(err.contains("no e2e test matches"), "{err}");
+
+    // The closing line CI reads, and each test's time limit.
+    assert_eq!(summary(3, 1, 2), "3 passed, 1 failed, 2 skipped");
+    assert_eq!(
+        time_limit("cycle::build_refuses_a_version_that_is_not_semver"),
+        TIME_LIMIT
+    );
+    assert!(time_limit("swarm::a_two_replica_service_upgrades_under_load") > TIME_LIMIT);
+
     // A flag the runner does not know is refused rather than guessed at.
     let (code, _, err) = list(&["--frobnicate"]);
     assert_ne!(code, 0);
