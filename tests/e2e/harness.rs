@@ -55,12 +55,21 @@ tokio::task_local! {
 /// What one test waits for at this moment, shared with the runner: when the
 /// test runs out of time, the runner says what it was waiting for.
 #[derive(Clone, Default)]
-pub struct Waits(Arc<std::sync::Mutex<Vec<(u64, String, Instant)>>>);
+pub struct Waits(
+    Arc<std::sync::Mutex<Vec<(u64, String, Instant)>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Waits {
     /// Runs `test` with its waits recorded here.
     pub async fn scope<F: std::future::Future>(&self, test: F) -> F::Output {
         WAITS.scope(self.clone(), test).await
+    }
+
+    /// Marks the test as out of time, before the runner cancels it: its
+    /// environments then show their logs as they drop ([`failing`]).
+    pub fn expire(&self) {
+        self.1.store(true, Ordering::SeqCst);
     }
 
     /// What the test waits for now, each with how long it has waited;
@@ -75,6 +84,12 @@ impl Waits {
                 .join("; ")
         })
     }
+}
+
+/// Whether the test on this task is failing: it panics, or the runner
+/// cancels it at its time limit (its guards drop within its task-local scope).
+pub fn failing() -> bool {
+    std::thread::panicking() || WAITS.try_with(|w| w.1.load(Ordering::SeqCst)).unwrap_or(false)
 }
 
 /// A wait in progress, recorded until it drops.
@@ -1097,7 +1112,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             eprintln!("{}", self.logs());
         }
         let ids = Command::new("docker")
@@ -1500,7 +1515,7 @@ impl CompanionEnv {
 
 impl Drop for CompanionEnv {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             let log = self.logs();
             let lines: Vec<&str> = log.lines().filter(|l| !l.contains("middleware::logger")).collect();
             eprintln!(
@@ -1828,7 +1843,7 @@ impl AppNetEnv {
 impl Drop for AppNetEnv {
     fn drop(&mut self) {
         let ids = self.all_containers();
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             for id in &ids {
                 if let Ok(o) = Command::new("docker")
                     .args(["logs", "--tail", "40", id])

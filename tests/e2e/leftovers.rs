@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use crate::harness::{LABEL, RUN_VARIABLE, Suite, docker, run, run_is_alive, run_quietly};
+use crate::harness::{LABEL, RUN_VARIABLE, Suite, docker, run, run_id_in, run_is_alive, run_quietly};
 
 /// The run id (`<pid>x<start>`) of a process of our own: a finished one is a
 /// dead run, a running one a live run.
@@ -69,6 +69,18 @@ pub async fn a_run_removes_what_dead_runs_left_and_nothing_of_a_live_run(suite: 
     let live = id_of(&running);
     assert!(!run_is_alive(&dead) && run_is_alive(&live));
     assert!(run_is_alive(&suite.run_id));
+
+    // The run id in the names the suite gives: projects, stacks, directories.
+    for (name, run) in [
+        ("selfupe2e123x456t3", Some("123x456")),
+        ("selfupe2eswarm123s456", Some("123x456")),
+        ("selfupe2e-123x456c7-registry", Some("123x456")),
+        ("selfup-e2e-registry-123x456", Some("123x456")),
+        ("selfup-e2e-123x456-registry-127-0-0-1-5000.docker", Some("123x456")),
+        ("selfup-e2e-registry", None),
+    ] {
+        assert_eq!(run_id_in(name).as_deref(), run, "{name}");
+    }
 
     let theirs = objects(&suite, &dead, "dead");
     let beside = objects(&suite, &live, "live");

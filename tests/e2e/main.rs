@@ -364,6 +364,7 @@ async fn run_one(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
             let waiting = waits
                 .describe()
                 .unwrap_or_else(|| "nothing the harness records (a check between two waits)".into());
+            waits.expire();
             task.abort();
             // The cancelled test's guards clean up as it drops.
             let _ = task.await;
