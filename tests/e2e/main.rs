@@ -222,6 +222,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if let Some(n) = args.repeat {
+        selected = selected.iter().flat_map(|t| std::iter::repeat_n(*t, n)).collect();
+    }
     if args.list {
         for (name, _) in &selected {
             println!("{name}: test");

@@ -95,12 +95,15 @@ pub struct Args {
     pub jobs: Option<usize>,
     /// `--quick`: the quick tier's tests ([`QUICK`]) only.
     pub quick: bool,
+    /// `--repeat N`: each selected test N times (to chase a rare failure).
+    pub repeat: Option<usize>,
     pub help: bool,
 }
 
 /// libtest's flags that take a value, which must not be read as a filter.
-const WITH_VALUE: [&str; 7] = [
+const WITH_VALUE: [&str; 8] = [
     "--test-threads",
+    "--repeat",
     "--skip",
     "--format",
     "--color",
@@ -134,6 +137,7 @@ pub const USAGE: &str = "usage: e2e [OPTIONS] [FILTERS...]
     --list           print the selected tests' names
     --fail-fast      stop after the first failure
     --quick          only the quick tier: the core cycle (scripts/test.sh quick)
+    --repeat N       run each selected test N times (to chase a rare failure)
     --test-threads N run N tests at once (default 2)
     libtest's other flags (--nocapture, --quiet, --format F, ...) are accepted
     and change nothing";
@@ -167,6 +171,11 @@ impl Args {
                     match value.parse::<usize>() {
                         Ok(n) if n > 0 => parsed.jobs = Some(n),
                         _ => return Err(format!("--test-threads needs a number above 0, not {value:?}")),
+                    }
+                } else if flag == "--repeat" {
+                    match value.parse::<usize>() {
+                        Ok(n) if n > 0 => parsed.repeat = Some(n),
+                        _ => return Err(format!("--repeat needs a number above 0, not {value:?}")),
                     }
                 }
                 continue;
