@@ -36,6 +36,12 @@ const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD 
 const UNHEALTHY: &str =
     r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
 
+/// Why a test did not check anything here: what it needs is missing (the
+/// Swarm test on an Engine that is in someone else's swarm). The runner
+/// reports it apart from the passed tests, with its reason, also in CI.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
 /// Which settings an environment's selfup runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Config {

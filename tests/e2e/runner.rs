@@ -5,13 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::Suite;
-
-/// Why a test did not check anything here: what it needs is missing (the
-/// Swarm test on an Engine that is in someone else's swarm). Reported apart
-/// from the passed tests, with its reason, also in CI.
-#[derive(Debug)]
-pub struct Skip(pub String);
+use crate::harness::{Skip, Suite};
 
 /// What a test function may return: `()` for a test that always runs its
 /// checks, `Result<(), Skip>` for one that may find it cannot.

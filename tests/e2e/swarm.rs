@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{LABEL, Suite, docker, eventually, free_port, repo_root, run_quietly};
+use crate::harness::{LABEL, Skip, Suite, docker, eventually, free_port, repo_root, run_quietly};
 use crate::load::{Load, assert_none_failed, overlapping};
-use crate::runner::Skip;
 
 /// What the test made, removed on drop, in the order that frees each part:
 /// the stack, then the swarm (when the test created it), then the
