@@ -173,9 +173,18 @@ pub fn limit_of(cmd: &Command) -> Option<Duration> {
 /// Its standard input is closed unless the caller piped it; `input` is
 /// written there first.
 pub fn output_within(cmd: &mut Command, input: Option<&[u8]>) -> std::io::Result<std::process::Output> {
+    let limit = limit_of(cmd);
+    output_limited(cmd, input, limit)
+}
+
+/// [`output_within`] with the limit given.
+pub fn output_limited(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    limit: Option<Duration>,
+) -> std::io::Result<std::process::Output> {
     let line = command_line(cmd);
     let _waiting = waiting_for(format!("`{line}`"));
-    let limit = limit_of(cmd);
     let mut child = cmd
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{Skip, Suite};
+use crate::harness::{self, Skip, Suite};
 
 /// What a test function may return: `()` for a test that always runs its
 /// checks, `Result<(), Skip>` for one that may find it cannot.
@@ -46,8 +46,15 @@ pub const LONG: [(&str, Duration); 4] = [
     ("_with_the_shipped_settings", Duration::from_secs(600)),
 ];
 
-/// The time limit of the test `name`.
+/// The time limit of the test `name`; `SELFUP_E2E_TIME_LIMIT_SECS` sets
+/// one for every test (a slower machine, or to see what a test waits for).
 pub fn time_limit(name: &str) -> Duration {
+    if let Some(secs) = std::env::var("SELFUP_E2E_TIME_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
     LONG.iter()
         .find(|(part, _)| name.contains(part))
         .map_or(TIME_LIMIT, |(_, limit)| *limit)
@@ -214,6 +221,21 @@ impl Args {
     }
 }
 
+/// Runs this very binary with `vars` and `args`: (exit code, stdout, stderr).
+fn run_self(vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let exe = std::env::current_exe().expect("the runner's own path");
+    let out = Command::new(exe)
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs this very binary with `args` and `--list`: (exit code, names listed, stderr).
 fn list(args: &[&str]) -> (i32, Vec<String>, String) {
     let exe = std::env::current_exe().expect("the runner's own path");
@@ -317,6 +339,44 @@ pub async fn the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_noth
         TIME_LIMIT
     );
     assert!(time_limit("swarm::a_two_replica_service_upgrades_under_load") > TIME_LIMIT);
+    assert_eq!(
+        harness::limit_of(Command::new("docker").arg("ps")),
+        Some(harness::DOCKER_LIMIT)
+    );
+    assert_eq!(
+        harness::limit_of(Command::new("docker").args(["push", "x"])),
+        Some(harness::SLOW_DOCKER_LIMIT)
+    );
+
+    // A docker command past its limit is killed, and the error says which.
+    let t = std::time::Instant::now();
+    let mut events = Command::new("docker");
+    events.args(["events", "--filter", "type=plugin"]);
+    let err = harness::output_limited(&mut events, None, Some(Duration::from_secs(1))).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "killed after {:?}", t.elapsed());
+    let err = err.to_string();
+    assert!(
+        err.contains("`docker events --filter type=plugin` did not end within its limit of 1s"),
+        "{err}"
+    );
+
+    // A test past its limit fails with what it was waiting for.
+    let (code, out, err) = run_self(
+        &[("SELFUP_E2E_TIME_LIMIT_SECS", "5")],
+        // --quick: the nested suite builds no fault image.
+        &[
+            "--quick",
+            "--exact",
+            "cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving",
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ran out of its time limit of 5s while waiting for: ")
+            && !out.contains("waiting for: nothing the harness records"),
+        "{out}{err}"
+    );
+    assert!(out.lines().last() == Some("0 passed, 1 failed, 0 skipped"), "{out}");
 
     // A flag the runner does not know is refused rather than guessed at.
     let (code, _, err) = list(&["--frobnicate"]);
