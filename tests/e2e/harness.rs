@@ -346,6 +346,27 @@ fn process_start(pid: u32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Takes the lock every run on this machine shares on the Docker Engine
+/// (`selfup-e2e-engine.lock` in the temporary directory): shared by a test
+/// that only uses the Engine, exclusive by one that changes it for every
+/// container on it. `docker swarm init` and `leave` reconfigure the Engine's
+/// networking: for a few seconds every bridge network's connections hang
+/// and its DNS fails ("bad address"), which broke a bake on an app's network
+/// beside another run's Swarm test (docs/networks.md). Held until the file
+/// drops; blocks until it is granted.
+pub fn engine_lock(exclusive: bool) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("selfup-e2e-engine.lock"))?;
+    match exclusive {
+        true => file.lock()?,
+        false => file.lock_shared()?,
+    }
+    Ok(file)
+}
+
 /// The variable every process a run starts carries (set in the runner's
 /// own environment before any thread starts): its run id. A run that dies
 /// leaves its registries behind; the next run finds them by it.

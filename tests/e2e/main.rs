@@ -93,6 +93,14 @@ const ALONE: [&str; 5] = [
 
 /// A test: its future ends with the reason it skipped, if it did
 /// ([`runner::Outcome`]); a panic fails it.
+/// Tests that change the Docker Engine for every container on it (a swarm
+/// init and leave reconfigures its networking: every bridge network's
+/// connections hang for seconds): they hold the machine's Engine lock alone,
+/// so that no test of any run on the machine runs beside them
+/// ([`harness::engine_lock`]); every other test holds it shared.
+const ENGINE_WIDE: [&str; 1] =
+    ["swarm::a_two_replica_service_upgrades_under_load_without_a_failed_request_and_swarm_rolls_back_a_failing_image"];
+
 type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 macro_rules! tests {
@@ -355,6 +363,19 @@ async fn run_all(
 /// time limit, with what it was waiting for then. A test out of time is
 /// cancelled: its environments' guards drop and remove what it made.
 async fn run_one(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
+    let exclusive = ENGINE_WIDE.contains(&name);
+    let engine = match tokio::task::spawn_blocking(move || harness::engine_lock(exclusive)).await {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(e)) => return Verdict::Failed(format!("taking the Engine lock: {e}")),
+        Err(e) => return Verdict::Failed(format!("taking the Engine lock: {e}")),
+    };
+    let verdict = run_within_limit(name, test, suite).await;
+    drop(engine);
+    verdict
+}
+
+/// [`run_one`] once the Engine lock is held.
+async fn run_within_limit(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
     let waits = harness::Waits::default();
     let limit = runner::time_limit(name);
     let scoped = waits.clone();
