@@ -12,11 +12,11 @@
 
 use std::time::{Duration, Instant};
 
-use selfup::events::{Event, EventLog};
+use selfup::events::{Event, EventLog, UpgradeStep};
 
 fn step() -> Event {
     Event::UpgradeStep {
-        step: "health-checking the successor".into(),
+        step: UpgradeStep::HealthChecking.into(),
     }
 }
 

@@ -13,12 +13,12 @@ use actix_web::middleware::{ErrorHandlers, Logger};
 use actix_web::{App, HttpServer, web};
 
 use crate::companion::auth::{ApiKey, KeySource};
-use crate::companion::journal::Swaps;
 use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
 use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
-use crate::handover::Orchestrator;
+use crate::handover::{Deps, Orchestrator};
+use crate::recreate::journal::Swaps;
 use crate::registry::Registry;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
@@ -69,11 +69,12 @@ impl Application {
             notifier: notifier.clone(),
         };
         let companion = build_companion(&settings, &engine, &self_id, &swaps, reporting)?;
-        let mut orchestrator = Orchestrator::new(settings.clone(), engine, shared, self_id);
-        orchestrator.swaps = swaps;
-        orchestrator.notifier = notifier;
-        orchestrator.apps = companion.as_ref().and_then(|c| c.fronts());
-        let orchestrator = Arc::new(orchestrator);
+        let apps = companion
+            .as_ref()
+            .and_then(|c| c.fronts())
+            .map(|f| f as Arc<dyn crate::control::Publish>);
+        let deps = Deps::new(settings.clone(), engine, shared, self_id);
+        let orchestrator = Arc::new(Orchestrator::new(deps, swaps, notifier, apps));
 
         let listener = TcpListener::bind((settings.bind, settings.port))
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}:{}: {e}", settings.bind, settings.port)))?;
@@ -265,6 +266,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stopping = self.orchestrator.clone();
+        let fronts = self.companion.as_ref().and_then(|c| c.fronts());
         let stopper = tokio::spawn(async move {
             wait_for_stop_signal().await;
             let shared = &stopping.shared;
@@ -291,7 +293,7 @@ impl Application {
             // (its successor holds their sockets now) finish too, within
             // the same drain time as its own.
             let apps = async {
-                if let (true, Some(apps)) = (taken_over, &stopping.apps) {
+                if let (true, Some(apps)) = (taken_over, &fronts) {
                     let bound = Duration::from_secs(stopping.settings.shutdown_timeout_secs);
                     let relaying = apps.relaying();
                     let left = apps.until_idle(bound).await;
@@ -484,7 +486,7 @@ async fn swarm_stop(o: &Orchestrator) {
     tokio::time::sleep(o.settings.drain()).await;
     let held = tokio::time::Instant::now();
     let mut said = false;
-    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::handover::swarm::FOLLOW_DEADLINE {
+    while o.shared.status().upgrade.is_some() && held.elapsed() < crate::swarm::FOLLOW_DEADLINE {
         if !said {
             tracing::info!("following a service update: its answer goes out before this task stops");
             said = true;

@@ -428,7 +428,7 @@ impl Settings {
     fn validate_watch(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
         if let Some(watch) = &self.watch
-            && let Err(e) = crate::watch::policy(watch)
+            && let Err(e) = crate::version::policy(watch)
         {
             return invalid("watch", format!("{e}, or latest"));
         }

@@ -19,7 +19,7 @@
 //! write, so nobody else can put a name there, but anyone may connect,
 //! nginx's unprivileged workers included; connections on it are served the
 //! companion's endpoints and the public ones, never the control endpoints
-//! (see `routes::guard_loopback`).
+//! (see `routes::guard::Loopback`).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -46,6 +46,14 @@ impl Access {
             Access::Anyone => (0o755, 0o666),
         }
     }
+}
+
+/// Sockets of a role that the live instance publishes beside its own: the
+/// blue-green apps' fronts in companion mode. The self-upgrade publishes
+/// them when this instance becomes the live one, without knowing the role.
+pub trait Publish: std::fmt::Debug + Send + Sync {
+    /// Makes these sockets the ones clients reach.
+    fn publish(&self);
 }
 
 /// This instance's control (or update) socket, bound and perhaps not yet

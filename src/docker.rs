@@ -170,8 +170,12 @@ impl Engine {
 
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
         #[cfg(feature = "faults")]
-        if let Some(e) = crate::faults::inspect_error(id) {
-            return Err(e);
+        if let Some(message) = crate::faults::inspect_error(id) {
+            return Err(DockerError::Call {
+                op: "inspecting container",
+                target: id.to_string(),
+                message,
+            });
         }
         let docker = self.client().await?;
         docker

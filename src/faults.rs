@@ -18,13 +18,12 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::docker::DockerError;
-
 static INSPECT_ERRORS_LEFT: OnceLock<AtomicU64> = OnceLock::new();
 static OWN_ID: OnceLock<Option<String>> = OnceLock::new();
 
-/// The error to return instead of inspecting `id`, while the switch has some left.
-pub fn inspect_error(id: &str) -> Option<DockerError> {
+/// The error message to return instead of inspecting `id` (as a daemon's
+/// 500 would), while the switch has some left.
+pub fn inspect_error(id: &str) -> Option<String> {
     let own = OWN_ID.get_or_init(crate::identity::own_container_id);
     if own
         .as_deref()
@@ -44,11 +43,7 @@ pub fn inspect_error(id: &str) -> Option<DockerError> {
         .ok()
         .map(|n| {
             tracing::warn!(container = id, left = n - 1, "fault switch: failing an inspection");
-            DockerError::Call {
-                op: "inspecting container",
-                target: id.to_string(),
-                message: "injected fault: server error (500)".into(),
-            }
+            "injected fault: server error (500)".to_string()
         })
 }
 
@@ -56,7 +51,7 @@ pub fn inspect_error(id: &str) -> Option<DockerError> {
 /// 70, no cleanup) right after the swap of `<container>` wrote its journal
 /// at `<phase>` (`planned`, `aside`, `created`, `started`, `checked`), as a
 /// crash there would leave it.
-pub fn swap_exit(container: &str, phase: crate::companion::journal::Phase) {
+pub fn swap_exit(container: &str, phase: impl serde::Serialize) {
     let Ok(spec) = std::env::var("FAULT_SWAP_EXIT") else {
         return;
     };
@@ -101,12 +96,9 @@ pub fn successor_exit_later() {
 }
 
 /// The 500 a successor answers on the live socket with `FAULT_SUCCESSOR_5XX=1`.
-pub fn server_error(
-    req: &actix_web::HttpRequest,
-    settings: &crate::config::Settings,
-) -> Option<actix_web::HttpResponse> {
+/// `live`: whether the request came in on the live socket.
+pub fn server_error(live: bool, settings: &crate::config::Settings) -> Option<actix_web::HttpResponse> {
     let on = std::env::var("FAULT_SUCCESSOR_5XX").is_ok_and(|v| v == "1");
-    let live = crate::routes::Listener::of(req) == crate::routes::Listener::Live;
     (on && live && settings.handover_token.is_some()).then(|| {
         actix_web::HttpResponse::InternalServerError().json(serde_json::json!({ "error": "injected fault: 500" }))
     })

@@ -1,62 +1,43 @@
 //! selfup: a web service that upgrades itself with a blue-green handover, and
 //! upgrades other containers on request with the same engine.
 //!
-//! The modules, from the outside in:
+//! The modules by layer, top down. An import only points down a layer; the
+//! two roles never import each other; `tests/layers.rs` checks both, and
+//! that no files import each other in a circle.
 //!
+//! **Entry**: [`app`] wires everything and binds the listeners (`main.rs`
+//! only calls it); [`cli`] is `selfup upgrade|status|history|rollback`, the
+//! operator's client of the control endpoints.
+//!
+//! **Drivers**, what sets a role going: [`routes`], one file per group of
+//! endpoints, the guards and errors as JSON; [`watch`], the watch policy
+//! that upgrades on a schedule or a registry notification.
+//!
+//! **Roles**:
+//! - [`handover`]: the self-upgrade, in the order it runs: the elder's
+//!   side, its steps, the bake, the successor's takeover.
+//! - [`companion`]: `/update` of *other* containers: admission, the API
+//!   key, placement, the recreate and blue-green paths, recovery.
+//!
+//! **Backend**: [`swarm`], the self-upgrade's second backend, a Swarm
+//! service update; only [`handover`] picks it.
+//!
+//! **Shared** by both roles: [`recreate`]: the upgrade interface, cloning a
+//! container, one resolve-pull-decide path, the watcher, the one bake's
+//! judge, and the companion's swap journal the self-upgrade waits on.
+//!
+//! **Base**, imports nothing above it:
 //! - [`config`]: the typed, layered settings (defaults, TOML, `SELFUP_*`).
-//! - [`telemetry`]: the tracing subscriber.
-//! - [`app`]: the HTTP server: it binds the listener and registers every route.
-//! - [`routes`]: one file per group of endpoints, the state every handler
-//!   gets, and errors as JSON.
-//! - [`control`]: the stable addresses the live instance holds across
-//!   handovers: the live socket nginx sends public traffic to, the root-only
-//!   control socket and companion mode's update socket.
-//! - [`state`]: the one small struct the routes share with the orchestrator,
-//!   with the upgrade's steps, the takeover's phases and the history.
-//! - [`events`]: the event log every step is emitted to, kept in the data
-//!   volume so ids go on across generations; `/events` streams it.
-//! - [`metrics`]: the counters and histograms `/metrics` exports.
-//! - [`cli`]: `selfup upgrade|status|history|rollback`, the
-//!   operator's client of the control endpoints.
-//!
-//! The two roles, each in its own folder, neither importing the other's
-//! workings:
-//!
-//! - [`handover`]: the self-upgrade protocol, read top to bottom in the order
-//!   it runs: the elder's side ([`handover::elder`]), then the successor's
-//!   ([`handover::takeover`]); as a Swarm task, a service update instead
-//!   ([`handover::swarm`]).
-//! - [`companion`]: companion mode, `/update` of *other* containers:
-//!   admission, the API key, placement, the swap with its rollback, and the
-//!   swap journal every instance shares.
-//!
-//! The layer beneath both roles, which imports neither:
-//!
-//! - [`recreate`]: recreating a container from a new image: the version
-//!   rules, the cloning rules, one resolve-pull-decide path, and one watcher
-//!   that says whether a new container came up or died.
-//!
-//! Unattended upgrades, beside the roles:
-//!
-//! - [`watch`]: the watch policy: the live instance checks the registry
-//!   every interval (and when the registry hook says a tag was pushed), and
-//!   upgrades through the same lock and path as a request; in companion
-//!   mode, containers labelled `selfup.watch` follow a policy of their own
-//!   through the same path as `/update/<container>/<req>`.
-//! - [`notify`]: a JSON POST for every finished upgrade, rollback or
-//!   companion update, in the background, with retries.
-//!
-//! And what everything stands on:
-//!
-//! - [`retention`]: which old images of this service a takeover removes.
-//! - [`proxy`]: whether nginx runs (it follows the live socket, never reloaded).
-//! - [`registry`]: tags and digests over the registry API (Basic or bearer
-//!   token), and the credentials for it from a `config.json`; both roles use it.
-//! - [`docker`]: the one wrapper around bollard, one call a method.
-//! - [`image_ref`]: image references, parsed and checked.
-//! - [`atomic`]: the one way a file is replaced, whole or not at all.
-//! - [`identity`]: how a container finds its own id.
-//! - [`secret`]: tokens and their constant-time comparison.
+//! - [`state`]: the small struct the routes share with the roles.
+//! - [`events`]: the event log every step is emitted to, with the states
+//!   it records as enums; [`metrics`]: what `/metrics` exports;
+//!   [`notify`]: a JSON POST for every finished upgrade or update.
+//! - [`control`]: the stable sockets the live instance holds across
+//!   handovers; [`proxy`]: whether nginx runs.
+//! - [`docker`]: the one wrapper around bollard; [`registry`]: tags and
+//!   digests over the registry API, with credentials.
+//! - [`version`]: the semver rules; [`image_ref`]: image references.
+//! - [`atomic`], [`identity`], [`secret`], [`telemetry`]: small tools.
 //! - `faults`: fault switches that only test images carry (feature `faults`).
 
 pub mod app;
@@ -77,11 +58,12 @@ pub mod notify;
 pub mod proxy;
 pub mod recreate;
 pub mod registry;
-pub mod retention;
 pub mod routes;
 pub mod secret;
 pub mod state;
+pub mod swarm;
 pub mod telemetry;
+pub mod version;
 pub mod watch;
 
 /// The length of [`VERSION_SLOT`]: the longest version a binary can carry.

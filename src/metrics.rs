@@ -16,7 +16,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::handover::Timings;
+use crate::events::{Outcome, UpdateEnd};
+
+/// Milliseconds spent in each step of an upgrade.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub resolve_ms: u128,
+    pub pull_ms: u128,
+    pub start_ms: u128,
+    pub health_ms: u128,
+    pub takeover_ms: u128,
+    pub total_ms: u128,
+}
 
 /// One label.
 type Label = [(&'static str, String); 1];
@@ -137,9 +148,9 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a finished upgrade with its outcome and whole duration.
-    pub fn upgrade_finished(&self, outcome: &str, rollback: bool, duration_ms: u128) {
+    pub fn upgrade_finished(&self, outcome: Outcome, rollback: bool, duration_ms: u128) {
         self.upgrades.get_or_create(&[("outcome", outcome.to_string())]).inc();
-        if rollback && outcome == "upgraded" {
+        if rollback && outcome == Outcome::Upgraded {
             self.rollbacks.inc();
         }
         self.phase("total", duration_ms);
@@ -165,7 +176,7 @@ impl Metrics {
     }
 
     /// Counts a finished companion update.
-    pub fn update_finished(&self, outcome: &str) {
+    pub fn update_finished(&self, outcome: UpdateEnd) {
         self.updates.get_or_create(&[("outcome", outcome.to_string())]).inc();
     }
 
@@ -192,13 +203,19 @@ impl Metrics {
     }
 
     /// Counts a finished bake.
-    pub fn bake_finished(&self, outcome: &str) {
-        self.bakes.get_or_create(&[("outcome", outcome.to_string())]).inc();
+    pub fn bake_finished(&self, outcome: crate::events::BakeOutcome) {
+        self.bakes
+            .get_or_create(&[("outcome", outcome.as_str().to_string())])
+            .inc();
     }
 
     /// Records a check of the watch loop, now.
     pub fn watch_checked(&self, ok: bool) {
-        self.watch_time.set(crate::state::now_secs() as i64);
+        self.watch_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()) as i64,
+        );
         self.watch_ok.set(i64::from(ok));
     }
 
@@ -260,8 +277,8 @@ mod tests {
     #[test]
     fn every_metric_renders_with_its_labels() {
         let m = Metrics::default();
-        m.upgrade_finished("failed", false, 1200);
-        m.upgrade_finished("upgraded", true, 400);
+        m.upgrade_finished(Outcome::Failed, false, 1200);
+        m.upgrade_finished(Outcome::Upgraded, true, 400);
         m.upgrade_phases(&Timings {
             resolve_ms: 2,
             pull_ms: 30,
@@ -270,14 +287,14 @@ mod tests {
             takeover_ms: 250,
             total_ms: 522,
         });
-        m.update_finished("rolled_back");
+        m.update_finished(UpdateEnd::RolledBack);
         m.answered(StatusCode::OK);
         m.answered(StatusCode::NOT_FOUND);
         m.answered(StatusCode::CONFLICT);
         m.public_answered(StatusCode::OK);
         m.public_answered(StatusCode::BAD_GATEWAY);
         assert_eq!(m.public_answers(), (2, 1));
-        m.bake_finished("rolled_back");
+        m.bake_finished(crate::events::BakeOutcome::RolledBack);
         assert_eq!(
             sample(&m.render(), "selfup_watch_last_check_timestamp_seconds"),
             Some(0.0)

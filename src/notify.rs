@@ -25,7 +25,7 @@ pub struct Event {
     /// watch policy found a version and, in `notify` mode, changed nothing).
     pub kind: &'static str,
     /// `upgraded`, `already_there`, `failed`, `updated`, `unchanged`, `available`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// The version (or image) before.
     pub from: String,
     /// The version (or image) after, or asked for.
@@ -48,7 +48,7 @@ impl Event {
     /// An event with its `text` written from the rest.
     pub fn new(
         kind: &'static str,
-        outcome: &str,
+        outcome: impl Into<Outcome>,
         from: &str,
         to: Option<&str>,
         duration_ms: u128,
@@ -57,7 +57,7 @@ impl Event {
         let host = std::env::var("HOSTNAME").unwrap_or_default();
         Event {
             kind,
-            outcome: outcome.to_string(),
+            outcome: outcome.into(),
             from: from.to_string(),
             to: to.map(str::to_string),
             duration_ms,
@@ -82,10 +82,10 @@ impl Event {
             None => "selfup".to_string(),
         };
         let to = self.to.as_deref().unwrap_or("?");
-        let mut text = match self.outcome.as_str() {
-            "available" => format!("{subject}: {to} is available (running {})", self.from),
-            "already_there" | "unchanged" => format!("{subject}: already at {to}, nothing to do"),
-            "failed" => format!("{subject}: {} from {} to {to} failed", self.kind, self.from),
+        let mut text = match self.outcome {
+            Outcome::Available => format!("{subject}: {to} is available (running {})", self.from),
+            Outcome::AlreadyThere | Outcome::Unchanged => format!("{subject}: already at {to}, nothing to do"),
+            Outcome::Failed => format!("{subject}: {} from {} to {to} failed", self.kind, self.from),
             outcome => format!(
                 "{subject}: {outcome} from {} to {to} in {} ms",
                 self.from, self.duration_ms
@@ -97,6 +97,43 @@ impl Event {
         }
         self.text = text;
         self
+    }
+}
+
+/// How the work a notification reports ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An upgrade or a rollback: a successor took over.
+    Upgraded,
+    /// An upgrade or a rollback to what ran: nothing was done.
+    AlreadyThere,
+    /// An upgrade, rollback or companion update that did not work.
+    Failed,
+    /// A companion update: the container runs the new image.
+    Updated,
+    /// A companion update to the image the container ran: nothing was done.
+    Unchanged,
+    /// The watch policy found a version (`notify` mode: nothing changed).
+    Available,
+}
+
+/// The name `serde` gives it, as the JSON carries it.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).ok();
+        f.write_str(name.as_ref().and_then(|n| n.as_str()).unwrap_or_default())
+    }
+}
+
+impl From<crate::events::Outcome> for Outcome {
+    fn from(outcome: crate::events::Outcome) -> Self {
+        use crate::events::Outcome as Upgrade;
+        match outcome {
+            Upgrade::Upgraded => Outcome::Upgraded,
+            Upgrade::AlreadyThere => Outcome::AlreadyThere,
+            Upgrade::Failed => Outcome::Failed,
+        }
     }
 }
 
@@ -173,11 +210,11 @@ mod tests {
 
     #[test]
     fn the_text_says_what_happened_in_one_line() {
-        let upgraded = Event::new("upgrade", "upgraded", "1.0.0", Some("1.1.0"), 512, None);
+        let upgraded = Event::new("upgrade", Outcome::Upgraded, "1.0.0", Some("1.1.0"), 512, None);
         assert_eq!(upgraded.text, "selfup: upgraded from 1.0.0 to 1.1.0 in 512 ms");
         let failed = Event::new(
             "upgrade",
-            "failed",
+            Outcome::Failed,
             "1.0.0",
             Some("2"),
             40,
@@ -187,9 +224,9 @@ mod tests {
             failed.text,
             "selfup: upgrade from 1.0.0 to 2 failed: no version matches 2"
         );
-        let found = Event::new("available", "available", "1.0.0", Some("1.1.0"), 0, None);
+        let found = Event::new("available", Outcome::Available, "1.0.0", Some("1.1.0"), 0, None);
         assert_eq!(found.text, "selfup: 1.1.0 is available (running 1.0.0)");
-        let app = Event::new("update", "updated", "r/app:1", Some("r/app:2"), 900, None).for_container("app");
+        let app = Event::new("update", Outcome::Updated, "r/app:1", Some("r/app:2"), 900, None).for_container("app");
         assert_eq!(app.text, "container app: updated from r/app:1 to r/app:2 in 900 ms");
         let body = serde_json::to_value(&app).unwrap();
         for field in [
@@ -206,6 +243,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_outcome_is_sent_as_it_was_when_it_was_a_string() {
+        let sent = [
+            (Outcome::Upgraded, "upgraded"),
+            (Outcome::AlreadyThere, "already_there"),
+            (Outcome::Failed, "failed"),
+            (Outcome::Updated, "updated"),
+            (Outcome::Unchanged, "unchanged"),
+            (Outcome::Available, "available"),
+        ];
+        for (outcome, name) in sent {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), name);
+            assert_eq!(outcome.to_string(), name);
+        }
+        assert_eq!(
+            Outcome::from(crate::events::Outcome::AlreadyThere),
+            Outcome::AlreadyThere
+        );
+    }
+
     #[tokio::test]
     async fn a_dead_endpoint_costs_the_sender_nothing_and_a_flush_is_bounded() {
         // A port nothing listens on: every attempt is refused, then retried.
@@ -216,7 +273,14 @@ mod tests {
             .port();
         let notifier = Notifier::new(&[format!("http://127.0.0.1:{port}/")]).unwrap();
         let started = std::time::Instant::now();
-        notifier.send(Event::new("upgrade", "upgraded", "1.0.0", Some("1.1.0"), 1, None));
+        notifier.send(Event::new(
+            "upgrade",
+            Outcome::Upgraded,
+            "1.0.0",
+            Some("1.1.0"),
+            1,
+            None,
+        ));
         assert!(started.elapsed() < Duration::from_millis(50), "{:?}", started.elapsed());
         notifier.flush(Duration::from_millis(100)).await;
         assert_eq!(*notifier.pending.borrow(), 1, "the retries are still under way");

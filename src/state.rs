@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+pub use crate::events::{BakeOutcome, Outcome, Requested, TakeoverPhase, TakeoverStep, UpgradeStep};
+
 /// How many finished upgrades `/status` remembers.
 pub const HISTORY_LEN: usize = 10;
 /// How many finished takeovers the handover record remembers.
@@ -32,8 +34,9 @@ pub struct Status {
     /// Set by an elder's go-ahead on its successor: how long the elder
     /// bakes it. `None`: the elder does not bake (or is an older version).
     pub bake_requested: Option<Duration>,
-    /// The version last rolled back during a bake, without a data directory.
-    pub rejected: Option<Rejected>,
+    /// The images rolled back (during a bake, or by Swarm), newest first,
+    /// without a data directory.
+    pub rejected: Vec<Rejected>,
 }
 
 /// A bake under way: the elder keeps running out of rotation and watches
@@ -47,8 +50,6 @@ pub struct Bake {
     pub successor_port: u16,
     pub started: Instant,
     pub ends: Instant,
-    /// What an operator asked for (`/promote`, `/rollback`), not yet acted on.
-    pub asked: Option<BakeVerdict>,
     /// The successor's public answers, and the 5xx among them, last seen.
     pub answers: (u64, u64),
 }
@@ -62,12 +63,39 @@ pub enum BakeVerdict {
     Rollback,
 }
 
+/// An operator's word on a running bake (`/promote`, `/rollback`, and
+/// their `/<container>` forms for an app): the one way both bakes are asked.
+#[derive(Debug, Default)]
+pub struct BakeAsk {
+    verdict: Mutex<Option<BakeVerdict>>,
+    asked: Notify,
+}
+
+impl BakeAsk {
+    /// Passes `verdict` to the bake, which acts on it at once.
+    pub fn ask(&self, verdict: BakeVerdict) {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+        self.asked.notify_one();
+    }
+
+    /// Resolves when a word is passed (or was passed before and not yet
+    /// taken), with that word.
+    pub async fn asked(&self) -> Option<BakeVerdict> {
+        self.asked.notified().await;
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets any word: a new bake starts.
+    pub fn clear(&self) {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// How a bake ended, as `/status`, the `/upgrade` answer and `/promote` or
 /// `/rollback` report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BakeReport {
-    /// `promoted` (the successor stays) or `rolled_back` (the elder serves again).
-    pub outcome: String,
+    pub outcome: BakeOutcome,
     pub reason: String,
     pub to: String,
     /// How long the bake ran.
@@ -84,19 +112,54 @@ pub struct BakeReport {
 impl BakeReport {
     /// Whether the successor was rolled back.
     pub fn rolled_back(&self) -> bool {
-        self.outcome == "rolled_back"
+        self.outcome == BakeOutcome::RolledBack
     }
 }
 
-/// A version rolled back during a bake: `/upgrade` to `:latest` (or to a
-/// requirement that picks it) refuses it until a newer one appears or it is
-/// named exactly.
+/// An image rolled back during a bake (or by Swarm): `/upgrade` to
+/// `:latest` (or to a requirement that picks it) and the watch policy refuse
+/// it until a newer one appears or it is named exactly. Every rolled-back
+/// image is kept, not only the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub version: String,
+    /// The registry's digest of the image (`sha256:…`). `None` in a record
+    /// written before digests were kept: then the version alone matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub reason: String,
     /// Seconds since the epoch.
     pub at: u64,
+}
+
+impl Rejected {
+    /// Whether this record refuses `version` with `digest` (`None`: not
+    /// known): by digest when both are known, else by version.
+    pub fn refuses(&self, version: &str, digest: Option<&str>) -> bool {
+        match (&self.digest, digest) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => self.version == version,
+        }
+    }
+}
+
+/// How many rolled-back images are remembered.
+const REJECTED_LEN: usize = 64;
+
+/// `rejected.json` as it is on disk: a list, newest first, or the single
+/// record an earlier release wrote.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RejectedFile {
+    Many(Vec<Rejected>),
+    One(Rejected),
+}
+
+fn read_rejected(path: &std::path::Path) -> Option<Vec<Rejected>> {
+    match serde_json::from_slice(&std::fs::read(path).ok()?).ok()? {
+        RejectedFile::Many(list) => Some(list),
+        RejectedFile::One(one) => Some(vec![one]),
+    }
 }
 
 /// The running upgrade, as a refused second request is told.
@@ -111,149 +174,18 @@ pub struct InProgress {
     pub started: Instant,
 }
 
-/// The elder's steps in an upgrade, in the order they run; `/status` and
-/// a refused second request name the one under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum UpgradeStep {
-    /// Finding the image: the registry's tags, or the previous version's image.
-    #[serde(rename = "resolving")]
-    Resolving,
-    #[serde(rename = "pulling")]
-    Pulling,
-    /// Holding the swap lock: companion updates in either instance finish first.
-    #[serde(rename = "waiting for companion updates")]
-    WaitingForCompanionUpdates,
-    /// Creating and starting the successor on the other port.
-    #[serde(rename = "starting the successor")]
-    StartingTheSuccessor,
-    /// Polling the successor's `/health` until it answers as itself.
-    #[serde(rename = "health-checking the successor")]
-    HealthChecking,
-    /// The go-ahead is given; waiting for the successor to stop this instance.
-    #[serde(rename = "waiting for the successor's takeover")]
-    WaitingForTakeover,
-    /// The successor serves the public; this instance watches it, out of
-    /// rotation, ready to take the traffic back.
-    #[serde(rename = "baking the successor")]
-    Baking,
-    /// A Swarm task: the service's spec names the target, and Swarm
-    /// replaces the tasks one by one (or rolls them back).
-    #[serde(rename = "updating the Swarm service")]
-    UpdatingTheService,
-}
-
-impl std::fmt::Display for UpgradeStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            UpgradeStep::Resolving => "resolving",
-            UpgradeStep::Pulling => "pulling",
-            UpgradeStep::WaitingForCompanionUpdates => "waiting for companion updates",
-            UpgradeStep::StartingTheSuccessor => "starting the successor",
-            UpgradeStep::HealthChecking => "health-checking the successor",
-            UpgradeStep::WaitingForTakeover => "waiting for the successor's takeover",
-            UpgradeStep::Baking => "baking the successor",
-            UpgradeStep::UpdatingTheService => "updating the Swarm service",
-        })
-    }
-}
-
-/// The successor's steps in a takeover, in the order they run. The elder
-/// reads them from the successor's `/handover`, so their names are the wire
-/// format between two versions: they never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TakeoverStep {
-    /// Renaming this instance's sockets over the public paths (the live
-    /// socket nginx connects to, the control and update sockets).
-    #[serde(rename = "publishing the sockets")]
-    PublishingSockets,
-    /// Asking through the live socket's public path until this very
-    /// instance answers there.
-    #[serde(rename = "confirming through the live socket")]
-    ConfirmingThroughLiveSocket,
-    /// Serving the public while the elder, out of rotation, watches this
-    /// instance; only an elder that asked for a bake sees this step.
-    #[serde(rename = "baking")]
-    Baking,
-    /// Stopping and removing the elder: an elder that gets a stop signal at
-    /// this step has been taken over from.
-    #[serde(rename = "stopping the elder")]
-    StoppingTheElder,
-}
-
-impl std::fmt::Display for TakeoverStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TakeoverStep::PublishingSockets => "publishing the sockets",
-            TakeoverStep::ConfirmingThroughLiveSocket => "confirming through the live socket",
-            TakeoverStep::Baking => "baking",
-            TakeoverStep::StoppingTheElder => "stopping the elder",
-        })
-    }
-}
-
-/// The successor's side of the handover.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum TakeoverPhase {
-    /// Nothing to take over (yet).
-    #[default]
-    Idle,
-    /// Started by an elder; waiting for its go-ahead after its health check.
-    WaitingForGo,
-    /// Publishing the sockets, confirming, stopping the elder.
-    Running { step: TakeoverStep },
-    /// This instance is the one live instance.
-    Done,
-    /// The takeover failed; the elder keeps serving and removes this instance.
-    Failed { reason: String },
-}
-
-impl std::fmt::Display for TakeoverPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TakeoverPhase::Idle => f.write_str("idle"),
-            TakeoverPhase::WaitingForGo => f.write_str("waiting for the elder's go-ahead"),
-            TakeoverPhase::Running { step } => step.fmt(f),
-            TakeoverPhase::Done => f.write_str("done"),
-            TakeoverPhase::Failed { reason } => write!(f, "failed: {reason}"),
-        }
-    }
-}
-
 /// A finished upgrade, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRecord {
     pub from: String,
     pub to: Option<String>,
     /// What was asked for: `latest`, `2`, `=1.4.0`, `rollback`.
-    pub requested: String,
+    pub requested: Requested,
     pub outcome: Outcome,
     pub error: Option<String>,
     pub duration_ms: u128,
     /// Seconds since the epoch.
     pub finished_at: u64,
-}
-
-/// How a finished upgrade ended, as the history records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// A successor took over.
-    Upgraded,
-    /// The target was what ran: nothing was done.
-    AlreadyThere,
-    /// Refused, or it did not work; the record's `error` says why.
-    Failed,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::AlreadyThere => "already_there",
-            Outcome::Failed => "failed",
-        })
-    }
 }
 
 /// What the routes and the orchestrator share.
@@ -289,7 +221,7 @@ pub struct Shared {
     /// What `/metrics` exports.
     pub metrics: crate::metrics::Metrics,
     /// Wakes a running bake: an operator's `/promote` or `/rollback`.
-    pub bake_asked: Notify,
+    pub bake_ask: BakeAsk,
     /// Wakes whoever waits for a bake's end (`/promote`, `/rollback`).
     pub bake_ended: Notify,
     /// Where the version rolled back during a bake is kept, beside the history.
@@ -310,7 +242,7 @@ impl Default for Shared {
             pushed: Mutex::default(),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::default(),
-            bake_asked: Notify::new(),
+            bake_ask: BakeAsk::default(),
             bake_ended: Notify::new(),
             rejected_file: None,
         }
@@ -341,7 +273,7 @@ impl Shared {
 
     pub fn set_takeover(&self, phase: TakeoverPhase) {
         let event = crate::events::Event::Takeover {
-            phase: phase.to_string(),
+            phase: phase.clone().into(),
         };
         let changed = std::mem::replace(&mut self.status().takeover, phase.clone()) != phase;
         if changed {
@@ -361,12 +293,12 @@ impl Shared {
     /// Adds a finished upgrade to the history, and saves it where it is kept.
     pub fn record(&self, record: UpgradeRecord) {
         self.metrics.upgrade_finished(
-            &record.outcome.to_string(),
-            record.requested == "rollback",
+            record.outcome,
+            record.requested == Requested::Rollback,
             record.duration_ms,
         );
         self.events.emit(crate::events::Event::UpgradeFinished {
-            outcome: record.outcome.to_string(),
+            outcome: record.outcome.into(),
             requested: record.requested.clone(),
             to: record.to.clone(),
             error: record.error.clone(),
@@ -388,24 +320,53 @@ impl Shared {
 }
 
 impl Shared {
-    /// The version last rolled back during a bake, if any: with a data
-    /// directory, every generation sees it.
-    pub fn rejected(&self) -> Option<Rejected> {
+    /// The images rolled back, newest first: with a data directory, every
+    /// generation sees them.
+    pub fn rejected_all(&self) -> Vec<Rejected> {
         match &self.rejected_file {
-            Some(path) => serde_json::from_slice(&std::fs::read(path).ok()?).ok(),
+            Some(path) => read_rejected(path).unwrap_or_default(),
             None => self.status().rejected.clone(),
         }
     }
 
-    /// Remembers a version rolled back during a bake.
+    /// The image last rolled back, if any (`/status`'s `rolled_back_version`).
+    pub fn rejected(&self) -> Option<Rejected> {
+        self.rejected_all().into_iter().next()
+    }
+
+    /// The record that refuses `version` with `digest`, if one does.
+    pub fn refused(&self, version: &str, digest: Option<&str>) -> Option<Rejected> {
+        self.rejected_all().into_iter().find(|r| r.refuses(version, digest))
+    }
+
+    /// Remembers an image rolled back, beside every one before it.
     pub fn reject(&self, rejected: Rejected) {
-        self.status().rejected = Some(rejected.clone());
+        let mut list = self.rejected_all();
+        list.retain(|r| !(r.version == rejected.version && r.digest == rejected.digest));
+        list.insert(0, rejected);
+        list.truncate(REJECTED_LEN);
+        self.save_rejected(list);
+    }
+
+    /// Forgets the rolled-back records of `version` with `digest`: an
+    /// upgrade that named it exactly ran it to the end.
+    pub fn forget_rejected(&self, version: &str, digest: Option<&str>) {
+        let mut list = self.rejected_all();
+        let before = list.len();
+        list.retain(|r| !r.refuses(version, digest));
+        if list.len() != before {
+            self.save_rejected(list);
+        }
+    }
+
+    fn save_rejected(&self, list: Vec<Rejected>) {
+        self.status().rejected = list.clone();
         let Some(path) = &self.rejected_file else { return };
-        let saved = serde_json::to_string_pretty(&rejected)
+        let saved = serde_json::to_string_pretty(&list)
             .map_err(std::io::Error::other)
             .and_then(|text| crate::atomic::write_atomically(path, &text));
         if let Err(e) = saved {
-            tracing::warn!(path = %path.display(), error = %e, "the rolled back version is remembered in memory only");
+            tracing::warn!(path = %path.display(), error = %e, "the rolled back images are remembered in memory only");
         }
     }
 }
@@ -468,7 +429,7 @@ mod tests {
         UpgradeRecord {
             from: "1.0.0".into(),
             to: Some("1.1.0".into()),
-            requested: "latest".into(),
+            requested: Requested::Registry("latest".into()),
             outcome: Outcome::Upgraded,
             error: None,
             duration_ms: 400,
@@ -493,42 +454,12 @@ mod tests {
     }
 
     #[test]
-    fn steps_and_outcomes_are_written_as_they_display() {
-        for step in [
-            UpgradeStep::Resolving,
-            UpgradeStep::Pulling,
-            UpgradeStep::StartingTheSuccessor,
-            UpgradeStep::HealthChecking,
-            UpgradeStep::WaitingForTakeover,
-            UpgradeStep::Baking,
-            UpgradeStep::UpdatingTheService,
-        ] {
-            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
-        }
-        for step in [
-            TakeoverStep::PublishingSockets,
-            TakeoverStep::ConfirmingThroughLiveSocket,
-            TakeoverStep::Baking,
-            TakeoverStep::StoppingTheElder,
-        ] {
-            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
-        }
-        for outcome in [Outcome::Upgraded, Outcome::AlreadyThere, Outcome::Failed] {
-            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.to_string());
-        }
-        let phase: TakeoverPhase =
-            serde_json::from_str(r#"{"phase": "running", "step": "stopping the elder"}"#).unwrap();
-        assert_eq!(
-            phase,
-            TakeoverPhase::Running {
-                step: TakeoverStep::StoppingTheElder
-            }
-        );
-        assert_eq!(phase.to_string(), "stopping the elder");
-        assert_eq!(
-            TakeoverPhase::WaitingForGo.to_string(),
-            "waiting for the elder's go-ahead"
-        );
+    fn a_history_written_when_requests_were_strings_reads_and_writes_back_the_same() {
+        let old = r#"[{"from":"1.1.0","to":"1.0.0","requested":"rollback","outcome":"upgraded","error":null,"duration_ms":900,"finished_at":2},{"from":"1.0.0","to":"1.1.0","requested":"=1.1.0","outcome":"upgraded","error":null,"duration_ms":400,"finished_at":1}]"#;
+        let history: VecDeque<UpgradeRecord> = serde_json::from_str(old).unwrap();
+        assert_eq!(history[0].requested, Requested::Rollback);
+        assert_eq!(history[1].requested, Requested::Registry("=1.1.0".into()));
+        assert_eq!(serde_json::to_string(&history).unwrap(), old);
     }
 
     #[test]
@@ -543,5 +474,80 @@ mod tests {
         assert!(!restarted.takeover_done("def"));
         assert!(!Shared::default().takeover_done("abc"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn rejected(version: &str, digest: &str) -> Rejected {
+        Rejected {
+            version: version.into(),
+            digest: Some(digest.into()),
+            reason: format!("{version} breached"),
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn every_rolled_back_image_is_refused_by_digest_until_it_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("selfup-rejected-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elder = Shared::with_data_dir(&dir);
+        assert_eq!(elder.rejected(), None);
+        // 9.3.1 crashed in its bake, then 9.2.0 was rolled back by an operator.
+        elder.reject(rejected("9.3.1", "sha256:931"));
+        elder.reject(rejected("9.2.0", "sha256:920"));
+        let successor = Shared::with_data_dir(&dir);
+        assert_eq!(successor.rejected().unwrap().version, "9.2.0", "the newest first");
+        assert!(
+            successor.refused("9.3.1", Some("sha256:931")).is_some(),
+            "the first is kept"
+        );
+        assert!(successor.refused("9.2.0", Some("sha256:920")).is_some());
+        // The same version pushed again is another image.
+        assert_eq!(successor.refused("9.3.1", Some("sha256:other")), None);
+        // 9.2.0 named exactly and run to the end: forgotten; 9.3.1 still refused.
+        successor.forget_rejected("9.2.0", Some("sha256:920"));
+        let next = Shared::with_data_dir(&dir);
+        assert_eq!(next.refused("9.2.0", Some("sha256:920")), None);
+        assert_eq!(
+            next.refused("9.3.1", Some("sha256:931")).unwrap().reason,
+            "9.3.1 breached"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_single_record_an_earlier_release_wrote_is_still_read_and_matches_by_version() {
+        let dir = std::env::temp_dir().join(format!("selfup-rejected-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("rejected.json"),
+            r#"{"version": "9.3.1", "reason": "it exited with code 3", "at": 7}"#,
+        )
+        .unwrap();
+        let shared = Shared::with_data_dir(&dir);
+        let old = shared
+            .refused("9.3.1", Some("sha256:931"))
+            .expect("the old record refuses 9.3.1");
+        assert_eq!((old.digest, old.at), (None, 7));
+        assert_eq!(shared.refused("9.4.0", Some("sha256:940")), None);
+        // A new rejection keeps the old record beside it.
+        shared.reject(rejected("9.2.0", "sha256:920"));
+        let all = Shared::with_data_dir(&dir).rejected_all();
+        let versions: Vec<_> = all.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["9.2.0", "9.3.1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_data_directory_rolled_back_images_are_kept_in_memory() {
+        let shared = Shared::default();
+        shared.reject(rejected("9.3.1", "sha256:931"));
+        shared.reject(rejected("9.2.0", "sha256:920"));
+        shared.reject(rejected("9.3.1", "sha256:931"));
+        assert_eq!(shared.rejected_all().len(), 2, "one record per image");
+        assert_eq!(shared.rejected().unwrap().version, "9.3.1");
+        assert!(
+            shared.refused("9.2.0", None).is_some(),
+            "an unknown digest matches by version"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use selfup::image_ref::ImageRef;
-use selfup::recreate::version::Requirement;
+use selfup::version::Requirement;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use selfup::recreate::version::{Requirement, available, decide, select, tag_version};
+use selfup::version::{Requirement, available, decide, select, tag_version};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -5,22 +5,11 @@
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 
-use super::journal::{Claim, Entry};
-use super::{Companion, UpdateError, name_of};
+use super::Companion;
+use super::container::{is_enabled, name_of};
+use super::outcome::UpdateError;
 use crate::docker::DockerError;
-
-/// Only containers with this label set to `true` may be updated.
-pub const ENABLE_LABEL: &str = "selfup.enable";
-
-/// Whether the container opted in with `selfup.enable=true`.
-pub fn is_enabled(container: &ContainerInspectResponse) -> bool {
-    container
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.as_ref())
-        .and_then(|l| l.get(ENABLE_LABEL))
-        .is_some_and(|v| v.trim() == "true")
-}
+use crate::recreate::journal::{Claim, Entry};
 
 /// Whether a string can name a container (as Docker allows names, or an id):
 /// anything else never reaches the Engine API's URL paths.
@@ -40,6 +29,19 @@ pub(super) struct Slot<'a> {
     /// across instances, with a data directory.
     _entry: Option<Entry>,
     pub(super) claim: Option<Claim>,
+}
+
+impl Slot<'_> {
+    /// Passes an update's error on; when even its rollback failed, the
+    /// swap is half-done and its claim stays for the next instance to start.
+    pub(super) fn failed(&mut self, error: UpdateError) -> UpdateError {
+        if let UpdateError::Failed { restored: Err(_), .. } = &error
+            && let Some(claim) = self.claim.as_mut()
+        {
+            claim.keep();
+        }
+        error
+    }
 }
 
 impl Drop for Slot<'_> {
@@ -170,35 +172,8 @@ impl Companion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    use bollard::models::ContainerConfig;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
-
-    fn container() -> ContainerInspectResponse {
-        ContainerInspectResponse {
-            id: Some(ID.into()),
-            config: Some(ContainerConfig {
-                labels: Some(HashMap::from([(ENABLE_LABEL.into(), "true".into())])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn only_the_true_label_enables_an_update() {
-        assert!(is_enabled(&container()));
-        for value in ["false", "yes", "1", ""] {
-            let mut c = container();
-            c.config.as_mut().unwrap().labels = Some(HashMap::from([(ENABLE_LABEL.into(), value.into())]));
-            assert!(!is_enabled(&c), "{value:?}");
-        }
-        let mut c = container();
-        c.config.as_mut().unwrap().labels = None;
-        assert!(!is_enabled(&c));
-    }
 
     #[test]
     fn container_names_are_what_docker_allows_and_nothing_that_escapes_a_url_path() {

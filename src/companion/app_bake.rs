@@ -1,7 +1,7 @@
 //! The bake of a blue-green app's handover: after the switch, the elder is
 //! kept running, out of rotation, for `update_bake_secs`, and the successor
-//! is judged as the self-upgrade judges its own ([`crate::handover::bake`]):
-//! the same [`Judge`], the same paces. A breach sends the app's traffic back
+//! is judged as the self-upgrade judges its own: the same [`Judge`], the
+//! same paces, the same [`BakeEnd`] ([`crate::recreate::bake`]). A breach sends the app's traffic back
 //! to the warm elder with one store (the switch), and the successor is
 //! removed; a clean end retires the elder.
 //!
@@ -21,55 +21,128 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::blue_green::Answers;
+use super::Companion;
+use super::blue_green::{self, Answers, AppBakeReport, AppFront, AppSpec};
+use super::progress::{Progress, Step};
 use crate::docker::Engine;
-use crate::handover::bake::{HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
+use crate::events::Event;
+use crate::recreate::bake::{BakeEnd, HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
 use crate::recreate::watch::Watcher;
+use crate::state::{BakeAsk, BakeOutcome, BakeVerdict};
+
+impl Companion {
+    /// Bakes a blue-green app's successor after the switch, the elder warm
+    /// out of rotation: the report of a clean end, or why the traffic went
+    /// back to the elder (the successor is then the caller's to remove).
+    pub(super) async fn bake_app(&self, b: Baking<'_>) -> Result<AppBakeReport, String> {
+        let container = b.progress.container.to_string();
+        b.progress.step(Step::Baking);
+        self.shared.events.emit(Event::BakeStarted {
+            to: b.image.to_string(),
+            secs: b.window.as_secs(),
+            container: Some(container.clone()),
+        });
+        tracing::info!(
+            container = b.name,
+            secs = b.window.as_secs(),
+            "baking the new container; the old one stands by"
+        );
+        let ask = Arc::new(BakeAsk::default());
+        self.bakes().insert(b.name.to_string(), ask.clone());
+        let started = Instant::now();
+        let answers = b.front.answers();
+        let end = AppBake {
+            engine: &self.engine,
+            http: &self.http,
+            id: b.new_id,
+            addr: b.to,
+            health: b.spec.health.as_deref(),
+            answers: answers.clone(),
+            window: b.window,
+            max_ratio: self.settings.bake_max_5xx_ratio,
+            ask: &ask,
+        }
+        .run()
+        .await;
+        self.bakes().remove(b.name);
+        let (total, server_errors) = answers.counts();
+        let (outcome, reason, result) = match end {
+            BakeEnd::Promoted { reason, .. } => {
+                // The elder stands by no longer.
+                b.front.switch(b.to, None);
+                tracing::info!(container = b.name, %reason, "the bake passed");
+                let report = AppBakeReport {
+                    outcome: BakeOutcome::Promoted,
+                    reason: reason.clone(),
+                    baked_ms: started.elapsed().as_millis(),
+                    answers: total,
+                    server_errors,
+                };
+                (BakeOutcome::Promoted, reason, Ok(report))
+            }
+            BakeEnd::RolledBack { reason, answering, .. } => {
+                let breach = std::time::Instant::now();
+                let successor = b.front.switch(b.elder, None);
+                let reclaim_us = breach.elapsed().as_micros();
+                tracing::warn!(container = b.name, %reason, reclaim_us, "bake breach: the app's traffic is back on the old container");
+                // What the successor still relays ends before it is removed;
+                // one that does not answer gets a moment only.
+                let bound = match answering {
+                    true => self.settings.update_deadline(),
+                    false => UNANSWERING_DRAIN,
+                };
+                blue_green::drain(&successor, bound).await;
+                let error = format!("rolled back during the bake: {reason}");
+                (BakeOutcome::RolledBack, reason, Err(error))
+            }
+        };
+        self.shared.events.emit(Event::BakeEnded {
+            outcome,
+            reason,
+            container: Some(container),
+        });
+        result
+    }
+
+    /// An operator's word on the bake of app `container`: `promote` ends
+    /// it with the successor kept, else the traffic goes back to the elder.
+    /// False when no bake of it runs here.
+    pub fn ask_bake(&self, container: &str, promote: bool) -> bool {
+        let Some(ask) = self.bakes().get(container).cloned() else {
+            return false;
+        };
+        match promote {
+            true => ask.ask(BakeVerdict::Promote),
+            false => ask.ask(BakeVerdict::Rollback),
+        }
+        true
+    }
+}
+
+/// How long a successor that no longer answers may keep the connections
+/// it had when a bake went back to the elder, before it is removed.
+const UNANSWERING_DRAIN: Duration = Duration::from_secs(2);
+
+/// What an app bake works on.
+pub(super) struct Baking<'a> {
+    pub(super) progress: &'a Progress<'a>,
+    pub(super) name: &'a str,
+    pub(super) image: &'a str,
+    pub(super) front: &'a AppFront,
+    pub(super) new_id: &'a str,
+    pub(super) to: std::net::SocketAddr,
+    pub(super) elder: std::net::SocketAddr,
+    pub(super) spec: &'a AppSpec,
+    pub(super) window: Duration,
+}
 
 /// How a health check that got an answer other than 200 begins.
 const ANSWERED: &str = "it answered";
-
-/// How an app's bake ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppBakeEnd {
-    /// The successor stays: the time is up, or the operator promoted it.
-    Promoted(String),
-    /// The traffic goes back to the elder: why, and whether the successor
-    /// still answered (then it is drained before it is removed).
-    RolledBack { reason: String, answering: bool },
-}
-
-/// An operator's word on a running app bake (`POST /promote/<container>`,
-/// `POST /rollback/<container>`).
-#[derive(Debug, Default)]
-pub struct BakeAsk {
-    verdict: AtomicU8,
-    asked: Notify,
-}
-
-impl BakeAsk {
-    const PROMOTE: u8 = 1;
-    const ROLLBACK: u8 = 2;
-
-    /// Ends the bake now, the successor kept.
-    pub fn promote(&self) {
-        self.verdict.store(Self::PROMOTE, Ordering::SeqCst);
-        self.asked.notify_one();
-    }
-
-    /// Ends the bake now, the traffic back on the elder.
-    pub fn roll_back(&self) {
-        self.verdict.store(Self::ROLLBACK, Ordering::SeqCst);
-        self.asked.notify_one();
-    }
-}
 
 /// One app bake: the successor, how to reach and check it, and what the
 /// proxy counts of its answers.
@@ -91,7 +164,7 @@ pub struct AppBake<'a> {
 impl AppBake<'_> {
     /// Watches the successor until the window ends, a breach, or an
     /// operator's word.
-    pub async fn run(&self) -> AppBakeEnd {
+    pub async fn run(&self) -> BakeEnd {
         let ends = Instant::now() + self.window;
         let check = match self.health {
             Some(path) => format!("GET {path}"),
@@ -103,22 +176,20 @@ impl AppBake<'_> {
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_health = Instant::now();
         let mut health = Box::pin(self.health_check(next_health));
-        let breach = |reason: String, answering: bool| AppBakeEnd::RolledBack { reason, answering };
+        let breach = BakeEnd::breach;
         // Whether the successor's last health check got an answer, good or
         // bad: one that answers is drained before it is removed.
         let mut answered = true;
         loop {
-            let asked = self.ask.asked.notified();
+            let asked = self.ask.asked();
             tokio::select! {
                 _ = tokio::time::sleep_until(ends) => {
-                    return AppBakeEnd::Promoted(format!("the bake ended clean after {} s", self.window.as_secs()));
+                    return BakeEnd::clean(self.window.as_secs());
                 }
-                _ = asked => match self.ask.verdict.load(Ordering::SeqCst) {
-                    BakeAsk::PROMOTE => return AppBakeEnd::Promoted("promoted by the operator (POST /promote)".into()),
-                    BakeAsk::ROLLBACK => {
-                        return breach("the operator asked for it (POST /rollback)".into(), answered);
-                    }
-                    _ => {}
+                verdict = asked => match verdict {
+                    Some(BakeVerdict::Promote) => return BakeEnd::promoted_by_operator(),
+                    Some(BakeVerdict::Rollback) => return BakeEnd::rolled_back_by_operator(answered),
+                    None => {}
                 },
                 _ = look.tick() => {
                     if let Some(why) = watcher.failed().await {
@@ -195,24 +266,19 @@ impl AppBake<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An HTTP server on loopback that answers every request with `status`.
     async fn answering(status: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = c.read(&mut request).await;
-                    let answer = format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
-                    let _ = c.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        (addr, task)
+        blue_green::answering(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n")).await
+    }
+
+    /// Why a bake that went back to the elder did, and whether the
+    /// successor still answered.
+    fn rolled_back(end: BakeEnd) -> (String, bool) {
+        let BakeEnd::RolledBack { reason, answering, .. } = end else {
+            panic!("{end:?}")
+        };
+        (reason, answering)
     }
 
     /// A bake of the app at `addr`; the Engine is nowhere, so it never
@@ -223,7 +289,7 @@ mod tests {
         answers: Arc<Answers>,
         ask: &BakeAsk,
         window: Duration,
-    ) -> AppBakeEnd {
+    ) -> BakeEnd {
         let engine = Engine::new("/nonexistent/docker.sock".into());
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         AppBake {
@@ -247,23 +313,14 @@ mod tests {
         let ask = BakeAsk::default();
         let started = Instant::now();
         let end = bake(addr, Some("/healthz"), Arc::default(), &ask, Duration::from_secs(1)).await;
-        assert_eq!(end, AppBakeEnd::Promoted("the bake ended clean after 1 s".into()));
+        assert_eq!(end, BakeEnd::clean(1));
         assert!(started.elapsed() >= Duration::from_secs(1));
-        ask.promote();
+        ask.ask(BakeVerdict::Promote);
         let end = bake(addr, None, Arc::default(), &ask, Duration::from_secs(60)).await;
-        assert_eq!(
-            end,
-            AppBakeEnd::Promoted("promoted by the operator (POST /promote)".into())
-        );
-        ask.roll_back();
+        assert_eq!(end, BakeEnd::promoted_by_operator());
+        ask.ask(BakeVerdict::Rollback);
         let end = bake(addr, None, Arc::default(), &ask, Duration::from_secs(60)).await;
-        assert_eq!(
-            end,
-            AppBakeEnd::RolledBack {
-                reason: "the operator asked for it (POST /rollback)".into(),
-                answering: true
-            }
-        );
+        assert_eq!(end, BakeEnd::rolled_back_by_operator(true));
         server.abort();
     }
 
@@ -274,25 +331,21 @@ mod tests {
         let end = bake(addr, Some("/healthz"), Arc::default(), &ask, Duration::from_secs(60)).await;
         assert_eq!(
             end,
-            AppBakeEnd::RolledBack {
-                reason: "the successor's GET /healthz failed 3 times in a row (last: it answered 404)".into(),
-                answering: true
-            }
+            BakeEnd::breach(
+                "the successor's GET /healthz failed 3 times in a row (last: it answered 404)".into(),
+                true
+            )
         );
         let refused = Arc::new(Answers::default());
         refused.refusal(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let end = bake(addr, None, refused, &ask, Duration::from_secs(60)).await;
-        let AppBakeEnd::RolledBack { reason, answering } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it refused 1 connection(s)"), "{reason}");
         assert!(!answering);
         let dropped = Arc::new(Answers::default());
         dropped.drop_noted();
         let end = bake(addr, None, dropped, &ask, Duration::from_secs(60)).await;
-        let AppBakeEnd::RolledBack { reason, answering } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(reason.starts_with("it closed 1 connection(s)"), "{reason}");
         assert!(!answering);
         let errors = Arc::new(Answers::default());
@@ -302,10 +355,10 @@ mod tests {
         let end = bake(addr, None, errors, &ask, Duration::from_secs(60)).await;
         assert_eq!(
             end,
-            AppBakeEnd::RolledBack {
-                reason: "2 of its 20 public answers were 5xx (10.0 %), above bake_max_5xx_ratio 0.01".into(),
-                answering: true
-            }
+            BakeEnd::breach(
+                "2 of its 20 public answers were 5xx (10.0 %), above bake_max_5xx_ratio 0.01".into(),
+                true
+            )
         );
         server.abort();
         // Nobody listens: with no health path, three failed connects.
@@ -313,9 +366,7 @@ mod tests {
         let dead = gone.local_addr().unwrap();
         drop(gone);
         let end = bake(dead, None, Arc::default(), &ask, Duration::from_secs(60)).await;
-        let AppBakeEnd::RolledBack { reason, answering } = end else {
-            panic!("{end:?}")
-        };
+        let (reason, answering) = rolled_back(end);
         assert!(
             reason.starts_with(&format!(
                 "the successor's connect to port {} failed 3 times",

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, sleep};
 
-use super::placement::labels;
+use super::container::labels;
 use crate::control::{Access, ControlSocket};
 
 /// The container port the app listens on; its presence asks for blue-green.
@@ -111,7 +111,7 @@ pub struct AppHandover {
 /// successor's answers the proxy counted meanwhile.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppBakeReport {
-    pub outcome: String,
+    pub outcome: crate::state::BakeOutcome,
     pub reason: String,
     pub baked_ms: u128,
     pub answers: u64,
@@ -392,6 +392,21 @@ impl Pending {
     fn clear(&mut self) {
         self.set(&[]);
     }
+
+    /// Takes what a write of [`Pending::rest`] did; false when the other
+    /// side is gone, and what was pending with it.
+    fn wrote(&mut self, wrote: io::Result<usize>) -> bool {
+        match wrote {
+            Ok(n) if n > 0 => {
+                self.at += n;
+                true
+            }
+            _ => {
+                self.clear();
+                false
+            }
+        }
+    }
 }
 
 /// Joins a connection from nginx to one to the app, byte for byte, noting
@@ -434,14 +449,8 @@ async fn relay(downstream: UnixStream, upstream: TcpStream, answers: &Answers, m
                     let _ = up_write.shutdown().await;
                 }
             },
-            wrote = up_write.write(request.rest()), if !request.is_empty() => match wrote {
-                Ok(n) if n > 0 => request.at += n,
-                // The app is gone: its end shows on the answer's side.
-                _ => {
-                    request.clear();
-                    request_done = true;
-                }
-            },
+            // The app is gone: its end shows on the answer's side.
+            wrote = up_write.write(request.rest()), if !request.is_empty() => request_done |= !request.wrote(wrote),
             read = up_read.read(&mut from_app), if !answer_done && answer.is_empty() => match read {
                 Ok(n) if n > 0 => {
                     answered = true;
@@ -473,13 +482,7 @@ async fn relay(downstream: UnixStream, upstream: TcpStream, answers: &Answers, m
                     let _ = down_write.shutdown().await;
                 }
             },
-            wrote = down_write.write(answer.rest()), if !answer.is_empty() => match wrote {
-                Ok(n) if n > 0 => answer.at += n,
-                _ => {
-                    answer.clear();
-                    answer_done = true;
-                }
-            },
+            wrote = down_write.write(answer.rest()), if !answer.is_empty() => answer_done |= !answer.wrote(wrote),
         }
     }
 }
@@ -553,9 +556,11 @@ impl AppFronts {
     pub async fn until_idle(&self, bound: Duration) -> usize {
         drain(&self.relaying, bound).await
     }
+}
 
+impl crate::control::Publish for AppFronts {
     /// Publishes every app socket: this instance is the live one now.
-    pub fn publish(&self) {
+    fn publish(&self) {
         self.live.store(true, Ordering::SeqCst);
         for front in self.fronts().values() {
             if let Err(e) = front.socket.publish() {
@@ -611,8 +616,30 @@ pub async fn drain(open: &AtomicUsize, deadline: Duration) -> usize {
 }
 
 #[cfg(test)]
+/// A server on loopback that answers what each connection sends first
+/// with `answer`.
+pub(crate) async fn answering(answer: impl Into<Vec<u8>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let answer: Arc<[u8]> = answer.into().into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = c.read(&mut request).await;
+                let _ = c.write_all(&answer).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Publish;
     use bollard::models::{ContainerConfig, EndpointSettings, NetworkSettings};
 
     fn container(labels: &[(&str, &str)], networks: &[(&str, &str)]) -> ContainerInspectResponse {
@@ -686,18 +713,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_successor_refuses_goes_to_the_standby_and_is_counted() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let elder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let elder_addr = elder.local_addr().unwrap();
-        let serving = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = elder.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut byte = [0u8; 1];
-                    let _ = c.read_exact(&mut byte).await;
-                    let _ = c.write_all(b"HTTP/1.0 503 Busy\r\n\r\nelder").await;
-                });
-            }
-        });
+        let (elder_addr, serving) = answering(b"HTTP/1.0 503 Busy\r\n\r\nelder".as_slice()).await;
         // A port nobody listens on any more: the dead successor.
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead = gone.local_addr().unwrap();
@@ -758,24 +774,7 @@ mod tests {
     async fn an_unanswered_get_goes_to_the_standby_a_post_does_not_and_nothing_more_goes_to_the_successor() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // The elder answers every request with its name.
-        let elder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let elder_addr = elder.local_addr().unwrap();
-        let serving = tokio::spawn(async move {
-            loop {
-                let (mut c, _) = elder.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 256];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match c.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nelder").await;
-                });
-            }
-        });
+        let (elder_addr, serving) = answering(b"HTTP/1.0 200 OK\r\n\r\nelder".as_slice()).await;
         // The successor reads each request and closes without a word; it
         // counts the connections it took.
         let successor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -852,23 +851,8 @@ mod tests {
     #[tokio::test]
     async fn a_switch_sends_new_connections_to_the_successor_while_the_elder_drains() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn app(text: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let task = tokio::spawn(async move {
-                loop {
-                    let (mut c, _) = listener.accept().await.unwrap();
-                    tokio::spawn(async move {
-                        let mut byte = [0u8; 1];
-                        let _ = c.read_exact(&mut byte).await;
-                        let _ = c.write_all(text).await;
-                    });
-                }
-            });
-            (addr, task)
-        }
-        let (elder, elder_task) = app(b"elder").await;
-        let (successor, successor_task) = app(b"successor").await;
+        let (elder, elder_task) = answering(b"elder".as_slice()).await;
+        let (successor, successor_task) = answering(b"successor".as_slice()).await;
         let dir = std::env::temp_dir().join(format!("selfup-apps-{}", std::process::id()));
         let fronts = AppFronts::new(dir.join("apps"), 5800);
         let front = fronts.ensure("web", elder).unwrap();

@@ -2,12 +2,12 @@
 //! old one must stop first; the name the old one waits under meanwhile; how
 //! long it gets to stop. Pure, so unit-tested without an Engine.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
 use serde::Serialize;
 
+use super::container::labels;
 use crate::recreate::clone::network_mode;
 
 /// `true` forces stop-first even where the ports would allow running beside
@@ -15,15 +15,6 @@ use crate::recreate::clone::network_mode;
 pub const STOP_FIRST_LABEL: &str = "selfup.stop-first";
 /// Docker's stop timeout when a container names none.
 const DOCKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A container's labels, none when it has no config.
-pub(crate) fn labels(container: &ContainerInspectResponse) -> HashMap<String, String> {
-    container
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.clone())
-        .unwrap_or_default()
-}
 
 /// How the new container takes the old one's place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -125,6 +116,7 @@ mod tests {
     use bollard::models::{
         ContainerConfig, ContainerState, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkSettings, PortBinding,
     };
+    use std::collections::HashMap;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 

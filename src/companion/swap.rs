@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, RestartPolicy};
 
-use super::journal::{Claim, Phase, Seen, SwapRecord};
-use super::name_of;
+use super::container::name_of;
 use super::placement::{self, Placement};
-use super::{Progress, Step};
+use super::progress::{Progress, Step};
 use crate::docker::{DockerError, Engine};
+use crate::recreate::journal::{Claim, Phase, Seen, SwapRecord};
 use crate::recreate::watch::{self, StopFailed, WaitError, Watcher};
 
 /// How often a new container is looked at while it comes up.
@@ -221,7 +221,7 @@ impl Swap<'_> {
     }
 
     /// The last steps of a half-done swap whose new container exists (see
-    /// [`super::journal::resolve`]): started, watched, given its restart
+    /// [`crate::recreate::journal::resolve`]): started, watched, given its restart
     /// policy; then the old one is removed.
     pub async fn finish(
         &self,

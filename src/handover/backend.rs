@@ -17,138 +17,36 @@
 //!
 //! The [`Backend`] is detected once, from this container's labels, and is
 //! the only place that picks an implementation: [`HostHandover`] (in
-//! [`super::elder`]) or the [`SwarmService`] this instance is a task of (in
-//! [`super::swarm`]).
+//! [`super::elder`]) or the `SwarmService` this instance is a task of (in
+//! [`crate::swarm`]).
 
-use bollard::models::ContainerInspectResponse;
-use semver::Version;
-use serde::Serialize;
-
-use super::elder::{Fetched, Flight};
-use super::swarm::{SERVICE_ID_LABEL, SERVICE_NAME_LABEL, SwarmService, TASK_ID_LABEL, TaskVersion};
-use super::{Orchestrator, Target, UpgradeError, UpgradeOutcome};
+use super::{Backend, Orchestrator};
 use crate::recreate::resolve::{self, Go};
-use crate::recreate::version::Requirement;
-
-/// Where an upgrade lands once its target is resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// This host: the blue-green handover of [`super::elder`] and
-    /// [`super::takeover`], a successor container beside this one.
-    Host,
-    /// A Swarm service this instance is a task of: Swarm replaces the tasks.
-    Swarm(SwarmService),
-}
-
-impl Backend {
-    /// The backend of the container `container`: Swarm when Swarm's labels
-    /// name a service, else the host.
-    pub fn of(container: &ContainerInspectResponse) -> Backend {
-        let labels = container
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .cloned()
-            .unwrap_or_default();
-        match labels.get(SERVICE_ID_LABEL).filter(|id| !id.is_empty()) {
-            Some(id) => Backend::Swarm(SwarmService {
-                id: id.clone(),
-                name: labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_else(|| id.clone()),
-                task: labels.get(TASK_ID_LABEL).cloned(),
-            }),
-            None => Backend::Host,
-        }
-    }
-
-    /// The Swarm service, if this is the Swarm backend.
-    pub fn swarm(&self) -> Option<&SwarmService> {
-        match self {
-            Backend::Swarm(service) => Some(service),
-            Backend::Host => None,
-        }
-    }
-
-    /// This backend's part of `/status`.
-    pub async fn status(&self, o: &Orchestrator) -> BackendStatus {
-        match self {
-            Backend::Host => HostHandover.status(o).await,
-            Backend::Swarm(service) => service.status(o).await,
-        }
-    }
-}
+use crate::recreate::upgrade::{
+    BackendStatus, Fetched, Flight, Next, Pinned, Target, UpgradeBackend, UpgradeError, UpgradeOutcome,
+};
+use crate::version::Requirement;
 
 /// The blue-green handover on this host: a successor container beside this
 /// instance takes over its sockets. Implemented in [`super::elder`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostHandover;
+#[derive(Debug, Clone, Copy)]
+pub struct HostHandover<'a>(pub &'a Orchestrator);
 
-/// A target resolved, pulled (or found) and decided: what
-/// [`UpgradeBackend::deploy`] lands.
-pub(crate) struct Pinned {
-    /// The image as resolved, and its inspection: the one that was checked.
-    pub fetched: Fetched,
-    /// The image's version label.
-    pub version: Version,
-    /// The version is lower than what runs (named exactly).
-    pub rollback: bool,
+/// The registry's digest of a fetched image (`sha256:…`), from the pull's
+/// record of it in its repository; `None` for an image never pulled.
+pub(crate) fn registry_digest(fetched: &Fetched) -> Option<String> {
+    let pinned = crate::swarm::pinned_ref(&fetched.repository, &fetched.inspect)?;
+    pinned.rsplit_once('@').map(|(_, digest)| digest.to_string())
 }
 
-/// What a step before the follow-up gives: something to carry on with, or
-/// nothing to do (the target is what runs), with the answer's words.
-pub(crate) enum Next<T> {
-    Go(T),
-    AlreadyThere { version: String, message: String },
-}
-
-/// The backend's own part of `/status`: the same keys on every backend, so
-/// that a client reads one shape (`swarm` is null on the host).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct BackendStatus {
-    pub swarm: Option<SwarmStatus>,
-}
-
-/// A Swarm task's part of `/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SwarmStatus {
-    /// The service's name.
-    pub service: String,
-    /// This task's id.
-    pub task: Option<String>,
-    /// Every task Swarm wants running, with its version.
-    pub tasks: Vec<TaskVersion>,
-}
-
-/// What a backend does with a resolved upgrade: deploy it, follow it to its
-/// end, roll back, and show itself in `/status`. The lock, the resolution,
-/// the decision, the history and the events stay with the caller,
-/// [`Orchestrator::land`].
-pub(crate) trait UpgradeBackend {
-    /// An update under way, from [`deploy`](Self::deploy) or
-    /// [`roll_back`](Self::roll_back) to [`follow`](Self::follow).
-    type Progress;
-
-    /// Starts landing `target`. `AlreadyThere` when the backend already
-    /// runs that very image (Swarm's spec names it).
-    async fn deploy(
-        &self,
-        o: &Orchestrator,
-        flight: &Flight<'_>,
-        target: Pinned,
-    ) -> Result<Next<Self::Progress>, UpgradeError>;
-
-    /// Follows an update to its end and answers with its outcome.
-    async fn follow(
-        &self,
-        o: &Orchestrator,
-        flight: &Flight<'_>,
-        progress: Self::Progress,
-    ) -> Result<UpgradeOutcome, UpgradeError>;
-
-    /// Starts going back to what ran before the last upgrade.
-    async fn roll_back(&self, o: &Orchestrator, flight: &Flight<'_>) -> Result<Next<Self::Progress>, UpgradeError>;
-
+impl Backend {
     /// This backend's part of `/status`.
-    async fn status(&self, o: &Orchestrator) -> BackendStatus;
+    pub async fn status(&self, o: &Orchestrator) -> BackendStatus {
+        match self {
+            Backend::Host => HostHandover(o).status(o).await,
+            Backend::Swarm(service) => service.status(o).await,
+        }
+    }
 }
 
 impl Orchestrator {
@@ -185,7 +83,7 @@ impl Orchestrator {
     /// belongs to: the one place that picks an implementation.
     pub(super) async fn land_here(&self, flight: &Flight<'_>, target: &Target) -> Result<UpgradeOutcome, UpgradeError> {
         match self.backend().await {
-            Backend::Host => self.land(&HostHandover, flight, target).await,
+            Backend::Host => self.land(&HostHandover(self), flight, target).await,
             Backend::Swarm(service) => self.land(&service, flight, target).await,
         }
     }
@@ -204,16 +102,16 @@ impl Orchestrator {
             Target::Registry(requirement) => {
                 let fetched = self.fetch(flight, requirement).await?;
                 match self.pin(fetched, requirement)? {
-                    Next::Go(pinned) => backend.deploy(self, flight, pinned).await?,
+                    Next::Go(pinned) => backend.deploy(&self.deps, flight, pinned).await?,
                     Next::AlreadyThere { version, message } => {
                         return Ok(UpgradeOutcome::AlreadyThere { version, message });
                     }
                 }
             }
-            Target::Previous => backend.roll_back(self, flight).await?,
+            Target::Previous => backend.roll_back(&self.deps, flight).await?,
         };
         match started {
-            Next::Go(progress) => backend.follow(self, flight, progress).await,
+            Next::Go(progress) => backend.follow(&self.deps, flight, progress).await,
             Next::AlreadyThere { version, message } => Ok(UpgradeOutcome::AlreadyThere { version, message }),
         }
     }
@@ -224,7 +122,8 @@ impl Orchestrator {
     /// or nothing to do.
     pub(super) fn pin(&self, fetched: Fetched, requirement: &Requirement) -> Result<Next<Pinned>, UpgradeError> {
         let version = resolve::labelled_version(&fetched.image, &fetched.inspect, requirement)?;
-        self.refuse_rejected(&version, requirement)?;
+        let digest = registry_digest(&fetched);
+        self.refuse_rejected(&version, digest.as_deref(), requirement)?;
         let rollback = match resolve::decide(&self.version, &version, requirement)? {
             Go::AlreadyThere => {
                 return Ok(Next::AlreadyThere {
@@ -246,7 +145,9 @@ impl Orchestrator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::ContainerConfig;
+    use crate::recreate::upgrade::SwarmStatus;
+    use crate::swarm::{SERVICE_ID_LABEL, SERVICE_NAME_LABEL, SwarmService, TASK_ID_LABEL};
+    use bollard::models::{ContainerConfig, ContainerInspectResponse};
 
     fn container(labels: &[(&str, &str)]) -> ContainerInspectResponse {
         ContainerInspectResponse {

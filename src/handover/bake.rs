@@ -13,7 +13,7 @@
 //! - the successor's own count of its public answers and 5xx (in its
 //!   `/health` detail, and every 25 ms in `/health?answers`, which costs
 //!   it no Docker call), against `bake_max_5xx_ratio`, once there are
-//!   [`MIN_ANSWERS`] to judge by.
+//!   [`crate::recreate::bake::MIN_ANSWERS`] to judge by.
 //!
 //! While it bakes, the elder also publishes its socket as the standby
 //! socket, nginx's `backup` server: a connect nginx makes to a dead
@@ -28,112 +28,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Orchestrator, Reach};
 use crate::events::Event;
+use crate::recreate::bake::{BakeEnd, HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
 use crate::recreate::watch::Watcher;
 use crate::state::{Bake, BakeReport, BakeVerdict};
-
-/// How many public answers the successor must have given before its share
-/// of 5xx is judged: one 500 among the first three answers is no verdict.
-pub const MIN_ANSWERS: u64 = 20;
-/// How often the elder asks the successor's `/health` during a bake (and
-/// an app's bake its health check).
-pub const HEALTH_EVERY: Duration = Duration::from_millis(250);
-/// How long one `/health` may take before it counts as a miss.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// How many misses in a row are a hang.
-const MISSES: u32 = 3;
-/// How often the elder asks the Engine about its successor.
-pub const LOOK_EVERY: Duration = Duration::from_millis(25);
-
-/// Judges a successor from its `/health` answers, one at a time. Pure, so
-/// that each rule is tested on its own. An app's bake judges its successor
-/// by the same rules ([`crate::companion::app_bake`]).
-#[derive(Debug)]
-pub struct Judge {
-    max_ratio: f64,
-    /// The check a miss is one of, as the breach names it.
-    check: String,
-    misses: u32,
-    /// The successor's public answers and 5xx, as it last reported them.
-    pub answers: (u64, u64),
-}
-
-impl Judge {
-    pub fn new(max_ratio: f64) -> Judge {
-        Judge::of(max_ratio, "/health")
-    }
-
-    /// A judge whose misses are of `check` (an app's health check).
-    pub fn of(max_ratio: f64, check: &str) -> Judge {
-        Judge {
-            max_ratio,
-            check: check.to_string(),
-            misses: 0,
-            answers: (0, 0),
-        }
-    }
-
-    /// Takes one look at `/health`: its counts, or what went wrong. Returns
-    /// the breach this look makes, if any.
-    pub fn look(&mut self, look: Result<(u64, u64), String>) -> Option<String> {
-        match look {
-            Ok(answers) => {
-                self.misses = 0;
-                self.answers = answers;
-                self.ratio_breach()
-            }
-            Err(e) => {
-                self.misses += 1;
-                (self.misses >= MISSES).then(|| {
-                    format!(
-                        "the successor's {} failed {MISSES} times in a row (last: {e})",
-                        self.check
-                    )
-                })
-            }
-        }
-    }
-
-    /// Whether the successor's last `/health` answered.
-    pub fn answering(&self) -> bool {
-        self.misses == 0
-    }
-
-    /// Takes the successor's counts of its answers alone (the quick look
-    /// between two `/health`): a breach of the 5xx share, if any. A failed
-    /// quick look says nothing; `/health` judges hangs.
-    pub fn counts(&mut self, answers: (u64, u64)) -> Option<String> {
-        self.answers = answers;
-        self.ratio_breach()
-    }
-
-    fn ratio_breach(&self) -> Option<String> {
-        let (total, errors) = self.answers;
-        if total < MIN_ANSWERS {
-            return None;
-        }
-        let ratio = errors as f64 / total as f64;
-        (ratio > self.max_ratio).then(|| {
-            format!(
-                "{errors} of its {total} public answers were 5xx ({:.1} %), above bake_max_5xx_ratio {}",
-                ratio * 100.0,
-                self.max_ratio
-            )
-        })
-    }
-}
-
-/// How a bake ended, as the elder acts on it.
-#[derive(Debug)]
-pub enum BakeEnd {
-    /// The successor stays: the time is up, an operator promoted it, or
-    /// this instance was asked to stop (`stopped`: no end to send, the
-    /// successor sees the elder go).
-    Promoted { stopped: bool },
-    /// The traffic is back with this instance; the successor is to be
-    /// removed: stopped gracefully while it still answers (it closes
-    /// nginx's pooled connections to it as an elder does), else by force.
-    RolledBack { by_operator: bool, answering: bool },
-}
 
 impl Orchestrator {
     /// Bakes the successor on `port`, this instance out of rotation, until
@@ -149,9 +46,9 @@ impl Orchestrator {
             successor_port: reach.addr.port(),
             started: started.into_std(),
             ends: ends.into_std(),
-            asked: None,
             answers: (0, 0),
         });
+        self.shared.bake_ask.clear();
         self.shared.events.emit(Event::BakeStarted {
             to: to.to_string(),
             secs,
@@ -171,44 +68,38 @@ impl Orchestrator {
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_health = Instant::now();
         let mut health = Box::pin(self.bake_health(&url, successor, reach, token, next_health));
-        let (end, reason) = loop {
+        let end = loop {
             if *shutdown.borrow_and_update() {
-                break (
-                    BakeEnd::Promoted { stopped: true },
-                    "this instance was asked to stop during the bake: the successor stays".to_string(),
-                );
+                break BakeEnd::Promoted {
+                    reason: "this instance was asked to stop during the bake: the successor stays".to_string(),
+                    stopped: true,
+                };
             }
-            let asked = self.shared.bake_asked.notified();
+            let asked = self.shared.bake_ask.asked();
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = asked => match self.shared.status().bake.as_ref().and_then(|b| b.asked) {
-                    Some(BakeVerdict::Promote) => {
-                        break (BakeEnd::Promoted { stopped: false }, "promoted by the operator (POST /promote)".to_string());
-                    }
-                    Some(BakeVerdict::Rollback) => {
-                        let answering = judge.answering();
-                        break (BakeEnd::RolledBack { by_operator: true, answering }, "the operator asked for it (POST /rollback)".to_string());
-                    }
+                verdict = asked => match verdict {
+                    Some(BakeVerdict::Promote) => break BakeEnd::promoted_by_operator(),
+                    Some(BakeVerdict::Rollback) => break BakeEnd::rolled_back_by_operator(judge.answering()),
                     None => {}
                 },
                 _ = tokio::time::sleep_until(ends) => {
-                    break (BakeEnd::Promoted { stopped: false }, format!("the bake ended clean after {secs} s"));
+                    break BakeEnd::clean(secs);
                 }
                 _ = look.tick() => {
                     if let Some(exit) = watcher.died().await {
-                        break (BakeEnd::RolledBack { by_operator: false, answering: false }, format!("the successor died: {exit}"));
+                        break BakeEnd::breach(format!("the successor died: {exit}"), false);
                     }
                     // A run of 5xx is judged at this pace, not at /health's.
                     if let Ok(answers) = self.bake_counts(&counts_url, successor, reach, token).await
                         && let Some(breach) = judge.counts(answers)
                     {
-                        break (BakeEnd::RolledBack { by_operator: false, answering: true }, breach);
+                        break BakeEnd::breach(breach, true);
                     }
                 }
                 answer = &mut health => {
                     if let Some(breach) = judge.look(answer) {
-                        let answering = judge.answering();
-                        break (BakeEnd::RolledBack { by_operator: false, answering }, breach);
+                        break BakeEnd::breach(breach, judge.answering());
                     }
                     if let Some(bake) = self.shared.status().bake.as_mut() {
                         bake.answers = judge.answers;
@@ -220,8 +111,8 @@ impl Orchestrator {
             }
         };
         let mut report = BakeReport {
-            outcome: "promoted".into(),
-            reason,
+            outcome: end.outcome(),
+            reason: end.reason().to_string(),
             to: to.to_string(),
             baked_ms: started.elapsed().as_millis() as u64,
             answers: judge.answers.0,
@@ -234,7 +125,6 @@ impl Orchestrator {
             report.breach_at_ms = Some(now_ms());
             self.take_back();
             report.reclaim_us = Some(detected.elapsed().as_micros() as u64);
-            report.outcome = "rolled_back".into();
             self.shared.lingering.store(false, Ordering::Relaxed);
             tracing::warn!(reason = %report.reason, reclaim_us = report.reclaim_us, "bake breach: the traffic is back on this instance");
         }
@@ -243,9 +133,9 @@ impl Orchestrator {
             // nginx sent to the successor and retries land on this instance.
             self.withdraw_standby();
         }
-        self.shared.metrics.bake_finished(&report.outcome);
+        self.shared.metrics.bake_finished(report.outcome);
         self.shared.events.emit(Event::BakeEnded {
-            outcome: report.outcome.clone(),
+            outcome: report.outcome,
             reason: report.reason.clone(),
             container: None,
         });
@@ -357,12 +247,8 @@ impl Orchestrator {
         let ended = self.shared.bake_ended.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        {
-            let mut status = self.shared.status();
-            let bake = status.bake.as_mut()?;
-            bake.asked = Some(verdict);
-        }
-        self.shared.bake_asked.notify_one();
+        self.shared.status().bake.as_ref()?;
+        self.shared.bake_ask.ask(verdict);
         let _ = tokio::time::timeout(Duration::from_secs(10), ended).await;
         self.shared.status().last_bake.clone()
     }
@@ -374,52 +260,4 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn three_misses_in_a_row_are_a_hang_and_an_answer_between_resets_them() {
-        let mut judge = Judge::new(0.01);
-        assert_eq!(judge.look(Err("timeout".into())), None);
-        assert_eq!(judge.look(Err("timeout".into())), None);
-        assert_eq!(judge.look(Ok((0, 0))), None);
-        assert_eq!(judge.look(Err("timeout".into())), None);
-        assert_eq!(judge.look(Err("timeout".into())), None);
-        let breach = judge.look(Err("no answer within 1s".into())).unwrap();
-        assert!(
-            breach.contains("failed 3 times in a row (last: no answer within 1s)"),
-            "{breach}"
-        );
-        let mut app = Judge::of(0.01, "GET /healthz");
-        for _ in 0..2 {
-            assert_eq!(app.look(Err("it answered 404".into())), None);
-        }
-        assert_eq!(
-            app.look(Err("it answered 404".into())).as_deref(),
-            Some("the successor's GET /healthz failed 3 times in a row (last: it answered 404)")
-        );
-    }
-
-    #[test]
-    fn the_share_of_5xx_is_judged_from_twenty_answers_on() {
-        let mut judge = Judge::new(0.01);
-        assert_eq!(judge.look(Ok((19, 19))), None, "too few answers to judge");
-        assert_eq!(judge.look(Ok((200, 2))), None, "1 % is allowed");
-        let breach = judge.look(Ok((200, 3))).unwrap();
-        assert!(
-            breach.contains("3 of its 200 public answers were 5xx (1.5 %)"),
-            "{breach}"
-        );
-        let mut lenient = Judge::new(1.0);
-        assert_eq!(lenient.look(Ok((50, 50))), None);
-        let mut quick = Judge::new(0.01);
-        assert_eq!(quick.counts((10, 10)), None);
-        assert!(quick.counts((40, 10)).unwrap().contains("10 of its 40"));
-        let mut strict = Judge::new(0.0);
-        assert!(strict.look(Ok((20, 1))).is_some());
-        assert_eq!(Judge::new(0.0).look(Ok((20, 0))), None);
-    }
 }

@@ -1,52 +1,33 @@
-//! The handover protocol, in the order it runs:
+//! The self-upgrade: the handover protocol, in the order it runs.
 //!
-//! 1. [`elder`]: the live instance (the elder) resolves and pulls the
-//!    target ([`crate::recreate::resolve`]), starts a successor cloned from its
-//!    own container ([`crate::recreate::clone`]) on the other port,
-//!    health-checks it, gives it the go-ahead, and waits to be stopped by it.
+//! 1. [`elder`]: the live instance (the elder) takes the single-flight lock
+//!    and records the outcome ([`Orchestrator::upgrade`]); [`backend`]
+//!    picks where the upgrade lands and runs the shared path, `land`:
+//!    `fetch` (registry, pull), `pin` (the version label, the refusal of a
+//!    rolled-back image, the decision), then the backend's `deploy` and
+//!    `follow`. On this host ([`backend::HostHandover`], in [`elder`]):
+//!    `deploy` clones this container onto the other port, starts the
+//!    successor and polls its health; `follow` gives it the go-ahead,
+//!    waits for its takeover and, with `bake_secs`, runs the [`bake`].
+//!    The elder's steps, each one call from there, are in [`steps`].
 //! 2. [`takeover`]: the successor publishes its live socket (nginx's
-//!    upstream), confirms through it,
-//!    stops and removes its elder; at start-up every instance reconciles.
+//!    upstream), confirms through it, stops and removes its elder and the
+//!    old images [`retention`] allows; at start-up every instance reconciles.
 //!
-//! Both are one implementation each of a small interface,
-//! [`backend::UpgradeBackend`]: `deploy` a pinned target, `follow` it to
-//! its answer, `roll_back`, and `status`. As a task of a Docker Swarm
-//! service, the other implementation lands the upgrade: [`swarm`] updates
-//! the service and Swarm replaces the tasks. Around the interface, all is
-//! shared, in this order:
-//!
-//! - the lock: [`Orchestrator::upgrade`] takes the single-flight `Flight`
-//!   and records the outcome (history, notification, metrics) for both;
-//! - the dispatch: `land_here` (in [`backend`]) asks
-//!   [`Orchestrator::backend`] (detected once from this container's labels)
-//!   and runs the shared path, `land`, on [`backend::HostHandover`] or the
-//!   [`swarm::SwarmService`]; nothing else asks which backend runs an
-//!   upgrade;
-//! - the resolution: `land` calls `fetch` (registry, pull, progress events)
-//!   and `pin` (`resolve::labelled_version`, `refuse_rejected`,
-//!   `resolve::decide`); the rejected version is one `Shared` slot for both;
-//! - the landing, the backend's: `deploy` starts a healthy successor on the
-//!   host and sends a pinned spec ([`swarm::rollout_spec`]) to Swarm;
-//!   `follow` hands over (and bakes) on the host and follows Swarm's
-//!   `UpdateStatus`, whose messages are the same `UpgradeStep` events;
-//!   `roll_back` (`/rollback`) is a handover to `previous` (labels on the
-//!   container) on the host and [`swarm::rollback_plan`] (labels on the
-//!   service) on Swarm, followed by the same `follow`;
-//! - the answer: [`UpgradeOutcome`] and [`UpgradeError`], one enum each,
-//!   with Swarm's variants (`Completed`, `RollbackCompleted`, `Swarm*`);
-//! - `/status`: the same document, plus the backend's `status` (`swarm`,
-//!   null on the host); `/upgrade/plan` asks the same backend in
-//!   `plan::find`. Start-up and stop differ outside the interface: a Swarm
-//!   task has no siblings to reconcile, and holds its exit while it
-//!   follows an update (`app`).
-//!
-//! What the self-upgrade shares with companion mode is in [`crate::recreate`].
+//! As a task of a Docker Swarm service, the other backend lands the upgrade:
+//! [`crate::swarm`] updates the service and Swarm replaces the tasks. Both
+//! implement one interface, [`crate::recreate::upgrade::UpgradeBackend`]
+//! (`deploy`, `follow`, `roll_back`, `status`), with one [`UpgradeOutcome`]
+//! and one [`UpgradeError`]; `/upgrade/plan` asks the same backend
+//! ([`plan`]). What the self-upgrade shares with companion mode is in
+//! [`crate::recreate`].
 
 pub mod backend;
 pub mod bake;
 pub mod elder;
 pub mod plan;
-pub mod swarm;
+pub mod retention;
+pub mod steps;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -58,16 +39,14 @@ use bollard::models::ContainerInspectResponse;
 use semver::Version;
 use serde::Serialize;
 
-use crate::config::Settings;
-use crate::docker::{DockerError, Engine};
+use crate::docker::DockerError;
 use crate::proxy::Nginx;
-use crate::recreate::resolve::ResolveError;
-use crate::recreate::version::{Requirement, RequirementError};
-use crate::recreate::watch::WaitError;
-use crate::registry::Registry;
-use crate::state::{InProgress, Shared};
 
-pub use backend::Backend;
+pub use crate::metrics::Timings;
+pub use crate::recreate::upgrade::{
+    Deps, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Target, UpgradeError, UpgradeOutcome,
+};
+use crate::swarm::{SERVICE_ID_LABEL, SERVICE_NAME_LABEL, SwarmService, TASK_ID_LABEL};
 
 /// The compose labels that identify a service's containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
@@ -78,28 +57,6 @@ pub const GROUP_LABEL: &str = "selfup.group";
 pub const ENV_PORT: &str = "SELFUP_PORT";
 pub const ENV_HANDOVER_TOKEN: &str = "SELFUP_HANDOVER_TOKEN";
 pub const ENV_HANDOVER_ELDER: &str = "SELFUP_HANDOVER_ELDER";
-/// The version, and the local image id, that ran before the last upgrade:
-/// what `POST /rollback` goes back to.
-pub const PREVIOUS_VERSION_LABEL: &str = "selfup.previous.version";
-pub const PREVIOUS_IMAGE_LABEL: &str = "selfup.previous.image";
-
-/// What an upgrade goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A registry tag: `:latest` or the highest match of a requirement.
-    Registry(Requirement),
-    /// The version that ran before the last upgrade, from its local image.
-    Previous,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Registry(r) => r.fmt(f),
-            Target::Previous => f.write_str("rollback"),
-        }
-    }
-}
 
 /// The version that ran before this one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -214,179 +171,13 @@ pub fn base_name(name: &str, ports: [u16; 2]) -> String {
     name.to_string()
 }
 
-/// Why an upgrade did not happen. Every variant says what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error(transparent)]
-    BadRequirement(#[from] RequirementError),
-    #[error("an upgrade is already running")]
-    InProgress(InProgress),
-    /// The last upgrade's successor is live and this instance still bakes it.
-    #[error(
-        "a bake of {to} is running ({left_secs} s left): POST /promote to keep {to} now, POST /rollback to go back, or wait"
-    )]
-    Baking { to: String, left_secs: u64 },
-    #[error(
-        "companion updates of {} still ran after {waited_secs}s; the upgrade did not start: try again when they are done",
-        containers.join(", ")
-    )]
-    CompanionBusy { containers: Vec<String>, waited_secs: u64 },
-    #[error("this instance is still taking over from its elder ({0}); try again when it is done")]
-    TakeoverUnderway(crate::state::TakeoverPhase),
-    #[error("no previous version is known: this instance was not started by an upgrade")]
-    NoPrevious,
-    #[error("the image of the previous version {version} ({image}) is no longer on this machine")]
-    PreviousImageGone { version: String, image: String },
-    #[error("this instance does not run in a Docker container, so it cannot start a successor")]
-    NotInContainer,
-    /// The way to the target: the registry, the pull, the label, the decision.
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
-    /// The `docker_config` file names no usable credentials for the registry.
-    #[error("credentials for {registry}: {source}")]
-    Credentials {
-        registry: String,
-        source: crate::registry::credentials::CredentialsError,
-    },
-    #[error("{context}: {source}")]
-    Docker { context: String, source: DockerError },
-    #[error("the successor on port {port} did not become healthy: {reason}")]
-    SuccessorUnhealthy { port: u16, reason: WaitError, log: String },
-    #[error("the successor on port {port} failed to take over: {reason}")]
-    TakeoverFailed { port: u16, reason: WaitError, log: String },
-    #[error(
-        "this instance was asked to stop before its successor on port {port} confirmed the takeover (it was at {phase}); the successor finishes it, or removes itself"
-    )]
-    StoppedBeforeConfirmation { port: u16, phase: String },
-    /// The successor went bad during the bake (or an operator said so):
-    /// the elder serves again and the successor is removed.
-    #[error("rolled back during bake: {}", report.reason)]
-    RolledBackDuringBake {
-        report: Box<crate::state::BakeReport>,
-        log: String,
-        by_operator: bool,
-    },
-    /// The target is the version last rolled back during a bake.
-    #[error(
-        "{version} was rolled back during a bake ({reason}); ask for it exactly (/upgrade/={version}) to upgrade to it anyway, or publish a newer version"
-    )]
-    RolledBackBefore { version: String, reason: String },
-    /// Swarm rolled the update back on its own: a new task failed.
-    #[error("the service update was rolled back by Swarm: {reason}")]
-    SwarmRolledBack {
-        reason: String,
-        tasks: Vec<swarm::TaskVersion>,
-    },
-    /// Swarm paused the update (or the rollback) and waits for an operator.
-    #[error(
-        "the service update stopped at {state}: {reason}; `docker service update` or POST /rollback goes on from there"
-    )]
-    SwarmPaused {
-        state: String,
-        reason: String,
-        tasks: Vec<swarm::TaskVersion>,
-    },
-    /// The service is being updated (or rolled back) already: by another
-    /// task's upgrade, or by an operator.
-    #[error("the service is already {state} ({message}); try again when it is over")]
-    SwarmBusy { state: String, message: String },
-    /// Swarm did not end the update within the time the answer waits.
-    #[error(
-        "the service update was not over after {waited_secs}s (last: {last}); Swarm goes on with it, /status shows the tasks"
-    )]
-    SwarmNotDone { waited_secs: u64, last: String },
-    /// `/rollback` on a Swarm service whose last update was rolled back
-    /// (Swarm's previous spec is that update) and whose spec records no
-    /// image that ran before it.
-    #[error(
-        "the service's last update was rolled back, so Swarm's rollback would go to that update again, and the service's spec records no image that ran before it: name a version with /upgrade/=VERSION"
-    )]
-    SwarmNothingToRollBackTo,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl UpgradeError {
-    /// A Docker failure with the step it happened in.
-    pub fn docker(context: impl Into<String>) -> impl FnOnce(DockerError) -> UpgradeError {
-        let context = context.into();
-        move |source| UpgradeError::Docker { context, source }
-    }
-}
-
-/// Milliseconds spent in each step of an upgrade.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    pub resolve_ms: u128,
-    pub pull_ms: u128,
-    pub start_ms: u128,
-    pub health_ms: u128,
-    pub takeover_ms: u128,
-    pub total_ms: u128,
-}
-
-/// What a finished upgrade request reports.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum UpgradeOutcome {
-    /// The target is what runs; nothing was done.
-    AlreadyThere { version: String, message: String },
-    /// The successor is live and this instance is on its way out.
-    Upgraded {
-        from: String,
-        to: String,
-        rollback: bool,
-        image: String,
-        old_port: u16,
-        new_port: u16,
-        successor: String,
-        timings: Timings,
-        /// How the bake ended (the answer comes after it); none without one.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bake: Option<Box<crate::state::BakeReport>>,
-    },
-    /// Swarm rolled the target out to every task of the service.
-    Completed {
-        from: String,
-        to: String,
-        /// The target is lower than what ran (named exactly).
-        rollback: bool,
-        /// The image the service runs, pinned by digest.
-        image: String,
-        service: String,
-        /// Swarm's last word on the update.
-        message: String,
-        /// Every task Swarm runs now, with its version.
-        tasks: Vec<swarm::TaskVersion>,
-        timings: swarm::SwarmTimings,
-    },
-    /// Swarm went back to the service's spec before its last update, as
-    /// asked (`POST /rollback`).
-    RollbackCompleted {
-        from: String,
-        /// The version the service's labels say ran before, if they say.
-        to: Option<String>,
-        service: String,
-        message: String,
-        tasks: Vec<swarm::TaskVersion>,
-        timings: swarm::SwarmTimings,
-    },
-}
-
 /// The orchestrator: everything an upgrade needs, passed in.
 #[derive(Debug)]
 pub struct Orchestrator {
-    pub settings: Arc<Settings>,
-    pub engine: Arc<Engine>,
-    pub registry: Registry,
+    /// What every backend works with (`o.engine`, `o.settings`, ... reach
+    /// it through `Deref`).
+    pub deps: Deps,
     pub proxy: Option<Nginx>,
-    pub shared: Arc<Shared>,
-    /// This instance's container id, if it runs in one.
-    pub self_id: Option<String>,
-    /// This binary's version.
-    pub version: Version,
-    /// For talking to instances on loopback: no proxy, no pooling across runtimes.
-    pub http: reqwest::Client,
     /// For asking through the live socket's public path (`live_socket`), if
     /// there is one; built once, before any takeover needs it.
     pub live_http: Option<reqwest::Client>,
@@ -395,32 +186,81 @@ pub struct Orchestrator {
     pub control: std::sync::OnceLock<Vec<crate::control::ControlSocket>>,
     /// The companion's swaps in the data directory, shared with every
     /// instance: an upgrade waits for running ones.
-    pub swaps: Option<Arc<crate::companion::journal::Swaps>>,
+    pub swaps: Option<Arc<crate::recreate::journal::Swaps>>,
     /// Where finished upgrades are reported (`notify_urls`), if anywhere.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// The blue-green apps' sockets (companion mode), published with the
     /// live socket.
-    pub apps: Option<Arc<crate::companion::blue_green::AppFronts>>,
+    pub apps: Option<Arc<dyn crate::control::Publish>>,
     /// The addresses the host itself reaches this container from on its
     /// networks ([`host_addresses`]), learnt once at start-up; until then,
     /// and with host networking, there are none and loopback alone is local.
     pub host_addrs: std::sync::OnceLock<Vec<IpAddr>>,
     /// Where upgrades land (this host, or the Swarm service this instance
     /// is a task of), detected once from this container's labels.
-    pub backend: std::sync::OnceLock<backend::Backend>,
+    pub backend: std::sync::OnceLock<Backend>,
+}
+
+impl std::ops::Deref for Orchestrator {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
+    }
+}
+
+/// Where an upgrade lands once its target is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// This host: the blue-green handover of [`elder`] and [`takeover`], a
+    /// successor container beside this one.
+    Host,
+    /// A Swarm service this instance is a task of: Swarm replaces the tasks.
+    Swarm(SwarmService),
+}
+
+impl Backend {
+    /// The backend of the container `container`: Swarm when Swarm's labels
+    /// name a service, else the host.
+    pub fn of(container: &ContainerInspectResponse) -> Backend {
+        let labels = container
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        match labels.get(SERVICE_ID_LABEL).filter(|id| !id.is_empty()) {
+            Some(id) => Backend::Swarm(SwarmService {
+                id: id.clone(),
+                name: labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_else(|| id.clone()),
+                task: labels.get(TASK_ID_LABEL).cloned(),
+            }),
+            None => Backend::Host,
+        }
+    }
+
+    /// The Swarm service, if this is the Swarm backend.
+    pub fn swarm(&self) -> Option<&SwarmService> {
+        match self {
+            Backend::Swarm(service) => Some(service),
+            Backend::Host => None,
+        }
+    }
 }
 
 impl Orchestrator {
-    pub fn new(settings: Arc<Settings>, engine: Arc<Engine>, shared: Arc<Shared>, self_id: Option<String>) -> Self {
+    /// The orchestrator of `deps`, with what only the self-upgrade needs:
+    /// the swaps it waits for, where it reports, and the apps' sockets it
+    /// publishes with its own.
+    pub fn new(
+        deps: Deps,
+        swaps: Option<Arc<crate::recreate::journal::Swaps>>,
+        notifier: Option<Arc<crate::notify::Notifier>>,
+        apps: Option<Arc<dyn crate::control::Publish>>,
+    ) -> Self {
+        let settings = &deps.settings;
         let proxy = settings
             .proxy_enabled()
-            .then(|| Nginx::new(engine.clone(), settings.nginx_container.clone()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .build()
-            .expect("a reqwest client with static settings builds");
+            .then(|| Nginx::new(deps.engine.clone(), settings.nginx_container.clone()));
         let live_http = (!settings.live_socket.as_os_str().is_empty()).then(|| {
             reqwest::Client::builder()
                 .unix_socket(settings.live_socket.as_path())
@@ -429,24 +269,14 @@ impl Orchestrator {
                 .build()
                 .expect("a reqwest client with static settings builds")
         });
-        let registry = match &settings.registry_api {
-            Some(address) => Registry::new().with_api_address(&settings.registry, address),
-            None => Registry::new(),
-        };
         Orchestrator {
-            settings,
-            engine,
-            registry,
+            deps,
             proxy,
-            shared,
-            self_id,
-            version: crate::build_version().clone(),
-            http,
             live_http,
             control: std::sync::OnceLock::new(),
-            swaps: None,
-            notifier: None,
-            apps: None,
+            swaps,
+            notifier,
+            apps,
             host_addrs: std::sync::OnceLock::new(),
             backend: std::sync::OnceLock::new(),
         }

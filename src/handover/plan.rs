@@ -11,8 +11,8 @@ use semver::Version;
 use super::{Orchestrator, Target, UpgradeError};
 use crate::image_ref::ImageRef;
 use crate::recreate::resolve::{self, Go, ResolveError};
-use crate::recreate::version::Requirement;
 use crate::registry::image::RemoteImage;
+use crate::version::Requirement;
 
 /// What an upgrade to a target would do.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ impl Orchestrator {
             Target::Previous => {
                 if let super::Backend::Swarm(service) = self.backend().await {
                     // Swarm's rollback: to the spec before the last update.
-                    let (image, version) = self.swarm_previous(&service).await?.ok_or(UpgradeError::NoPrevious)?;
+                    let (image, version) = service.previous(&self.deps).await?.ok_or(UpgradeError::NoPrevious)?;
                     let version = Version::parse(&version).map_err(|_| UpgradeError::NoPrevious)?;
                     plan.image = Some(image);
                     plan.version = Some(version.clone());
@@ -126,7 +126,7 @@ impl Orchestrator {
                 found: remote.version.clone(),
             })?;
         plan.version = Some(version.clone());
-        self.refuse_rejected(&version, &requirement)?;
+        self.refuse_rejected(&version, Some(&remote.digest), &requirement)?;
         if !requirement.admits(&version) {
             return Err(ResolveError::LabelMismatch {
                 image,

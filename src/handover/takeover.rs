@@ -297,7 +297,7 @@ impl Orchestrator {
         self.shared.record_takeover_done(me);
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
-        crate::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
+        super::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
         Ok(())
     }
 }

@@ -10,11 +10,11 @@ use bollard::auth::DockerCredentials;
 use bollard::models::ImageInspect;
 use semver::Version;
 
-use super::version::{self, Decision, Requirement};
 use crate::docker::{DockerError, Engine};
 use crate::image_ref::ImageRef;
 use crate::registry::credentials::RegistryAuth;
 use crate::registry::{Registry, RegistryError};
+use crate::version::{self, Decision, Requirement};
 
 /// Why no image to go to was found, or why it may not be gone to.
 #[derive(Debug, thiserror::Error)]

@@ -60,7 +60,7 @@ impl Registry {
         let config = parse_json(&session, &body, "an image config")?;
         Ok(Some(RemoteImage {
             digest,
-            version: config["config"]["Labels"][crate::recreate::version::VERSION_LABEL]
+            version: config["config"]["Labels"][crate::version::VERSION_LABEL]
                 .as_str()
                 .map(str::to_string),
             created: config["created"].as_str().and_then(parse_rfc3339),

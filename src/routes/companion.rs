@@ -3,30 +3,24 @@
 //! is known (with `Accept: text/event-stream`, the update's events come as
 //! they happen, then the answer as the last one). There is no loopback rule: a CI runner calls it over the app's
 //! network, by the companion's name, and the key is the gate. Requests a
-//! browser sends for another site are refused all the same. Errors are JSON `{"error": ..}` with one status per cause.
-
-use std::sync::Arc;
+//! browser sends for another site are refused all the same (the guard is
+//! [`UpdateCaller`]). Errors are JSON `{"error": ..}` with one status per cause.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::companion::{Companion, UpdateError, UpdateOutcome};
+use crate::companion::{UpdateError, UpdateOutcome};
 use crate::events::Event;
-use crate::recreate::version::Requirement;
-use crate::routes::{AppState, Listener, refuse_cross_site, resolve_details, resolve_status};
+use crate::routes::guard::{GuardError, UpdateCaller};
+use crate::routes::{AppState, resolve_details, resolve_status};
+use crate::version::Requirement;
 
-/// Why a companion request was refused or failed.
+/// Why an admitted companion request failed (its refusals are
+/// [`crate::routes::guard::GuardError`]s).
 #[derive(Debug, thiserror::Error)]
 pub enum CompanionError {
-    /// Companion mode is off: the endpoints exist only to say so.
-    #[error("companion mode is off; start selfup with SELFUP_COMPANION=true to update other containers")]
-    Disabled,
-    /// No key, or the wrong one. Deliberately without detail.
-    #[error("unauthorized")]
-    Unauthorized,
     /// The body is not the expected JSON.
     #[error("{0}")]
     BadRequest(String),
@@ -46,8 +40,6 @@ impl ResponseError for CompanionError {
     fn status_code(&self) -> StatusCode {
         use UpdateError::*;
         match self {
-            CompanionError::Disabled => StatusCode::NOT_FOUND,
-            CompanionError::Unauthorized => StatusCode::UNAUTHORIZED,
             CompanionError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CompanionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CompanionError::NoBake(_) => StatusCode::CONFLICT,
@@ -104,30 +96,6 @@ struct UpdateRequest {
     image: String,
 }
 
-/// The companion, if the key in the request is its key.
-fn authorized(req: &HttpRequest, state: &AppState) -> Result<Arc<Companion>, CompanionError> {
-    let companion = state.companion.clone().ok_or(CompanionError::Disabled)?;
-    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if companion.admits(header) {
-        Ok(companion)
-    } else {
-        Err(CompanionError::Unauthorized)
-    }
-}
-
-/// The guards of every update endpoint, in order: the listener it came in
-/// on, a browser's cross-site request, the key. `Ok(Err(answer))` is a
-/// refusal answered as it is; `Err` is the key's (or the mode's) error.
-fn admit(req: &HttpRequest, state: &AppState) -> Result<Result<Arc<Companion>, HttpResponse>, CompanionError> {
-    if let Some(refused) = Listener::of(req).refuse_update() {
-        return Ok(Err(refused));
-    }
-    if let Err(refused) = refuse_cross_site(req) {
-        return Ok(Err(refused));
-    }
-    authorized(req, state).map(Ok)
-}
-
 fn parse_body(body: &[u8]) -> Result<UpdateRequest, CompanionError> {
     const EXPECTED: &str = r#"expected {"container": "<name>", "image": "<repository>:<tag>"}"#;
     let bad = |e: String| CompanionError::BadRequest(format!("invalid request body: {e}; {EXPECTED}"));
@@ -154,10 +122,10 @@ fn finish(
 ) -> Result<HttpResponse, CompanionError> {
     if let Err(e) = &outcome {
         let shared = &state.orchestrator.shared;
-        shared.metrics.update_finished("failed");
+        shared.metrics.update_finished(crate::events::UpdateEnd::Failed);
         shared.events.emit(Event::UpdateFinished {
             container: container.to_string(),
-            outcome: "failed".into(),
+            outcome: crate::events::UpdateEnd::Failed.into(),
             error: Some(e.clone()),
             duration_ms: 0,
         });
@@ -177,6 +145,7 @@ where
     F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
 {
     if super::events::wants_events(req) {
+        let update = async move { update.await.map_err(CompanionError::from) };
         return Ok(super::events::stream_update(state, container, update));
     }
     let outcome = state.spawn(update).await;
@@ -184,19 +153,20 @@ where
 }
 
 /// `POST /update`: `{"container": "foo", "image": "registry/foo:2.0"}`.
+/// The whole body is read before the guard's verdict is answered, as it
+/// always was: an oversized body is a 413 for anyone, and a refused caller's
+/// connection stays open for its next request.
 pub async fn update(
     req: HttpRequest,
     body: web::Bytes,
+    caller: Result<UpdateCaller, GuardError>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, CompanionError> {
-    let companion = match admit(&req, &state)? {
-        Ok(companion) => companion,
-        Err(refused) => return Ok(refused),
-    };
+) -> actix_web::Result<HttpResponse> {
+    let UpdateCaller(companion) = caller?;
     let request = parse_body(&body)?;
     let container = request.container.clone();
     let update = async move { companion.update(&request.container, &request.image).await };
-    answer(&req, &state, container, update).await
+    Ok(answer(&req, &state, container, update).await?)
 }
 
 /// `POST /update/{container}/{requirement}`: `2`, `2.1` or `=1.4.0` of the
@@ -204,12 +174,9 @@ pub async fn update(
 pub async fn update_to(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    UpdateCaller(companion): UpdateCaller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CompanionError> {
-    let companion = match admit(&req, &state)? {
-        Ok(companion) => companion,
-        Err(refused) => return Ok(refused),
-    };
     let (container, requirement) = path.into_inner();
     let requirement = Requirement::parse(&requirement).map_err(UpdateError::from)?;
     let name = container.clone();
@@ -221,15 +188,10 @@ pub async fn update_to(
 /// an operator's word on a blue-green app's bake. Answers 202 once the bake
 /// has it; the update's own answer (and `/events`) tell how it ended.
 async fn bake_verdict(
-    req: HttpRequest,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    UpdateCaller(companion): UpdateCaller,
     promote: bool,
 ) -> Result<HttpResponse, CompanionError> {
-    let companion = match admit(&req, &state)? {
-        Ok(companion) => companion,
-        Err(refused) => return Ok(refused),
-    };
     let container = path.into_inner();
     if !companion.ask_bake(&container, promote) {
         return Err(CompanionError::NoBake(container));
@@ -239,22 +201,14 @@ async fn bake_verdict(
 }
 
 /// `POST /update/{container}/promote`: the app's bake ends, the successor stays.
-pub async fn promote(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, CompanionError> {
-    bake_verdict(req, path, state, true).await
+pub async fn promote(path: web::Path<String>, caller: UpdateCaller) -> Result<HttpResponse, CompanionError> {
+    bake_verdict(path, caller, true).await
 }
 
 /// `POST /update/{container}/rollback`: the app's traffic goes back to the
 /// warm elder and the successor is removed.
-pub async fn rollback(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, CompanionError> {
-    bake_verdict(req, path, state, false).await
+pub async fn rollback(path: web::Path<String>, caller: UpdateCaller) -> Result<HttpResponse, CompanionError> {
+    bake_verdict(path, caller, false).await
 }
 
 #[cfg(test)]
@@ -293,8 +247,9 @@ mod tests {
     #[test]
     fn each_cause_has_its_status() {
         let status = |e: UpdateError| CompanionError::from(e).status_code().as_u16();
-        assert_eq!(CompanionError::Unauthorized.status_code().as_u16(), 401);
-        assert_eq!(CompanionError::Unauthorized.to_string(), "unauthorized");
+        let unauthorized = crate::routes::guard::GuardError::UpdateKey;
+        assert_eq!(unauthorized.status_code().as_u16(), 401);
+        assert_eq!(unauthorized.to_string(), "unauthorized");
         assert_eq!(status(UpdateError::BadContainerName("a/b".into())), 400);
         assert_eq!(status(UpdateError::NotEnabled { container: "a".into() }), 403);
         assert_eq!(

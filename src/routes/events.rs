@@ -10,11 +10,11 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use tokio::sync::mpsc;
 
-use crate::companion::{UpdateError, UpdateOutcome};
+use crate::companion::UpdateOutcome;
 use crate::events::{EventLog, Record};
 use crate::handover::{UpgradeError, UpgradeOutcome};
-use crate::routes::companion::CompanionError;
-use crate::routes::{AppState, guard_control};
+use crate::routes::AppState;
+use crate::routes::guard::Control;
 use crate::state::Shared;
 
 /// How often a stream looks for events another instance wrote to the shared log.
@@ -79,10 +79,7 @@ async fn forward(log: &EventLog, last: &mut u64, tx: &mpsc::Sender<String>, keep
 /// without one: the client asked for history by not naming a place), then
 /// every event as it comes, until the client leaves or this instance stops.
 /// `?from=now` starts at the next event.
-pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+pub async fn events(_: Control, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let shared = state.orchestrator.shared.clone();
     let mut last = match resume_from(&req) {
         Ok(Some(id)) => id,
@@ -194,9 +191,10 @@ where
 /// own events as they come (the ones it emits, and no other's: a second
 /// request for the same container is refused with events of its own), then
 /// the answer as a last event, `result`, with its HTTP status in `http_status`.
-pub fn stream_update<F>(state: &AppState, container: String, update: F) -> HttpResponse
+pub fn stream_update<F, E>(state: &AppState, container: String, update: F) -> HttpResponse
 where
-    F: std::future::Future<Output = Result<UpdateOutcome, UpdateError>> + Send + 'static,
+    F: std::future::Future<Output = Result<UpdateOutcome, E>> + Send + 'static,
+    E: ResponseError + Send + 'static,
 {
     let (own_tx, mut own) = mpsc::unbounded_channel();
     let collected = crate::events::collecting(own_tx, update);
@@ -217,10 +215,10 @@ where
         };
         if let Err(e) = &result {
             // The task panicked, so the update did not report its end.
-            shared.metrics.update_finished("failed");
+            shared.metrics.update_finished(crate::events::UpdateEnd::Failed);
             shared.events.emit(crate::events::Event::UpdateFinished {
                 container,
-                outcome: "failed".into(),
+                outcome: crate::events::UpdateEnd::Failed.into(),
                 error: Some(e.clone()),
                 duration_ms: 0,
             });
@@ -233,7 +231,6 @@ where
                 return;
             }
         }
-        let result = result.map(|r| r.map_err(CompanionError::from));
         let _ = tx.send(result_event(result).await).await;
     });
     sse(rx)
@@ -241,12 +238,9 @@ where
 
 /// `GET /metrics`: the Prometheus text format; on loopback (or the control
 /// socket), with the bearer token when one is set.
-pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+pub async fn metrics(_: Control, state: web::Data<AppState>) -> HttpResponse {
     let metrics = &state.orchestrator.shared.metrics;
-    if let Some(apps) = &state.orchestrator.apps {
+    if let Some(apps) = state.companion.as_ref().and_then(|c| c.fronts()) {
         metrics.app_connections(apps.relaying());
     }
     HttpResponse::Ok()

@@ -7,22 +7,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::routes::AppState;
-use crate::routes::{guard_handover, json_error, presents};
+use crate::routes::guard::{Elder, HandoverWatcher};
+use crate::routes::{AppState, json_error};
 use crate::state::{TakeoverPhase, TakeoverStep};
 
 /// `POST /handover`: go ahead and take over.
-pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let settings = &state.orchestrator.settings;
-    if let Err(r) = guard_handover(&req, settings) {
-        return r;
-    }
-    let Some(expected) = &settings.handover_token else {
-        return json_error(StatusCode::CONFLICT, "this instance was not started as a successor");
-    };
-    if !presents(&req, expected) {
-        return json_error(StatusCode::UNAUTHORIZED, "a valid handover token is required");
-    }
+pub async fn go(_: Elder, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let shared = &state.orchestrator.shared;
     let phase = shared.status().takeover.clone();
     match phase {
@@ -47,20 +37,7 @@ pub async fn go(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /handover`: where the takeover is. With an upgrade token configured,
 /// it takes that token or the handover secret (the elder polls with it).
-pub async fn phase(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let settings = &state.orchestrator.settings;
-    if let Err(r) = guard_handover(&req, settings) {
-        return r;
-    }
-    if let Some(token) = &settings.upgrade_token
-        && !presents(&req, token)
-        && !settings
-            .handover_token
-            .as_deref()
-            .is_some_and(|secret| presents(&req, secret))
-    {
-        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    }
+pub async fn phase(_: HandoverWatcher, state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.orchestrator.shared.status().takeover.clone())
 }
 

@@ -15,14 +15,15 @@
 //! The answer is a 202 at once; the upgrade, if any, runs in the background.
 //! The registry reaches this endpoint through nginx's deploy server and the
 //! update socket (addresses other local users cannot take); the bearer token
-//! `hook_token` guards it.
+//! `hook_token` guards it ([`Hook`]).
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::routes::{AppState, json_error, presents, refuse_cross_site};
+use crate::routes::guard::{GuardError, Hook};
+use crate::routes::{AppState, json_error};
 
 /// The largest envelope accepted: the registry batches a few events at most.
 pub const HOOK_LIMIT: usize = 256 * 1024;
@@ -66,25 +67,23 @@ fn pushed_repositories(envelope: &Envelope) -> std::collections::HashSet<String>
         .collect()
 }
 
-/// `POST /hooks/registry`.
-pub async fn registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+/// `POST /hooks/registry`. The whole body is read before the guard's
+/// verdict is answered, as it always was: an oversized envelope is a 413 for
+/// anyone, and a refused caller's connection stays open.
+pub async fn registry(
+    body: web::Bytes,
+    hook: Result<Hook, GuardError>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GuardError> {
+    let Hook = hook?;
     let settings = &state.orchestrator.settings;
-    let Some(token) = &settings.hook_token else {
-        return json_error(StatusCode::NOT_FOUND, "the registry hook is off (hook_token is unset)");
-    };
-    if let Err(refused) = refuse_cross_site(&req) {
-        return refused;
-    }
-    if !presents(&req, token) {
-        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    }
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
-            return json_error(
+            return Ok(json_error(
                 StatusCode::BAD_REQUEST,
                 format!(r#"expected a registry notification envelope {{"events": [...]}}: {e}"#),
-            );
+            ));
         }
     };
     let pushes = pushes_to(&envelope, &settings.image);
@@ -116,12 +115,12 @@ pub async fn registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppSt
         ?repositories,
         "registry notification"
     );
-    HttpResponse::Accepted().json(json!({
+    Ok(HttpResponse::Accepted().json(json!({
         "events": envelope.events.len(),
         "pushes": pushes,
         "checking": checking,
         "checking_containers": checking_containers,
-    }))
+    })))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::handover::Orchestrator;
 use crate::routes::AppState;
+use crate::routes::guard::Direct;
 
 fn wants_json(req: &HttpRequest) -> bool {
     req.headers()
@@ -20,7 +21,10 @@ fn wants_json(req: &HttpRequest) -> bool {
 /// `selfup version X`, or JSON with the port when asked for.
 pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     #[cfg(feature = "faults")]
-    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+    if let Some(fault) = crate::faults::server_error(
+        super::Listener::of(&req) == super::Listener::Live,
+        &state.orchestrator.settings,
+    ) {
         return fault;
     }
     let o = &state.orchestrator;
@@ -43,8 +47,8 @@ pub async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 /// `GET /health?answers` from a direct caller is only this instance's
 /// container id and its count of public answers and 5xx, with no call to
 /// Docker: what a baking elder reads every 25 ms.
-pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if req.query_string() == "answers" && direct_caller(&req, &state.orchestrator.settings) {
+pub async fn health(req: HttpRequest, Direct(direct): Direct, state: web::Data<AppState>) -> HttpResponse {
+    if req.query_string() == "answers" && direct {
         let o = &state.orchestrator;
         let (total, server_errors) = o.shared.metrics.public_answers();
         return HttpResponse::Ok().json(json!({
@@ -57,25 +61,11 @@ pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .spawn(async move { o.engine.ping(Duration::from_secs(2)).await })
         .await
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let detail = direct_caller(&req, &state.orchestrator.settings);
-    let proxy = match detail {
+    let proxy = match direct {
         true => Some(proxy_state(&state).await),
         false => None,
     };
     health_answer(&state.orchestrator, docker, proxy)
-}
-
-/// Whether `req` comes from a direct loopback caller, who gets the detail:
-/// one the control guard lets through, the elder presenting this
-/// successor's handover secret (from its own address on a private
-/// network), or one on the live socket that did
-/// not come through a proxy (the successor confirming that the live socket
-/// reaches it; nginx adds `X-Forwarded-For` to every public request).
-fn direct_caller(req: &HttpRequest, settings: &crate::config::Settings) -> bool {
-    if crate::routes::Listener::of(req) == crate::routes::Listener::Live {
-        return !crate::routes::proxied(req);
-    }
-    crate::routes::guard_handover(req, settings).is_ok()
 }
 
 /// Whether nginx runs. Reported, not judged: this instance is healthy with
@@ -125,7 +115,10 @@ fn health_answer(o: &Orchestrator, docker: Result<(), String>, proxy: Option<Str
 /// a load test sees a request that was lost, answered twice, or mixed up.
 pub async fn echo(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     #[cfg(feature = "faults")]
-    if let Some(fault) = crate::faults::server_error(&req, &state.orchestrator.settings) {
+    if let Some(fault) = crate::faults::server_error(
+        super::Listener::of(&req) == super::Listener::Live,
+        &state.orchestrator.settings,
+    ) {
         return fault;
     }
     #[cfg(not(feature = "faults"))]
@@ -153,8 +146,10 @@ mod tests {
     fn answer(req: TestRequest, docker: Result<(), String>) -> (u16, Value) {
         let settings = Arc::new(Settings::default());
         let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
-        let o = Orchestrator::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
-        let detail = crate::routes::guard_loopback(&req.to_http_request()).is_ok();
+        let deps = crate::handover::Deps::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
+        let o = Orchestrator::new(deps, None, None, None);
+        use crate::routes::guard::{Guard, Loopback};
+        let detail = Loopback::check(&req.to_http_request()).is_ok();
         let r = health_answer(&o, docker, detail.then(|| "running".to_string()));
         let status = r.status().as_u16();
         let body = actix_web::body::to_bytes(r.into_body());

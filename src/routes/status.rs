@@ -1,16 +1,14 @@
 //! `GET /status`: what runs, what ran before, and how the last upgrades went.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 
 use crate::handover::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL};
 use crate::routes::AppState;
-use crate::routes::guard_control;
+use crate::routes::guard::Control;
 
-pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+/// `GET /status`, for the operator.
+pub async fn status(_: Control, state: web::Data<AppState>) -> HttpResponse {
     let o = state.orchestrator.clone();
     let image = state
         .spawn(async move { image_details(&o).await })

@@ -1,14 +1,16 @@
 //! `/upgrade` and `/upgrade/{requirement}`: the elder's side of the handover.
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use crate::handover::plan::PlannedDecision;
 use crate::handover::{Target, UpgradeError};
-use crate::recreate::version::Requirement;
-use crate::routes::{AppState, guard_control, json_error, resolve_details, resolve_status};
+use crate::routes::guard::Control;
+use crate::routes::{AppState, json_error, resolve_details, resolve_status};
 use crate::state::{BakeVerdict, TakeoverPhase, TakeoverStep};
+use crate::version::Requirement;
 
 impl ResponseError for UpgradeError {
     fn status_code(&self) -> StatusCode {
@@ -78,28 +80,30 @@ impl ResponseError for UpgradeError {
 }
 
 /// `GET|POST /upgrade`: to whatever `:latest` is.
-pub async fn latest(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
-    run(req, state, Target::Registry(Requirement::Latest)).await
+pub async fn latest(
+    control: Control,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, UpgradeError> {
+    run(control, req, state, Target::Registry(Requirement::Latest)).await
 }
 
 /// `POST /rollback`: to the version that ran before the last upgrade.
 /// During a bake it is the instant path: the elder, still warm, takes the
 /// traffic back; nothing is pulled or started.
-pub async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, UpgradeError> {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return Ok(denied);
-    }
+pub async fn rollback(
+    control: Control,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, UpgradeError> {
     if let Some(answer) = bake_word(&state, BakeVerdict::Rollback).await {
         return Ok(answer);
     }
-    run(req, state, Target::Previous).await
+    run(control, req, state, Target::Previous).await
 }
 
 /// `POST /promote`: ends the running bake now; the successor stays.
-pub async fn promote(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return denied;
-    }
+pub async fn promote(_: Control, state: web::Data<AppState>) -> HttpResponse {
     match bake_word(&state, BakeVerdict::Promote).await {
         Some(answer) => answer,
         None => json_error(StatusCode::CONFLICT, "no bake is running on this instance"),
@@ -135,19 +139,41 @@ async fn bake_word(state: &AppState, verdict: BakeVerdict) -> Option<HttpRespons
 }
 
 /// `GET|POST /upgrade/{requirement}`: `2`, `2.1` or `=1.4.0`.
+/// The guard comes second: a malformed requirement is a 400 before any
+/// refusal, as it always was.
 pub async fn matching(
+    Wanted(requirement): Wanted,
+    control: Control,
     req: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, UpgradeError> {
-    let requirement = Requirement::parse(&path.into_inner())?;
-    run(req, state, Target::Registry(requirement)).await
+    run(control, req, state, Target::Registry(requirement)).await
 }
 
-async fn run(req: HttpRequest, state: web::Data<AppState>, target: Target) -> Result<HttpResponse, UpgradeError> {
-    if let Err(denied) = guard_control(&req, &state.orchestrator.settings) {
-        return Ok(denied);
+/// The requirement of `/upgrade/{requirement}`, parsed.
+pub struct Wanted(Requirement);
+
+impl FromRequest for Wanted {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let path = web::Path::<String>::from_request(req, payload).into_inner();
+        std::future::ready(path.and_then(|path| {
+            Requirement::parse(&path.into_inner())
+                .map(Wanted)
+                .map_err(|e| UpgradeError::from(e).into())
+        }))
     }
+}
+
+/// An upgrade to `target`, for the operator (`Control`).
+async fn run(
+    _: Control,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    target: Target,
+) -> Result<HttpResponse, UpgradeError> {
     match dry_run(req.query_string()) {
         Ok(false) => {}
         Ok(true) => return Ok(plan(&state, target).await),
@@ -224,10 +250,10 @@ mod tests {
     use super::*;
     use crate::docker::DockerError;
     use crate::recreate::resolve::ResolveError;
-    use crate::recreate::version::RequirementError;
     use crate::recreate::watch::WaitError;
     use crate::registry::RegistryError;
     use crate::state::{TakeoverPhase, UpgradeStep};
+    use crate::version::RequirementError;
 
     fn unreachable() -> DockerError {
         DockerError::Unreachable {
@@ -342,7 +368,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_swarm_rollback_answers_rollback_completed_with_swarm_reason_and_the_tasks() {
-        let task = crate::handover::swarm::TaskVersion {
+        let task = crate::recreate::upgrade::TaskVersion {
             task: "abc".into(),
             slot: Some(1),
             node: "n".into(),

@@ -28,8 +28,8 @@ use super::{COOLDOWN_RECHECK, Candidate, QUICK_RETRIES, QUICK_RETRY, Verdict, ju
 use crate::companion::{Companion, Offer, UpdateError, UpdateOutcome};
 use crate::config::WatchMode;
 use crate::image_ref::ImageRef;
-use crate::recreate::version::Requirement;
 use crate::state::{Shared, TakeoverPhase};
+use crate::version::Requirement;
 
 /// The label that gives a companion container its watch policy.
 pub const WATCH_LABEL: &str = "selfup.watch";
@@ -264,7 +264,7 @@ impl ContainerWatch {
             notifier.send(
                 crate::notify::Event::new(
                     "available",
-                    "available",
+                    crate::notify::Outcome::Available,
                     &running.to_string(),
                     Some(&to),
                     0,

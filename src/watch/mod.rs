@@ -32,8 +32,8 @@ use semver::Version;
 use crate::config::WatchMode;
 use crate::handover::{Orchestrator, Target, UpgradeError, UpgradeOutcome};
 use crate::notify::Event;
-use crate::recreate::version::{Requirement, RequirementError};
 use crate::state::TakeoverPhase;
+use crate::version::{Requirement, policy};
 use failed::FailedTargets;
 
 /// The longest wait before an image held back by the cooldown is looked at again.
@@ -44,14 +44,6 @@ const COOLDOWN_RECHECK: Duration = Duration::from_secs(60);
 /// its manifest not found yet for a few milliseconds.
 const QUICK_RETRIES: u32 = 5;
 const QUICK_RETRY: Duration = Duration::from_secs(1);
-
-/// The `watch` setting as a requirement: `latest`, or `/upgrade/<req>`'s syntax.
-pub fn policy(text: &str) -> Result<Requirement, RequirementError> {
-    match text {
-        "latest" => Ok(Requirement::Latest),
-        other => Requirement::parse(other),
-    }
-}
 
 /// The image the policy picks, as the registry describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,13 +199,17 @@ impl Watch {
             created: remote.created,
         };
         let min_age = o.settings.min_image_age_secs;
+        // An image rolled back before (during a bake, by an operator too)
+        // is refused as `/upgrade` refuses it, unless the policy names it.
+        let named = matches!(self.requirement, Requirement::Exact(_));
+        let version = candidate.version.to_string();
         let verdict = judge(
             &o.version,
             &candidate,
             &self.requirement,
             min_age,
             crate::state::now_secs(),
-            |digest| self.failed.contains(digest),
+            |digest| self.failed.contains(digest) || (!named && o.shared.refused(&version, Some(digest)).is_some()),
         );
         let to = candidate.version.to_string();
         match verdict {
@@ -258,7 +254,7 @@ impl Watch {
             let to = candidate.version.to_string();
             notifier.send(Event::new(
                 "available",
-                "available",
+                crate::notify::Outcome::Available,
                 &o.version.to_string(),
                 Some(&to),
                 0,

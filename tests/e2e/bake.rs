@@ -9,11 +9,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::harness::{Env, Suite, docker, eventually};
+use crate::harness::{Env, FAULT_VERSION, Suite, docker, eventually};
 use crate::load::{Load, Sample};
 
 /// The clients of every test's load.
 const CLIENTS: usize = 4;
+/// The fewest requests a test's load must have sent for its "0 failed" (or
+/// its count of failures) to say anything.
+const MIN_REQUESTS: usize = 200;
+/// The most requests the 5xx test may lose: the README's run lost 43.
+const MAX_5XX_FAILED: usize = 100;
+/// How long `POST /rollback` during a bake may take to answer on a slow day.
+const INSTANT_ROLLBACK: Duration = Duration::from_millis(500);
 
 /// An instant and the wall clock at it: the elder reports the breach in
 /// milliseconds since the epoch, the load in instants.
@@ -46,8 +53,17 @@ async fn baking_env(suite: &Suite, bake_secs: &str, extra: &[(&str, &str)]) -> E
 /// successor serves the live socket and reports that it bakes. Returns the
 /// pending answer and the successor's id.
 async fn upgrade_until_baking(env: &Env) -> (Pending, String) {
-    let b = env.ports[1];
-    let upgrade = spawn_upgrade(env);
+    upgrade_until_baking_to(env, env.ports[0], "/upgrade").await
+}
+
+/// [`upgrade_until_baking`] of `path` asked of the instance on `port`.
+async fn upgrade_until_baking_to(env: &Env, port: u16, path: &str) -> (Pending, String) {
+    let b = if port == env.ports[0] {
+        env.ports[1]
+    } else {
+        env.ports[0]
+    };
+    let upgrade = spawn_upgrade_to(env, port, path);
     let successor = eventually("the successor to bake", Duration::from_secs(60), || async {
         let r = env.http.get(env.direct(b, "/handover")).send().await.ok()?;
         let phase: Value = r.json().await.ok()?;
@@ -62,8 +78,14 @@ async fn upgrade_until_baking(env: &Env) -> (Pending, String) {
 /// Asks the live instance (on the first port) for `/upgrade`, without
 /// waiting for the answer.
 fn spawn_upgrade(env: &Env) -> Pending {
+    spawn_upgrade_to(env, env.ports[0], "/upgrade")
+}
+
+/// Asks the instance on `port` for `path` (`/upgrade[/<req>]`), without
+/// waiting for the answer.
+fn spawn_upgrade_to(env: &Env, port: u16, path: &str) -> Pending {
     let http = env.http.clone();
-    let url = env.direct(env.ports[0], "/upgrade");
+    let url = env.direct(port, path);
     tokio::spawn(async move {
         let r = http.post(url).send().await.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
@@ -239,7 +261,18 @@ pub async fn a_successor_that_answers_5xx_during_the_bake_is_rolled_back(suite: 
     load.wait_for_samples_after(answered, 20, Duration::from_secs(10)).await;
     let samples = load.finish().await;
     let failed = report("5xx", &samples, bake, &clock, Duration::from_millis(500));
+    assert!(samples.len() >= MIN_REQUESTS, "only {} requests", samples.len());
     assert!(!failed.is_empty(), "the 5xx the successor answered reached no client");
+    // What fails is the 500s the successor answered before the verdict (it
+    // counts them: `server_errors`), and at most one more per client and
+    // pooled connection as the socket moves back: tens, not hundreds.
+    let counted = bake["server_errors"].as_u64().expect("the successor's 5xx count");
+    assert!(
+        failed.len() as u64 <= counted + 2 * CLIENTS as u64,
+        "{} failed, the successor counted {counted} 5xx: {body}",
+        failed.len()
+    );
+    assert!(failed.len() <= MAX_5XX_FAILED, "{} failed", failed.len());
     assert!(
         failed
             .iter()
@@ -299,6 +332,7 @@ pub async fn promote_ends_the_bake_early_and_a_second_upgrade_during_it_gets_409
     load.wait_for_samples_after(answered, 20, Duration::from_secs(10)).await;
     let samples = load.finish().await;
     crate::load::assert_none_failed(&samples, "around the bake and its promotion");
+    assert!(samples.len() >= MIN_REQUESTS, "only {} requests", samples.len());
     eprintln!("    promote: 0 of {} requests failed", samples.len());
     let single = env.wait_single_container().await;
     assert_eq!(single, successor[..12]);
@@ -332,6 +366,9 @@ pub async fn rollback_during_the_bake_is_instant_and_loses_no_request(suite: Arc
         "    /rollback during the bake answered in {:.1} ms",
         took.as_secs_f64() * 1000.0
     );
+    // Instant: no pull, no start, one rename (2 to 6 ms here); the bound
+    // holds on a slow day, the figure is the benchmark's.
+    assert!(took <= INSTANT_ROLLBACK, "/rollback during the bake took {took:?}");
     let (code, answer) = answer(upgrade).await;
     let answered = Instant::now();
     assert_eq!(code, 409, "{answer}");
@@ -340,6 +377,7 @@ pub async fn rollback_during_the_bake_is_instant_and_loses_no_request(suite: Arc
     let samples = load.finish().await;
     let failed = report("/rollback", &samples, &body["bake"], &clock, Duration::from_millis(500));
     assert!(failed.is_empty(), "{failed:?}");
+    assert!(samples.len() >= MIN_REQUESTS, "only {} requests", samples.len());
     assert_back_on_the_elder(&env, &elder, &samples, answered, "POST /rollback").await;
 }
 
@@ -370,6 +408,7 @@ pub async fn a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and
         .await;
     let samples = load.finish().await;
     crate::load::assert_none_failed(&samples, "around the elder's death during the bake");
+    assert!(samples.len() >= MIN_REQUESTS, "only {} requests", samples.len());
     eprintln!("    elder killed: 0 of {} requests failed", samples.len());
     drop(env);
 
@@ -388,6 +427,7 @@ pub async fn a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and
     assert_eq!(code, 502, "{body}");
     load.wait_for_samples_after(answered, 20, Duration::from_secs(10)).await;
     let samples = load.finish().await;
+    assert_eq!(body["status"], "rolled_back", "{body}");
     let failed = report(
         "successor killed",
         &samples,
@@ -395,7 +435,8 @@ pub async fn a_kill_of_either_instance_during_the_bake_leaves_the_other_live_and
         &clock,
         Duration::from_millis(500),
     );
-    assert!(failed.len() <= CLIENTS, "{failed:?}");
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(samples.len() >= MIN_REQUESTS, "only {} requests", samples.len());
     assert_back_on_the_elder(&env, &elder, &samples, answered, "the successor died").await;
 }
 
@@ -408,7 +449,11 @@ pub async fn a_restart_of_either_instance_during_the_bake_converges_to_one(suite
     suite.release(&env.repository, "1.1.0");
     let (upgrade, successor) = upgrade_until_baking(&env).await;
     docker(&["restart", "-t", "10", &elder]);
-    let _ = upgrade.await;
+    // Its stop signal ends the bake: promoted, and the elder says so.
+    let (code, body) = answer(upgrade).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    assert_eq!(body["bake"]["outcome"], "promoted", "{body}");
     let single = env.wait_single_container().await;
     assert_eq!(single, successor[..12]);
     env.wait_takeover_done(b).await;
@@ -430,4 +475,77 @@ pub async fn a_restart_of_either_instance_during_the_bake_converges_to_one(suite
     assert_eq!(single, elder[..12]);
     assert_eq!(env.live_port(), Some(a));
     assert_eq!(env.version_at(&env.public("/")).await, Some(("1.0.0".into(), a)));
+}
+
+pub async fn every_version_rolled_back_during_a_bake_stays_refused_to_latest_until_it_is_named(suite: Arc<Suite>) {
+    // Issue 29's scenario: a release crashes in its bake (the fault image,
+    // 9.0.0, as `:latest`), then another version (1.1.0, named exactly) is
+    // rolled back by `POST /rollback` during its own bake and later
+    // promoted. `:latest` still names the crashing release: refused, 409,
+    // not taken again (a memory of one version forgot it).
+    let faulty = suite.faults_image();
+    let env = baking_env(&suite, "30", &[("FAULT_SUCCESSOR_EXIT_MS", "2000")]).await;
+    let [a, b] = env.ports;
+    suite.release(&env.repository, "1.1.0");
+    suite.publish(&faulty, &env.repository, "latest");
+
+    let (code, body) = answer(spawn_upgrade(&env)).await;
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["status"], "rolled_back", "{body}");
+    assert!(
+        body["bake"]["reason"].as_str().unwrap().contains("the successor died"),
+        "{body}"
+    );
+    env.wait_single_container().await;
+
+    let (upgrade, _) = upgrade_until_baking_to(&env, a, "/upgrade/=1.1.0").await;
+    let r = env.http.post(env.direct(a, "/rollback")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, body) = answer(upgrade).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["status"], "rolled_back", "{body}");
+    env.wait_single_container().await;
+    assert_eq!(env.live_port(), Some(a));
+    let status = env.status(a).await;
+    assert_eq!(status["rolled_back_version"]["version"], "1.1.0", "{status}");
+
+    // Both are refused short of their exact name.
+    for requirement in [None, Some("1")] {
+        let (code, body) = env.upgrade(a, requirement).await;
+        let refused = if requirement.is_none() { FAULT_VERSION } else { "1.1.0" };
+        assert_eq!(code, 409, "{requirement:?}: {body}");
+        assert_eq!(body["rolled_back_version"], refused, "{body}");
+    }
+
+    // 1.1.0 named exactly and promoted: it runs, and is forgotten.
+    let (upgrade, successor) = upgrade_until_baking_to(&env, a, "/upgrade/=1.1.0").await;
+    let r = env.http.post(env.direct(a, "/promote")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, body) = answer(upgrade).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "upgraded", "{body}");
+    assert_eq!(body["bake"]["outcome"], "promoted", "{body}");
+    assert_eq!(env.wait_single_container().await, successor[..12]);
+    env.wait_takeover_done(b).await;
+
+    // `:latest` is still the crashing release: refused, nothing started.
+    let before = env.selfup_containers();
+    let (code, body) = env.upgrade(b, None).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["rolled_back_version"], FAULT_VERSION, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("was rolled back during a bake"),
+        "{body}"
+    );
+    assert_eq!(env.selfup_containers(), before);
+    let dry = env.get_json(&env.direct(b, "/upgrade?dry_run=true")).await;
+    assert_eq!(dry["decision"], "refused", "{dry}");
+    let exact = env
+        .get_json(&env.direct(b, &format!("/upgrade/={FAULT_VERSION}?dry_run=true")))
+        .await;
+    assert_eq!(exact["decision"], "upgrade", "{exact}");
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
 }

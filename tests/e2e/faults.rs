@@ -32,13 +32,7 @@ pub async fn a_successor_whose_port_is_taken_is_removed(suite: Arc<Suite>) {
     suite.release(&env.repository, "1.1.0");
     let (status, body) = env.upgrade_under_load(env.ports[0], None).await;
     assert_eq!(status, 502, "{body}");
-    // The exit, or its restart policy's restarts if they came before the
-    // elder looked: the log says why either way.
-    assert!(body["error"].as_str().unwrap().contains("exited"), "{body}");
-    assert!(
-        body["successor_log"].to_string().contains("Address already in use"),
-        "{body}"
-    );
+    crate::cycle::assert_exited(&body, 1, "Address already in use");
     env.assert_elder_unchanged(&before, "1.0.0").await;
 }
 
@@ -306,32 +300,16 @@ pub async fn the_elder_reclaims_the_live_socket_when_the_successor_dies_after_th
         .expect("the request in flight during the switch completes");
     load.wait_for_samples_after(answered, 30, Duration::from_secs(10)).await;
     let samples = load.finish().await;
-    // A request the successor was answering when it was killed is lost with
-    // it (nginx does not replay a POST already sent), and one sent between
-    // its death and the elder taking the live socket back is refused (nginx
-    // connects to a dead socket; the elder looks every 25 ms). Everything
-    // else is served, by the successor or by the elder.
+    // Not one request fails: neither one on the successor as it dies nor
+    // one sent before the elder has taken the live socket back.
     let failed: Vec<_> = samples.iter().filter(|s| s.error.is_some()).collect();
-    let first = failed.iter().map(|s| s.sent).min();
-    let last = failed.iter().map(|s| s.sent + s.latency).max();
-    let window = match (first, last) {
-        (Some(first), Some(last)) => last.duration_since(first),
-        _ => Duration::ZERO,
-    };
     eprintln!(
-        "    {} of {} requests failed around the successor's death, within {} ms",
+        "    {} of {} requests failed around the successor's death",
         failed.len(),
-        samples.len(),
-        window.as_millis()
+        samples.len()
     );
-    assert!(
-        window <= Duration::from_millis(500),
-        "failures spread over {window:?}: {failed:?}"
-    );
-    assert!(
-        failed.iter().all(|s| s.sent < answered),
-        "a request failed after the elder reclaimed the live socket"
-    );
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(samples.len() >= 1_000, "only {} requests", samples.len());
     let during = crate::load::overlapping(&samples, asked, answered).len();
     assert!(during >= 3, "only {during} requests overlapped the upgrade");
     let after: Vec<_> = samples.iter().filter(|s| s.sent >= answered).collect();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Env, Suite, docker, eventually};
+use crate::harness::{Env, FAULT_VERSION, Suite, docker, eventually};
 
 /// Upgrades the instance on `from` to `version` and waits until its
 /// successor, on the other port, has finished taking over.
@@ -176,24 +176,62 @@ pub async fn daemon_errors_while_the_successor_watches_its_elder_do_not_make_it_
 }
 
 pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_started(suite: Arc<Suite>) {
-    let env = suite.live_env(&[], "1.0.0").await;
+    // nginx is stopped during the upgrade: the successor pauses after it
+    // has published its sockets (a fault switch of the test image), and
+    // nginx stops then, before the upgrade answers.
+    let faulty = suite.faults_image();
+    let env = suite.live_env(&[("FAULT_TAKEOVER_PAUSE_MS", "3000")], "1.0.0").await;
     let [a, b] = env.ports;
-    docker(&["stop", &env.nginx]);
-    let health: Value = env.get_json(&env.direct(a, "/health")).await;
-    assert_eq!(health["status"], "ok", "{health}");
-    assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
-    suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.upgrade(a, None).await;
+    suite.publish(&faulty, &env.repository, "latest");
+    let upgrade = {
+        let http = env.http.clone();
+        let url = env.direct(a, "/upgrade");
+        tokio::spawn(async move {
+            let r = http.post(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    eventually(
+        "the successor to take the live socket",
+        Duration::from_secs(30),
+        || async {
+            let r = env.http.get(env.direct(b, "/handover")).send().await.ok()?;
+            let phase: Value = r.json().await.ok()?;
+            (phase["step"] == "confirming through the live socket").then_some(())
+        },
+    )
+    .await;
+    let nginx = env.nginx.clone();
+    tokio::task::spawn_blocking(move || docker(&["stop", &nginx]))
+        .await
+        .unwrap();
+    assert!(!upgrade.is_finished(), "the upgrade answered before nginx stopped");
+    let (status, body) = upgrade.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "upgraded", "{body}");
+    assert_eq!(body["to"], FAULT_VERSION, "{body}");
     env.wait_takeover_done(b).await;
     env.wait_single_container().await;
     assert_eq!(env.live_port(), Some(b));
+    let health: Value = env.get_json(&env.direct(b, "/health")).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
     docker(&["start", &env.nginx]);
-    env.wait_public_version("1.1.0").await;
-    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+    env.wait_public_version(FAULT_VERSION).await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some((FAULT_VERSION.into(), b)));
     let health: Value = env.get_json(&env.direct(b, "/health")).await;
     assert_eq!(health["proxy"], "running", "{health}");
+
+    // Not up yet (after a reboot): stopped before the next upgrade.
+    docker(&["stop", &env.nginx]);
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = env.upgrade(b, Some("=1.1.0")).await;
+    assert_eq!(status, 200, "{body}");
+    env.wait_takeover_done(a).await;
+    env.wait_single_container().await;
+    assert_eq!(env.live_port(), Some(a));
+    docker(&["start", &env.nginx]);
+    env.wait_public_version("1.1.0").await;
 }
 
 pub async fn an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgraded(suite: Arc<Suite>) {

@@ -46,8 +46,9 @@ fn parse(raw: &[u8]) -> Vec<Ev> {
         Some(end) => &text[..end + 2],
         None => "",
     };
-    selfup::cli::http::SseReader::new(whole.as_bytes())
-        .map(Result::unwrap)
+    selfup::cli::sse::Decoder::default()
+        .push(whole.as_bytes())
+        .into_iter()
         .map(|e| Ev {
             id: e.id.and_then(|i| i.parse().ok()),
             name: e.event,

@@ -97,24 +97,35 @@ pub async fn nginx_refuses_control_endpoints_and_a_token_guards_upgrade(suite: A
     let env = suite
         .live_env(&[("SELFUP_UPGRADE_TOKEN", "s3cret-token")], "1.0.0")
         .await;
-    for path in [
+    // Every control path, GET and POST alike (and with a query, or a path
+    // below it): nginx answers 403 itself.
+    let paths = [
         "/upgrade",
         "/upgrade/2",
+        "/upgrade?dry_run=true",
         "/handover",
         "/status",
         "/rollback",
+        "/promote",
         "/events",
         "/metrics",
-    ] {
-        let r = env.http.post(env.public(path)).send().await.unwrap();
-        assert_eq!(r.status(), 403, "{path} through nginx");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert!(
-            body["error"]
-                .as_str()
-                .unwrap()
-                .contains("not reachable through the proxy")
-        );
+        "/update",
+        "/update/web/2",
+        "/hooks/registry",
+    ];
+    for path in paths {
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let r = env.http.request(method.clone(), env.public(path)).send().await.unwrap();
+            assert_eq!(r.status(), 403, "{method} {path} through nginx");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not reachable through the proxy"),
+                "{method} {path}: {body}"
+            );
+        }
     }
     // The public /health tells the status only; the direct loopback one names the container.
     let r = env.http.get(env.public("/health")).send().await.unwrap();

@@ -21,6 +21,12 @@ pub(crate) struct Listener {
 
 impl Listener {
     pub(crate) async fn start() -> Listener {
+        Listener::start_answering("200 OK").await
+    }
+
+    /// A listener that keeps what it receives and answers every POST with
+    /// `status` (`503 Service Unavailable`: an endpoint that fails).
+    pub(crate) async fn start_answering(status: &'static str) -> Listener {
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/notify", socket.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -32,9 +38,8 @@ impl Listener {
                     if let Some(body) = read_request(&mut stream).await {
                         keep.lock().unwrap().push(body);
                     }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
+                    let head = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = stream.write_all(head.as_bytes()).await;
                 });
             }
         });
@@ -52,6 +57,82 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A container's log followed from its start until it is gone (`docker logs
+/// -f` into a file), so that an elder's last lines can be read after its
+/// successor removed it. The follower ends with this value.
+pub(crate) struct FollowedLog {
+    path: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl FollowedLog {
+    pub(crate) fn start(container: &str, path: std::path::PathBuf) -> FollowedLog {
+        let file = std::fs::File::create(&path).unwrap();
+        let child = std::process::Command::new("docker")
+            .args(["logs", "-f", container])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        FollowedLog { path, child }
+    }
+
+    pub(crate) fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for FollowedLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds since the epoch, as the watch's metric counts them.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `selfup_watch_last_check_timestamp_seconds` of the instance at `url`'s
+/// `/metrics`: when its watch last looked at the registry.
+async fn last_watch_check(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+    let text = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("selfup_watch_last_check_timestamp_seconds ")?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
+    })
+}
+
+/// Waits until the wall clock's second is past the watch's last look, so
+/// that a look stamped at or after `now_secs()` from then on is a new one.
+async fn past_the_last_watch_check(http: &reqwest::Client, metrics_url: &str) {
+    eventually(
+        "a second past the watch's last look",
+        Duration::from_secs(10),
+        || async {
+            let last = last_watch_check(http, metrics_url).await.unwrap_or(0);
+            (now_secs() > last).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the watch has looked at the registry at or after `since`
+/// (seconds since the epoch).
+async fn a_watch_check_since(http: &reqwest::Client, metrics_url: &str, since: u64) {
+    eventually("the watch to look after the hook", Duration::from_secs(30), || async {
+        (last_watch_check(http, metrics_url).await? >= since).then_some(())
+    })
+    .await
 }
 
 /// One HTTP request's JSON body (by its Content-Length).
@@ -126,9 +207,11 @@ pub async fn a_dry_run_answers_what_an_upgrade_would_do_and_changes_nothing(suit
 
 pub async fn a_tag_pushed_while_watching_is_upgraded_to_without_any_request_and_reported(suite: Arc<Suite>) {
     let listener = Listener::start().await;
-    // A second endpoint nothing listens on: it must change nothing.
+    // An endpoint nothing listens on, and one that answers 503: they must
+    // change nothing; each is tried 3 times, and the failure is logged.
     let dead = format!("http://127.0.0.1:{}/gone", free_port());
-    let urls = format!(r#"["{dead}", "{}"]"#, listener.url);
+    let failing = Listener::start_answering("503 Service Unavailable").await;
+    let urls = format!(r#"["{dead}", "{}", "{}"]"#, failing.url, listener.url);
     let env = suite
         .live_env(
             &[
@@ -139,11 +222,40 @@ pub async fn a_tag_pushed_while_watching_is_upgraded_to_without_any_request_and_
             "1.0.0",
         )
         .await;
+    // The elder reports the upgrade: its log is read after it is gone.
+    let elder = env.container_on(env.ports[0]).unwrap();
+    let elder_log = FollowedLog::start(&elder, env.path().join("elder.log"));
     // No registry notification reaches this instance: the poll finds the tag.
     suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
     let port = env.wait_public_version("1.1.0").await;
     assert_eq!(port, env.ports[1]);
     env.wait_single_container().await;
+    // Tried 3 times (after 0.5 s and 2 s more), then logged, by the elder,
+    // before it exits (it waits for its reports, at most 5 s).
+    let upgraded = || {
+        failing
+            .with_outcome("upgraded")
+            .into_iter()
+            .filter(|e| e["to"] == "1.1.0")
+            .count()
+    };
+    eventually("3 tries of the failing endpoint", Duration::from_secs(20), || async {
+        (upgraded() >= 3).then_some(())
+    })
+    .await;
+    eventually("the elder to exit", Duration::from_secs(30), || async {
+        (!crate::harness::exists(&elder)).then_some(())
+    })
+    .await;
+    assert_eq!(upgraded(), 3, "the failing endpoint was tried {} times", upgraded());
+    let log = elder_log.text();
+    for url in [&dead, &failing.url] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("a notification was not delivered") && l.contains(url.as_str()))
+            .unwrap_or_else(|| panic!("the elder did not log the failure of {url}:\n{log}"));
+        assert!(line.contains("attempts=3") || line.contains("\"attempts\":3"), "{line}");
+    }
     let reported = eventually("the upgrade's notification", Duration::from_secs(20), || async {
         listener.with_outcome("upgraded").into_iter().next()
     })
@@ -356,17 +468,32 @@ pub async fn a_push_to_the_registry_upgrades_through_its_notification_without_an
     assert_eq!(status, 403, "the public side refuses the hook");
     let (status, body) = post(deploy.clone(), Some("wrong-token-0123456789".into()), empty()).await;
     assert_eq!(status, 401, "{body}");
-    // A duplicate, and a late one for an older tag, are one more look each.
+    // Something newer is in the registry, outside the policy (`1`): 9.0.0,
+    // an image that exits at once. Its own notification, a duplicate, a
+    // late one for an older tag and one naming 9.0.0 are one more look
+    // each, and the look resolves the policy itself: 1.0.0 stays.
+    registry.push(&suite.image("fixtures", "crash"), &repository, FAULT_VERSION);
+    let metrics = env.direct(env.ports[0], "/metrics");
+    past_the_last_watch_check(&env.http, &metrics).await;
     let stale = serde_json::json!({"events": [
         {"action": "push", "target": {"repository": repository, "tag": "1.0.0"}},
         {"action": "push", "target": {"repository": repository, "tag": "0.9.0"}},
+        {"action": "push", "target": {"repository": repository, "tag": FAULT_VERSION}},
     ]});
     for _ in 0..2 {
+        let posted = now_secs();
         let (status, body) = post(deploy.clone(), Some(token.clone()), stale.clone()).await;
         assert_eq!(status, 202, "{body}");
-        assert_eq!(body["pushes"], 2, "{body}");
+        assert_eq!(body["pushes"], 3, "{body}");
         assert_eq!(body["checking"], true, "{body}");
+        // Judged after the watch has looked, not at once.
+        a_watch_check_since(&env.http, &metrics, posted).await;
+        past_the_last_watch_check(&env.http, &metrics).await;
     }
+    assert!(
+        env.status(env.ports[0]).await["history"].as_array().unwrap().is_empty(),
+        "a stale or foreign notification started an upgrade"
+    );
     let (status, body) = post(deploy.clone(), Some(token.clone()), serde_json::json!({"nothing": 1})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(env.selfup_containers().len(), 1);
@@ -563,12 +690,25 @@ pub async fn a_registry_push_notification_updates_a_labelled_companion_container
             .json(&body)
             .send()
     };
-    // A push to another repository wakes the watch, which leaves the app alone.
+    // A push to another repository wakes the watch, which leaves the app
+    // alone, although 1.1.0 of the app's own repository is there: judged
+    // once the watch has looked, not at once.
+    let metrics = w.url("/metrics");
+    past_the_last_watch_check(&w.suite.http, &metrics).await;
+    let posted = now_secs();
     let other = hook("someone/else").await.unwrap();
     assert_eq!(other.status(), 202);
     let answer: Value = other.json().await.unwrap();
     assert_eq!(answer["checking_containers"], true, "{answer}");
+    a_watch_check_since(&w.suite.http, &metrics, posted).await;
+    assert!(
+        w.logs()
+            .lines()
+            .any(|l| l.contains("woken by the registry hook") && l.contains("someone/else")),
+        "the hook did not wake the container watch"
+    );
     assert_eq!(image_of(&app), old);
+    assert!(running(&app), "the app no longer runs");
 
     let pushed = std::time::Instant::now();
     let answer: Value = hook(&repository).await.unwrap().json().await.unwrap();
@@ -582,4 +722,114 @@ pub async fn a_registry_push_notification_updates_a_labelled_companion_container
         "    hook of the push to the app running 1.1.0: {} ms",
         pushed.elapsed().as_millis()
     );
+}
+
+pub async fn only_the_live_instance_watches_and_an_elder_that_hands_over_stops_watching(suite: Arc<Suite>) {
+    let env = suite
+        .live_env(&[("SELFUP_WATCH", "1"), ("SELFUP_WATCH_INTERVAL_SECS", "1")], "1.0.0")
+        .await;
+    let [a, b] = env.ports;
+    let elder = env.container_on(a).unwrap();
+    let elder_log = FollowedLog::start(&elder, env.path().join("elder.log"));
+    suite.publish(&suite.image("selfup", "1.1.0"), &env.repository, "1.1.0");
+    env.wait_public_version("1.1.0").await;
+    let successor = env.wait_single_container().await;
+    env.wait_takeover_done(b).await;
+    eventually("the elder to exit", Duration::from_secs(30), || async {
+        (!crate::harness::exists(&elder)).then_some(())
+    })
+    .await;
+
+    // The elder: one upgrade by its watch, then its loop stops; it never
+    // looks again, though its watch turned every second.
+    let log = elder_log.text();
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| l.contains(what));
+    let upgrading = lines.iter().filter(|l| l.contains("watch: upgrading")).count();
+    assert_eq!(upgrading, 1, "the elder's watch started {upgrading} upgrades:\n{log}");
+    let upgraded =
+        at("watch: upgraded; the successor watches").unwrap_or_else(|| panic!("no upgrade by the watch:\n{log}"));
+    let stopped = at("watch: stopped").unwrap_or_else(|| panic!("the elder's watch did not stop:\n{log}"));
+    assert!(upgraded < stopped, "{log}");
+    let after: Vec<_> = lines[upgraded + 1..]
+        .iter()
+        .filter(|l| l.contains("watch:") && !l.contains("watch: stopped"))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "the elder's watch went on after the handover: {after:?}"
+    );
+
+    // The successor: its loop starts once it is the live one, not before.
+    let log = crate::harness::docker(&["logs", &successor]);
+    let lines: Vec<&str> = log.lines().collect();
+    let live = lines
+        .iter()
+        .position(|l| l.contains("this instance is the live one"))
+        .unwrap_or_else(|| panic!("the successor never took over:\n{log}"));
+    let watching = lines
+        .iter()
+        .position(|l| l.contains("watching the registry"))
+        .unwrap_or_else(|| panic!("the successor does not watch:\n{log}"));
+    assert!(live < watching, "the successor watched before it was live:\n{log}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("watching the registry")).count(),
+        1,
+        "{log}"
+    );
+}
+
+pub async fn an_elder_waits_at_most_five_seconds_for_a_report_that_hangs(suite: Arc<Suite>) {
+    // An endpoint that takes every POST and never answers: each try waits
+    // out its 5 s timeout, three tries 17.5 s in all.
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hang", socket.local_addr().unwrap());
+    let first = Arc::new(Mutex::new(None::<std::time::Instant>));
+    let seen = first.clone();
+    let hang = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = socket.accept().await {
+            seen.lock().unwrap().get_or_insert_with(std::time::Instant::now);
+            held.push(stream);
+        }
+    });
+    let _abort = AbortOnDrop(hang);
+    let urls = format!(r#"["{url}"]"#);
+    let env = suite.live_env(&[("SELFUP_NOTIFY_URLS", &urls)], "1.0.0").await;
+    let [a, b] = env.ports;
+    let elder = env.container_on(a).unwrap();
+    suite.release(&env.repository, "1.1.0");
+    let (status, body) = env.upgrade(a, None).await;
+    assert_eq!(status, 200, "{body}");
+    env.wait_takeover_done(b).await;
+    let reported = eventually("the report to reach the endpoint", Duration::from_secs(10), || async {
+        *first.lock().unwrap()
+    })
+    .await;
+    eventually("the elder to exit", Duration::from_secs(60), || async {
+        (!crate::harness::exists(&elder)).then_some(())
+    })
+    .await;
+    let took = reported.elapsed();
+    eprintln!(
+        "    the elder was gone {} ms after its report went out",
+        took.as_millis()
+    );
+    // Its linger (4.5 s), then at most 5 s for the report, and the
+    // successor's removal: well short of the 17.5 s the tries would take.
+    let bound = crate::harness::LINGER + Duration::from_secs(5) + Duration::from_secs(3);
+    assert!(
+        took <= bound,
+        "the elder was gone {took:?} after its report, more than {bound:?}"
+    );
+    env.wait_public_version("1.1.0").await;
+}
+
+/// Aborts a background task when the test ends, even on failure.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

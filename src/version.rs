@@ -156,6 +156,14 @@ pub fn decide(running: &Version, target: &Version, requirement: &Requirement) ->
     }
 }
 
+/// The `watch` setting as a requirement: `latest`, or `/upgrade/<req>`'s syntax.
+pub fn policy(text: &str) -> Result<Requirement, RequirementError> {
+    match text {
+        "latest" => Ok(Requirement::Latest),
+        other => Requirement::parse(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,10 +12,10 @@ use std::collections::HashSet;
 
 use semver::Version;
 
+use super::PREVIOUS_IMAGE_LABEL;
 use crate::config::Settings;
 use crate::docker::Engine;
-use crate::handover::PREVIOUS_IMAGE_LABEL;
-use crate::recreate::version::{VERSION_LABEL, tag_version};
+use crate::version::{VERSION_LABEL, tag_version};
 
 /// One local image of this service's repository.
 #[derive(Debug, Clone, PartialEq, Eq)]

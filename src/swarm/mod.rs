@@ -2,25 +2,25 @@
 //! service, an upgrade is a service update that Swarm rolls out, one task
 //! at a time, start-first, and rolls back on its own when a new task fails.
 //!
-//! Where an upgrade lands is the [`Backend`](super::Backend), detected from
+//! Where an upgrade lands is the backend (`handover::Backend`), detected from
 //! this container's own labels (`com.docker.swarm.service.id`). Everything
 //! around the landing is shared with the host handover: the single-flight
 //! lock, the version resolution and the decision, the history, the events,
 //! `/status`. The [`SwarmService`] is the Swarm implementation of
 //! [`UpgradeBackend`], in the order an upgrade takes its operations:
 //!
-//! 1. `deploy`: [`Orchestrator::swarm_deploy`] sends the service's spec
+//! 1. `deploy`: [`SwarmService::update_to`] sends the service's spec
 //!    with the image pinned by digest (`repo@sha256:…`) and an update
 //!    policy that rolls back on failure ([`rollout_spec`]), with the
 //!    registry's credentials.
-//! 2. `follow`: [`Orchestrator::swarm_follow`] polls the service's
+//! 2. `follow`: [`SwarmService::follow_update`] polls the service's
 //!    `UpdateStatus` until Swarm says `completed`, `rollback_completed` or
 //!    paused, and [`answer`] makes that the outcome.
-//! 3. `roll_back`: [`Orchestrator::swarm_rollback`], Swarm's own rollback
+//! 3. `roll_back`: [`SwarmService::roll_back_spec`], Swarm's own rollback
 //!    to the spec before the last update (`POST /rollback`); after a
 //!    rolled-back update, whose spec Swarm's rollback would go to, a deploy
 //!    of the image the labels record instead ([`rollback_plan`]).
-//! 4. `status`: [`Orchestrator::swarm_tasks`], every running task with its
+//! 4. `status`: [`SwarmService::tasks`], every running task with its
 //!    version, for `/status` (and each answer).
 //!
 //! The answer comes from the task that received the request, although
@@ -41,11 +41,12 @@ use bollard::models::{
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::backend::{BackendStatus, Next, Pinned, SwarmStatus, UpgradeBackend};
-use super::elder::Flight;
-use super::{Orchestrator, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, UpgradeError, UpgradeOutcome};
 use crate::docker::DockerError;
-use crate::events::Event;
+use crate::events::{Event, Logged};
+use crate::recreate::upgrade::{
+    BackendStatus, Deps, Flight, Next, PREVIOUS_IMAGE_LABEL, PREVIOUS_VERSION_LABEL, Pinned, SwarmStatus, SwarmTimings,
+    TaskVersion, UpgradeBackend, UpgradeError, UpgradeOutcome,
+};
 use crate::registry::credentials::RegistryAuth;
 use crate::state::{Rejected, UpgradeStep, now_secs};
 
@@ -80,32 +81,6 @@ pub struct SwarmService {
     pub name: String,
     /// This task's id.
     pub task: Option<String>,
-}
-
-/// One running task of the service, as the answer and `/status` list it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TaskVersion {
-    /// The task id, 12 characters.
-    pub task: String,
-    pub slot: Option<i64>,
-    /// The node id, 12 characters.
-    pub node: String,
-    /// Swarm's state of the task: `running`, `starting`, ...
-    pub state: String,
-    /// The image the task's spec names.
-    pub image: String,
-    /// That image's version label, where this node has the image.
-    pub version: Option<String>,
-}
-
-/// Milliseconds spent in each step of a Swarm upgrade.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SwarmTimings {
-    pub resolve_ms: u128,
-    pub pull_ms: u128,
-    /// From the service update to the end Swarm reports.
-    pub update_ms: u128,
-    pub total_ms: u128,
 }
 
 /// How a followed update ended.
@@ -357,12 +332,7 @@ impl UpgradeBackend for SwarmService {
 
     /// The service's spec names the image by digest, which every node
     /// pulls the very image that was checked by, and Swarm rolls it out.
-    async fn deploy(
-        &self,
-        o: &Orchestrator,
-        flight: &Flight<'_>,
-        target: Pinned,
-    ) -> Result<Next<Update>, UpgradeError> {
+    async fn deploy(&self, o: &Deps, flight: &Flight<'_>, target: Pinned) -> Result<Next<Update>, UpgradeError> {
         let Pinned {
             fetched,
             version,
@@ -377,7 +347,7 @@ impl UpgradeBackend for SwarmService {
         })?;
         flight.step(UpgradeStep::UpdatingTheService);
         let sent = Instant::now();
-        let Some(before) = o.swarm_deploy(self, &pinned, fetched.auth.as_ref()).await? else {
+        let Some(before) = self.update_to(o, &pinned, fetched.auth.as_ref()).await? else {
             return Ok(Next::AlreadyThere {
                 message: format!("the service {} already runs {pinned}: nothing to do", self.name),
                 version: to,
@@ -403,30 +373,27 @@ impl UpgradeBackend for SwarmService {
     /// version. A version Swarm rolled back is refused to `:latest` (and
     /// the watch policy) until it is named exactly, as after a bake's
     /// rollback.
-    async fn follow(
-        &self,
-        o: &Orchestrator,
-        flight: &Flight<'_>,
-        progress: Update,
-    ) -> Result<UpgradeOutcome, UpgradeError> {
+    async fn follow(&self, o: &Deps, flight: &Flight<'_>, progress: Update) -> Result<UpgradeOutcome, UpgradeError> {
         let Update {
             before,
             sent,
             mut timings,
             kind,
         } = progress;
-        let mut rollout = o.swarm_follow(self, before).await?;
+        let mut rollout = self.follow_update(o, before).await?;
         timings.update_ms = sent.elapsed().as_millis();
         timings.total_ms = flight.started.elapsed().as_millis();
-        let tasks = o.swarm_tasks(self, &kind.known()).await;
+        let tasks = self.tasks(o, &kind.known()).await;
         if let UpdateKind::Upgrade { to, image, .. } = &kind
             && rollout.state == ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED
         {
-            if let Some(failure) = o.swarm_failure(self, image).await {
+            if let Some(failure) = self.failure(o, image).await {
                 rollout.reason = format!("{} ({failure})", rollout.reason);
             }
             o.shared.reject(Rejected {
                 version: to.clone(),
+                // `image` is pinned by digest: `repository@sha256:…`.
+                digest: image.rsplit_once('@').map(|(_, digest)| digest.to_string()),
                 reason: rollout.reason.clone(),
                 at: now_secs(),
             });
@@ -438,7 +405,7 @@ impl UpgradeBackend for SwarmService {
     /// when that update completed; after a rolled-back update (whose spec
     /// is Swarm's previous one), an update to the image the labels record
     /// ([`rollback_plan`]).
-    async fn roll_back(&self, o: &Orchestrator, flight: &Flight<'_>) -> Result<Next<Update>, UpgradeError> {
+    async fn roll_back(&self, o: &Deps, flight: &Flight<'_>) -> Result<Next<Update>, UpgradeError> {
         let current = o
             .engine
             .inspect_service(&self.id)
@@ -451,12 +418,12 @@ impl UpgradeBackend for SwarmService {
         let sent = Instant::now();
         let (before, previous, note) = match plan {
             RollbackPlan::Swarm => {
-                let (before, previous) = o.swarm_rollback(self).await?;
+                let (before, previous) = self.roll_back_spec(o).await?;
                 (before, previous, None)
             }
             RollbackPlan::Deploy { image, version } => {
                 let auth = o.registry_auth().await?;
-                let Some(before) = o.swarm_deploy(self, &image, auth.as_ref()).await? else {
+                let Some(before) = self.update_to(o, &image, auth.as_ref()).await? else {
                     return Ok(Next::AlreadyThere {
                         message: format!("the service {} already runs {image}: nothing to do", self.name),
                         version,
@@ -477,8 +444,8 @@ impl UpgradeBackend for SwarmService {
     }
 
     /// The service, this task, and every task Swarm wants running.
-    async fn status(&self, o: &Orchestrator) -> BackendStatus {
-        let tasks = o.swarm_tasks(self, &[]).await;
+    async fn status(&self, o: &Deps) -> BackendStatus {
+        let tasks = self.tasks(o, &[]).await;
         BackendStatus {
             swarm: Some(SwarmStatus {
                 service: self.name.clone(),
@@ -489,23 +456,23 @@ impl UpgradeBackend for SwarmService {
     }
 }
 
-impl Orchestrator {
+impl SwarmService {
     /// Sends the service's spec with `image` (pinned by digest) and the
     /// rollout policy ([`rollout_spec`]); `from_version` is what runs now.
     /// Returns the start time of the update before this one, to tell the
     /// new update's status from the old one's. `None` for the image: the
     /// spec already names it, and no update starts.
-    pub async fn swarm_deploy(
+    pub async fn update_to(
         &self,
-        service: &SwarmService,
+        deps: &Deps,
         image: &str,
         auth: Option<&RegistryAuth>,
     ) -> Result<Option<Option<String>>, UpgradeError> {
-        let current = self
+        let current = deps
             .engine
-            .inspect_service(&service.id)
+            .inspect_service(&self.id)
             .await
-            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", self.name)))?;
         // Another task's upgrade (or an operator's `docker service update`)
         // is rolling: one at a time, as on the host.
         if let Some(status) = &current.update_status
@@ -525,11 +492,11 @@ impl Orchestrator {
         }
         let version = current.version.and_then(|v| v.index).unwrap_or(0);
         let before = current.update_status.and_then(|s| s.started_at);
-        let spec = rollout_spec(spec, image, Some((&running, &self.version.to_string())));
-        let warnings = self
+        let spec = rollout_spec(spec, image, Some((&running, &deps.version.to_string())));
+        let warnings = deps
             .engine
             .update_service(
-                &service.id,
+                &self.id,
                 spec,
                 i32::try_from(version).unwrap_or(i32::MAX),
                 None,
@@ -538,7 +505,7 @@ impl Orchestrator {
             .await
             .map_err(UpgradeError::docker(format!(
                 "updating the service {} to {image}",
-                service.name
+                self.name
             )))?;
         for warning in warnings {
             tracing::warn!(%warning, "the service update");
@@ -547,17 +514,17 @@ impl Orchestrator {
     }
 
     /// Asks Swarm to go back to the service's spec before its last update.
-    /// Returns what [`Orchestrator::swarm_deploy`] does: the last update's
+    /// Returns what [`SwarmService::update_to`] does: the last update's
     /// start, and the previous (image, version) the labels name, if any.
-    pub async fn swarm_rollback(
+    pub async fn roll_back_spec(
         &self,
-        service: &SwarmService,
+        deps: &Deps,
     ) -> Result<(Option<String>, Option<(String, String)>), UpgradeError> {
-        let current = self
+        let current = deps
             .engine
-            .inspect_service(&service.id)
+            .inspect_service(&self.id)
             .await
-            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", self.name)))?;
         let spec = current.spec.unwrap_or_default();
         let labels = spec.labels.clone().unwrap_or_default();
         let previous = labels
@@ -566,9 +533,9 @@ impl Orchestrator {
             .zip(labels.get(PREVIOUS_VERSION_LABEL).cloned());
         let version = current.version.and_then(|v| v.index).unwrap_or(0);
         let before = current.update_status.and_then(|s| s.started_at);
-        self.engine
+        deps.engine
             .update_service(
-                &service.id,
+                &self.id,
                 spec,
                 i32::try_from(version).unwrap_or(i32::MAX),
                 Some("previous"),
@@ -577,31 +544,31 @@ impl Orchestrator {
             .await
             .map_err(|e| match e {
                 DockerError::Call { message, .. } if message.contains("previous") => UpgradeError::NoPrevious,
-                other => UpgradeError::docker(format!("rolling the service {} back", service.name))(other),
+                other => UpgradeError::docker(format!("rolling the service {} back", self.name))(other),
             })?;
         Ok((before, previous))
     }
 
     /// The (image, version) the service's labels say ran before its last
     /// update: where Swarm's rollback goes.
-    pub async fn swarm_previous(&self, service: &SwarmService) -> Result<Option<(String, String)>, UpgradeError> {
-        let current = self
+    pub async fn previous(&self, deps: &Deps) -> Result<Option<(String, String)>, UpgradeError> {
+        let current = deps
             .engine
-            .inspect_service(&service.id)
+            .inspect_service(&self.id)
             .await
-            .map_err(UpgradeError::docker(format!("inspecting the service {}", service.name)))?;
+            .map_err(UpgradeError::docker(format!("inspecting the service {}", self.name)))?;
         Ok(recorded_previous(current.spec.as_ref()))
     }
 
     /// Follows the update that started after `before` until Swarm says it
     /// is over, emitting each new message of Swarm's as a step.
-    pub async fn swarm_follow(&self, service: &SwarmService, before: Option<String>) -> Result<Rollout, UpgradeError> {
+    pub async fn follow_update(&self, deps: &Deps, before: Option<String>) -> Result<Rollout, UpgradeError> {
         let started = Instant::now();
         let mut seen = String::new();
         let mut reason = None;
         let mut failures = 0;
         loop {
-            match self.engine.inspect_service(&service.id).await {
+            match deps.engine.inspect_service(&self.id).await {
                 Ok(current) => {
                     failures = 0;
                     let status = current.update_status.filter(|s| s.started_at != before);
@@ -611,8 +578,8 @@ impl Orchestrator {
                         let said = format!("{state}: {message}");
                         if said != seen {
                             tracing::info!(%state, %message, "the service update");
-                            self.shared.events.emit(Event::UpgradeStep {
-                                step: format!("swarm {said}"),
+                            deps.shared.events.emit(Event::UpgradeStep {
+                                step: Logged::Other(format!("swarm {said}")),
                             });
                             seen = said;
                         }
@@ -635,10 +602,9 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "reading the service update");
                 }
                 Err(e) => {
-                    return Err(UpgradeError::docker(format!(
-                        "following the update of {}",
-                        service.name
-                    ))(e));
+                    return Err(UpgradeError::docker(format!("following the update of {}", self.name))(
+                        e,
+                    ));
                 }
             }
             if started.elapsed() >= FOLLOW_DEADLINE {
@@ -654,8 +620,8 @@ impl Orchestrator {
     /// Every task Swarm wants running, with its image's version where this
     /// node has the image; `known` adds versions the caller already knows
     /// (image, version).
-    pub async fn swarm_tasks(&self, service: &SwarmService, known: &[(&str, &str)]) -> Vec<TaskVersion> {
-        let tasks = match self.engine.service_tasks(&service.id).await {
+    pub async fn tasks(&self, deps: &Deps, known: &[(&str, &str)]) -> Vec<TaskVersion> {
+        let tasks = match deps.engine.service_tasks(&self.id).await {
             Ok(tasks) => tasks,
             Err(e) => {
                 tracing::warn!(error = %e, "listing the service's tasks");
@@ -681,8 +647,8 @@ impl Orchestrator {
             if !versions.contains_key(&image) {
                 let mut version = None;
                 for reference in lookups(&image) {
-                    if let Ok(inspect) = self.engine.inspect_image(&reference).await {
-                        version = crate::recreate::version::version_label(&inspect).map(str::to_string);
+                    if let Ok(inspect) = deps.engine.inspect_image(&reference).await {
+                        version = crate::version::version_label(&inspect).map(str::to_string);
                         break;
                     }
                 }
@@ -708,8 +674,8 @@ impl Orchestrator {
 
     /// Why the tasks of `image` failed, as Swarm recorded it: the first
     /// failed task's error, if one is recorded.
-    pub async fn swarm_failure(&self, service: &SwarmService, image: &str) -> Option<String> {
-        let tasks = self.engine.service_tasks(&service.id).await.ok()?;
+    pub async fn failure(&self, deps: &Deps, image: &str) -> Option<String> {
+        let tasks = deps.engine.service_tasks(&self.id).await.ok()?;
         tasks.into_iter().find_map(|task| {
             let runs = task.spec.as_ref()?.container_spec.as_ref()?.image.as_deref() == Some(image);
             let status = task.status?;
@@ -851,7 +817,7 @@ mod tests {
             pinned_ref("127.0.0.1:5000/selfup", &image).as_deref(),
             Some("127.0.0.1:5000/selfup@sha256:bbb")
         );
-        assert_eq!(pinned_ref("127.0.0.1:5000/self", &image), None);
+        assert_eq!(pinned_ref("127.0.0.1:5000/service", &image), None);
         assert_eq!(pinned_ref("x", &bollard::models::ImageInspect::default()), None);
     }
 

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+mod states;
+pub use states::*;
+
 /// How many events the log keeps at most (in memory, or in the file before
 /// it is cut to the newest half).
 pub const MAX_EVENTS: usize = 1000;
@@ -40,9 +43,9 @@ pub const HEALTH_EVERY: Duration = Duration::from_millis(250);
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// An upgrade (or rollback) was accepted by the live instance.
-    UpgradeStarted { requested: String, from: String },
+    UpgradeStarted { requested: Requested, from: String },
     /// The elder's step: resolving, pulling, starting the successor, health-checking, waiting for the takeover.
-    UpgradeStep { step: String },
+    UpgradeStep { step: Logged<UpgradeStep> },
     /// Bytes of the pull downloaded so far, over every layer that has to be downloaded.
     PullProgress {
         image: String,
@@ -62,11 +65,11 @@ pub enum Event {
         container: Option<String>,
     },
     /// The successor's phase: waiting for the go-ahead, each takeover step, done or failed.
-    Takeover { phase: String },
+    Takeover { phase: Logged<TakeoverPhase> },
     /// The upgrade is over; `outcome` is `upgraded`, `already_there` or `failed`.
     UpgradeFinished {
-        outcome: String,
-        requested: String,
+        outcome: Logged<Outcome>,
+        requested: Requested,
         to: Option<String>,
         error: Option<String>,
         /// u64, not u128: a flattened, tagged enum cannot read a u128 back.
@@ -84,7 +87,7 @@ pub enum Event {
     /// The bake is over: `promoted` (the successor stays) or `rolled_back`
     /// (the elder took the traffic back), and why.
     BakeEnded {
-        outcome: String,
+        outcome: BakeOutcome,
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         container: Option<String>,
@@ -100,11 +103,14 @@ pub enum Event {
     /// A companion update's step: resolving, pulling, renaming the old
     /// container aside, creating, starting, health-checking the new one,
     /// retiring the old one, or rolling back.
-    UpdateStep { container: String, step: String },
+    UpdateStep {
+        container: String,
+        step: Logged<UpdateStep>,
+    },
     /// A companion update is over: `updated`, `unchanged`, `failed` or `rolled_back`.
     UpdateFinished {
         container: String,
-        outcome: String,
+        outcome: Logged<UpdateEnd>,
         error: Option<String>,
         #[serde(default)]
         duration_ms: u64,
@@ -574,8 +580,140 @@ mod tests {
         dir
     }
 
+    /// An upgrade step by its name: a known one as its state, any other as it is.
     fn step(s: &str) -> Event {
-        Event::UpgradeStep { step: s.into() }
+        let step = UpgradeStep::from_name(s).map_or(Logged::Other(s.into()), Logged::Known);
+        Event::UpgradeStep { step }
+    }
+
+    #[test]
+    fn steps_and_outcomes_are_written_as_they_display() {
+        for step in [
+            UpgradeStep::Resolving,
+            UpgradeStep::Pulling,
+            UpgradeStep::StartingTheSuccessor,
+            UpgradeStep::HealthChecking,
+            UpgradeStep::WaitingForTakeover,
+            UpgradeStep::Baking,
+            UpgradeStep::UpdatingTheService,
+        ] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        for step in [
+            TakeoverStep::PublishingSockets,
+            TakeoverStep::ConfirmingThroughLiveSocket,
+            TakeoverStep::Baking,
+            TakeoverStep::StoppingTheElder,
+        ] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        for outcome in [Outcome::Upgraded, Outcome::AlreadyThere, Outcome::Failed] {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.to_string());
+        }
+        let phase: TakeoverPhase =
+            serde_json::from_str(r#"{"phase": "running", "step": "stopping the elder"}"#).unwrap();
+        assert_eq!(
+            phase,
+            TakeoverPhase::Running {
+                step: TakeoverStep::StoppingTheElder
+            }
+        );
+        assert_eq!(phase.to_string(), "stopping the elder");
+        assert_eq!(
+            TakeoverPhase::WaitingForGo.to_string(),
+            "waiting for the elder's go-ahead"
+        );
+    }
+
+    #[test]
+    fn lines_written_when_states_were_strings_read_as_states_and_write_back_the_same() {
+        let head = r#"{"id":1,"time_ms":1,"version":"1.0.0","#;
+        let known = [
+            r#""type":"upgrade_started","requested":"latest","from":"1.0.0"}"#,
+            r#""type":"upgrade_started","requested":"rollback","from":"1.1.0"}"#,
+            r#""type":"upgrade_step","step":"resolving"}"#,
+            r#""type":"upgrade_step","step":"pulling"}"#,
+            r#""type":"upgrade_step","step":"waiting for companion updates"}"#,
+            r#""type":"upgrade_step","step":"starting the successor"}"#,
+            r#""type":"upgrade_step","step":"health-checking the successor"}"#,
+            r#""type":"upgrade_step","step":"waiting for the successor's takeover"}"#,
+            r#""type":"upgrade_step","step":"baking the successor"}"#,
+            r#""type":"upgrade_step","step":"updating the Swarm service"}"#,
+            r#""type":"takeover","phase":"idle"}"#,
+            r#""type":"takeover","phase":"waiting for the elder's go-ahead"}"#,
+            r#""type":"takeover","phase":"publishing the sockets"}"#,
+            r#""type":"takeover","phase":"confirming through the live socket"}"#,
+            r#""type":"takeover","phase":"baking"}"#,
+            r#""type":"takeover","phase":"stopping the elder"}"#,
+            r#""type":"takeover","phase":"done"}"#,
+            r#""type":"takeover","phase":"failed: the live socket answered as 1.0.0"}"#,
+            r#""type":"upgrade_finished","outcome":"upgraded","requested":"=1.4.0","to":"1.4.0","error":null,"duration_ms":5200}"#,
+            r#""type":"upgrade_finished","outcome":"already_there","requested":"latest","to":"1.4.0","error":null,"duration_ms":30}"#,
+            r#""type":"upgrade_finished","outcome":"failed","requested":"rollback","to":null,"error":"no previous version","duration_ms":2}"#,
+            r#""type":"update_step","container":"app","step":"resolving"}"#,
+            r#""type":"update_step","container":"app","step":"pulling"}"#,
+            r#""type":"update_step","container":"app","step":"stopping the old container"}"#,
+            r#""type":"update_step","container":"app","step":"renaming the old container aside"}"#,
+            r#""type":"update_step","container":"app","step":"creating the new container"}"#,
+            r#""type":"update_step","container":"app","step":"starting the new container"}"#,
+            r#""type":"update_step","container":"app","step":"health-checking the new container"}"#,
+            r#""type":"update_step","container":"app","step":"switching the app's socket to the new container"}"#,
+            r#""type":"update_step","container":"app","step":"draining the old container's connections"}"#,
+            r#""type":"update_step","container":"app","step":"baking the new container, the old one kept warm out of rotation"}"#,
+            r#""type":"update_step","container":"app","step":"stopping and removing the old container"}"#,
+            r#""type":"update_step","container":"app","step":"removing the old container"}"#,
+            r#""type":"update_step","container":"app","step":"rolling back"}"#,
+            r#""type":"update_finished","container":"app","outcome":"updated","error":null,"duration_ms":900}"#,
+            r#""type":"update_finished","container":"app","outcome":"unchanged","error":null,"duration_ms":10}"#,
+            r#""type":"update_finished","container":"app","outcome":"failed","error":"no such image","duration_ms":0}"#,
+            r#""type":"update_finished","container":"app","outcome":"rolled_back","error":"it exited","duration_ms":4000}"#,
+        ];
+        // Swarm's words, and the names of another version sharing the file.
+        let other = [
+            r#""type":"upgrade_step","step":"swarm updating: update in progress"}"#,
+            r#""type":"upgrade_step","step":"a step of a later version"}"#,
+            r#""type":"takeover","phase":"a phase of a later version"}"#,
+            r#""type":"upgrade_finished","outcome":"postponed","requested":"2","to":null,"error":null,"duration_ms":1}"#,
+            r#""type":"update_step","container":"app","step":"a step of a later version"}"#,
+            r#""type":"update_finished","container":"app","outcome":"postponed","error":null,"duration_ms":1}"#,
+        ];
+        fn is_known(event: &Event) -> bool {
+            match event {
+                Event::UpgradeStep { step } => matches!(step, Logged::Known(_)),
+                Event::Takeover { phase } => matches!(phase, Logged::Known(_)),
+                Event::UpgradeFinished { outcome, .. } => matches!(outcome, Logged::Known(_)),
+                Event::UpdateStep { step, .. } => matches!(step, Logged::Known(_)),
+                Event::UpdateFinished { outcome, .. } => matches!(outcome, Logged::Known(_)),
+                _ => true,
+            }
+        }
+        for (lines, known) in [(&known[..], true), (&other[..], false)] {
+            for tail in lines {
+                let line = format!("{head}{tail}");
+                let record: Record = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!(is_known(&record.event), known, "{line}");
+                assert_eq!(serde_json::to_string(&record).unwrap(), line);
+            }
+        }
+        let read: Vec<Event> = parse(format!("{head}{}\n{head}{}", known[1], known[17]).as_bytes())
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(
+            read,
+            vec![
+                Event::UpgradeStarted {
+                    requested: Requested::Rollback,
+                    from: "1.1.0".into(),
+                },
+                Event::Takeover {
+                    phase: TakeoverPhase::Failed {
+                        reason: "the live socket answered as 1.0.0".into()
+                    }
+                    .into(),
+                },
+            ]
+        );
     }
 
     #[test]
@@ -589,7 +727,10 @@ mod tests {
         // Both write the same file: the elder's next event follows the successor's.
         assert_eq!(
             successor.emit(Event::Takeover {
-                phase: "publishing the sockets".into()
+                phase: TakeoverPhase::Running {
+                    step: TakeoverStep::PublishingSockets
+                }
+                .into()
             }),
             3
         );
@@ -606,10 +747,11 @@ mod tests {
         let log = EventLog::in_dir(&dir);
         let all = vec![
             Event::UpgradeStarted {
-                requested: "2".into(),
+                requested: Requested::Registry("2".into()),
                 from: "1.0.0".into(),
             },
             step("pulling"),
+            step("swarm updating: update in progress"),
             Event::PullProgress {
                 image: "r/selfup:2.0.0".into(),
                 done: 5,
@@ -622,10 +764,18 @@ mod tests {
                 result: "/health answered 503".into(),
                 container: None,
             },
-            Event::Takeover { phase: "done".into() },
+            Event::Takeover {
+                phase: TakeoverPhase::Done.into(),
+            },
+            Event::Takeover {
+                phase: TakeoverPhase::Failed {
+                    reason: "the elder said no".into(),
+                }
+                .into(),
+            },
             Event::UpgradeFinished {
-                outcome: "failed".into(),
-                requested: "2".into(),
+                outcome: Outcome::Failed.into(),
+                requested: Requested::Rollback,
                 to: None,
                 error: Some("no version".into()),
                 duration_ms: u64::MAX,
@@ -636,7 +786,7 @@ mod tests {
             },
             Event::UpdateStep {
                 container: "app".into(),
-                step: "pulling".into(),
+                step: UpdateStep::Retiring { stopped: true }.into(),
             },
             Event::PullProgress {
                 image: "r/app:2.0.0".into(),
@@ -652,7 +802,7 @@ mod tests {
             },
             Event::UpdateFinished {
                 container: "app".into(),
-                outcome: "rolled_back".into(),
+                outcome: UpdateEnd::RolledBack.into(),
                 error: None,
                 duration_ms: 1200,
             },
@@ -811,7 +961,7 @@ mod tests {
             tokio::task::yield_now().await;
             log.emit(Event::UpdateStep {
                 container: "app".into(),
-                step: "pulling".into(),
+                step: UpdateStep::Pulling.into(),
             });
         })
         .await;
@@ -842,7 +992,7 @@ mod tests {
         let cell = std::sync::Arc::new(std::sync::OnceLock::new());
         marking_start(cell.clone(), async {
             log.emit(Event::UpgradeStarted {
-                requested: "latest".into(),
+                requested: Requested::Registry("latest".into()),
                 from: "1.0.0".into(),
             })
         })
