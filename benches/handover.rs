@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         })
         .max(1);
     let clients = args.get(1).copied().unwrap_or(if swarm_too { 4 } else { 8 }).max(1);
-    let suite = match Suite::start() {
+    let suite = match Suite::start(true) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("bench: {e}");
@@ -314,7 +314,7 @@ async fn unloaded(suite: Arc<Suite>, upgrades: usize) -> Vec<Unloaded> {
 /// the successor's address on the network.
 async fn to_latest(suite: Arc<Suite>, bridge: bool) -> Vec<Unloaded> {
     let env = match bridge {
-        true => suite.bridge_env(&[]),
+        true => suite.bridge_env_with(harness::Config::Fast, &[]),
         false => suite.env(&[]),
     };
     suite.release(&env.repository, "1.0.0");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{APP, AppNetEnv, Request, Suite, docker, eventually, labels, run};
+use crate::harness::{APP, AppNetEnv, Config, Request, Suite, docker, eventually, labels, run};
 
 /// `docker inspect -f {{json <path>}}` of a container, as JSON.
 fn inspect(id: &str, path: &str) -> Value {
@@ -21,10 +21,22 @@ fn published(id: &str) -> Vec<String> {
     docker(&["port", id]).lines().map(str::to_string).collect()
 }
 
+/// The fast variant: the bake off.
 pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container(
     suite: Arc<Suite>,
 ) {
-    let env = suite.bridge_env(&[]);
+    two_upgrades_on_a_bridge_network(suite, Config::Fast).await
+}
+
+/// With what `docker/compose.bridge.yml` ships: each upgrade bakes for 30 s.
+pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container_with_the_shipped_settings(
+    suite: Arc<Suite>,
+) {
+    two_upgrades_on_a_bridge_network(suite, Config::Shipped).await
+}
+
+async fn two_upgrades_on_a_bridge_network(suite: Arc<Suite>, config: Config) {
+    let env = suite.bridge_env_with(config, &[]);
     let [a, b] = env.ports;
     suite.release(&env.repository, "1.0.0");
     env.up("1.0.0").await;
@@ -181,8 +193,21 @@ done
 /busybox touch /done
 "#;
 
+/// With the settings `docker/compose.companion.yml` ships: the elder bakes
+/// its successor for 30 s before it goes.
 pub async fn the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name(suite: Arc<Suite>) {
-    let env = AppNetEnv::start(suite.clone(), "1.0.0").await;
+    companion_self_upgrade(suite, Config::Shipped).await
+}
+
+/// The fast variant: no bake, the elder goes at the switch.
+pub async fn the_companion_upgrades_itself_with_the_bake_off_while_the_app_keeps_reaching_it_by_name(
+    suite: Arc<Suite>,
+) {
+    companion_self_upgrade(suite, Config::Fast).await
+}
+
+async fn companion_self_upgrade(suite: Arc<Suite>, config: Config) {
+    let env = AppNetEnv::start_with(suite.clone(), "1.0.0", config).await;
     let app = env.app();
     let elder = env.companion();
     let door = env.door();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Suite, eventually, labels, repo_root};
+use crate::harness::{Config, Suite, eventually, labels, repo_root};
 
 pub async fn build_refuses_a_version_that_is_not_semver(_suite: Arc<Suite>) {
     for bad in ["1.0", "v1.0.0", "1.0.0.0", "01.0.0", "latest", "1.0.0+build"] {
@@ -33,8 +33,21 @@ pub async fn build_refuses_a_version_that_is_not_semver(_suite: Arc<Suite>) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }
 
+/// The fast variant: the bake off, shorter deadlines.
 pub async fn three_upgrades_toggle_the_port_and_leave_one_compose_container(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
+    three_upgrades(suite, Config::Fast).await
+}
+
+/// With what `docker/compose.yml` ships: each elder bakes its successor
+/// for 30 s before it goes.
+pub async fn three_upgrades_toggle_the_port_and_leave_one_compose_container_with_the_shipped_settings(
+    suite: Arc<Suite>,
+) {
+    three_upgrades(suite, Config::Shipped).await
+}
+
+async fn three_upgrades(suite: Arc<Suite>, config: Config) {
+    let env = suite.env_with(config, &[]);
     let [a, b] = env.ports;
     suite.release(&env.repository, "1.0.0");
     env.up("1.0.0").await;

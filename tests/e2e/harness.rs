@@ -36,12 +36,221 @@ const HEALTHY: &str = r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD 
 const UNHEALTHY: &str =
     r#"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/busybox", "sh", "-c", "echo probe says no; exit 1"]"#;
 
-/// Runs a command, returning stdout; panics with stderr when it fails.
+/// Why a test did not check anything here: what it needs is missing (the
+/// Swarm test on an Engine that is in someone else's swarm). The runner
+/// reports it apart from the passed tests, with its reason, also in CI.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+/// Which settings an environment's selfup runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// What the compose files ship, untouched: the 30 s bake, the default
+    /// health and takeover deadlines. What users get.
+    Shipped,
+    /// The suite's fast variant: no bake (the elder goes at the switch) and
+    /// shorter deadlines, so that a test of something else keeps its speed.
+    Fast,
+}
+
+tokio::task_local! {
+    /// What the test running on this task waits for now (see [`waiting_for`]).
+    static WAITS: Waits;
+}
+
+/// What one test waits for at this moment, shared with the runner: when the
+/// test runs out of time, the runner says what it was waiting for.
+#[derive(Clone, Default)]
+pub struct Waits(
+    Arc<std::sync::Mutex<Vec<(u64, String, Instant)>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl Waits {
+    /// Runs `test` with its waits recorded here.
+    pub async fn scope<F: std::future::Future>(&self, test: F) -> F::Output {
+        WAITS.scope(self.clone(), test).await
+    }
+
+    /// Marks the test as out of time, before the runner cancels it: its
+    /// environments then show their logs as they drop ([`failing`]).
+    pub fn expire(&self) {
+        self.1.store(true, Ordering::SeqCst);
+    }
+
+    /// What the test waits for now, each with how long it has waited;
+    /// `None` when it waits for nothing the harness knows of.
+    pub fn describe(&self) -> Option<String> {
+        let waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (!waits.is_empty()).then(|| {
+            waits
+                .iter()
+                .map(|(_, what, since)| format!("{what} (for {:.1} s)", since.elapsed().as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// Whether the test on this task is failing: it panics, or the runner
+/// cancels it at its time limit (its guards drop within its task-local scope).
+pub fn failing() -> bool {
+    std::thread::panicking() || WAITS.try_with(|w| w.1.load(Ordering::SeqCst)).unwrap_or(false)
+}
+
+/// A wait in progress, recorded until it drops.
+pub struct Waiting(Option<(Waits, u64)>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some((waits, id)) = self.0.take() {
+            waits
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(i, _, _)| *i != id);
+        }
+    }
+}
+
+/// Records that the current test waits for `what` until the guard drops
+/// (nothing outside a test's task, e.g. in `spawn_blocking`).
+pub fn waiting_for(what: impl Into<String>) -> Waiting {
+    static IDS: AtomicUsize = AtomicUsize::new(0);
+    let what = what.into();
+    Waiting(
+        WAITS
+            .try_with(|w| {
+                let id = IDS.fetch_add(1, Ordering::Relaxed) as u64;
+                w.0.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, what, Instant::now()));
+                (w.clone(), id)
+            })
+            .ok(),
+    )
+}
+
+/// How long a `docker` or `docker-compose` command may run (a pull, push or
+/// build gets [`SLOW_DOCKER_LIMIT`]): a hung daemon call fails its test
+/// with the command line instead of holding it until the test's own limit.
+pub const DOCKER_LIMIT: Duration = Duration::from_secs(120);
+/// How long a `docker build`, `push` or `pull` may run.
+pub const SLOW_DOCKER_LIMIT: Duration = Duration::from_secs(300);
+/// How long `build.sh` may run (a release build with LTO takes ~2 min here).
+pub const BUILD_LIMIT: Duration = Duration::from_secs(1200);
+
+/// A command as a person would type it.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The time limit of `cmd`: [`DOCKER_LIMIT`] or [`SLOW_DOCKER_LIMIT`] for
+/// docker and docker-compose, [`BUILD_LIMIT`] for `build.sh`, none otherwise.
+pub fn limit_of(cmd: &Command) -> Option<Duration> {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match program.as_str() {
+        "docker" | "docker-compose" => {
+            let slow = cmd
+                .get_args()
+                .any(|a| ["build", "push", "pull"].contains(&a.to_string_lossy().as_ref()));
+            Some(if slow { SLOW_DOCKER_LIMIT } else { DOCKER_LIMIT })
+        }
+        "build.sh" => Some(BUILD_LIMIT),
+        _ => None,
+    }
+}
+
+/// `cmd.output()` within the command's time limit ([`limit_of`]): past it the
+/// command is killed and the error names its command line and the limit.
+/// Its standard input is closed unless the caller piped it; `input` is
+/// written there first.
+pub fn output_within(cmd: &mut Command, input: Option<&[u8]>) -> std::io::Result<std::process::Output> {
+    let limit = limit_of(cmd);
+    output_limited(cmd, input, limit)
+}
+
+/// [`output_within`] with the limit given.
+pub fn output_limited(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    limit: Option<Duration>,
+) -> std::io::Result<std::process::Output> {
+    let line = command_line(cmd);
+    let _waiting = waiting_for(format!("`{line}`"));
+    let mut child = cmd
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(bytes) = input {
+        write_input(&mut child, bytes);
+    }
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(limit) = limit.filter(|l| start.elapsed() > *l) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("`{line}` did not end within its limit of {limit:?}: killed"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn write_input(child: &mut Child, bytes: &[u8]) {
+    use std::io::Write;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+}
+
+/// Runs a command within its time limit ([`limit_of`]), returning stdout;
+/// panics with the command line and stderr when it fails or runs too long.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = output_within(cmd, None).unwrap_or_else(|e| panic!("running {}: {e}", command_line(cmd)));
     if !out.status.success() {
         panic!(
-            "{cmd:?} failed ({}):\n{}{}",
+            "`{}` failed ({}):\n{}{}",
+            command_line(cmd),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -50,9 +259,21 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs a command and ignores its outcome (cleanup).
+/// Runs a command within its time limit and ignores its outcome (cleanup).
 pub fn run_quietly(cmd: &mut Command) {
-    let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = output_within(cmd, None);
+}
+
+/// Runs a command within its time limit ([`limit_of`]): its output, or an
+/// error that names the command line.
+pub trait Within {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl Within for Command {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output> {
+        output_within(self, None)
+    }
 }
 
 /// What a finished command wrote, its standard output then its errors.
@@ -85,6 +306,7 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     let start = Instant::now();
+    let _waiting = waiting_for(what);
     loop {
         if let Some(v) = check().await {
             return v;
@@ -124,12 +346,128 @@ fn process_start(pid: u32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Takes the lock every run on this machine shares on the Docker Engine
+/// (`selfup-e2e-engine.lock` in the temporary directory): shared by a test
+/// that only uses the Engine, exclusive by one that changes it for every
+/// container on it. `docker swarm init` and `leave` reconfigure the Engine's
+/// networking: for a few seconds every bridge network's connections hang
+/// and its DNS fails ("bad address"), which broke a bake on an app's network
+/// beside another run's Swarm test (docs/networks.md). Held until the file
+/// drops; blocks until it is granted.
+pub fn engine_lock(exclusive: bool) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("selfup-e2e-engine.lock"))?;
+    match exclusive {
+        true => file.lock()?,
+        false => file.lock_shared()?,
+    }
+    Ok(file)
+}
+
+/// The variable every process a run starts carries (set in the runner's
+/// own environment before any thread starts): its run id. A run that dies
+/// leaves its registries behind; the next run finds them by it.
+pub const RUN_VARIABLE: &str = "SELFUP_E2E_RUN";
+
+/// The run id (`<pid>x<start>`) in a name the suite gave something: a
+/// compose project (`selfupe2e<run>t3`), a stack (`selfupe2eswarm<pid>s<start>`,
+/// compose-safe), a scratch directory (`selfup-e2e-registry-<run>`).
+pub fn run_id_in(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = 0;
+    while i < b.len() {
+        let n = digits(i);
+        if n > 0 && i + n < b.len() && matches!(b[i + n], b'x' | b's') {
+            let m = digits(i + n + 1);
+            if m > 0 {
+                return Some(format!("{}x{}", &name[i..i + n], &name[i + n + 1..i + n + 1 + m]));
+            }
+        }
+        i += n.max(1);
+    }
+    None
+}
+
+/// Kills the processes that carry the [`RUN_VARIABLE`] of a run that is no
+/// longer alive: what a killed run started and could not stop (its
+/// registries first of all).
+fn kill_processes_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let marker = format!("{RUN_VARIABLE}=");
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let run = environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix(&marker).map(str::to_string));
+        if let Some(run) = run
+            && !run_is_alive(&run)
+            && pid as u32 != std::process::id()
+        {
+            run_quietly(Command::new("kill").args(["-KILL", &pid.to_string()]));
+        }
+    }
+}
+
+/// The swarm a run's Swarm test made, and the run (its node's label).
+/// Leaves it when that run is dead; the gateway network it made is labelled,
+/// and goes with the other networks.
+fn leave_a_swarm_of_a_dead_run() {
+    if swarm_left_by_a_dead_run() {
+        run_quietly(Command::new("docker").args(["swarm", "leave", "--force"]));
+    }
+}
+
+/// Whether the swarm this Engine is in is one a run's Swarm test made and
+/// could not leave (it was killed): its node carries that run's label.
+pub fn swarm_left_by_a_dead_run() -> bool {
+    let format = format!("{{{{index .Spec.Labels \"{LABEL}\"}}}}");
+    let owner = Command::new("docker")
+        .args(["node", "inspect", "self", "--format", &format])
+        .output_within()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    !owner.is_empty() && owner != "<no value>" && !run_is_alive(&owner)
+}
+
+/// Removes the scratch directories (and files) of dead runs under the
+/// temporary directory: every one the suite makes is named `selfup-e2e-…`
+/// or `selfupe2e…` with the run id in it.
+fn remove_scratch_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("selfup-e2e-") || name.starts_with(PROJECT_PREFIX)) {
+            continue;
+        }
+        if run_id_in(&name).is_some_and(|run| !run_is_alive(&run)) {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
 /// The name of the nginx image built from the recipe in this tree (tagged by
 /// its hash), building it when it is missing.
 fn nginx_image() -> Result<String, String> {
     let out = Command::new(repo_root().join("nginx/build-image.sh"))
         .stderr(Stdio::inherit())
-        .output()
+        .output_within()
         .map_err(|e| format!("running nginx/build-image.sh: {e}"))?;
     if !out.status.success() {
         return Err("nginx/build-image.sh failed (run scripts/setup.sh first)".into());
@@ -155,9 +493,11 @@ pub struct Suite {
 }
 
 impl Suite {
-    /// Starts the registry and builds every image; a missing prerequisite
-    /// (Docker, docker-registry, the nginx image) is a clear error.
-    pub fn start() -> Result<Suite, String> {
+    /// Starts the registry and builds every image (the fault-switch build
+    /// too when `faults_now`; otherwise the first test that asks for it
+    /// builds it); a missing prerequisite (Docker, docker-registry, the
+    /// nginx image) is a clear error.
+    pub fn start(faults_now: bool) -> Result<Suite, String> {
         let run_id = this_run_id();
         Self::remove_leftovers();
         let nginx_image = match std::env::var("SELFUP_NGINX_IMAGE") {
@@ -166,7 +506,7 @@ impl Suite {
         };
         if Command::new("docker")
             .args(["image", "inspect", &nginx_image])
-            .output()
+            .output_within()
             .map(|o| !o.status.success())
             .unwrap_or(true)
         {
@@ -205,7 +545,7 @@ impl Suite {
         suite.build_fault_images()?;
         // Before any test: its build compiles the library once more (with
         // the feature), which must not weigh on tests that run meanwhile.
-        if let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
+        if faults_now && let Err(e) = suite.faults_build.get_or_init(|| suite.build_faults()) {
             return Err(e.clone());
         }
         Ok(suite)
@@ -255,7 +595,7 @@ impl Suite {
             .env("SELFUP_IMAGE", repository)
             .env("SELFUP_IMAGE_LABELS", self.label())
             .env("SELFUP_FEATURES", features)
-            .output()
+            .output_within()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
@@ -300,7 +640,7 @@ impl Suite {
                     &self.image("fixtures", name),
                 ])
                 .arg(&dir)
-                .output()
+                .output_within()
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!(
@@ -337,47 +677,70 @@ impl Suite {
         format!("{LABEL}={}", self.run_id)
     }
 
-    /// Removes what interrupted earlier runs left behind: the containers,
-    /// networks, volumes and images labelled `selfup.e2e` by a run that is no
-    /// longer alive ([`run_is_alive`]). A run going on beside this one is
-    /// left alone.
+    /// Removes what interrupted earlier runs left behind, in the order that
+    /// frees each part: their host processes (registries, and whatever else
+    /// carries their [`RUN_VARIABLE`]), the swarm a dead run's Swarm test
+    /// made, the containers, networks and volumes labelled `selfup.e2e` by a
+    /// dead run or belonging to one of its compose projects or stacks, their
+    /// images, and their scratch directories under the temporary directory.
+    /// A run going on beside this one ([`run_is_alive`]) is left alone.
     pub fn remove_leftovers() {
+        kill_processes_of_dead_runs();
+        leave_a_swarm_of_a_dead_run();
         let listed = |args: &[&str]| {
             Command::new("docker")
                 .args(args)
-                .output()
+                .output_within()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
-        let filter = format!("label={LABEL}");
+        // Who made each object: its `selfup.e2e` label, or the run id in its
+        // compose project's or stack's name.
+        let owners = format!(
+            "{{{{.Label \"{LABEL}\"}}}}\t{{{{.Label \"com.docker.compose.project\"}}}}\t{{{{.Label \"com.docker.stack.namespace\"}}}}"
+        );
+        let dead = |line: &str| -> bool {
+            let mut fields = line.split('\t');
+            let (label, project, stack) = (
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+            );
+            let run = match (label, project, stack) {
+                (label, _, _) if !label.is_empty() => Some(label.to_string()),
+                (_, project, _) if project.starts_with(PROJECT_PREFIX) => run_id_in(project),
+                (_, _, stack) if stack.starts_with(PROJECT_PREFIX) => run_id_in(stack),
+                _ => None,
+            };
+            run.is_some_and(|run| !run_is_alive(&run))
+        };
         // Containers first: they hold the rest.
-        let containers = listed(&["ps", "-aq", "--filter", &filter]);
-        let networks = listed(&["network", "ls", "-q", "--filter", &filter]);
-        let volumes = listed(&["volume", "ls", "-q", "--filter", &filter]);
-        let images = listed(&["image", "ls", "-q", "--no-trunc", "--filter", &filter]);
-        let owner = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
-        let owner_of_set = format!("{{{{index .Labels \"{LABEL}\"}}}}");
-        for (kind, ids, format) in [
-            ("container", containers, &owner),
-            ("network", networks, &owner_of_set),
-            ("volume", volumes, &owner_of_set),
-            ("image", images, &owner),
+        for (kind, list, remove) in [
+            ("container", &["ps", "-a", "--format"][..], &["rm", "-f", "-v"][..]),
+            ("network", &["network", "ls", "--format"], &["network", "rm"]),
+            ("volume", &["volume", "ls", "--format"], &["volume", "rm", "-f"]),
         ] {
-            let mut seen = std::collections::HashSet::new();
-            for id in ids.split_whitespace().filter(|id| seen.insert(id.to_string())) {
-                let run = listed(&[kind, "inspect", "-f", format, id]);
-                if run.trim().is_empty() || run_is_alive(run.trim()) {
+            let id = if kind == "volume" { "{{.Name}}" } else { "{{.ID}}" };
+            let format = format!("{id}\t{owners}");
+            for line in listed(&[list, &[format.as_str()]].concat()).lines() {
+                let Some((id, owners)) = line.split_once('\t') else {
                     continue;
-                }
-                let remove: &[&str] = match kind {
-                    "container" => &["rm", "-f", "-v"],
-                    "network" => &["network", "rm"],
-                    "volume" => &["volume", "rm", "-f"],
-                    _ => &["rmi", "-f"],
                 };
-                run_quietly(Command::new("docker").args(remove).arg(id));
+                if dead(owners) {
+                    run_quietly(Command::new("docker").args(remove).arg(id));
+                }
             }
         }
+        let images = listed(&["image", "ls", "-q", "--no-trunc", "--filter", &format!("label={LABEL}")]);
+        let owner = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
+        let mut seen = std::collections::HashSet::new();
+        for id in images.split_whitespace().filter(|id| seen.insert(id.to_string())) {
+            let run = listed(&["image", "inspect", "-f", &owner, id]);
+            if !run.trim().is_empty() && !run_is_alive(run.trim()) {
+                run_quietly(Command::new("docker").args(["rmi", "-f", id]));
+            }
+        }
+        remove_scratch_of_dead_runs();
     }
 
     /// A fresh environment with selfup `version` released to it and running:
@@ -389,18 +752,27 @@ impl Suite {
         env
     }
 
-    /// A fresh environment: its own compose project, nginx and ports.
+    /// A fresh environment: its own compose project, nginx and ports; the
+    /// fast settings ([`Config::Fast`]) under `extra_env`.
     pub fn env(&self, extra_env: &[(&str, &str)]) -> Env {
+        self.env_with(Config::Fast, extra_env)
+    }
+
+    /// [`Suite::env`] with `config`: [`Config::Shipped`] leaves every setting
+    /// of `docker/compose.yml` as it ships but the ports and nginx's name.
+    pub fn env_with(&self, config: Config, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
-        Env::new(self, n, extra_env, false)
+        Env::new(self, n, extra_env, false, config)
     }
 
     /// A fresh environment from `docker/compose.bridge.yml`: selfup and
     /// nginx on a network of the project's own (labelled, removed on drop),
     /// the live port and nginx's public port published on the host's loopback.
-    pub fn bridge_env(&self, extra_env: &[(&str, &str)]) -> Env {
+    /// With `config`: [`Config::Shipped`] leaves the file's settings as
+    /// they ship but the ports and nginx's name.
+    pub fn bridge_env_with(&self, config: Config, extra_env: &[(&str, &str)]) -> Env {
         let n = self.next_env.fetch_add(1, Ordering::SeqCst);
-        Env::new(self, n, extra_env, true)
+        Env::new(self, n, extra_env, true, config)
     }
 
     /// A fresh companion-mode environment, with the target images built.
@@ -436,7 +808,7 @@ impl Suite {
                 let out = Command::new("docker")
                     .args(["build", "-q", "--label", &suite.label(), "-t", &image])
                     .arg(&dir)
-                    .output()
+                    .output_within()
                     .map_err(|e| e.to_string())?;
                 if !out.status.success() {
                     return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -461,7 +833,7 @@ impl Drop for Suite {
         // Every image the run tagged lives under the run's registry address.
         let images = Command::new("docker")
             .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let prefix = format!("{}/", self.registry);
@@ -493,7 +865,7 @@ pub struct Env {
 }
 
 impl Env {
-    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)], bridge: bool) -> Env {
+    fn new(suite: &Suite, n: usize, extra_env: &[(&str, &str)], bridge: bool, config: Config) -> Env {
         let project = format!("{PROJECT_PREFIX}{}t{n}", suite.run_id);
         let dir = std::env::temp_dir().join(&project);
         std::fs::create_dir_all(&dir).unwrap();
@@ -515,12 +887,16 @@ impl Env {
             ("SELFUP_PORT".into(), a.to_string()),
             ("SELFUP_PORTS".into(), format!("[{a},{b}]")),
             ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
-            ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
-            ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
-            // The bake's own tests set one; the rest keep their speed and
-            // meaning (the elder goes at the switch).
-            ("SELFUP_BAKE_SECS".into(), "0".into()),
         ];
+        if config == Config::Fast {
+            env.extend([
+                ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
+                ("SELFUP_TAKEOVER_DEADLINE_SECS".into(), "20".into()),
+                // The bake's own tests set one; the rest keep their speed and
+                // meaning (the elder goes at the switch).
+                ("SELFUP_BAKE_SECS".into(), "0".into()),
+            ]);
+        }
         for (k, v) in extra_env {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
@@ -727,12 +1103,12 @@ impl Env {
         let mut out = String::new();
         if let Ok(o) = Command::new("docker")
             .args(["logs", "--tail", "20", &self.nginx])
-            .output()
+            .output_within()
         {
             out.push_str(&format!("--- {}\n{}\n", self.nginx, String::from_utf8_lossy(&o.stderr)));
         }
         for id in self.selfup_containers() {
-            let o = Command::new("docker").args(["logs", &id]).output();
+            let o = Command::new("docker").args(["logs", &id]).output_within();
             if let Ok(o) = o {
                 // The access log drowns the handover's own lines.
                 let text = format!(
@@ -772,7 +1148,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             eprintln!("{}", self.logs());
         }
         let ids = Command::new("docker")
@@ -782,7 +1158,7 @@ impl Drop for Env {
                 "--filter",
                 &format!("label=com.docker.compose.project={}", self.project),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for id in ids.split_whitespace() {
@@ -799,7 +1175,7 @@ impl Drop for Env {
                 "--filter",
                 &format!("label=com.docker.compose.project={}", self.project),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for network in networks.split_whitespace() {
@@ -830,7 +1206,7 @@ pub fn inspect(name: &str) -> Value {
 pub fn exists(name: &str) -> bool {
     Command::new("docker")
         .args(["inspect", "-f", "{{.Id}}", name])
-        .output()
+        .output_within()
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
@@ -986,7 +1362,7 @@ fn wait_for_registry(address: &str, status: &str) -> Result<(), String> {
                 "%{http_code}",
                 &format!("http://{address}/v2/"),
             ])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         if answered == status {
@@ -1196,7 +1572,7 @@ impl CompanionEnv {
     pub fn logs(&self) -> String {
         Command::new("docker")
             .args(["logs", &self.companion])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
             .unwrap_or_default()
     }
@@ -1238,7 +1614,7 @@ impl CompanionEnv {
 
 impl Drop for CompanionEnv {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             let log = self.logs();
             let lines: Vec<&str> = log.lines().filter(|l| !l.contains("middleware::logger")).collect();
             eprintln!(
@@ -1249,7 +1625,7 @@ impl Drop for CompanionEnv {
         }
         let ids = Command::new("docker")
             .args(["ps", "-aq", "--filter", &format!("label=selfup.e2e.test={}", self.test)])
-            .output()
+            .output_within()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for id in ids.split_whitespace() {
@@ -1329,6 +1705,12 @@ impl AppNetEnv {
     /// Releases selfup `version` to a repository of its own and starts the
     /// project; returns once the companion answers the app by name.
     pub async fn start(suite: Arc<Suite>, version: &str) -> AppNetEnv {
+        Self::start_with(suite, version, Config::Fast).await
+    }
+
+    /// [`AppNetEnv::start`] with `config`: [`Config::Shipped`] leaves every
+    /// setting of `docker/compose.companion.yml` as it ships (the bake too).
+    pub async fn start_with(suite: Arc<Suite>, version: &str, config: Config) -> AppNetEnv {
         suite.companion_images();
         let n = suite.next_env.fetch_add(1, Ordering::SeqCst);
         let project = format!("{PROJECT_PREFIX}{}a{n}", suite.run_id);
@@ -1337,10 +1719,16 @@ impl AppNetEnv {
         std::fs::write(dir.join("docker-config.json"), "{}\n").unwrap();
         let run = &suite.run_id;
         let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
-        // No bake, as in `Suite::env`: the elder goes at the switch (the
-        // bake's own tests set one).
+        // Fast: no bake, as in `Suite::env`, the elder goes at the switch
+        // (the bake's own tests set one). Shipped: the file's settings.
+        let environment = match config {
+            Config::Fast => {
+                "    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n"
+            }
+            Config::Shipped => "",
+        };
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\nnetworks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
+            "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}{environment}networks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
         );
         std::fs::write(dir.join("override.yml"), override_yml).unwrap();
         let env = AppNetEnv {
@@ -1424,28 +1812,19 @@ impl AppNetEnv {
     /// answer came within 90 s.
     pub fn ask_from_app_at(&self, (target, port): (&str, u16), request: &Request) -> Option<(u16, String)> {
         let request = request.to_string();
-        let out = Command::new("docker")
-            .args([
-                "exec",
-                "-i",
-                &self.app(),
-                "/busybox",
-                "nc",
-                "-w",
-                "90",
-                target,
-                &port.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(request.as_bytes())?;
-                child.wait_with_output()
-            })
-            .ok()?;
+        let mut ask = Command::new("docker");
+        ask.args([
+            "exec",
+            "-i",
+            &self.app(),
+            "/busybox",
+            "nc",
+            "-w",
+            "90",
+            target,
+            &port.to_string(),
+        ]);
+        let out = output_within(&mut ask, Some(request.as_bytes())).ok()?;
         parse_http(&String::from_utf8_lossy(&out.stdout))
     }
 
@@ -1467,7 +1846,7 @@ impl AppNetEnv {
     pub fn resolve_from_app(&self, name: &str) -> Vec<String> {
         let out = Command::new("docker")
             .args(["exec", &self.app(), "/busybox", "nslookup", name, "127.0.0.11"])
-            .output()
+            .output_within()
             .unwrap();
         let text = output_text(&out);
         // busybox prints the server first ("Server: 127.0.0.11", then an
@@ -1563,9 +1942,12 @@ impl AppNetEnv {
 impl Drop for AppNetEnv {
     fn drop(&mut self) {
         let ids = self.all_containers();
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
+        if failing() || std::env::var("TEST_LOG").is_ok() {
             for id in &ids {
-                if let Ok(o) = Command::new("docker").args(["logs", "--tail", "40", id]).output() {
+                if let Ok(o) = Command::new("docker")
+                    .args(["logs", "--tail", "40", id])
+                    .output_within()
+                {
                     eprintln!("--- {id}\n{}", output_text(&o));
                 }
             }
@@ -1577,7 +1959,7 @@ impl Drop for AppNetEnv {
         for kind in ["network", "volume"] {
             let listed = Command::new("docker")
                 .args([kind, "ls", "-q", "--filter", &project])
-                .output()
+                .output_within()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             for name in listed.split_whitespace() {

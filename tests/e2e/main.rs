@@ -10,9 +10,21 @@
 //! `cargo test --test e2e -- NAME...` runs the tests whose name contains any
 //! NAME, `--skip NAME` leaves some out, `--exact` matches whole names, `--list`
 //! prints the selection, `--fail-fast` stops at the first failure,
-//! `--test-threads N` runs N at once (1: one after the other); the other
+//! `--test-threads N` runs N at once (1: one after the other), `--quick`
+//! only the quick tier ([`runner::QUICK`], `scripts/test.sh quick`); the other
 //! libtest flags (`--nocapture`, `--quiet`, `--format F`, ...) are accepted
 //! and change nothing, and an unknown flag is an error.
+//!
+//! Each test ends passed, failed or skipped: a test that cannot run here
+//! returns [`runner::Skip`] with its reason, printed with its result and
+//! again before the closing line, which is `N passed, N failed, N skipped`
+//! alone on its line (CI reads it; with `CI=true` each skip is also a
+//! warning annotation). Each test has a time limit ([`runner::time_limit`]):
+//! past it, it fails with what it was waiting for (the harness records its
+//! polls and commands), and every docker command the harness runs has one
+//! of its own ([`harness::DOCKER_LIMIT`]). A run starts by removing what
+//! killed runs left: containers, networks, volumes, images, a swarm,
+//! registry processes and scratch directories ([`Suite::remove_leftovers`]).
 //!
 //! A filter or skip that selects no e2e test fails the run before anything is
 //! built, with a message saying so. `cargo test -- NAME` (and
@@ -57,7 +69,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harness::Suite;
-use runner::Args;
+use runner::{Args, Verdict};
 
 /// How many tests run at once unless `--test-threads N` says otherwise: each
 /// has its own compose project, nginx, ports and repository, and most of a
@@ -79,11 +91,21 @@ const ALONE: [&str; 5] = [
     "apps::a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_failed_request",
 ];
 
-type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A test: its future ends with the reason it skipped, if it did
+/// ([`runner::Outcome`]); a panic fails it.
+/// Tests that change the Docker Engine for every container on it (a swarm
+/// init and leave reconfigures its networking: every bridge network's
+/// connections hang for seconds): they hold the machine's Engine lock alone,
+/// so that no test of any run on the machine runs beside them
+/// ([`harness::engine_lock`]); every other test holds it shared.
+const ENGINE_WIDE: [&str; 1] =
+    ["swarm::a_two_replica_service_upgrades_under_load_without_a_failed_request_and_swarm_rolls_back_a_failing_image"];
+
+type Test = fn(Arc<Suite>) -> Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 macro_rules! tests {
     ($($module:ident :: $name:ident),* $(,)?) => {
-        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|s| Box::pin($module::$name(s))) as Test)),*]
+        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|s| Box::pin(async move { runner::Outcome::skipped($module::$name(s).await) })) as Test)),*]
     };
 }
 
@@ -91,11 +113,13 @@ fn main() -> ExitCode {
     let all: Vec<(&str, Test)> = tests![
         cycle::build_refuses_a_version_that_is_not_semver,
         cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container,
+        cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container_with_the_shipped_settings,
         cycle::upgrading_to_the_running_version_does_nothing,
         cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving,
         cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving,
         proxy::stopping_nginx_lets_a_request_in_flight_finish,
         traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades,
+        traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades_with_the_shipped_settings,
         switch::eight_keep_alive_clients_see_no_failure_across_five_upgrades,
         switch::a_slow_public_post_gets_its_answer_while_upgrades_run_in_their_usual_time,
         switch::a_foreign_listener_on_the_idle_port_or_in_the_socket_directory_receives_nothing,
@@ -175,8 +199,10 @@ fn main() -> ExitCode {
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
+        bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container_with_the_shipped_settings,
         bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
         bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,
+        bridge::the_companion_upgrades_itself_with_the_bake_off_while_the_app_keeps_reaching_it_by_name,
         watching::a_companion_update_streams_every_step_in_order_with_its_pull_progress_and_its_rollback,
         unattended::a_labelled_companion_container_follows_its_policy_and_a_tag_outside_it_is_left_alone,
         unattended::a_registry_push_notification_updates_a_labelled_companion_container_at_once,
@@ -209,6 +235,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if let Some(n) = args.repeat {
+        selected = selected.iter().flat_map(|t| std::iter::repeat_n(*t, n)).collect();
+    }
     if args.list {
         for (name, _) in &selected {
             println!("{name}: test");
@@ -217,10 +246,14 @@ fn main() -> ExitCode {
     }
     if selected.is_empty() {
         // `--ignored`: the suite has no ignored tests.
-        println!("0 passed, 0 failed");
+        println!("{}", runner::summary(0, 0, 0));
         return ExitCode::SUCCESS;
     }
 
+    // Every process the run starts carries its id: a later run kills what
+    // this one leaves if it is killed (`Suite::remove_leftovers`).
+    // SAFETY: no other thread runs yet; the runtime is built below.
+    unsafe { std::env::set_var(harness::RUN_VARIABLE, harness::this_run_id()) };
     let jobs = args.jobs.unwrap_or(DEFAULT_JOBS);
     // Tests make blocking calls (docker, docker-compose) from async code; with
     // several tests at once, spare workers keep the load generators running.
@@ -230,7 +263,9 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
     let started = Instant::now();
-    let suite = match Suite::start() {
+    // The quick tier's tests need no fault switch: its build (a whole
+    // compile of the library with LTO) is left out.
+    let suite = match Suite::start(!args.quick) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("e2e: the suite could not start: {e}");
@@ -242,29 +277,49 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64(),
         selected.len()
     );
-    let (passed, failed) = runtime.block_on(run_all(suite.clone(), selected, jobs, args.fail_fast));
+    let verdicts = runtime.block_on(run_all(suite.clone(), selected, jobs, args.fail_fast));
     drop(runtime);
     drop(suite);
     eprintln!("e2e: {:.1}s in all", started.elapsed().as_secs_f64());
-    for name in &failed {
-        println!("failed: {name}");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, verdict) in &verdicts {
+        match verdict {
+            Verdict::Passed => passed += 1,
+            Verdict::Skipped(reason) => {
+                skipped += 1;
+                println!("skipped: {name}: {reason}");
+            }
+            Verdict::Failed(_) => {
+                failed += 1;
+                println!("failed: {name}");
+            }
+        }
     }
-    println!("{passed} passed, {} failed", failed.len());
-    if failed.is_empty() {
+    if skipped > 0 && std::env::var("CI").is_ok_and(|v| v == "true") {
+        // A CI log's reader sees the skips apart from the passes.
+        for (name, verdict) in &verdicts {
+            if let Verdict::Skipped(reason) = verdict {
+                println!("::warning title=e2e test skipped::{name}: {reason}");
+            }
+        }
+    }
+    println!("{}", runner::summary(passed, failed, skipped));
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-/// Runs `selected` in order, `jobs` at a time; prints each result as it
-/// ends. With `fail_fast`, no test starts after a failure.
+/// Runs `selected` in order, `jobs` at a time, each within its time limit
+/// ([`runner::time_limit`]); prints each result as it ends, and returns them
+/// in the order they ended. With `fail_fast`, no test starts after a failure.
 async fn run_all(
     suite: Arc<Suite>,
     selected: Vec<(&'static str, Test)>,
     jobs: usize,
     fail_fast: bool,
-) -> (usize, Vec<&'static str>) {
+) -> Vec<(&'static str, Verdict)> {
     let slots = Arc::new(tokio::sync::Semaphore::new(jobs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut running = tokio::task::JoinSet::new();
@@ -283,28 +338,68 @@ async fn run_all(
         let (suite, stop) = (suite.clone(), stop.clone());
         running.spawn(async move {
             let t = Instant::now();
-            let result = tokio::spawn(test(suite)).await;
+            let verdict = run_one(name, test, suite).await;
             let took = t.elapsed().as_secs_f64();
-            match &result {
-                Ok(()) => println!("test {name} ... ok ({took:.1}s)"),
-                Err(e) => {
-                    println!("test {name} ... FAILED ({took:.1}s): {e}");
+            match &verdict {
+                Verdict::Passed => println!("test {name} ... ok ({took:.1}s)"),
+                Verdict::Skipped(reason) => println!("test {name} ... skipped ({took:.1}s): {reason}"),
+                Verdict::Failed(why) => {
+                    println!("test {name} ... FAILED ({took:.1}s): {why}");
                     if fail_fast {
                         stop.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             }
             drop(slot);
-            (name, result.is_ok())
+            (name, verdict)
         });
     }
-    let (mut passed, mut failed) = (0, Vec::new());
+    let mut verdicts = Vec::new();
     while let Some(done) = running.join_next().await {
         match done {
-            Ok((_, true)) => passed += 1,
-            Ok((name, false)) => failed.push(name),
+            Ok(verdict) => verdicts.push(verdict),
             Err(e) => panic!("a test's runner task failed: {e}"),
         }
     }
-    (passed, failed)
+    verdicts
+}
+
+/// Runs one test on a task of its own: a panic fails it, and so does its
+/// time limit, with what it was waiting for then. A test out of time is
+/// cancelled: its environments' guards drop and remove what it made.
+async fn run_one(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
+    let exclusive = ENGINE_WIDE.contains(&name);
+    let engine = match tokio::task::spawn_blocking(move || harness::engine_lock(exclusive)).await {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(e)) => return Verdict::Failed(format!("taking the Engine lock: {e}")),
+        Err(e) => return Verdict::Failed(format!("taking the Engine lock: {e}")),
+    };
+    let verdict = run_within_limit(name, test, suite).await;
+    drop(engine);
+    verdict
+}
+
+/// [`run_one`] once the Engine lock is held.
+async fn run_within_limit(name: &'static str, test: Test, suite: Arc<Suite>) -> Verdict {
+    let waits = harness::Waits::default();
+    let limit = runner::time_limit(name);
+    let scoped = waits.clone();
+    let mut task = tokio::spawn(async move { scoped.scope(test(suite)).await });
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(None)) => Verdict::Passed,
+        Ok(Ok(Some(reason))) => Verdict::Skipped(reason),
+        Ok(Err(e)) => Verdict::Failed(e.to_string()),
+        Err(_) => {
+            let waiting = waits
+                .describe()
+                .unwrap_or_else(|| "nothing the harness records (a check between two waits)".into());
+            waits.expire();
+            task.abort();
+            // The cancelled test's guards clean up as it drops.
+            let _ = task.await;
+            Verdict::Failed(format!(
+                "ran out of its time limit of {limit:?} while waiting for: {waiting}"
+            ))
+        }
+    }
 }

@@ -3,8 +3,79 @@
 
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::harness::Suite;
+use crate::harness::{self, Skip, Suite};
+
+/// What a test function may return: `()` for a test that always runs its
+/// checks, `Result<(), Skip>` for one that may find it cannot.
+pub trait Outcome {
+    /// The reason it was skipped, if it was.
+    fn skipped(self) -> Option<String>;
+}
+
+impl Outcome for () {
+    fn skipped(self) -> Option<String> {
+        None
+    }
+}
+
+impl Outcome for Result<(), Skip> {
+    fn skipped(self) -> Option<String> {
+        self.err().map(|Skip(reason)| reason)
+    }
+}
+
+/// How one test ended.
+#[derive(Debug)]
+pub enum Verdict {
+    Passed,
+    Skipped(String),
+    Failed(String),
+}
+
+/// How long an end-to-end test may run unless [`LONG`] names it: past it
+/// the test fails with what it was waiting for. Most take 10 to 60 s here;
+/// one with the shipped 30 s bake takes about 40 s per upgrade.
+pub const TIME_LIMIT: Duration = Duration::from_secs(300);
+/// The tests with many upgrades, a swarm, or a watch, and their limit.
+pub const LONG: [(&str, Duration); 4] = [
+    ("swarm::", Duration::from_secs(600)),
+    ("switch::eight_keep_alive_clients", Duration::from_secs(600)),
+    ("retention::", Duration::from_secs(600)),
+    ("_with_the_shipped_settings", Duration::from_secs(600)),
+];
+
+/// The time limit of the test `name`; `SELFUP_E2E_TIME_LIMIT_SECS` sets
+/// one for every test (a slower machine, or to see what a test waits for).
+pub fn time_limit(name: &str) -> Duration {
+    if let Some(secs) = std::env::var("SELFUP_E2E_TIME_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    LONG.iter()
+        .find(|(part, _)| name.contains(part))
+        .map_or(TIME_LIMIT, |(_, limit)| *limit)
+}
+
+/// The tests of the quick tier (`scripts/test.sh quick`, or `--quick`): the
+/// core cycle (build, start, three upgrades, one under load, a successor that
+/// fails at once and one that never answers) with the bake off, in under 3
+/// minutes here with the unit tests. The whole suite runs in CI.
+pub const QUICK: [&str; 5] = [
+    "cycle::build_refuses_a_version_that_is_not_semver",
+    "cycle::three_upgrades_toggle_the_port_and_leave_one_compose_container",
+    "cycle::a_successor_that_exits_at_once_is_removed_and_the_elder_keeps_serving",
+    "cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving",
+    "traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades",
+];
+
+/// The closing line, alone on its line: what CI reads.
+pub fn summary(passed: usize, failed: usize, skipped: usize) -> String {
+    format!("{passed} passed, {failed} failed, {skipped} skipped")
+}
 
 /// What the command line asks for.
 #[derive(Debug, Default, PartialEq)]
@@ -23,12 +94,17 @@ pub struct Args {
     pub fail_fast: bool,
     /// `--test-threads N`: how many tests run at once.
     pub jobs: Option<usize>,
+    /// `--quick`: the quick tier's tests ([`QUICK`]) only.
+    pub quick: bool,
+    /// `--repeat N`: each selected test N times (to chase a rare failure).
+    pub repeat: Option<usize>,
     pub help: bool,
 }
 
 /// libtest's flags that take a value, which must not be read as a filter.
-const WITH_VALUE: [&str; 7] = [
+const WITH_VALUE: [&str; 8] = [
     "--test-threads",
+    "--repeat",
     "--skip",
     "--format",
     "--color",
@@ -61,6 +137,8 @@ pub const USAGE: &str = "usage: e2e [OPTIONS] [FILTERS...]
     --exact          filters and --skip match whole names
     --list           print the selected tests' names
     --fail-fast      stop after the first failure
+    --quick          only the quick tier: the core cycle (scripts/test.sh quick)
+    --repeat N       run each selected test N times (to chase a rare failure)
     --test-threads N run N tests at once (default 2)
     libtest's other flags (--nocapture, --quiet, --format F, ...) are accepted
     and change nothing";
@@ -95,6 +173,11 @@ impl Args {
                         Ok(n) if n > 0 => parsed.jobs = Some(n),
                         _ => return Err(format!("--test-threads needs a number above 0, not {value:?}")),
                     }
+                } else if flag == "--repeat" {
+                    match value.parse::<usize>() {
+                        Ok(n) if n > 0 => parsed.repeat = Some(n),
+                        _ => return Err(format!("--repeat needs a number above 0, not {value:?}")),
+                    }
                 }
                 continue;
             }
@@ -106,6 +189,7 @@ impl Args {
                 "--list" => parsed.list = true,
                 "--ignored" => parsed.ignored = true,
                 "--fail-fast" => parsed.fail_fast = true,
+                "--quick" => parsed.quick = true,
                 "-h" | "--help" => parsed.help = true,
                 f if ACCEPTED.contains(&f) => {}
                 f => return Err(format!("unknown option {f}")),
@@ -125,6 +209,7 @@ impl Args {
     /// Whether the test `name` runs.
     pub fn selects(&self, name: &str) -> bool {
         !self.ignored
+            && (!self.quick || QUICK.contains(&name))
             && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
             && !self.skip.iter().any(|s| self.matches(name, s))
     }
@@ -132,8 +217,23 @@ impl Args {
     /// Whether the command line narrows the set at all: then selecting
     /// nothing is an error (a typo must not pass as a green run).
     pub fn narrows(&self) -> bool {
-        !self.filters.is_empty() || !self.skip.is_empty()
+        self.quick || !self.filters.is_empty() || !self.skip.is_empty()
     }
+}
+
+/// Runs this very binary with `vars` and `args`: (exit code, stdout, stderr).
+fn run_self(vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let exe = std::env::current_exe().expect("the runner's own path");
+    let out = Command::new(exe)
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs this very binary with `args` and `--list`: (exit code, names listed, stderr).
@@ -215,6 +315,68 @@ pub async fn the_runner_reads_libtest_flags_and_fails_when_a_filter_selects_noth
         assert_ne!(code, 0, "--test-threads {bad} was accepted");
         assert!(err.contains("--test-threads needs a number above 0"), "{err}");
     }
+
+    // --quick: the quick tier, in the suite's order; a filter narrows it.
+    let (code, names, err) = list(&["--quick"]);
+    assert_eq!(code, 0, "{err}");
+    let mut quick: Vec<String> = QUICK.iter().map(|n| n.to_string()).collect();
+    quick.sort_by_key(|n| all.iter().position(|a| a == n));
+    assert_eq!(names, quick, "every quick test is in the suite, and only they run");
+    let (code, names, _) = list(&["--quick", "traffic::"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        names,
+        vec!["traffic::no_request_is_lost_through_nginx_across_consecutive_upgrades"]
+    );
+    let (code, _, err) = list(&["--quick", "swarm::"]);
+    assert_ne!(code, 0, "a filter outside the quick tier selected something");
+    assert!(err.contains("no e2e test matches"), "{err}");
+
+    // The closing line CI reads, and each test's time limit.
+    assert_eq!(summary(3, 1, 2), "3 passed, 1 failed, 2 skipped");
+    assert_eq!(
+        time_limit("cycle::build_refuses_a_version_that_is_not_semver"),
+        TIME_LIMIT
+    );
+    assert!(time_limit("swarm::a_two_replica_service_upgrades_under_load") > TIME_LIMIT);
+    assert_eq!(
+        harness::limit_of(Command::new("docker").arg("ps")),
+        Some(harness::DOCKER_LIMIT)
+    );
+    assert_eq!(
+        harness::limit_of(Command::new("docker").args(["push", "x"])),
+        Some(harness::SLOW_DOCKER_LIMIT)
+    );
+
+    // A docker command past its limit is killed, and the error says which.
+    let t = std::time::Instant::now();
+    let mut events = Command::new("docker");
+    events.args(["events", "--filter", "type=plugin"]);
+    let err = harness::output_limited(&mut events, None, Some(Duration::from_secs(1))).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "killed after {:?}", t.elapsed());
+    let err = err.to_string();
+    assert!(
+        err.contains("`docker events --filter type=plugin` did not end within its limit of 1s"),
+        "{err}"
+    );
+
+    // A test past its limit fails with what it was waiting for.
+    let (code, out, err) = run_self(
+        &[("SELFUP_E2E_TIME_LIMIT_SECS", "5")],
+        // --quick: the nested suite builds no fault image.
+        &[
+            "--quick",
+            "--exact",
+            "cycle::a_successor_that_never_answers_health_is_removed_and_the_elder_keeps_serving",
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ran out of its time limit of 5s while waiting for: ")
+            && !out.contains("waiting for: nothing the harness records"),
+        "{out}{err}"
+    );
+    assert!(out.lines().last() == Some("0 passed, 1 failed, 0 skipped"), "{out}");
 
     // A flag the runner does not know is refused rather than guessed at.
     let (code, _, err) = list(&["--frobnicate"]);

@@ -4,11 +4,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::Suite;
+use crate::harness::{Config, Suite};
 use crate::load::{Connections, Load, overlapping};
 
+/// The fast variant: the bake off.
 pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades(suite: Arc<Suite>) {
-    let env = suite.env(&[]);
+    consecutive_upgrades_under_load(suite, Config::Fast).await
+}
+
+/// With what `docker/compose.yml` ships: each upgrade bakes for 30 s.
+pub async fn no_request_is_lost_through_nginx_across_consecutive_upgrades_with_the_shipped_settings(suite: Arc<Suite>) {
+    consecutive_upgrades_under_load(suite, Config::Shipped).await
+}
+
+async fn consecutive_upgrades_under_load(suite: Arc<Suite>, config: Config) {
+    let env = suite.env_with(config, &[]);
     for v in ["1.0.0", "1.1.0"] {
         suite.release(&env.repository, v);
     }
