@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 if [ "${1:-}" = quick ]; then
   [ $# -eq 1 ] || { echo "usage: scripts/test.sh quick (no filters: it runs a fixed set)" >&2; exit 2; }
-  cargo test --locked --lib --bins
+  cargo test --locked --lib --bins --test layers
   exec cargo test --locked --test e2e -- --quick
 fi
 cargo test --locked "$@"
