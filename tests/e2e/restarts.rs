@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Env, FAULT_VERSION, Suite, docker, eventually};
+use crate::harness::{Env, Suite, docker, eventually};
 
 /// Upgrades the instance on `from` to `version` and waits until its
 /// successor, on the other port, has finished taking over.
@@ -209,7 +209,8 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     let (status, body) = upgrade.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "upgraded", "{body}");
-    assert_eq!(body["to"], FAULT_VERSION, "{body}");
+    // The fault image is 1.1.0 built with the fault switches.
+    assert_eq!(body["to"], "1.1.0", "{body}");
     env.wait_takeover_done(b).await;
     env.wait_single_container().await;
     assert_eq!(env.live_port(), Some(b));
@@ -217,21 +218,22 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     assert_eq!(health["status"], "ok", "{health}");
     assert!(health["proxy"].as_str().unwrap().starts_with("down: "), "{health}");
     docker(&["start", &env.nginx]);
-    env.wait_public_version(FAULT_VERSION).await;
-    assert_eq!(env.version_at(&env.public("/")).await, Some((FAULT_VERSION.into(), b)));
+    env.wait_public_version("1.1.0").await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
     let health: Value = env.get_json(&env.direct(b, "/health")).await;
     assert_eq!(health["proxy"], "running", "{health}");
 
     // Not up yet (after a reboot): stopped before the next upgrade.
     docker(&["stop", &env.nginx]);
-    suite.release(&env.repository, "1.1.0");
-    let (status, body) = env.upgrade(b, Some("=1.1.0")).await;
+    suite.release(&env.repository, "1.2.0");
+    let (status, body) = env.upgrade(b, Some("=1.2.0")).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], "1.2.0", "{body}");
     env.wait_takeover_done(a).await;
     env.wait_single_container().await;
     assert_eq!(env.live_port(), Some(a));
     docker(&["start", &env.nginx]);
-    env.wait_public_version("1.1.0").await;
+    env.wait_public_version("1.2.0").await;
 }
 
 pub async fn an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgraded(suite: Arc<Suite>) {
