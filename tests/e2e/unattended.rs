@@ -761,7 +761,16 @@ pub async fn only_the_live_instance_watches_and_an_elder_that_hands_over_stops_w
     );
 
     // The successor: its loop starts once it is the live one, not before.
-    let log = crate::harness::docker(&["logs", &successor]);
+    // selfup logs to stderr, which `docker logs` keeps apart.
+    let out = std::process::Command::new("docker")
+        .args(["logs", &successor])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = log.lines().collect();
     let live = lines
         .iter()
