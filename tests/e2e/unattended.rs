@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::companion::inspect;
+use crate::harness::Within;
 use crate::harness::{APP, CompanionEnv, FAULT_VERSION, Suite, eventually, free_port};
 
 /// A webhook endpoint on loopback that keeps every JSON body POSTed to it.
@@ -764,7 +765,7 @@ pub async fn only_the_live_instance_watches_and_an_elder_that_hands_over_stops_w
     // selfup logs to stderr, which `docker logs` keeps apart.
     let out = std::process::Command::new("docker")
         .args(["logs", &successor])
-        .output()
+        .output_within()
         .unwrap();
     let log = format!(
         "{}{}",
