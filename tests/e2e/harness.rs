@@ -1067,12 +1067,14 @@ impl Env {
 
     /// `GET url` as JSON; panics when there is no JSON answer.
     pub async fn get_json(&self, url: &str) -> Value {
+        let _waiting = waiting_for(format!("the answer to GET {url}"));
         let r = self.http.get(url).send().await.expect("an answer");
         r.json().await.expect("a JSON answer")
     }
 
     /// `GET /status` of the instance on `port`.
     pub async fn status(&self, port: u16) -> Value {
+        let _waiting = waiting_for(format!("the answer to GET /status on port {port}"));
         let r = self
             .http
             .get(self.direct(port, "/status"))
@@ -1088,6 +1090,7 @@ impl Env {
             Some(r) => format!("/upgrade/{r}"),
             None => "/upgrade".to_string(),
         };
+        let _waiting = waiting_for(format!("the answer to POST {path} on port {port}"));
         let r = self
             .http
             .post(self.direct(port, &path))
@@ -1542,6 +1545,7 @@ impl CompanionEnv {
 
     /// [`CompanionEnv::post_raw`] to the instance on `port`.
     pub async fn post_raw_at(&self, port: u16, path: &str, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        let _waiting = waiting_for(format!("the answer to POST {path} on port {port}"));
         let mut request = self
             .suite
             .http
@@ -1899,6 +1903,7 @@ impl AppNetEnv {
         path: &str,
     ) -> Result<(u16, Value), String> {
         let url = format!("http://{}:{port}{path}", self.address(id));
+        let _waiting = waiting_for(format!("the answer to {method} {url}"));
         let r = self
             .suite
             .http
