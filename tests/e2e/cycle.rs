@@ -52,15 +52,7 @@ async fn three_upgrades(suite: Arc<Suite>, config: Config) {
     suite.release(&env.repository, "1.0.0");
     env.up("1.0.0").await;
     assert_eq!(env.version_at(&env.direct(a, "/")).await, Some(("1.0.0".into(), a)));
-    let text = env
-        .http
-        .get(env.direct(a, "/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.get_text(&env.direct(a, "/")).await;
     assert_eq!(text, "selfup version 1.0.0\n");
 
     let mut live = a;

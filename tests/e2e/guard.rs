@@ -446,15 +446,7 @@ print(sum(c[0] for c in counts), sum(c[1] for c in counts))
     assert_eq!(bake["outcome"], "promoted", "{body}");
     assert_eq!(bake["answers"], 0, "the bake counted /health answers: {bake}");
     // The successor's pings while the flood ran.
-    let metrics = env
-        .http
-        .get(env.direct(b, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.get_text(&env.direct(b, "/metrics")).await;
     let (out, err) = flood.finish();
     let elapsed = started.elapsed().as_secs();
     let mut counts = out.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));

@@ -1065,6 +1065,13 @@ impl Env {
         answer
     }
 
+    /// `GET url` as text; panics when there is no answer.
+    pub async fn get_text(&self, url: &str) -> String {
+        let _waiting = waiting_for(format!("the answer to GET {url}"));
+        let r = self.http.get(url).send().await.expect("an answer");
+        r.text().await.expect("a text answer")
+    }
+
     /// `GET url` as JSON; panics when there is no JSON answer.
     pub async fn get_json(&self, url: &str) -> Value {
         let _waiting = waiting_for(format!("the answer to GET {url}"));

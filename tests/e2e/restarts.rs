@@ -183,24 +183,7 @@ pub async fn an_upgrade_with_nginx_stopped_completes_and_nginx_serves_it_when_st
     let env = suite.live_env(&[("FAULT_TAKEOVER_PAUSE_MS", "3000")], "1.0.0").await;
     let [a, b] = env.ports;
     suite.publish(&faulty, &env.repository, "latest");
-    let upgrade = {
-        let http = env.http.clone();
-        let url = env.direct(a, "/upgrade");
-        tokio::spawn(async move {
-            let r = http.post(url).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
-    eventually(
-        "the successor to take the live socket",
-        Duration::from_secs(30),
-        || async {
-            let r = env.http.get(env.direct(b, "/handover")).send().await.ok()?;
-            let phase: Value = r.json().await.ok()?;
-            (phase["step"] == "confirming through the live socket").then_some(())
-        },
-    )
-    .await;
+    let upgrade = upgrade_paused_after_the_switch(&env).await;
     let nginx = env.nginx.clone();
     tokio::task::spawn_blocking(move || docker(&["stop", &nginx]))
         .await
@@ -241,9 +224,34 @@ pub async fn an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgra
     // switch of the test image): that is when an operator stops the elder.
     let faulty = suite.faults_image();
     let env = suite.live_env(&[("FAULT_TAKEOVER_PAUSE_MS", "3000")], "1.0.0").await;
-    let [a, b] = env.ports;
+    let b = env.ports[1];
     let elder = env.wait_single_container().await;
     suite.publish(&faulty, &env.repository, "latest");
+    let upgrade = upgrade_paused_after_the_switch(&env).await;
+    let stop = {
+        let elder = elder.clone();
+        tokio::task::spawn_blocking(move || docker(&["stop", "-t", "30", &elder]))
+    };
+    let (status, body) = upgrade.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("asked to stop before its successor") && error.contains("confirming through the live socket"),
+        "{error}"
+    );
+    let _ = stop.await;
+    // The successor was left to finish: one instance of the new version.
+    env.wait_takeover_done(b).await;
+    env.wait_single_container().await;
+    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+}
+
+/// Starts `/upgrade` on the elder (port `a`) and returns once the successor
+/// (on `b`), paused by the test image's fault switch, has taken the live
+/// socket: the window in which something else happens to nginx or the
+/// elder. The task answers with the upgrade's status and body.
+async fn upgrade_paused_after_the_switch(env: &Env) -> tokio::task::JoinHandle<(u16, Value)> {
+    let [a, b] = env.ports;
     let upgrade = {
         let http = env.http.clone();
         let url = env.direct(a, "/upgrade");
@@ -262,20 +270,5 @@ pub async fn an_elder_stopped_by_someone_else_mid_takeover_does_not_answer_upgra
         },
     )
     .await;
-    let stop = {
-        let elder = elder.clone();
-        tokio::task::spawn_blocking(move || docker(&["stop", "-t", "30", &elder]))
-    };
-    let (status, body) = upgrade.await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    let error = body["error"].as_str().unwrap();
-    assert!(
-        error.contains("asked to stop before its successor") && error.contains("confirming through the live socket"),
-        "{error}"
-    );
-    let _ = stop.await;
-    // The successor was left to finish: one instance of the new version.
-    env.wait_takeover_done(b).await;
-    env.wait_single_container().await;
-    assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+    upgrade
 }
