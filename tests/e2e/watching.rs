@@ -412,7 +412,10 @@ pub async fn a_companion_update_streams_every_step_in_order_with_its_pull_progre
         .arg(&dir));
     docker(&["push", "-q", &new]);
     docker(&["rmi", &new]);
-    let app = w.target("app", &["--label", "selfup.enable=true"], &old, true);
+    // The crash image below is of another repository: the label lets the
+    // key move the app there.
+    let lane = format!("selfup.repositories={}/{APP}", suite.registry);
+    let app = w.target("app", &["--label", "selfup.enable=true", "--label", &lane], &old, true);
 
     let update = |path: String, body: Option<Value>| {
         let mut request = w
