@@ -469,7 +469,9 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    // Paused time: the window is measured on the test's clock, not the
+    // machine's, so a slow machine cannot end it early.
+    #[tokio::test(start_paused = true)]
     async fn many_callers_within_the_window_share_one_check_and_a_later_one_checks_again() {
         let recent = std::sync::Arc::new(Recent::<u32>::new(Duration::from_millis(300)));
         let checks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
