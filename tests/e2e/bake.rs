@@ -161,16 +161,7 @@ async fn assert_back_on_the_elder(env: &Env, elder: &str, samples: &[Sample], an
     assert_eq!(status["last_bake"]["outcome"], "rolled_back", "{status}");
     assert_eq!(status["rolled_back_version"]["version"], "1.1.0", "{status}");
     // Remembered: :latest still names it, and is refused until it is named exactly.
-    let (code, body) = env.upgrade(a, None).await;
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["rolled_back_version"], "1.1.0", "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("was rolled back during a bake"),
-        "{body}"
-    );
+    assert_latest_refused_as_rolled_back(env, a, "1.1.0").await;
     let exact = env.get_json(&env.direct(a, "/upgrade/=1.1.0?dry_run=true")).await;
     assert_eq!(exact["decision"], "upgrade", "{exact}");
 }
@@ -536,16 +527,7 @@ pub async fn every_version_rolled_back_during_a_bake_stays_refused_to_latest_unt
 
     // `:latest` is still the crashing release: refused, nothing started.
     let before = env.selfup_containers();
-    let (code, body) = env.upgrade(b, None).await;
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["rolled_back_version"], "1.1.0", "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("was rolled back during a bake"),
-        "{body}"
-    );
+    assert_latest_refused_as_rolled_back(&env, b, "1.1.0").await;
     assert_eq!(env.selfup_containers(), before);
     let dry = env.get_json(&env.direct(b, "/upgrade?dry_run=true")).await;
     assert_eq!(dry["decision"], "refused", "{dry}");
@@ -553,4 +535,19 @@ pub async fn every_version_rolled_back_during_a_bake_stays_refused_to_latest_unt
     let exact = env.get_json(&env.direct(b, "/upgrade/=1.1.0?dry_run=true")).await;
     assert_ne!(exact["decision"], "refused", "{exact}");
     assert_eq!(env.version_at(&env.public("/")).await, Some(("1.1.0".into(), b)));
+}
+
+/// `/upgrade` to `:latest` on `port` is refused with 409, naming `version`
+/// as rolled back during a bake.
+async fn assert_latest_refused_as_rolled_back(env: &Env, port: u16, version: &str) {
+    let (code, body) = env.upgrade(port, None).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["rolled_back_version"], version, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("was rolled back during a bake"),
+        "{body}"
+    );
 }
