@@ -77,7 +77,7 @@ fn app_images(w: &mut CompanionEnv, versions: &[(&str, Flavour)]) -> String {
         run(Command::new("docker")
             .args(["build", "-q", "--label", &w.suite.label(), "-t", &image])
             .arg(&dir));
-        docker(&["push", "-q", &image]);
+        crate::harness::push(&image);
         w.images.push(image);
     }
     repository
@@ -172,49 +172,61 @@ async fn wait_version(http: &reqwest::Client, base: &str, expected: &str) {
     .await;
 }
 
-/// The app container, labelled for blue-green and as compose's service `web`.
-fn app(w: &CompanionEnv, network: &str, image: &str, extra: &[&str]) -> String {
-    let project = format!("selfupe2e{}", w.test);
-    let mut args = vec![
-        "--network",
-        network,
-        "--label",
-        "selfup.enable=true",
-        "--label",
-        "selfup.port=8080",
-        "--label",
-        "selfup.health=/healthz",
-        "--stop-timeout",
-        "5",
+/// The app container: compose's service `web` of this test's project,
+/// started by `docker-compose up -d` from a file of the test's (so its
+/// compose labels are compose's own), labelled for blue-green; `labels` and
+/// `ports` go into the service as given.
+fn app(w: &mut CompanionEnv, network: &str, image: &str, labels: &[&str], ports: &[&str]) -> String {
+    let name = w.name("web");
+    let mut all = vec![
+        "selfup.enable=true".to_string(),
+        "selfup.port=8080".into(),
+        "selfup.health=/healthz".into(),
     ];
-    let compose = [
-        format!("com.docker.compose.project={project}"),
-        "com.docker.compose.service=web".into(),
-        "com.docker.compose.container-number=1".into(),
-        "com.docker.compose.oneoff=False".into(),
-    ];
-    for label in &compose {
-        args.extend(["--label", label]);
+    // The test's own labels: its containers go when it ends, even on failure.
+    all.extend(w.labels().into_iter().filter(|l| l != "--label"));
+    all.extend(labels.iter().map(|l| l.to_string()));
+    // YAML takes a JSON string as it is: no label needs escaping by hand.
+    let list = |items: &[&str]| -> String {
+        items
+            .iter()
+            .map(|i| format!("      - {}\n", serde_json::to_string(i).unwrap()))
+            .collect()
+    };
+    let labels: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut file = String::from("version: \"3.7\"\nservices:\n  web:\n");
+    file += &format!("    image: {image}\n    container_name: {name}\n    stop_grace_period: 5s\n");
+    file += &format!("    networks: [net]\n    labels:\n{}", list(&labels));
+    if !ports.is_empty() {
+        file += &format!("    ports:\n{}", list(ports));
     }
-    args.extend(extra);
-    w.target("web", &args, image, true)
+    file += &format!("networks:\n  net:\n    external: true\n    name: {network}\n");
+    let dir = w.dir("compose");
+    std::fs::write(dir.join("compose.yml"), file).unwrap();
+    compose(w, &["up", "-d", "--no-recreate"]);
+    name
 }
 
-/// The containers of compose's service `web` in this test's project.
+/// docker-compose on this test's app file, as its project.
+fn compose(w: &CompanionEnv, args: &[&str]) -> String {
+    let file = std::env::temp_dir().join(w.name("compose")).join("compose.yml");
+    run(Command::new("docker-compose")
+        .args(["-p", &format!("selfupe2e{}", w.test), "-f"])
+        .arg(&file)
+        .args(args))
+}
+
+/// The containers `docker-compose ps` shows for the service `web`, by name.
 fn service_containers(w: &CompanionEnv) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=com.docker.compose.project=selfupe2e{}", w.test),
-        "--filter",
-        "label=com.docker.compose.service=web",
-        "--format",
-        "{{.Names}}",
-    ])
-    .lines()
-    .map(String::from)
-    .collect()
+    compose(w, &["ps", "-q", "web"])
+        .lines()
+        .map(|id| {
+            docker(&["inspect", "-f", "{{.Name}}", id.trim()])
+                .trim()
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect()
 }
 
 /// A healthy app at `versions` (the first running) behind nginx and the
@@ -224,7 +236,8 @@ pub async fn healthy_app(suite: Arc<Suite>, versions: &[&str]) -> (CompanionEnv,
     let all: Vec<(&str, Flavour)> = versions.iter().map(|v| (*v, Flavour::Healthy)).collect();
     let repository = app_images(&mut w, &all);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, versions[0]), &[]);
+    let image = w.suite.image(&repository, versions[0]);
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &[]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -321,7 +334,8 @@ pub async fn an_app_whose_successor_fails_its_health_check_keeps_the_elder_servi
     let mut w = suite.companion_env();
     let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::NoHealthz)]);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_DEADLINE_SECS=3"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -352,7 +366,8 @@ pub async fn a_published_port_app_whose_successor_cannot_bind_is_refused_and_not
     let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
     let network = w.network("net");
     let published = format!("127.0.0.1:{}:8080", free_port());
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &["-p", &published]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[&published]);
     start(&mut w, &[]).await;
     let elder = inspect(&web);
     let (status, body) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
@@ -388,7 +403,8 @@ pub async fn an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_wa
     let mut w = suite.companion_env();
     let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::Healthy)]);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=4"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -463,7 +479,8 @@ pub async fn an_app_successor_that_turns_sick_during_the_bake_gives_the_traffic_
     let mut w = suite.companion_env();
     let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::SickAfter(5))]);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=30"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -544,7 +561,8 @@ pub async fn an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elde
         ],
     );
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=60"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -633,7 +651,8 @@ pub async fn an_app_successor_that_crashes_during_the_bake_gives_the_traffic_bac
         &[("1.0.0", Flavour::Healthy), ("1.1.0", Flavour::CrashAfter(5))],
     );
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_UPDATE_BAKE_SECS=30"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -707,7 +726,8 @@ pub async fn an_app_started_after_selfup_is_reachable_through_its_socket_at_once
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
-    app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    app(&mut w, &network, &image, &[], &[]);
     wait_version(&http, &public, "1.0.0").await;
     let took = started.elapsed();
     eprintln!(
@@ -729,7 +749,8 @@ pub async fn an_app_started_after_selfup_is_reachable_through_its_socket_at_once
         &w.suite.image(&repository, "1.0.0"),
         true,
     );
-    app(&w, &network, &w.suite.image(&repository, "1.1.0"), &[]);
+    let image = w.suite.image(&repository, "1.1.0");
+    app(&mut w, &network, &image, &[], &[]);
     let second = inspect(&web)["NetworkSettings"]["Networks"][&network]["IPAddress"].clone();
     assert_ne!(first, second, "the recreated app has another address");
     wait_version(&http, &public, "1.1.0").await;
@@ -749,12 +770,8 @@ pub async fn a_watched_app_is_handed_over_blue_green_by_the_watch_without_a_fail
     w.suite.publish(&w.suite.image(&built, "1.0.0"), &repository, "1.0.0");
     w.images.push(w.suite.image(&repository, "1.0.0"));
     let network = w.network("net");
-    let web = app(
-        &w,
-        &network,
-        &w.suite.image(&repository, "1.0.0"),
-        &["--label", "selfup.watch=1"],
-    );
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &["selfup.watch=1"], &[]);
     let sockets = start(&mut w, &["-e", "SELFUP_WATCH_INTERVAL_SECS=1"]).await;
     let public = nginx(&mut w, &sockets, &web);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -796,7 +813,8 @@ pub async fn an_app_keeps_every_request_through_a_self_upgrade_of_selfup_even_on
     let mut w = suite.companion_env();
     let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy)]);
     let network = w.network("net");
-    let web = app(&w, &network, &w.suite.image(&repository, "1.0.0"), &[]);
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
     let allowed = serde_json::to_string(&[&suite.registry]).unwrap();
     // selfup itself, live from compose in companion mode; the apps'
     // sockets in its public directory.

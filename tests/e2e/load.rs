@@ -141,8 +141,18 @@ impl Drop for Load {
     }
 }
 
-/// Asserts that none of `samples` failed; `what` says around what.
+/// The fewest requests a load must have sent for its "0 failed" to say
+/// anything (a load that sent none fails none).
+pub const MIN_REQUESTS: usize = 100;
+
+/// Asserts that none of `samples` failed, and that there were at least
+/// [`MIN_REQUESTS`]; `what` says around what.
 pub fn assert_none_failed(samples: &[Sample], what: &str) {
+    assert!(
+        samples.len() >= MIN_REQUESTS,
+        "only {} requests were sent {what} (at least {MIN_REQUESTS} wanted)",
+        samples.len()
+    );
     let failed: Vec<_> = samples.iter().filter_map(|s| s.error.as_ref()).collect();
     assert!(
         failed.is_empty(),
