@@ -10,11 +10,14 @@
 # adds labels to the image. SELFUP_FEATURES (default none) names cargo features
 # to build with: the end-to-end tests' fault switches ("faults"), never a
 # release. SELFUP_PROFILE (default release, built for size) names the cargo
-# profile; o3 is the larger one it replaced (docs/switch.md). The version is
+# profile; o3 is the larger one it replaced (docs/switch.md), quick the one
+# the quick test tier rebuilds in seconds. The version is
 # written into the built binary's copy, so every version of one source tree is
 # one build. A registry that asks for credentials gets the ones
 # registry/start.sh generated (SELFUP_REGISTRY_AUTH, default
-# /var/lib/selfup-registry/auth), through `docker login`.
+# /var/lib/selfup-registry/auth), through `docker login`. Each pushed image
+# is signed by registry/sign.sh with the key beside those credentials
+# (SELFUP_SIGNING_KEY, made on first use).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -87,9 +90,11 @@ docker build --quiet -f docker/Dockerfile --build-arg "VERSION=$version" "${labe
   "${tag_args[@]}" "$context" >"$context/build.log" 2>&1 \
   || { cat "$context/build.log" >&2; die "docker build failed"; }
 for tag in "${tags[@]}"; do docker push --quiet "$tag" >/dev/null; done
+# Signed (cosign's format) with the operator's key: selfup runs nothing else.
+digest=$(registry/sign.sh "$ref:$version") || die "signing $ref:$version failed; the image is pushed but unsigned"
 size=$(docker image inspect -f '{{.Size}}' "$ref:$version" | numfmt --to=iec)
 if [ ${#tags[@]} -eq 2 ]; then
-  echo "built and pushed $ref:$version and $ref:latest ($size image)"
+  echo "built, pushed and signed $ref:$version and $ref:latest ($size image, $digest)"
 else
-  echo "built and pushed $ref:$version ($size image); a pre-release is never :latest: upgrade to it with /upgrade/=$version"
+  echo "built, pushed and signed $ref:$version ($size image, $digest); a pre-release is never :latest: upgrade to it with /upgrade/=$version"
 fi

@@ -36,6 +36,10 @@ if [ ! -s "$auth/hook_token" ]; then
   (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$auth/hook_token")
   echo "registry: generated the notification token $auth/hook_token"
 fi
+# The key build.sh signs each pushed image with, and its public half that
+# selfup runs only signed images by (verify_key): made once, like the token,
+# so that compose has the public key to mount.
+SELFUP_REGISTRY_AUTH=$auth "$here/sign.sh" --init
 # Where the notifications go: nginx's deploy server (nginx/nginx.conf).
 hook=${REGISTRY_HOOK_URL:-http://127.0.0.1:8081/hooks/registry}
 

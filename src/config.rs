@@ -153,6 +153,27 @@ pub struct Settings {
     /// `registry/start.sh` generates, mounted by compose. A missing or empty
     /// file (or a directory in its place) leaves the hook off.
     pub hook_token_file: PathBuf,
+    /// Which images run: `signed` (only those signed with the key at
+    /// `verify_key`, in cosign's format) or `off` (any image the registry
+    /// serves, which makes whoever can push, or stand in for the registry,
+    /// root on the host).
+    pub verify: Verify,
+    /// The operator's public key (PEM), which `registry/sign.sh` generates
+    /// beside the registry's credentials and compose mounts here.
+    pub verify_key: PathBuf,
+    /// Companion mode: where the keys a container names by its
+    /// `selfup.signing-key` label are, `<dir>/<name>.pub`.
+    pub verify_keys_dir: PathBuf,
+}
+
+/// Which images may run (`verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// Only images signed with the operator's key.
+    Signed,
+    /// Any image: no signature is looked at.
+    Off,
 }
 
 /// What the watch policy does with a newer version.
@@ -209,6 +230,9 @@ impl Default for Settings {
             notify_urls: Vec::new(),
             hook_token: None,
             hook_token_file: PathBuf::from("/etc/selfup/registry/hook_token"),
+            verify: Verify::Signed,
+            verify_key: PathBuf::from("/etc/selfup/cosign.pub"),
+            verify_keys_dir: PathBuf::from("/etc/selfup/keys"),
         }
     }
 }
@@ -225,6 +249,30 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// The signature policy images are checked against before they run.
+    pub fn signature_policy(&self) -> crate::registry::signature::Policy {
+        use crate::registry::signature::Policy;
+        match self.verify {
+            Verify::Signed => Policy::Signed(self.verify_key.clone()),
+            Verify::Off => Policy::Off,
+        }
+    }
+
+    /// The key file a container's `selfup.signing-key` label names, or why
+    /// the name is refused (a name, not a path).
+    pub fn named_key(&self, name: &str) -> Result<PathBuf, String> {
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(format!(
+                "the label selfup.signing-key={name:?} is not a key name (letters, digits, '.', '_', '-'; not starting with '.')"
+            ));
+        }
+        Ok(self.verify_keys_dir.join(format!("{name}.pub")))
+    }
+
     /// Loads defaults, then the TOML file (`SELFUP_CONFIG` or the default path,
     /// if it exists), then the environment, and validates the result.
     pub fn load() -> Result<Settings, ConfigError> {
@@ -827,6 +875,35 @@ mod tests {
                 assert!(err.contains(field), "{key}={value}: {err}");
                 Ok(())
             });
+        }
+    }
+
+    #[test]
+    fn images_must_be_signed_unless_verify_is_off_and_a_label_names_a_key_not_a_path() {
+        use crate::registry::signature::Policy;
+        jailed(|jail| {
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.signature_policy(), Policy::Signed("/etc/selfup/cosign.pub".into()));
+            jail.set_env("SELFUP_VERIFY_KEY", "/keys/ops.pub");
+            assert_eq!(
+                load_in(jail).unwrap().signature_policy(),
+                Policy::Signed("/keys/ops.pub".into())
+            );
+            jail.set_env("SELFUP_VERIFY", "off");
+            assert_eq!(load_in(jail).unwrap().signature_policy(), Policy::Off);
+            jail.set_env("SELFUP_VERIFY", "maybe");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("VERIFY") && err.contains("`signed` or `off`"), "{err}");
+            Ok(())
+        });
+        let s = Settings::default();
+        assert_eq!(
+            s.named_key("team-a").unwrap(),
+            PathBuf::from("/etc/selfup/keys/team-a.pub")
+        );
+        for bad in ["", "../root", "a/b", ".hidden", "x y", &"k".repeat(65)] {
+            let err = s.named_key(bad).unwrap_err();
+            assert!(err.contains("is not a key name"), "{bad}: {err}");
         }
     }
 }

@@ -13,6 +13,10 @@ pub const ENABLE_LABEL: &str = "selfup.enable";
 /// an update: `registry/repository` names, comma-separated.
 pub const REPOSITORIES_LABEL: &str = "selfup.repositories";
 
+/// The key (a name in `verify_keys_dir`) the container's images must be
+/// signed with, instead of the operator's `verify_key`.
+pub const SIGNING_KEY_LABEL: &str = "selfup.signing-key";
+
 /// The container's name without Docker's leading slash.
 pub fn name_of(container: &ContainerInspectResponse) -> String {
     container

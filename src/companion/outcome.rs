@@ -75,6 +75,9 @@ pub enum UpdateError {
     /// The blue-green labels do not say how to reach the app.
     #[error("container {container} cannot be handed over blue-green: {reason}")]
     BadAppLabels { container: String, reason: String },
+    /// The `selfup.signing-key` label names no key.
+    #[error("container {container}: {reason}")]
+    BadKeyLabel { container: String, reason: String },
     /// The way to the image: the registry, the pull, the decision.
     #[error(transparent)]
     Resolve(#[from] ResolveError),

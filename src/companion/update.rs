@@ -16,7 +16,7 @@ use super::Companion;
 use super::admission::Slot;
 use super::app_bake::Baking;
 use super::blue_green::{self, AppFront, AppHandover, AppSpec};
-use super::container::{labels, name_of};
+use super::container::{SIGNING_KEY_LABEL, labels, name_of};
 use super::outcome::{Offer, UpdateError, UpdateOutcome, outcome_of};
 use super::placement::{self, Placement};
 use super::progress::{Progress, Step};
@@ -243,7 +243,7 @@ impl Companion {
         let started = Instant::now();
         let path = self.path(&old)?;
         let old = Old::of(old);
-        let new_image_id = self.pull(progress, &old, &image, auth).await?;
+        let new_image_id = self.pull(progress, &old, &image, auth.as_ref()).await?;
         if new_image_id == old.image_id {
             return Ok(UpdateOutcome::Unchanged {
                 message: format!("container '{}' already runs image '{image}'", old.name),
@@ -371,13 +371,29 @@ impl Companion {
         progress: &Progress<'_>,
         old: &Old,
         image: &ImageRef,
-        auth: Option<RegistryAuth>,
+        auth: Option<&RegistryAuth>,
     ) -> Result<String, UpdateError> {
         tracing::info!(container = %old.name, image = %image, "pulling");
         progress.step(Step::Pulling);
-        let credentials = auth.as_ref().map(RegistryAuth::docker);
+        let credentials = auth.map(RegistryAuth::docker);
         let pulled =
             resolve::pull_reporting(&self.engine, image, credentials, progress.log, Some(progress.container)).await?;
+        // What was pulled runs only if it is signed: with the key the
+        // container's label names, else the operator's.
+        let key = match labels(&old.inspect).get(SIGNING_KEY_LABEL) {
+            Some(name) => Some(
+                self.settings
+                    .named_key(name)
+                    .map_err(|reason| UpdateError::BadKeyLabel {
+                        container: old.name.clone(),
+                        reason,
+                    })?,
+            ),
+            None => None,
+        };
+        let digest = resolve::digest_in(&image.repository(), &pulled);
+        let policy = self.settings.signature_policy();
+        resolve::check_signed(&self.registry, &policy, key.as_deref(), image, digest.as_deref(), auth).await?;
         Ok(pulled.id.unwrap_or_default())
     }
 

@@ -21,6 +21,7 @@
 //! [`crate::swarm`]).
 
 use super::{Backend, Orchestrator};
+use crate::image_ref::ImageRef;
 use crate::recreate::resolve::{self, Go};
 use crate::recreate::upgrade::{
     BackendStatus, Fetched, Flight, Next, Pinned, Target, UpgradeBackend, UpgradeError, UpgradeOutcome,
@@ -101,7 +102,7 @@ impl Orchestrator {
         let started = match target {
             Target::Registry(requirement) => {
                 let fetched = self.fetch(flight, requirement).await?;
-                match self.pin(fetched, requirement)? {
+                match self.pin(fetched, requirement).await? {
                     Next::Go(pinned) => backend.deploy(&self.deps, flight, pinned).await?,
                     Next::AlreadyThere { version, message } => {
                         return Ok(UpgradeOutcome::AlreadyThere { version, message });
@@ -119,8 +120,9 @@ impl Orchestrator {
     /// Decides on a fetched image: its version label must meet
     /// `requirement`, a version rolled back before is refused unless named
     /// exactly, and the decision says whether it is an upgrade, a rollback
-    /// or nothing to do.
-    pub(super) fn pin(&self, fetched: Fetched, requirement: &Requirement) -> Result<Next<Pinned>, UpgradeError> {
+    /// or nothing to do. An image that is to run must be signed with the
+    /// operator's key (`verify`), checked on the digest that was pulled.
+    pub(super) async fn pin(&self, fetched: Fetched, requirement: &Requirement) -> Result<Next<Pinned>, UpgradeError> {
         let version = resolve::labelled_version(&fetched.image, &fetched.inspect, requirement)?;
         let digest = registry_digest(&fetched);
         self.refuse_rejected(&version, digest.as_deref(), requirement)?;
@@ -134,6 +136,21 @@ impl Orchestrator {
             Go::Upgrade => false,
             Go::Rollback => true,
         };
+        let repository = ImageRef::parse(&fetched.repository).map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        let auth = match &fetched.auth {
+            Some(auth) => Some(auth.clone()),
+            None => self.registry_auth().await?,
+        };
+        let policy = self.settings.signature_policy();
+        resolve::check_signed(
+            &self.registry,
+            &policy,
+            None,
+            &repository,
+            digest.as_deref(),
+            auth.as_ref(),
+        )
+        .await?;
         Ok(Next::Go(Pinned {
             fetched,
             version,

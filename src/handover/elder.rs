@@ -368,7 +368,7 @@ impl UpgradeBackend for HostHandover<'_> {
             resolve_ms,
             pull_ms: 0,
         };
-        match o.pin(fetched, &Requirement::Exact(previous.version))? {
+        match o.pin(fetched, &Requirement::Exact(previous.version)).await? {
             Next::Go(pinned) => self.deploy(o, flight, pinned).await,
             Next::AlreadyThere { version, message } => Ok(Next::AlreadyThere { version, message }),
         }

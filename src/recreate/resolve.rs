@@ -13,6 +13,7 @@ use semver::Version;
 use crate::docker::{DockerError, Engine};
 use crate::image_ref::ImageRef;
 use crate::registry::credentials::RegistryAuth;
+use crate::registry::signature::{Policy, SignatureError, TrustedKey};
 use crate::registry::{Registry, RegistryError};
 use crate::version::{self, Decision, Requirement};
 
@@ -46,6 +47,9 @@ pub enum ResolveError {
     },
     #[error("{target} is lower than the running {running}; name it exactly (={target}) to roll back")]
     Lower { running: Version, target: Version },
+    /// The image is not signed with the operator's key (`verify`).
+    #[error("{image}: {source}")]
+    Signature { image: String, source: SignatureError },
 }
 
 impl ResolveError {
@@ -67,6 +71,50 @@ impl ResolveError {
             }
         )
     }
+}
+
+/// The digest a pulled image has in `repository` (`registry/path`), from
+/// the digests the Engine recorded as it pulled: what a signature names.
+pub fn digest_in(repository: &str, image: &ImageInspect) -> Option<String> {
+    let prefix = format!("{repository}@");
+    image
+        .repo_digests
+        .as_ref()?
+        .iter()
+        .find_map(|d| d.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// Passes an image about to run under `policy`: with `Policy::Signed`, one
+/// of its signatures in its repository (cosign's layout) must verify with
+/// the key and name exactly `digest`, the registry digest of what was
+/// pulled. `key` is another key file than the policy's (a companion
+/// container may name its own).
+pub async fn check_signed(
+    registry: &Registry,
+    policy: &Policy,
+    key: Option<&std::path::Path>,
+    image: &ImageRef,
+    digest: Option<&str>,
+    auth: Option<&RegistryAuth>,
+) -> Result<(), ResolveError> {
+    let Policy::Signed(default) = policy else {
+        return Ok(());
+    };
+    let refused = |source| ResolveError::Signature {
+        image: image.to_string(),
+        source,
+    };
+    let started = std::time::Instant::now();
+    let key = TrustedKey::load(key.unwrap_or(default)).map_err(refused)?;
+    let digest = digest.ok_or_else(|| refused(SignatureError::NoDigest("the Engine recorded none for it".into())))?;
+    let signatures = registry
+        .signatures(image.registry_host(), &image.path, digest, auth)
+        .await
+        .map_err(refused)?;
+    key.check(digest, &signatures).map_err(refused)?;
+    tracing::info!(image = %image, digest, ms = started.elapsed().as_millis() as u64, "signature verified");
+    Ok(())
 }
 
 /// [`pick`], then what the registry says of the picked tag's image (digest,

@@ -70,7 +70,7 @@ impl Registry {
 
 impl Session<'_> {
     /// A GET's digest header and bounded body; `None` on a 404.
-    async fn document(
+    pub(super) async fn document(
         &mut self,
         url: &Url,
         accept: Option<&str>,

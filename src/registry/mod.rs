@@ -20,6 +20,7 @@
 
 pub mod credentials;
 pub mod image;
+pub mod signature;
 
 use std::time::{Duration, Instant};
 

@@ -54,7 +54,7 @@ impl ResponseError for CompanionError {
                 | NotATag { .. }
                 | AutoRemove { .. }
                 | NotBeside { .. } => StatusCode::CONFLICT,
-                BadAppLabels { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                BadAppLabels { .. } | BadKeyLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 Resolve(e) => resolve_status(e),
                 e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
                 Credentials { .. } | Docker { .. } | Failed { .. } => StatusCode::BAD_GATEWAY,

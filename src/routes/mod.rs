@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::companion::Companion;
 use crate::handover::Orchestrator;
 use crate::recreate::resolve::ResolveError;
+use crate::registry::signature::SignatureError;
 
 /// What every handler gets.
 #[derive(Debug, Clone)]
@@ -69,6 +70,11 @@ impl AppState {
 pub fn resolve_status(e: &ResolveError) -> StatusCode {
     match e {
         ResolveError::Lower { .. } => StatusCode::CONFLICT,
+        ResolveError::Signature {
+            source: SignatureError::Registry { .. },
+            ..
+        } => StatusCode::BAD_GATEWAY,
+        ResolveError::Signature { .. } => StatusCode::FORBIDDEN,
         ResolveError::NoMatch { .. } => StatusCode::NOT_FOUND,
         e if e.unknown_repository() => StatusCode::NOT_FOUND,
         e if e.docker_unreachable() => StatusCode::SERVICE_UNAVAILABLE,

@@ -323,6 +323,28 @@ mod tests {
         };
         assert_eq!(status(pull(unreachable())), 503);
         assert_eq!(status(pull(refused())), 502);
+        // An image not signed with the operator's key is refused; a registry
+        // that cannot say is the registry's fault.
+        use crate::registry::signature::SignatureError;
+        let signature = |source| {
+            UpgradeError::from(ResolveError::Signature {
+                image: "i".into(),
+                source,
+            })
+        };
+        let unsigned = SignatureError::Unsigned {
+            digest: "sha256:x".into(),
+            tag: "sha256-x.sig".into(),
+        };
+        assert_eq!(status(signature(unsigned)), 403);
+        let unreadable = SignatureError::Registry {
+            digest: "sha256:x".into(),
+            source: RegistryError::Status {
+                url: "u".into(),
+                status: 500,
+            },
+        };
+        assert_eq!(status(signature(unreadable)), 502);
         assert_eq!(status(UpgradeError::docker("inspecting")(unreachable())), 503);
         assert_eq!(status(UpgradeError::docker("inspecting")(refused())), 502);
         let no_label = ResolveError::NoVersion {

@@ -230,13 +230,7 @@ fn lookups(image: &str) -> Vec<String> {
 /// `repository@sha256:…` for a pulled image: its digest in that
 /// repository, which every node pulls the very same image by.
 pub fn pinned_ref(repository: &str, image: &bollard::models::ImageInspect) -> Option<String> {
-    let prefix = format!("{repository}@");
-    image
-        .repo_digests
-        .as_ref()?
-        .iter()
-        .find(|d| d.starts_with(&prefix))
-        .cloned()
+    crate::recreate::resolve::digest_in(repository, image).map(|digest| format!("{repository}@{digest}"))
 }
 
 /// A service update sent (or Swarm's rollback asked for): the Swarm

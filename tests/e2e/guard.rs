@@ -301,6 +301,9 @@ pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_up
         let (pushed, output) = registry.push(&built, &format!("{}:{tag}", env.repository));
         assert!(pushed, "{output}");
     }
+    // Signed with the operator's key, through the same credentials.
+    let pushed = format!("{}/{}:1.1.0", registry.addr, env.repository);
+    crate::harness::sign_with(&pushed, Some(("selfup", &auth)));
     // selfup reads the credentials start.sh wrote for it, as compose mounts them.
     std::fs::copy(auth.join("config.json"), env.path().join("docker-config.json")).unwrap();
     suite.release(&env.repository, "1.0.0");

@@ -259,6 +259,30 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The operator's signing key on this machine, which registry/start.sh
+/// makes (scripts/setup.sh runs it): build.sh signs with it, and every
+/// selfup a test starts verifies with its public half, as compose mounts it.
+pub const SIGNING_KEY: &str = "/var/lib/selfup-registry/auth/cosign.key";
+pub const VERIFY_KEY: &str = "/var/lib/selfup-registry/auth/cosign.pub";
+
+/// `docker push` of `image`, then its signature, as build.sh does.
+pub fn push(image: &str) {
+    docker(&["push", "-q", image]);
+    sign_with(image, None);
+}
+
+/// Signs `image` in its registry with [`SIGNING_KEY`] (registry/sign.sh);
+/// `credentials`: the user, and the directory with the password, of a
+/// registry that asks for them.
+pub fn sign_with(image: &str, credentials: Option<(&str, &Path)>) {
+    let mut sign = Command::new(repo_root().join("registry/sign.sh"));
+    sign.arg(image).env("SELFUP_SIGNING_KEY", SIGNING_KEY);
+    if let Some((user, dir)) = credentials {
+        sign.env("SELFUP_REGISTRY_USER", user).env("SELFUP_REGISTRY_AUTH", dir);
+    }
+    run(&mut sign);
+}
+
 /// Runs a command within its time limit and ignores its outcome (cleanup).
 pub fn run_quietly(cmd: &mut Command) {
     let _ = output_within(cmd, None);
@@ -539,6 +563,19 @@ impl Suite {
                 .unwrap(),
         };
         wait_for_registry(&suite.registry, "200")?;
+        // The operator's key: registry/start.sh makes it; made here too if
+        // the machine's registry was set up before keys were.
+        let key = Command::new(repo_root().join("registry/sign.sh"))
+            .arg("--init")
+            .env("SELFUP_SIGNING_KEY", SIGNING_KEY)
+            .output_within()
+            .map_err(|e| e.to_string())?;
+        if !key.status.success() {
+            return Err(format!(
+                "registry/sign.sh --init: {}",
+                String::from_utf8_lossy(&key.stderr)
+            ));
+        }
         for version in VERSIONS {
             suite.build(version)?;
         }
@@ -595,6 +632,7 @@ impl Suite {
             .env("SELFUP_IMAGE", repository)
             .env("SELFUP_IMAGE_LABELS", self.label())
             .env("SELFUP_FEATURES", features)
+            .env("SELFUP_SIGNING_KEY", SIGNING_KEY)
             .output_within()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -658,11 +696,12 @@ impl Suite {
         format!("{}/{repository}:{tag}", self.registry)
     }
 
-    /// Publishes a built image as `repository:tag`, as a release would.
+    /// Publishes a built image as `repository:tag`, as a release would:
+    /// pushed and signed.
     pub fn publish(&self, source: &str, repository: &str, tag: &str) {
         let target = self.image(repository, tag);
         docker(&["tag", source, &target]);
-        docker(&["push", "-q", &target]);
+        push(&target);
     }
 
     /// Publishes selfup `version` as both `:version` and `:latest` of `repository`.
@@ -813,7 +852,7 @@ impl Suite {
                 if !out.status.success() {
                     return Err(format!("building {image}: {}", String::from_utf8_lossy(&out.stderr)));
                 }
-                docker(&["push", "-q", &image]);
+                push(&image);
             }
             suite.publish(&suite.image("fixtures", "crash"), APP, "crash");
             let _ = std::fs::remove_dir_all(&dir);
@@ -1402,6 +1441,8 @@ pub struct CompanionEnv {
     pub images: Vec<String>,
     /// A second registry, with htpasswd authentication, as a host process.
     registry: Option<Child>,
+    /// Its user, and the directory holding its `password` (for signing).
+    private_credentials: Option<(String, PathBuf)>,
 }
 
 impl CompanionEnv {
@@ -1418,6 +1459,7 @@ impl CompanionEnv {
             volumes: Vec::new(),
             dirs: Vec::new(),
             images: Vec::new(),
+            private_credentials: None,
             registry: None,
         }
     }
@@ -1496,7 +1538,9 @@ impl CompanionEnv {
             .args(["-e", "SELFUP_NGINX_CONTAINER="])
             .args(["-e", &format!("SELFUP_ALLOWED_REGISTRIES={allowed}")])
             .args(["-e", "SELFUP_UPDATE_DEADLINE_SECS=20"])
-            .args(["-e", "SELFUP_UPDATE_SETTLE_SECS=2"]);
+            .args(["-e", "SELFUP_UPDATE_SETTLE_SECS=2"])
+            // The operator's public key, where compose mounts it.
+            .args(["-v", &format!("{VERIFY_KEY}:/etc/selfup/cosign.pub:ro")]);
         if !generated_key {
             cmd.args(["-e", &format!("SELFUP_API_KEY={}", self.key)]);
         }
@@ -1601,6 +1645,9 @@ impl CompanionEnv {
         let dir = self.dir("registry");
         let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
         std::fs::write(dir.join("htpasswd"), htpasswd).unwrap();
+        // Where registry/sign.sh finds the password, as start.sh lays it out.
+        std::fs::write(dir.join("password"), password).unwrap();
+        self.private_credentials = Some((user.to_string(), dir.clone()));
         let address = format!("127.0.0.1:{}", free_port());
         let process = spawn_registry(&address, &dir.join("data"), Some(&dir.join("htpasswd"))).unwrap();
         self.registry = Some(process);
@@ -1613,13 +1660,16 @@ impl CompanionEnv {
         (address, config_dir)
     }
 
-    /// Tags a suite image into the private registry and pushes it with the private DOCKER_CONFIG.
+    /// Tags a suite image into the private registry and pushes it with the
+    /// private DOCKER_CONFIG; signs it with the credentials `private_registry` made.
     pub fn push_private(&mut self, source: &str, target: &str, docker_config: &PathBuf) {
         docker(&["tag", source, target]);
         self.images.push(target.to_string());
         run(Command::new("docker")
             .env("DOCKER_CONFIG", docker_config)
             .args(["push", "-q", target]));
+        let (user, auth) = self.private_credentials.clone().expect("a private registry");
+        sign_with(target, Some((&user, &auth)));
     }
 }
 

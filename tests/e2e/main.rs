@@ -52,6 +52,7 @@ mod proxy;
 mod restarts;
 mod retention;
 mod runner;
+mod signatures;
 mod sse;
 mod swaps;
 mod swarm;
@@ -130,6 +131,8 @@ fn main() -> ExitCode {
         guard::secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port,
         guard::a_user_holding_the_idle_port_gets_a_409_naming_it_and_the_upgrade_works_once_it_is_free,
         guard::a_flood_of_public_health_during_a_bake_is_not_judged_and_pings_the_daemon_once_a_second,
+        signatures::a_registry_a_local_user_stands_in_with_runs_nothing_unsigned_or_signed_by_another_key,
+        signatures::a_companion_update_runs_only_images_signed_with_the_key_the_container_names,
         guard::the_companion_key_cannot_move_a_container_to_another_repository_of_an_allowed_registry,
         versions::a_requirement_picks_the_highest_matching_version_and_going_lower_needs_an_exact_one,
         versions::rollback_returns_to_the_version_before_the_last_upgrade,

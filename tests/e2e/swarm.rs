@@ -375,7 +375,7 @@ pub async fn a_two_replica_service_upgrades_under_load_without_a_failed_request_
             .args(["build", "-q", "--label", &suite.label(), "-t", &sick])
             .arg(&dir),
     );
-    docker(&["push", "-q", &sick]);
+    crate::harness::push(&sick);
     suite.publish(&sick, repository, "latest");
     let (ok, answer) = cli(&task, &["upgrade"]).await;
     assert!(!ok, "an unhealthy image was rolled out: {answer}");

@@ -405,6 +405,7 @@ impl NotifyingRegistry {
                 .env("DOCKER_CONFIG", self.state.join("auth"))
                 .args(["push", "-q", &target]),
         );
+        crate::harness::sign_with(&target, Some(("selfup", &self.state.join("auth"))));
     }
 }
 

@@ -159,10 +159,10 @@ pub async fn pull_progress_events_carry_growing_byte_counts_for_an_image_with_a_
         .args(["build", "-q", "--label", &suite.label(), "-t", image])
         .arg(&dir));
     let _ = std::fs::remove_dir_all(&dir);
-    docker(&["push", "-q", image]);
+    crate::harness::push(image);
     let latest = suite.image(&env.repository, "latest");
     docker(&["tag", image, &latest]);
-    docker(&["push", "-q", &latest]);
+    crate::harness::push(&latest);
     // Off this machine, so that the upgrade downloads the layer.
     docker(&["rmi", image, &latest]);
 
@@ -410,7 +410,7 @@ pub async fn a_companion_update_streams_every_step_in_order_with_its_pull_progre
     run(Command::new("docker")
         .args(["build", "-q", "--label", &suite.label(), "-t", &new])
         .arg(&dir));
-    docker(&["push", "-q", &new]);
+    crate::harness::push(&new);
     docker(&["rmi", &new]);
     // The crash image below is of another repository: the label lets the
     // key move the app there.
