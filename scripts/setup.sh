@@ -19,7 +19,7 @@ fail() { # what
 
 missing=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in docker-registry debootstrap busybox-static apache2-utils curl docker-compose; do
+for pkg in docker-registry debootstrap busybox-static apache2-utils curl docker-compose openssl; do
   have_pkg "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
