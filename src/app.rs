@@ -19,7 +19,7 @@ use crate::control::{Access, ControlSocket};
 use crate::docker::Engine;
 use crate::handover::{Deps, Orchestrator};
 use crate::recreate::journal::Swaps;
-use crate::registry::Registry;
+use crate::recreate::upgrade::registry_client;
 use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 use crate::watch::containers::ContainerWatch;
@@ -447,7 +447,7 @@ fn build_companion(
     let companion = Companion::new(
         settings.clone(),
         engine.clone(),
-        Registry::new(),
+        registry_client(settings),
         key,
         self_id.clone(),
         swaps.clone(),

@@ -148,6 +148,19 @@ impl Orchestrator {
         Ok((image, remote))
     }
 
+    /// Whether the image `digest` of this service's repository is signed
+    /// as `verify` asks, read from the registry without pulling it: the
+    /// watch asks before it goes to a version, so a tag pushed a moment
+    /// before its signature waits for it rather than failing.
+    pub async fn signed(&self, digest: &str) -> Result<(), UpgradeError> {
+        let auth = self.registry_auth().await?;
+        let repository =
+            ImageRef::parse(&self.settings.image_ref("latest")).map_err(|e| UpgradeError::Internal(e.to_string()))?;
+        let policy = self.settings.signature_policy();
+        resolve::check_signed(&self.registry, &policy, None, &repository, Some(digest), auth.as_ref()).await?;
+        Ok(())
+    }
+
     /// Why an upgrade could not start now: one running, or a takeover.
     fn busy(&self) -> Option<UpgradeError> {
         let status = self.shared.status();

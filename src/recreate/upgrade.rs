@@ -404,10 +404,7 @@ impl Deps {
             .no_proxy()
             .build()
             .expect("a reqwest client with static settings builds");
-        let registry = match &settings.registry_api {
-            Some(address) => Registry::new().with_api_address(&settings.registry, address),
-            None => Registry::new(),
-        };
+        let registry = registry_client(&settings);
         Deps {
             settings,
             engine,
@@ -429,5 +426,15 @@ impl Deps {
                 registry: registry.clone(),
                 source,
             })
+    }
+}
+
+/// The registry client both roles read the registry with: its API called at
+/// `registry_api` when that is set (a task's or a bridge network's loopback
+/// is its own), at the registry's name otherwise.
+pub fn registry_client(settings: &Settings) -> Registry {
+    match &settings.registry_api {
+        Some(address) => Registry::new().with_api_address(&settings.registry, address),
+        None => Registry::new(),
     }
 }

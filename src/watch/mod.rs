@@ -229,10 +229,19 @@ impl Watch {
                         .min(COOLDOWN_RECHECK),
                 );
             }
-            Verdict::Upgrade => match o.settings.watch_mode {
-                WatchMode::Notify => self.announce(&candidate),
-                WatchMode::Apply => self.apply(&candidate).await,
-            },
+            Verdict::Upgrade => {
+                // Not signed (yet): build.sh pushes the tag, then its
+                // signature, whose push nudges the watch again. Never
+                // remembered as failed: a signature may still come.
+                if let Err(e) = o.signed(&candidate.digest).await {
+                    tracing::info!(%to, digest = %candidate.digest, error = %e, "watch: not signed with the operator's key; waiting for its signature");
+                    return interval;
+                }
+                match o.settings.watch_mode {
+                    WatchMode::Notify => self.announce(&candidate),
+                    WatchMode::Apply => self.apply(&candidate).await,
+                }
+            }
         }
         interval
     }

@@ -259,6 +259,48 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Forwards connections to a free port on the host's `host-gateway`
+/// address (docker0's, which `host.docker.internal:host-gateway` names in a
+/// container) to `registry` on loopback, for the suite's lifetime: a
+/// container on a bridge network reads signatures there. Returns
+/// `http://host.docker.internal:<port>`.
+fn forward_from_networks(registry: &str) -> Result<String, String> {
+    // `host-gateway` is docker0's address unless the daemon names another.
+    let shown = run(Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"]));
+    let gateway: std::net::IpAddr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| format!("docker0 has no IPv4 address: {shown:?}"))?;
+    let listener = std::net::TcpListener::bind((gateway, 0)).map_err(|e| format!("binding {gateway}: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let registry = registry.to_string();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming().flatten() {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                let Ok(outbound) = std::net::TcpStream::connect(&registry) else {
+                    return;
+                };
+                let (Ok(mut in_read), Ok(mut out_write)) = (inbound.try_clone(), outbound.try_clone()) else {
+                    return;
+                };
+                let (mut in_write, mut out_read) = (inbound, outbound);
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut in_read, &mut out_write);
+                    let _ = out_write.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut out_read, &mut in_write);
+                let _ = in_write.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    Ok(format!("http://host.docker.internal:{port}"))
+}
+
 /// The operator's signing key on this machine, which registry/start.sh
 /// makes (scripts/setup.sh runs it): build.sh signs with it, and every
 /// selfup a test starts verifies with its public half, as compose mounts it.
@@ -501,6 +543,10 @@ fn nginx_image() -> Result<String, String> {
 
 /// The registry process and the images, shared by every test of a run.
 pub struct Suite {
+    /// Where a container on a network of its own calls the suite
+    /// registry's API (`SELFUP_REGISTRY_API`): the host at Docker's
+    /// `host-gateway` address, which forwards to the registry on loopback.
+    pub registry_from_networks: String,
     pub run_id: String,
     pub registry: String,
     registry_process: Child,
@@ -542,9 +588,12 @@ impl Suite {
         let registry = format!("127.0.0.1:{port}");
         let registry_dir = std::env::temp_dir().join(format!("selfup-e2e-registry-{run_id}"));
         std::fs::create_dir_all(&registry_dir).map_err(|e| e.to_string())?;
+        // Before the registry starts: an error here leaves no process behind.
+        let registry_from_networks = forward_from_networks(&registry)?;
         let registry_process = spawn_registry(&registry, &registry_dir, None)?;
         let suite = Suite {
             run_id,
+            registry_from_networks,
             registry,
             registry_process,
             registry_dir,
@@ -962,6 +1011,7 @@ impl Env {
                     ("SELFUP_PORT".to_string(), a.to_string()),
                     ("SELFUP_PORTS".to_string(), format!("[{a},{b}]")),
                     ("SELFUP_PUBLIC_PORT".to_string(), format!("127.0.0.1:{public_port}")),
+                    ("SELFUP_REGISTRY_API".to_string(), suite.registry_from_networks.clone()),
                 ],
             ),
             false => ("docker/compose.yml", Vec::new()),
@@ -1822,6 +1872,7 @@ impl AppNetEnv {
             .env("SELFUP_REGISTRY", &suite.registry)
             .env("SELFUP_IMAGE", &self.repository)
             .env("SELFUP_ALLOWED_REGISTRIES", format!("[\"{}\"]", suite.registry))
+            .env("SELFUP_REGISTRY_API", &suite.registry_from_networks)
             .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json")))
     }
 

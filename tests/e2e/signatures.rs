@@ -243,6 +243,14 @@ pub async fn a_companion_update_runs_only_images_signed_with_the_key_the_contain
     let (status, body) = w.update(&teams, &unsigned).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(inspect(&teams)["Config"]["Image"], unsigned);
+    // What a check costs: two reads of the registry and one verification.
+    let logs = w.logs();
+    let checks: Vec<&str> = logs.lines().filter(|l| l.contains("signature verified")).collect();
+    assert_eq!(checks.len(), 2, "one check per update that ran: {logs}");
+    for line in checks {
+        let ms = line.split("ms=").nth(1).and_then(|r| r.split_whitespace().next());
+        eprintln!("    signature verified in {} ms", ms.unwrap_or("?"));
+    }
     // A label that names a path, not a key, is refused as such.
     let sneaky = w.target(
         "sneaky-app",
