@@ -37,6 +37,8 @@
 //! - [`docker`]: the one wrapper around bollard; [`registry`]: tags and
 //!   digests over the registry API, with credentials.
 //! - [`version`]: the semver rules; [`image_ref`]: image references.
+//! - [`peer_uid`]: who owns the caller's end of a loopback TCP connection
+//!   (the kernel's socket table), for the control endpoints' guard.
 //! - [`atomic`], [`identity`], [`secret`], [`telemetry`]: small tools.
 //! - `faults`: fault switches that only test images carry (feature `faults`).
 
@@ -55,6 +57,7 @@ pub mod identity;
 pub mod image_ref;
 pub mod metrics;
 pub mod notify;
+pub mod peer_uid;
 pub mod proxy;
 pub mod recreate;
 pub mod registry;
