@@ -72,6 +72,9 @@ fn cause(e: &reqwest::Error) -> String {
 
 impl Client {
     /// `--url`, else the default address for `control_socket` and `ports`.
+    /// The token goes to the control socket, or over TCP to an address the
+    /// operator named with `--url`; never to a port the fallback found,
+    /// which any local user may hold once a handover has freed it.
     pub fn new(
         url: Option<&str>,
         token: Option<String>,
@@ -79,9 +82,23 @@ impl Client {
         control_socket: &Path,
         ports: &[u16],
     ) -> Result<Client, Failure> {
-        let address = match url {
-            Some(url) => Address::parse(url).map_err(|message| Failure { code: 2, message })?,
-            None => address::default_address(control_socket, ports),
+        let (address, token) = match url {
+            Some(url) => (
+                Address::parse(url).map_err(|message| Failure { code: 2, message })?,
+                token,
+            ),
+            None => match address::default_address(control_socket, ports) {
+                Address::Tcp(addr) => {
+                    if token.is_some() {
+                        eprintln!(
+                            "selfup: the control socket {} does not answer; asking {addr} without the token (a token goes to a port only with --url)",
+                            control_socket.display()
+                        );
+                    }
+                    (Address::Tcp(addr), None)
+                }
+                socket => (socket, token),
+            },
         };
         Ok(Client { address, token, json })
     }
@@ -404,6 +421,31 @@ mod tests {
         assert!(request.contains("authorization: bearer t0ken\r\n"), "{request}");
         assert!(request.contains("accept: application/json\r\n"), "{request}");
         server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_token_goes_over_tcp_only_to_an_explicit_url_and_always_to_the_control_socket() {
+        let token = || Some("t0ken".to_string());
+        let nowhere = Path::new("/nonexistent/selfup/control.sock");
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        // The fallback finds the port: no token goes there.
+        let fallback = Client::new(None, token(), false, nowhere, &[port, port]).unwrap();
+        assert_eq!(fallback.address, Address::Tcp(format!("127.0.0.1:{port}")));
+        assert_eq!(fallback.token, None);
+        // The operator named the port: the token goes.
+        let url = format!("http://127.0.0.1:{port}");
+        let named = Client::new(Some(&url), token(), false, nowhere, &[port, port]).unwrap();
+        assert_eq!(named.token, token());
+        // The control socket answers: the token goes there.
+        let dir = std::env::temp_dir().join(format!("selfup-cli-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let _ = std::fs::remove_file(&path);
+        let _socket = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let socket = Client::new(None, token(), false, &path, &[port, port]).unwrap();
+        assert_eq!((socket.address, socket.token), (Address::Unix(path), token()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -64,7 +64,8 @@ struct Target {
     #[arg(long)]
     json: bool,
     /// The bearer token, when the instance has `upgrade_token` set
-    /// (default: $SELFUP_UPGRADE_TOKEN).
+    /// (default: $SELFUP_UPGRADE_TOKEN); sent to the control socket, or
+    /// over TCP only to the address --url names.
     #[arg(long)]
     token: Option<String>,
 }
