@@ -235,7 +235,12 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .on_connect(move |connection, extensions| {
-            extensions.insert(arrivals.listener(connection));
+            if let Some(listener) = arrivals.listener(connection) {
+                extensions.insert(listener);
+            }
+            if let Some(ends) = Arrivals::ends(connection) {
+                extensions.insert(ends);
+            }
         })
         .workers(2)
         .keep_alive(Duration::from_secs(settings.keep_alive_secs))
@@ -417,18 +422,31 @@ struct Arrivals {
 impl Arrivals {
     /// The listener `connection` was accepted on: a unix connection on
     /// neither the control nor the update socket is on the live socket (one
-    /// whose own address cannot be told included: the public endpoints only).
-    fn listener(&self, connection: &dyn std::any::Any) -> routes::Listener {
-        let Some(stream) = connection.downcast_ref::<tokio::net::UnixStream>() else {
-            return routes::Listener::Port;
-        };
+    /// whose own address cannot be told included: the public endpoints
+    /// only); a connection of another kind is left unmarked, which every
+    /// check of the listener refuses.
+    fn listener(&self, connection: &dyn std::any::Any) -> Option<routes::Listener> {
+        if connection.is::<tokio::net::TcpStream>() {
+            return Some(routes::Listener::Port);
+        }
+        let stream = connection.downcast_ref::<tokio::net::UnixStream>()?;
         let local = stream.local_addr().ok();
         let path = local.as_ref().and_then(|l| l.as_pathname());
-        match path {
+        Some(match path {
             Some(p) if self.control.as_deref() == Some(p) => routes::Listener::Control,
             Some(p) if self.update.as_deref() == Some(p) => routes::Listener::Update,
             _ => routes::Listener::Live,
-        }
+        })
+    }
+
+    /// Both ends of a TCP connection, for the control guard's look at who
+    /// owns the caller's socket; none when either cannot be told.
+    fn ends(connection: &dyn std::any::Any) -> Option<routes::Ends> {
+        let stream = connection.downcast_ref::<tokio::net::TcpStream>()?;
+        Some(routes::Ends {
+            local: stream.local_addr().ok()?,
+            peer: stream.peer_addr().ok()?,
+        })
     }
 }
 

@@ -80,8 +80,17 @@ pub struct Settings {
     /// The share of the successor's public answers that may be 5xx during a
     /// bake (judged from 20 answers on); above it, the elder takes over again.
     pub bake_max_5xx_ratio: f64,
-    /// When set, `/upgrade` and `/rollback` require `Authorization: Bearer <token>`.
+    /// When set, the control endpoints require `Authorization: Bearer <token>`,
+    /// from any caller; unset, a caller on a port must be root or one of
+    /// `control_uids`.
     pub upgrade_token: Option<String>,
+    /// Besides root, the uids whose loopback TCP connections may use the
+    /// control endpoints without `upgrade_token` (the owner of the caller's
+    /// socket, from the kernel's socket table).
+    pub control_uids: Vec<u32>,
+    /// A read-only bearer token for `/metrics`, for a scraper: it opens no
+    /// other endpoint.
+    pub metrics_token: Option<String>,
     /// Set by an elder on the successor it creates: the secret the elder's
     /// go-ahead carries. Not for operators.
     pub handover_token: Option<String>,
@@ -209,6 +218,8 @@ impl Default for Settings {
             bake_secs: 30,
             bake_max_5xx_ratio: 0.01,
             upgrade_token: None,
+            control_uids: Vec::new(),
+            metrics_token: None,
             handover_token: None,
             handover_elder: None,
             image_retention: 3,
@@ -408,6 +419,20 @@ impl Settings {
         }
         if matches!(&self.upgrade_token, Some(t) if t.is_empty()) {
             return invalid("upgrade_token", "is set but empty".into());
+        }
+        if let Some(token) = &self.metrics_token {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return invalid(
+                    "metrics_token",
+                    "must be at least 16 printable characters without spaces".into(),
+                );
+            }
+            if self.upgrade_token.as_deref() == Some(token.as_str()) {
+                return invalid(
+                    "metrics_token",
+                    "is the upgrade token: a scraper's token must open nothing but /metrics".into(),
+                );
+            }
         }
         self.validate_watch()?;
         self.validate_companion()
@@ -674,6 +699,32 @@ mod tests {
             }
         }
         names
+    }
+
+    #[test]
+    fn control_uids_and_the_metrics_token_are_read_and_checked() {
+        jailed(|jail| {
+            let settings = load_in(jail).unwrap();
+            assert_eq!((settings.control_uids, settings.metrics_token), (vec![], None));
+            jail.set_env("SELFUP_CONTROL_UIDS", "[1000, 65534]");
+            jail.set_env("SELFUP_METRICS_TOKEN", "metrics-token-0123456789");
+            let settings = load_in(jail).unwrap();
+            assert_eq!(settings.control_uids, vec![1000, 65534]);
+            assert_eq!(settings.metrics_token.as_deref(), Some("metrics-token-0123456789"));
+            jail.set_env("SELFUP_CONTROL_UIDS", "[-1]");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("CONTROL_UIDS"), "{err}");
+            jail.set_env("SELFUP_CONTROL_UIDS", "[]");
+            jail.set_env("SELFUP_METRICS_TOKEN", "short");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("metrics_token: must be at least 16"), "{err}");
+            // The scraper's token is never the operator's.
+            jail.set_env("SELFUP_METRICS_TOKEN", "one-token-for-both-0123");
+            jail.set_env("SELFUP_UPGRADE_TOKEN", "one-token-for-both-0123");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("metrics_token: is the upgrade token"), "{err}");
+            Ok(())
+        })
     }
 
     #[test]

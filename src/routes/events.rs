@@ -14,7 +14,7 @@ use crate::companion::UpdateOutcome;
 use crate::events::{EventLog, Record};
 use crate::handover::{UpgradeError, UpgradeOutcome};
 use crate::routes::AppState;
-use crate::routes::guard::Control;
+use crate::routes::guard::{Control, Scraper};
 use crate::state::Shared;
 
 /// How often a stream looks for events another instance wrote to the shared log.
@@ -238,7 +238,7 @@ where
 
 /// `GET /metrics`: the Prometheus text format; on loopback (or the control
 /// socket), with the bearer token when one is set.
-pub async fn metrics(_: Control, state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(_: Scraper, state: web::Data<AppState>) -> HttpResponse {
     let metrics = &state.orchestrator.shared.metrics;
     if let Some(apps) = state.companion.as_ref().and_then(|c| c.fronts()) {
         metrics.app_connections(apps.relaying());

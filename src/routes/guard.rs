@@ -7,11 +7,12 @@
 //! | extractor | endpoints | checks, in order |
 //! | --- | --- | --- |
 //! | [`Loopback`] | (the base of the others) | browser, listener, `Host`, peer |
-//! | [`Control`] | `/upgrade`, `/rollback`, `/promote`, `/status`, `/events`, `/metrics` | [`Loopback`], upgrade token |
+//! | [`Control`] | `/upgrade`, `/rollback`, `/promote`, `/status`, `/events` | [`Loopback`], upgrade token, else the caller's uid on a port |
+//! | [`Scraper`] | `/metrics` | [`Loopback`], metrics token, else [`Control`] |
 //! | [`HandoverPeer`] | (the base of the two below; `/health`'s detail) | handover secret (browser, listener) or [`Loopback`] |
 //! | [`HandoverWatcher`] | `GET /handover` | [`HandoverPeer`], upgrade token or handover secret |
 //! | [`Elder`] | `POST /handover` | [`HandoverPeer`], a successor, the handover secret |
-//! | [`Hook`] | `POST /hooks/registry` | hook on, browser, hook token |
+//! | [`Hook`] | `POST /hooks/registry` | hook on, listener, browser, hook token |
 //! | [`UpdateCaller`] | `/update...` | listener, browser, companion on, API key |
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use serde_json::json;
 
 use crate::companion::Companion;
 use crate::config::Settings;
-use crate::routes::{AppState, Listener};
+use crate::routes::{AppState, Ends, Listener};
 
 /// Why a guard refused a request: one variant per reason, each with the
 /// status and the words the caller gets.
@@ -48,6 +49,30 @@ pub enum GuardError {
     /// The companion's `/update` asked on the live socket.
     #[error("the live socket carries public traffic only; /update answers on the update socket")]
     UpdateOnLiveSocket,
+    /// The registry hook asked on the live socket.
+    #[error(
+        "the live socket carries public traffic only; the registry hook answers on the update socket (nginx's deploy server)"
+    )]
+    HookOnLiveSocket,
+    /// A connection the server did not mark with its listener: nothing is
+    /// known of it, so nothing that checks the listener lets it through.
+    #[error(
+        "the listener this connection arrived on is unknown; control endpoints answer on loopback and the control socket"
+    )]
+    UnmarkedConnection,
+    /// A caller on a port whose socket belongs to a uid that is neither root
+    /// nor listed in `control_uids`, with no `upgrade_token` set.
+    #[error(
+        "uid {uid} may not use the control endpoints: run the command as root (sudo), have the operator list {uid} in control_uids (SELFUP_CONTROL_UIDS), or set upgrade_token and present it (Authorization: Bearer ...)"
+    )]
+    Uid { uid: u32 },
+    /// A caller on a port whose socket is not in this instance's socket
+    /// table (on a private network, the host through the gateway), or whose
+    /// table could not be read, with no `upgrade_token` set.
+    #[error(
+        "the owner of this connection cannot be told ({reason}): on a private network, where the host's connections arrive through the gateway, set upgrade_token and present it (Authorization: Bearer ...) or use the control socket; on the host network, call from this host as root or as a uid in control_uids"
+    )]
+    UnknownCaller { reason: String },
     /// A `Host` that does not name a loopback address (a page that rebound
     /// its name to 127.0.0.1), or none.
     #[error(
@@ -94,6 +119,10 @@ impl ResponseError for GuardError {
             | UpdateSocket
             | LiveSocket
             | UpdateOnLiveSocket
+            | HookOnLiveSocket
+            | UnmarkedConnection
+            | Uid { .. }
+            | UnknownCaller { .. }
             | ForeignHost { .. }
             | NotLoopback => StatusCode::FORBIDDEN,
             Token | HandoverToken | UpdateKey => StatusCode::UNAUTHORIZED,
@@ -140,6 +169,7 @@ macro_rules! extractors {
 extractors!(
     Loopback,
     Control,
+    Scraper,
     HandoverPeer,
     HandoverWatcher,
     Elder,
@@ -183,7 +213,10 @@ impl Guard for Loopback {
 }
 
 /// The operator: [`Loopback`], then, when an upgrade token is configured, a
-/// caller that presents it.
+/// caller that presents it; without one, a caller on the control socket, or
+/// on a port one whose socket root or a uid of `control_uids` owns (the
+/// kernel's socket table says, read for each request: [`crate::peer_uid`]).
+/// A caller whose socket is not found is refused.
 #[derive(Debug)]
 pub struct Control;
 
@@ -191,12 +224,57 @@ impl Guard for Control {
     fn check(req: &HttpRequest) -> Result<Self, GuardError> {
         let settings = settings(req)?;
         Loopback::check(req)?;
-        if let Some(expected) = &settings.upgrade_token
-            && !presents(req, expected)
-        {
-            return Err(GuardError::Token);
+        match &settings.upgrade_token {
+            Some(expected) if !presents(req, expected) => Err(GuardError::Token),
+            Some(_) => Ok(Control),
+            None => permitted(req, settings).map(|()| Control),
         }
-        Ok(Control)
+    }
+}
+
+/// A scraper of `/metrics`: [`Loopback`], then the metrics token, which
+/// opens nothing else; or whoever [`Control`] admits.
+#[derive(Debug)]
+pub struct Scraper;
+
+impl Guard for Scraper {
+    fn check(req: &HttpRequest) -> Result<Self, GuardError> {
+        let settings = settings(req)?;
+        if let Some(token) = &settings.metrics_token
+            && presents(req, token)
+        {
+            Loopback::check(req)?;
+            return Ok(Scraper);
+        }
+        Control::check(req).map(|Control| Scraper)
+    }
+}
+
+/// Whether the caller may control without a token: on the control socket
+/// (its directory is root's), or on a port as root or a uid of
+/// `control_uids`. Anything else, an unknown owner included, is refused.
+fn permitted(req: &HttpRequest, settings: &Settings) -> Result<(), GuardError> {
+    match Listener::of(req) {
+        Listener::Control => Ok(()),
+        Listener::Port => {
+            let Some(ends) = Ends::of(req) else {
+                return Err(GuardError::UnknownCaller {
+                    reason: "the server recorded no addresses for this connection".into(),
+                });
+            };
+            let uid = crate::peer_uid::owner(ends.peer, ends.local)
+                .map_err(|e| GuardError::UnknownCaller { reason: e.to_string() })?;
+            admit(uid, &settings.control_uids)
+        }
+        other => refuse_control(other).and(Err(GuardError::UnmarkedConnection)),
+    }
+}
+
+/// Root and the listed uids control; no one else.
+fn admit(uid: u32, listed: &[u32]) -> Result<(), GuardError> {
+    match uid == 0 || listed.contains(&uid) {
+        true => Ok(()),
+        false => Err(GuardError::Uid { uid }),
     }
 }
 
@@ -259,8 +337,10 @@ impl Guard for Elder {
 }
 
 /// The registry's notification (`POST /hooks/registry`): the hook is on
-/// (`hook_token` is set), no browser request, and the hook token. It
-/// arrives through nginx's deploy server, so there is no loopback rule.
+/// (`hook_token` is set), not on the live socket (public traffic), no
+/// browser request, and the hook token. It arrives through nginx's deploy
+/// server at the update socket (or, on a private network, at a port), so
+/// there is no loopback rule.
 #[derive(Debug)]
 pub struct Hook;
 
@@ -269,6 +349,7 @@ impl Guard for Hook {
         let Some(token) = &settings(req)?.hook_token else {
             return Err(GuardError::HookOff);
         };
+        refuse_hook(Listener::of(req))?;
         refuse_cross_site(req)?;
         if !presents(req, token) {
             return Err(GuardError::Token);
@@ -349,12 +430,13 @@ fn refuse_cross_site(req: &HttpRequest) -> Result<(), GuardError> {
 }
 
 /// The refusal of a control endpoint on `listener`, if it is one that any
-/// local process may open (the update and live sockets).
+/// local process may open (the update and live sockets), or unknown.
 fn refuse_control(listener: Listener) -> Result<(), GuardError> {
     match listener {
         Listener::Port | Listener::Control => Ok(()),
         Listener::Update => Err(GuardError::UpdateSocket),
         Listener::Live => Err(GuardError::LiveSocket),
+        Listener::Unmarked => Err(GuardError::UnmarkedConnection),
     }
 }
 
@@ -363,7 +445,18 @@ fn refuse_control(listener: Listener) -> Result<(), GuardError> {
 fn refuse_update(listener: Listener) -> Result<(), GuardError> {
     match listener {
         Listener::Live => Err(GuardError::UpdateOnLiveSocket),
-        _ => Ok(()),
+        Listener::Unmarked => Err(GuardError::UnmarkedConnection),
+        Listener::Port | Listener::Control | Listener::Update => Ok(()),
+    }
+}
+
+/// The refusal of the registry hook on `listener`: public traffic never
+/// reaches it either.
+fn refuse_hook(listener: Listener) -> Result<(), GuardError> {
+    match listener {
+        Listener::Live => Err(GuardError::HookOnLiveSocket),
+        Listener::Unmarked => Err(GuardError::UnmarkedConnection),
+        Listener::Port | Listener::Control | Listener::Update => Ok(()),
     }
 }
 
@@ -376,14 +469,15 @@ fn proxied(req: &HttpRequest) -> bool {
         .any(|h| headers.contains_key(*h))
 }
 
-/// Whether `req` comes from the host itself: no peer address (the control
-/// socket, whose directory only root can enter), loopback, or on a private
+/// Whether `req` comes from the host itself: the control socket (no peer
+/// address; its directory only root can enter), loopback, or on a private
 /// network the network's gateway, where the host's connections to a
 /// published port arrive from (`Orchestrator::is_host`). The network's
-/// other addresses, nginx's among them, are the public side.
+/// other addresses, nginx's among them, are the public side, and a
+/// connection on any other listener without a peer address is no one's.
 fn from_host(req: &HttpRequest) -> bool {
     let Some(peer) = req.peer_addr() else {
-        return true;
+        return Listener::of(req) == Listener::Control;
     };
     match req.app_data::<web::Data<AppState>>() {
         Some(state) => state.orchestrator.is_host(peer.ip()),
@@ -458,13 +552,37 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    fn refused(req: TestRequest) -> Option<(u16, String)> {
-        Loopback::check(&req.to_http_request()).err().map(|e| answer(&e))
+    /// `req` as the server would have marked it on `listener`: a
+    /// connection on a port from its peer address to 127.0.0.1:5800.
+    fn arrived(req: TestRequest, listener: Listener) -> (HttpRequest, Payload) {
+        let (req, payload) = req.to_http_parts();
+        let ends = match listener {
+            Listener::Port => req.peer_addr().map(|peer| Ends {
+                local: "127.0.0.1:5800".parse().unwrap(),
+                peer,
+            }),
+            _ => None,
+        };
+        crate::routes::testing::mark(&req, listener, ends);
+        (req, payload)
     }
 
-    /// What the extractor `G` answers `req`, as a handler's argument would.
+    /// The refusal of [`Loopback`] to `req` on a port, if any.
+    fn refused(req: TestRequest) -> Option<(u16, String)> {
+        refused_on(req, Listener::Port)
+    }
+
+    fn refused_on(req: TestRequest, listener: Listener) -> Option<(u16, String)> {
+        Loopback::check(&arrived(req, listener).0).err().map(|e| answer(&e))
+    }
+
+    /// What the extractor `G` answers `req` on a port, as a handler's argument would.
     fn extract<G: FromRequest>(req: TestRequest) -> Result<G, G::Error> {
-        let (req, mut payload) = req.to_http_parts();
+        extract_on(req, Listener::Port)
+    }
+
+    fn extract_on<G: FromRequest>(req: TestRequest, listener: Listener) -> Result<G, G::Error> {
+        let (req, mut payload) = arrived(req, listener);
         futures_util::FutureExt::now_or_never(G::from_request(&req, &mut payload)).unwrap()
     }
 
@@ -625,9 +743,31 @@ mod tests {
     }
 
     #[test]
-    fn the_control_socket_has_no_peer_address_and_passes() {
-        let req = TestRequest::default().insert_header(("host", "localhost"));
-        assert_eq!(refused(req), None);
+    fn the_control_socket_has_no_peer_address_and_passes_and_no_other_listener_without_one_does() {
+        let req = || TestRequest::default().insert_header(("host", "localhost"));
+        assert_eq!(refused_on(req(), Listener::Control), None);
+        let (status, body) = refused_on(req(), Listener::Port).unwrap();
+        assert_eq!(status, 403);
+        assert!(body.contains("only reachable from loopback"), "{body}");
+        // A connection nothing marked is refused, with a peer address or without.
+        for req in [req(), loopback(req())] {
+            let (status, body) = refused_on(req, Listener::Unmarked).unwrap();
+            assert_eq!(status, 403);
+            assert!(
+                body.contains("listener this connection arrived on is unknown"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_nothing_marked_counts_as_on_no_listener() {
+        let req = loopback(TestRequest::default().insert_header(("host", "localhost"))).to_http_request();
+        assert_eq!(Listener::of(&req), Listener::Unmarked);
+        assert_eq!(Ends::of(&req), None);
+        assert_eq!(refuse_control(Listener::Unmarked), Err(GuardError::UnmarkedConnection));
+        assert_eq!(refuse_update(Listener::Unmarked), Err(GuardError::UnmarkedConnection));
+        assert_eq!(refuse_hook(Listener::Unmarked), Err(GuardError::UnmarkedConnection));
     }
 
     #[test]
@@ -645,6 +785,11 @@ mod tests {
         );
         assert!(refuse_update(Listener::Update).is_ok());
         assert!(refuse_update(Listener::Port).is_ok());
+        // The registry hook: never on the live socket either.
+        assert_eq!(refuse_hook(Listener::Live), Err(GuardError::HookOnLiveSocket));
+        for listener in [Listener::Update, Listener::Port, Listener::Control] {
+            assert!(refuse_hook(listener).is_ok(), "{listener:?}");
+        }
     }
 
     #[test]
@@ -669,9 +814,18 @@ mod tests {
         let remote = on_a_network_with("10.0.0.1", settings(), &runtime)
             .insert_header(("authorization", "Bearer the-right-token"));
         assert_eq!(extract::<Control>(remote).unwrap_err(), GuardError::NotLoopback);
-        // Without a token configured, loopback is enough.
+        // Without a token configured, the gateway's caller cannot be told
+        // (its socket is in the host's table, not this network's): refused.
         let plain = on_a_network_with("172.20.0.1", Settings::default(), &runtime);
-        assert!(extract::<Control>(plain).is_ok());
+        assert!(matches!(
+            extract::<Control>(plain).unwrap_err(),
+            GuardError::UnknownCaller { .. }
+        ));
+        // On the control socket, no token and no uid are asked for.
+        let socket = TestRequest::default()
+            .app_data(state_on_a_network(Settings::default(), &runtime))
+            .insert_header(("host", "localhost"));
+        assert!(extract_on::<Control>(socket, Listener::Control).is_ok());
         // The takeover's phase: the upgrade token or the handover secret.
         assert!(extract::<HandoverWatcher>(host(Some("the-right-token"))).is_ok());
         assert!(extract::<HandoverWatcher>(host(Some("s3cret-handover-token"))).is_ok());
@@ -708,7 +862,17 @@ mod tests {
             on_a_network_with("10.0.0.1", hook(), &runtime).insert_header(("authorization", format!("Bearer {token}")))
         };
         assert!(extract::<Hook>(caller("hook-token")).is_ok());
+        assert!(extract_on::<Hook>(caller("hook-token"), Listener::Update).is_ok());
         assert_eq!(extract::<Hook>(caller("wrong")).unwrap_err(), GuardError::Token);
+        // Public traffic, or a connection nothing marked, never reaches it.
+        assert_eq!(
+            extract_on::<Hook>(caller("hook-token"), Listener::Live).unwrap_err(),
+            GuardError::HookOnLiveSocket
+        );
+        assert_eq!(
+            extract_on::<Hook>(caller("hook-token"), Listener::Unmarked).unwrap_err(),
+            GuardError::UnmarkedConnection
+        );
         // Companion mode off: said after the browser check, before the key.
         assert!(matches!(
             extract::<UpdateCaller>(page(Settings::default())).unwrap_err(),
@@ -728,6 +892,124 @@ mod tests {
         assert_eq!(extract::<Hook>(req()).unwrap_err(), GuardError::NoState);
         assert_eq!(extract::<UpdateCaller>(req()).unwrap_err(), GuardError::NoState);
         assert_eq!(extract::<Direct>(req()).unwrap(), Direct(false));
+    }
+
+    /// The uid of this test process.
+    fn my_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
+
+    #[test]
+    fn root_and_the_listed_uids_control_and_no_one_else() {
+        assert_eq!(admit(0, &[]), Ok(()));
+        assert_eq!(admit(0, &[1000]), Ok(()));
+        assert_eq!(admit(1000, &[1000, 65534]), Ok(()));
+        assert_eq!(admit(65534, &[]), Err(GuardError::Uid { uid: 65534 }));
+        assert_eq!(admit(65534, &[1000]), Err(GuardError::Uid { uid: 65534 }));
+    }
+
+    #[test]
+    fn a_caller_on_a_port_is_known_by_the_owner_of_its_socket_and_an_unknown_one_is_refused() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // A real connection on loopback: its ends are in the socket table,
+        // with this process's uid.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let ends = Ends {
+            local: server.local_addr().unwrap(),
+            peer,
+        };
+        let ask = |settings: Settings, ends: Option<Ends>| {
+            let (req, mut payload) = TestRequest::default()
+                .app_data(state_on_a_network(settings, &runtime))
+                .insert_header(("host", "localhost:5800"))
+                .peer_addr(peer)
+                .to_http_parts();
+            crate::routes::testing::mark(&req, Listener::Port, ends);
+            futures_util::FutureExt::now_or_never(Control::from_request(&req, &mut payload)).unwrap()
+        };
+        let me = my_uid();
+        match me {
+            0 => assert!(ask(Settings::default(), Some(ends)).is_ok()),
+            uid => assert_eq!(
+                ask(Settings::default(), Some(ends)).unwrap_err(),
+                GuardError::Uid { uid }
+            ),
+        }
+        let listed = || Settings {
+            control_uids: vec![me],
+            ..Settings::default()
+        };
+        assert!(ask(listed(), Some(ends)).is_ok());
+        // No row for these ends (nothing connects from there), or no ends at all: refused.
+        let stranger = Ends {
+            local: ends.local,
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let unknown = ask(listed(), Some(stranger)).unwrap_err();
+        assert!(
+            matches!(&unknown, GuardError::UnknownCaller { reason } if reason.contains("127.0.0.1:1")),
+            "{unknown:?}"
+        );
+        assert!(matches!(
+            ask(listed(), None).unwrap_err(),
+            GuardError::UnknownCaller { .. }
+        ));
+        // With an upgrade token, the token decides, whoever the owner.
+        let token = || Settings {
+            upgrade_token: Some("the-right-token".into()),
+            ..Settings::default()
+        };
+        assert_eq!(ask(token(), Some(stranger)).unwrap_err(), GuardError::Token);
+        drop(client);
+    }
+
+    #[test]
+    fn the_metrics_token_opens_metrics_and_nothing_else() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let settings = |upgrade_token: Option<&str>| Settings {
+            upgrade_token: upgrade_token.map(str::to_string),
+            metrics_token: Some("metrics-token-0123456789".into()),
+            ..Settings::default()
+        };
+        // A caller whose owner is unknown (no such connection): the metrics token is enough for /metrics.
+        let caller = |settings: Settings, token: Option<&str>| {
+            let req = TestRequest::default()
+                .app_data(state_on_a_network(settings, &runtime))
+                .insert_header(("host", "localhost:5800"))
+                .peer_addr("127.0.0.1:1".parse().unwrap());
+            match token {
+                Some(t) => req.insert_header(("authorization", format!("Bearer {t}"))),
+                None => req,
+            }
+        };
+        let metrics = Some("metrics-token-0123456789");
+        assert!(extract::<Scraper>(caller(settings(None), metrics)).is_ok());
+        assert!(extract::<Scraper>(caller(settings(Some("the-upgrade-token")), metrics)).is_ok());
+        // The upgrade token reads metrics too; no token is the control rule's refusal.
+        assert!(extract::<Scraper>(caller(settings(Some("the-upgrade-token")), Some("the-upgrade-token"))).is_ok());
+        assert_eq!(
+            extract::<Scraper>(caller(settings(Some("the-upgrade-token")), None)).unwrap_err(),
+            GuardError::Token
+        );
+        assert!(matches!(
+            extract::<Scraper>(caller(settings(None), None)).unwrap_err(),
+            GuardError::UnknownCaller { .. }
+        ));
+        // The metrics token controls nothing.
+        assert_eq!(
+            extract::<Control>(caller(settings(Some("the-upgrade-token")), metrics)).unwrap_err(),
+            GuardError::Token
+        );
+        assert!(matches!(
+            extract::<Control>(caller(settings(None), metrics)).unwrap_err(),
+            GuardError::UnknownCaller { .. }
+        ));
+        // And the loopback rules still apply to a scraper.
+        let proxied = caller(settings(None), metrics).insert_header(("x-forwarded-for", "203.0.113.9"));
+        assert_eq!(extract::<Scraper>(proxied).unwrap_err(), GuardError::NotLoopback);
     }
 
     #[test]
@@ -762,6 +1044,28 @@ mod tests {
                 UpdateOnLiveSocket,
                 403,
                 r#"{"error":"the live socket carries public traffic only; /update answers on the update socket"}"#,
+            ),
+            (
+                HookOnLiveSocket,
+                403,
+                r#"{"error":"the live socket carries public traffic only; the registry hook answers on the update socket (nginx's deploy server)"}"#,
+            ),
+            (
+                UnmarkedConnection,
+                403,
+                r#"{"error":"the listener this connection arrived on is unknown; control endpoints answer on loopback and the control socket"}"#,
+            ),
+            (
+                Uid { uid: 65534 },
+                403,
+                r#"{"error":"uid 65534 may not use the control endpoints: run the command as root (sudo), have the operator list 65534 in control_uids (SELFUP_CONTROL_UIDS), or set upgrade_token and present it (Authorization: Bearer ...)"}"#,
+            ),
+            (
+                UnknownCaller {
+                    reason: "no established socket".into(),
+                },
+                403,
+                r#"{"error":"the owner of this connection cannot be told (no established socket): on a private network, where the host's connections arrive through the gateway, set upgrade_token and present it (Authorization: Bearer ...) or use the control socket; on the host network, call from this host as root or as a uid in control_uids"}"#,
             ),
             (
                 ForeignHost {

@@ -163,12 +163,25 @@ mod tests {
     use crate::state::Shared;
 
     fn answer(req: TestRequest, docker: Result<(), String>) -> (u16, Value) {
+        answer_on(req, Some(crate::routes::Listener::Port), docker)
+    }
+
+    /// The answer to `req` on a connection marked as arriving on `listener` (or not marked).
+    fn answer_on(
+        req: TestRequest,
+        listener: Option<crate::routes::Listener>,
+        docker: Result<(), String>,
+    ) -> (u16, Value) {
+        let req = req.to_http_request();
+        if let Some(listener) = listener {
+            crate::routes::testing::mark(&req, listener, None);
+        }
         let settings = Arc::new(Settings::default());
         let engine = Arc::new(Engine::new(settings.docker_socket.clone()));
         let deps = crate::handover::Deps::new(settings, engine, Arc::new(Shared::default()), Some("c0ffee".into()));
         let o = Orchestrator::new(deps, None, None, None);
         use crate::routes::guard::{Guard, Loopback};
-        let detail = Loopback::check(&req.to_http_request()).is_ok();
+        let detail = Loopback::check(&req).is_ok();
         let r = health_answer(&o, docker, detail.then(|| "running".to_string()));
         let status = r.status().as_u16();
         let body = actix_web::body::to_bytes(r.into_body());
@@ -247,6 +260,12 @@ mod tests {
         let (status, body) = answer(direct(), Err("the Docker daemon at /x is unreachable".into()));
         assert_eq!(status, 503);
         assert_eq!(body["docker"], "the Docker daemon at /x is unreachable");
+    }
+
+    #[test]
+    fn a_connection_the_server_did_not_mark_gets_the_status_only() {
+        let (status, body) = answer_on(direct(), None, Ok(()));
+        assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
     }
 
     #[test]

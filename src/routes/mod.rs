@@ -141,13 +141,37 @@ pub enum Listener {
     Update,
     /// The live socket: public traffic from nginx, the public endpoints only.
     Live,
+    /// A connection the server did not mark: nothing is known of it, so
+    /// every check of the listener refuses it.
+    Unmarked,
 }
 
 impl Listener {
-    /// Where `req`'s connection arrived; a connection the server did not
-    /// mark (a test request) counts as one on the port.
+    /// Where `req`'s connection arrived; [`Listener::Unmarked`] when the
+    /// server did not say.
     pub fn of(req: &HttpRequest) -> Listener {
-        req.conn_data::<Listener>().copied().unwrap_or(Listener::Port)
+        req.conn_data::<Listener>()
+            .copied()
+            .or_else(|| testing::marked(req))
+            .unwrap_or(Listener::Unmarked)
+    }
+}
+
+/// The two ends of a TCP connection, which the server records for each
+/// connection on a port as it accepts it: what the control guard looks the
+/// caller's uid up by ([`crate::peer_uid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// Our address: the port the connection arrived on.
+    pub local: std::net::SocketAddr,
+    /// The caller's address.
+    pub peer: std::net::SocketAddr,
+}
+
+impl Ends {
+    /// The ends of `req`'s connection, if it is a TCP one the server marked.
+    pub fn of(req: &HttpRequest) -> Option<Ends> {
+        req.conn_data::<Ends>().copied().or_else(|| testing::marked(req))
     }
 }
 
@@ -162,4 +186,37 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 /// The answer to a path no route has.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     json_error(StatusCode::NOT_FOUND, format!("no endpoint at {}", req.path()))
+}
+
+/// A request a unit test builds has no connection, so nothing marks it:
+/// the test marks it by hand ([`testing::mark`]), in the request's
+/// extensions, which only tests read.
+#[cfg(test)]
+pub mod testing {
+    use actix_web::HttpMessage;
+
+    use super::*;
+
+    /// What a test says `req`'s connection was: `listener`, and the ends of
+    /// a TCP connection.
+    pub fn mark(req: &HttpRequest, listener: Listener, ends: Option<Ends>) {
+        req.extensions_mut().insert(listener);
+        if let Some(ends) = ends {
+            req.extensions_mut().insert(ends);
+        }
+    }
+
+    pub(super) fn marked<T: Copy + 'static>(req: &HttpRequest) -> Option<T> {
+        req.extensions().get::<T>().copied()
+    }
+}
+
+#[cfg(not(test))]
+mod testing {
+    use super::HttpRequest;
+
+    /// Outside tests nothing but the server marks a connection.
+    pub(super) fn marked<T>(_: &HttpRequest) -> Option<T> {
+        None
+    }
 }
