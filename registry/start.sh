@@ -54,7 +54,8 @@ command -v htpasswd >/dev/null || { echo "registry/start.sh: htpasswd is not ins
 if [ ! -s "$auth/password" ]; then
   (umask 077
    head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$auth/password"
-   htpasswd -Bbn selfup "$(cat "$auth/password")" > "$auth/htpasswd"
+   # The password on stdin, never on a command line (any user may read /proc/<pid>/cmdline).
+   htpasswd -iBn selfup < "$auth/password" > "$auth/htpasswd"
    # What selfup reads (docker_config): the same credentials, for both names of the registry.
    token=$(printf 'selfup:%s' "$(cat "$auth/password")" | base64 -w0)
    printf '{"auths":{"%s":{"auth":"%s"},"%s":{"auth":"%s"}}}\n' "$name" "$token" "$addr" "$token" > "$auth/config.json")
