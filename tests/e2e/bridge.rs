@@ -47,11 +47,23 @@ async fn two_upgrades_on_a_bridge_network(suite: Arc<Suite>, config: Config) {
     let nginx_mode = inspect(&env.nginx, ".HostConfig.NetworkMode");
     assert_eq!(nginx_mode, json!(network), "nginx is on the same network");
 
+    // The host's calls arrive through the network's gateway, where selfup
+    // cannot tell the caller's uid: without the upgrade token, refused.
+    let r = suite.http.get(env.direct(a, "/status")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("set upgrade_token and present it"),
+        "{body}"
+    );
     let mut live = a;
     for (version, next) in [("1.1.0", b), ("1.2.0", a)] {
         suite.release(&env.repository, version);
-        // The operator's curl to the published port: the host, through the
-        // network's gateway.
+        // The operator's curl to the published port, with the upgrade token:
+        // the host, through the network's gateway.
         let (status, body) = env.upgrade_under_load(live, None).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["to"], version, "{body}");

@@ -192,6 +192,11 @@ struct SetupRegistry {
 
 impl SetupRegistry {
     fn start(run: &str) -> SetupRegistry {
+        SetupRegistry::start_with(run, &[])
+    }
+
+    /// [`SetupRegistry::start`] with more variables in the script's environment.
+    fn start_with(run: &str, vars: &[(&str, &str)]) -> SetupRegistry {
         let addr = format!("127.0.0.1:{}", free_port());
         let state = std::env::temp_dir().join(format!("selfup-e2e-{run}-registry-{}", addr.replace([':', '.'], "-")));
         let docker_config = state.with_extension("docker");
@@ -202,7 +207,7 @@ impl SetupRegistry {
             images: Vec::new(),
         };
         std::fs::create_dir_all(&registry.docker_config).unwrap();
-        run_cmd(registry.script().arg("start"));
+        run_cmd(registry.script().envs(vars.iter().copied()).arg("start"));
         registry
     }
 
@@ -532,4 +537,431 @@ pub async fn the_companion_key_cannot_move_a_container_to_another_repository_of_
     let (status, body) = w.update(&app, &suite.image(APP, "plain-2")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(inspect(&app)["Config"]["Image"], suite.image(APP, "plain-2"));
+}
+
+/// What user 65534 gets for each `(method, path)` asked on
+/// `127.0.0.1:port` (with `Host: localhost`, as curl sends, and the bearer
+/// `token` if any): the status and the body, as JSON when it is JSON.
+fn nobody_asks(port: u16, asks: &[(&str, &str)], token: Option<&str>) -> Vec<(u16, Value)> {
+    let asks = serde_json::to_string(asks).unwrap();
+    let token = serde_json::to_string(&token).unwrap();
+    let mut nobody = Nobody::python(&format!(
+        r#"
+import http.client, json
+for method, path in json.loads({asks:?}):
+    c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=30)
+    headers = {{"Host": "localhost"}}
+    token = json.loads({token:?})
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    c.request(method, path, headers=headers)
+    r = c.getresponse()
+    print(json.dumps([r.status, r.read().decode(errors="replace")]))
+    c.close()
+"#
+    ));
+    let (out, err) = nobody.finish();
+    let answers: Vec<(u16, Value)> = out
+        .lines()
+        .map(|line| {
+            let (status, body): (u16, String) = serde_json::from_str(line).unwrap();
+            (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        })
+        .collect();
+    assert_eq!(
+        answers.len(),
+        serde_json::from_str::<Vec<Value>>(&asks).unwrap().len(),
+        "{err}"
+    );
+    answers
+}
+
+/// `curl -s localhost:<port><path>` as root, the README's way: (status, JSON body).
+fn roots_curl(port: u16, path: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "120", "-w", "\n%{http_code}"])
+        .arg(format!("localhost:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Every control endpoint, as a local user would try it.
+const CONTROL_ASKS: [(&str, &str); 8] = [
+    ("GET", "/upgrade/=1.0.0"),
+    ("POST", "/upgrade"),
+    ("GET", "/upgrade?dry_run=true"),
+    ("POST", "/rollback"),
+    ("POST", "/promote"),
+    ("GET", "/status"),
+    ("GET", "/events"),
+    ("GET", "/metrics"),
+];
+
+/// With host networking and no `upgrade_token`, the owner of the caller's
+/// socket decides: user 65534 is refused every control endpoint over
+/// loopback TCP with a 403 that names its uid and the ways in, nothing
+/// changes; root's `curl localhost:<port>/upgrade` upgrades as before.
+pub async fn a_local_user_is_refused_every_control_endpoint_over_loopback_while_roots_curl_upgrades(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let [a, b] = env.ports;
+    suite.release(&env.repository, "1.1.0");
+    let before = env.selfup_containers();
+    let history = env.status(a).await["history"].clone();
+    for ((method, path), (status, body)) in CONTROL_ASKS.iter().zip(nobody_asks(a, &CONTROL_ASKS, None)) {
+        assert_eq!(status, 403, "{method} {path} as uid 65534: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("uid 65534 may not use the control endpoints") && error.contains("control_uids"),
+            "{method} {path}: {body}"
+        );
+    }
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+    assert_eq!(env.status(a).await["history"], history, "no upgrade was tried");
+
+    // Root, as the README has it.
+    let (status, body) = roots_curl(a, "/upgrade");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["to"].as_str(), body["new_port"].as_u64()),
+        (Some("1.1.0"), Some(u64::from(b)))
+    );
+    env.wait_public_version("1.1.0").await;
+    let (status, body) = roots_curl(b, "/status");
+    assert_eq!((status, body["version"].as_str()), (200, Some("1.1.0")), "{body}");
+}
+
+/// The scraper's token reads `/metrics` and opens nothing else, for any
+/// local user; the upgrade token opens the control endpoints to whoever
+/// presents it, uid 65534 included (the owner is asked only without one).
+pub async fn the_metrics_token_reads_metrics_and_opens_no_control_endpoint(suite: Arc<Suite>) {
+    const METRICS: &str = "e2e-metrics-token-0123456789";
+    const UPGRADE: &str = "e2e-upgrade-token-0123456789";
+    let env = suite
+        .live_env(
+            &[("SELFUP_METRICS_TOKEN", METRICS), ("SELFUP_UPGRADE_TOKEN", UPGRADE)],
+            "1.0.0",
+        )
+        .await;
+    let a = env.ports[0];
+    suite.release(&env.repository, "1.1.0");
+    let before = env.selfup_containers();
+    let history = nobody_asks(a, &[("GET", "/status")], Some(UPGRADE))[0].1["history"].clone();
+    let metrics = nobody_asks(a, &[("GET", "/metrics")], Some(METRICS));
+    assert_eq!(metrics[0].0, 200, "{}", metrics[0].1);
+    assert!(
+        metrics[0].1.as_str().is_some_and(|m| m.contains("selfup_build_info")),
+        "{}",
+        metrics[0].1
+    );
+    let control = &CONTROL_ASKS[..7];
+    for ((method, path), (status, body)) in control.iter().zip(nobody_asks(a, control, Some(METRICS))) {
+        assert_eq!(status, 401, "{method} {path} with the metrics token: {body}");
+        assert_eq!(body["error"], "a valid bearer token is required", "{method} {path}");
+    }
+    // Nor does /metrics take no token, or another one.
+    for token in [None, Some("not-the-metrics-token-0123")] {
+        let (status, body) = &nobody_asks(a, &[("GET", "/metrics")], token)[0];
+        assert_eq!(*status, 401, "{token:?}: {body}");
+    }
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+    // The upgrade token is enough for any uid.
+    let (status, body) = &nobody_asks(a, &[("GET", "/status")], Some(UPGRADE))[0];
+    assert_eq!((*status, body["version"].as_str()), (200, Some("1.0.0")), "{body}");
+    assert!(history.is_array(), "{history}");
+    assert_eq!(body["history"], history, "no upgrade was tried");
+}
+
+/// A file or directory removed on drop.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A listener of user 65534 on a free port that answers `count` requests
+/// with a `/status`-like JSON and prints each request's head (a connection
+/// that sends nothing, the CLI's look at whether the port answers, is not
+/// counted); returns it and its port.
+fn nobody_records(count: usize) -> (Nobody, u16) {
+    let port = free_port();
+    let nobody = Nobody::serve(&format!(
+        r#"
+import json, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port}))
+s.listen()
+print("listening", flush=True)
+heads = []
+while len(heads) < {count}:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    if b"\r\n\r\n" in data:
+        body = b'{{"version":"9.9.9","port":{port},"history":[]}}'
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        heads.append(data.split(b"\r\n\r\n")[0].decode(errors="replace"))
+    c.close()
+print(json.dumps(heads))
+"#
+    ));
+    (nobody, port)
+}
+
+/// The CLI, run by an operator as user 65534 with `$SELFUP_UPGRADE_TOKEN`
+/// set, while the control socket does not answer: its fallback to the
+/// first port that answers (here one user 65534 holds, recording what it
+/// gets) sends no token; only a port named with `--url` gets it.
+pub async fn the_cli_sends_its_token_to_a_port_only_when_the_url_names_it(suite: Arc<Suite>) {
+    const TOKEN: &str = "e2e-cli-token-0123456789";
+    // A copy of the binary user 65534 can run.
+    let dir = Removed(std::env::temp_dir().join(format!("selfup-e2e-{}-cli", suite.run_id)));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let binary = dir.0.join("selfup");
+    std::fs::copy(env!("CARGO_BIN_EXE_selfup"), &binary).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&dir.0, &binary] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let (mut recorder, port) = nobody_records(2);
+    let cli = |url: Option<String>| {
+        let mut args = vec![
+            format!("SELFUP_UPGRADE_TOKEN={TOKEN}"),
+            "SELFUP_CONFIG=/nonexistent/selfup.toml".into(),
+            "SELFUP_CONTROL_SOCKET=/nonexistent/selfup/control.sock".into(),
+            format!("SELFUP_PORT={port}"),
+            format!("SELFUP_PORTS=[{port}, {}]", free_port()),
+            binary.to_str().unwrap().into(),
+            "status".into(),
+        ];
+        args.extend(url.map(|u| format!("--url={u}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Nobody::spawn("/usr/bin/env", &args).finish()
+    };
+    let (_, fallback) = cli(None);
+    assert!(
+        fallback.contains(&format!("asking 127.0.0.1:{port} without the token")),
+        "{fallback}"
+    );
+    cli(Some(format!("http://127.0.0.1:{port}")));
+    let (heads, err) = recorder.finish();
+    let heads: Vec<String> = serde_json::from_str(heads.trim()).unwrap_or_else(|_| panic!("{heads}{err}"));
+    let [fallback, named] = &heads[..] else {
+        panic!("two requests: {heads:?}")
+    };
+    assert!(fallback.starts_with("GET /status "), "{fallback}");
+    assert!(!fallback.to_ascii_lowercase().contains("authorization"), "{fallback}");
+    assert!(!fallback.contains(TOKEN), "{fallback}");
+    assert!(
+        named
+            .to_ascii_lowercase()
+            .contains(&format!("authorization: bearer {}", TOKEN.to_ascii_lowercase())),
+        "{named}"
+    );
+}
+
+/// Raw requests user 65534 sends to `127.0.0.1:port`, byte for byte (no
+/// client normalizes the path): the status and body of each answer.
+fn nobody_sends_raw(port: u16, requests: &[String]) -> Vec<(u16, String)> {
+    let requests = serde_json::to_string(requests).unwrap();
+    let mut nobody = Nobody::python(&format!(
+        r#"
+import json, socket
+for request in json.loads({requests:?}):
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=30)
+    s.sendall(request.encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    print(json.dumps([int(head.split()[1]), body.decode(errors="replace")]))
+"#
+    ));
+    let (out, err) = nobody.finish();
+    let answers: Vec<(u16, String)> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        answers.len(),
+        serde_json::from_str::<Vec<Value>>(&requests).unwrap().len(),
+        "{err}"
+    );
+    answers
+}
+
+/// nginx matches a location by the normalized path; a raw path that
+/// normalizes elsewhere (`/upgrade/..` is `/`, `/update/%2e%2e/1` is `/1`)
+/// is refused with 400 on the public and the deploy server, and selfup sees
+/// none of them: its access log has no such line and nothing changed.
+pub async fn nginx_refuses_paths_that_normalize_elsewhere_and_selfup_sees_none_of_them(suite: Arc<Suite>) {
+    let env = suite.live_env(&[], "1.0.0").await;
+    let before = env.selfup_containers();
+    let request = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let unsafe_paths = [
+        ("GET", "/upgrade/.."),
+        ("GET", "/upgrade/%2e%2e"),
+        ("POST", "/update/%2e%2e/1"),
+        ("POST", "/update/%2E%2E/1"),
+        ("GET", "/status/."),
+        ("POST", "/echo/../rollback"),
+        ("GET", "/upgrade%2f=1.0.0"),
+    ];
+    let deploy_paths = [
+        ("POST", "/update/../upgrade"),
+        ("POST", "/upgrade/%2e%2e%2fupdate"),
+        ("POST", "/hooks/registry/%2e%2e/%2e%2e/upgrade"),
+    ];
+    for (port, paths) in [
+        (env.public_port, &unsafe_paths[..]),
+        (env.deploy_port, &deploy_paths[..]),
+    ] {
+        let requests: Vec<String> = paths.iter().map(|(m, p)| request(m, p)).collect();
+        for ((method, path), (status, body)) in paths.iter().zip(nobody_sends_raw(port, &requests)) {
+            assert_eq!(status, 400, "{method} {path} on {port}: {body}");
+            assert!(body.contains("dot segment"), "{method} {path}: {body}");
+        }
+    }
+    // The same raw client gets selfup's answers for a plain path, and
+    // nginx's own 403 for a control path.
+    let plain = nobody_sends_raw(env.public_port, &[request("GET", "/"), request("GET", "/upgrade")]);
+    assert_eq!(plain[0], (200, "selfup version 1.0.0".to_string()), "{plain:?}");
+    assert_eq!(plain[1].0, 403, "{plain:?}");
+    assert!(plain[1].1.contains("not reachable through the proxy"), "{plain:?}");
+    // selfup's access log has the plain request and none of the others.
+    let logs: String = env
+        .selfup_containers()
+        .iter()
+        .map(|id| crate::harness::output_text(&Command::new("docker").args(["logs", id]).output().unwrap()))
+        .collect();
+    assert!(
+        logs.contains("\"GET / HTTP/1.0\"") || logs.contains("\"GET / HTTP/1.1\""),
+        "{logs}"
+    );
+    for (method, path) in unsafe_paths.iter().chain(&deploy_paths) {
+        assert!(
+            !logs.contains(&format!("{method} {path} ")),
+            "selfup saw {method} {path}: {logs}"
+        );
+    }
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+}
+
+/// Public traffic never reaches the registry hook, even with its token:
+/// user 65534 on the live socket (which anyone may open, as nginx's
+/// workers do) gets a 403 naming the socket; the deploy server's path, the
+/// update socket, takes it.
+pub async fn the_registry_hook_is_refused_on_the_live_socket_even_with_its_token(suite: Arc<Suite>) {
+    const HOOK: &str = "e2e-hook-token-0123456789";
+    let env = suite.live_env(&[("SELFUP_HOOK_TOKEN", HOOK)], "1.0.0").await;
+    let before = env.selfup_containers();
+    let live = env.path().join("public/live.sock");
+    let body =
+        json!({"events": [{"action": "push", "target": {"repository": env.repository, "tag": "1.0.0"}}]}).to_string();
+    let mut nobody = Nobody::python(&format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect({live:?})
+body = {body:?}.encode()
+s.sendall(b"POST /hooks/registry HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {HOOK}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(data.decode(errors="replace"))
+"#,
+        live = live.to_str().unwrap()
+    ));
+    let (answer, err) = nobody.finish();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}{err}");
+    assert!(
+        answer.contains("the live socket carries public traffic only; the registry hook answers on the update socket"),
+        "{answer}"
+    );
+    // Where the registry sends it: nginx's deploy server, to the update socket.
+    let r = env
+        .http
+        .post(format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port))
+        .bearer_auth(HOOK)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    env.assert_elder_unchanged(&before, "1.0.0").await;
+}
+
+/// `registry/start.sh` hands the password it generates to `htpasswd` on
+/// stdin: no command line of the setup, which any local user may read in
+/// `/proc/<pid>/cmdline` while it runs, carries it. A stand-in `htpasswd`
+/// first on `PATH` records its arguments and runs the real one.
+pub async fn the_registry_setup_puts_no_password_on_a_command_line(suite: Arc<Suite>) {
+    let bin = Removed(std::env::temp_dir().join(format!("selfup-e2e-{}-htpasswd", suite.run_id)));
+    std::fs::create_dir_all(&bin.0).unwrap();
+    let argv = bin.0.join("argv");
+    let wrapper = bin.0.join("htpasswd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec /usr/bin/htpasswd \"$@\"\n",
+            argv.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.0.display(), std::env::var("PATH").unwrap_or_default());
+    let registry = SetupRegistry::start_with(&suite.run_id, &[("PATH", &path)]);
+    let auth = registry.state.join("auth");
+    let password = std::fs::read_to_string(auth.join("password")).unwrap();
+    let password = password.trim();
+    assert!(password.len() >= 16, "a generated password");
+    let recorded = std::fs::read_to_string(&argv).expect("start.sh ran htpasswd");
+    assert!(recorded.contains("selfup"), "{recorded}");
+    assert!(
+        !recorded.contains(password),
+        "the password is on htpasswd's command line: {recorded}"
+    );
+    // The file it wrote takes the password: the registry asks for it.
+    let mut check = Command::new("htpasswd")
+        .arg("-vi")
+        .arg(auth.join("htpasswd"))
+        .arg("selfup")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v2/", registry.addr))
+        .basic_auth("selfup", Some(password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

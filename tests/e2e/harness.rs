@@ -976,6 +976,13 @@ impl Env {
             ("SELFUP_PORTS".into(), format!("[{a},{b}]")),
             ("SELFUP_NGINX_CONTAINER".into(), nginx.clone()),
         ];
+        // On a private network the host's calls arrive through the
+        // network's gateway, whose caller selfup cannot tell by uid: the
+        // operator presents the upgrade token (this environment's client
+        // sends it with every request).
+        if bridge {
+            env.push(("SELFUP_UPGRADE_TOKEN".into(), BRIDGE_TOKEN.into()));
+        }
         if config == Config::Fast {
             env.extend([
                 ("SELFUP_HEALTH_DEADLINE_SECS".into(), "10".into()),
@@ -1028,7 +1035,10 @@ impl Env {
             dir,
             registry: suite.registry.clone(),
             nginx_image: suite.nginx_image.clone(),
-            http: suite.http.clone(),
+            http: match bridge {
+                true => operator_client(BRIDGE_TOKEN),
+                false => suite.http.clone(),
+            },
         }
     }
 
@@ -1319,6 +1329,25 @@ pub fn labels(id: &str) -> HashMap<String, String> {
 /// volumes) when the guard drops, even on failure.
 pub struct Container(pub String);
 
+/// The upgrade token of the environments on a private network, where the
+/// host's calls arrive through the gateway and only a token admits them.
+pub const BRIDGE_TOKEN: &str = "e2e-bridge-operator-token";
+
+/// A client for an environment whose control endpoints want `token`: the
+/// suite's settings, with `Authorization: Bearer <token>` on every request.
+fn operator_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(120))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// A process run as the unprivileged user 65534 with no groups, as a local
 /// user without root would run it; killed (by its own pid) on drop.
 pub struct Nobody(Child);
@@ -1346,15 +1375,27 @@ impl Nobody {
     /// Holds `127.0.0.1:port` with a listener of user 65534; returns once
     /// it listens, and panics with the reason when it cannot.
     pub fn listen(port: u16) -> Nobody {
-        let mut nobody = Nobody::python(&format!(
+        Nobody::serve(&format!(
             "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen()\nprint('listening')\ntime.sleep(3600)"
-        ));
-        let mut line = String::new();
+        ))
+    }
+
+    /// `python3 -c script` as user 65534, a server: returns once it has
+    /// printed `listening` (its first line, alone), and panics with its
+    /// error when it printed anything else. The rest of its output is
+    /// [`Nobody::finish`]'s.
+    pub fn serve(script: &str) -> Nobody {
+        let mut nobody = Nobody::python(script);
+        // Byte by byte: what it prints after the first line stays in the pipe.
         let stdout = nobody.0.stdout.as_mut().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        if line.trim() != "listening" {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while std::io::Read::read(stdout, &mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        if line != b"listening" {
             let (_, err) = nobody.finish();
-            panic!("user 65534 could not listen on port {port}: {err}");
+            panic!("user 65534's server did not start: {err}");
         }
         nobody
     }
@@ -1832,12 +1873,15 @@ impl AppNetEnv {
         let labelled = format!("    labels:\n      selfup.e2e: '{run}'\n");
         // Fast: no bake, as in `Suite::env`, the elder goes at the switch
         // (the bake's own tests set one). Shipped: the file's settings.
-        let environment = match config {
+        // The operator's calls from the host arrive through the network's
+        // gateway: they present the upgrade token ([`AppNetEnv::operator`]).
+        let fast = match config {
             Config::Fast => {
-                "    environment:\n      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n"
+                "      SELFUP_UPDATE_DEADLINE_SECS: '20'\n      SELFUP_UPDATE_SETTLE_SECS: '2'\n      SELFUP_HEALTH_DEADLINE_SECS: '10'\n      SELFUP_TAKEOVER_DEADLINE_SECS: '20'\n      SELFUP_BAKE_SECS: '0'\n"
             }
             Config::Shipped => "",
         };
+        let environment = format!("    environment:\n      SELFUP_UPGRADE_TOKEN: '{BRIDGE_TOKEN}'\n{fast}");
         let override_yml = format!(
             "version: \"2.4\"\nservices:\n  app:\n{labelled}  selfup-companion:\n{labelled}  selfup:\n{labelled}{environment}networks:\n  app:\n{labelled}volumes:\n  data:\n{labelled}  sockets:\n{labelled}"
         );
@@ -2017,6 +2061,7 @@ impl AppNetEnv {
             .http
             .request(method, &url)
             .header("host", "localhost")
+            .bearer_auth(BRIDGE_TOKEN)
             .send()
             .await
             .map_err(|e| format!("{url}: {e:?}"))?;
