@@ -54,7 +54,7 @@ pub enum OwnerError {
 /// (`local` being ours): read from the socket tables now.
 pub fn owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, OwnerError> {
     for path in TABLES {
-        let table = match std::fs::read_to_string(path) {
+        let table = match read(path) {
             Ok(table) => table,
             // A kernel without IPv6 has no tcp6.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => continue,
@@ -72,14 +72,26 @@ pub fn owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, OwnerError> {
     Err(OwnerError::NotFound { peer, local })
 }
 
+/// The table at `path`, read in large pieces: the kernel walks its socket
+/// hash from where the last read stopped, and small reads make many walks.
+fn read(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(1 << 20);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The owner in `table` (the text of a socket table) of the established
 /// socket whose local address is `peer` and remote address `local`. An
 /// IPv4 address and its IPv6-mapped form (`::ffff:127.0.0.1`) are one.
 pub fn find(table: &str, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     let (peer, local) = (canonical(peer), canonical(local));
+    // Only rows whose own port is the peer's are parsed.
+    let port = format!(":{:04X}", peer.port());
     table
         .lines()
         .skip(1)
+        .filter(|line| line.split_whitespace().nth(1).is_some_and(|l| l.ends_with(&port)))
         .filter_map(parse_row)
         .find(|row| {
             row.state == ESTABLISHED && row.inode != 0 && canonical(row.local) == peer && canonical(row.remote) == local
@@ -239,6 +251,29 @@ mod tests {
         assert_eq!(find(&table, addr("127.0.0.1:41208"), us), None);
         assert_eq!(find(&table, addr("172.20.0.1:41202"), us), None);
         assert_eq!(find(&table, addr("127.0.0.1:41202"), addr("127.0.0.1:5801")), None);
+    }
+
+    /// What a lookup costs here: `cargo test --release --lib
+    /// peer_uid::tests::what_a_lookup_costs -- --ignored --nocapture`
+    /// (docs/measurements.md).
+    #[test]
+    #[ignore = "a measurement: prints the time of a lookup"]
+    fn what_a_lookup_costs() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        let rows: usize = TABLES
+            .iter()
+            .map(|t| std::fs::read_to_string(t).map_or(0, |t| t.lines().count() - 1))
+            .sum();
+        let runs = 1000;
+        let start = std::time::Instant::now();
+        for _ in 0..runs {
+            owner(peer, local).unwrap();
+        }
+        let each = start.elapsed() / runs;
+        println!("owner(): {each:?} a lookup, {rows} sockets in the tables");
     }
 
     #[test]
