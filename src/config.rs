@@ -259,6 +259,31 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// `SELFUP_` variables that are no setting: those read apart, and those the
+/// scripts, the compose files and the test runner read, never selfup (an
+/// operator's shell may hold them when the CLI loads its settings).
+const NOT_SETTINGS: &[&str] = &[
+    // Read apart: the file's path, the log's filter and format, and the
+    // watch policy taken as written (below).
+    "CONFIG",
+    "LOG",
+    "WATCH",
+    "PROFILE",
+    "FEATURES",
+    "IMAGE_LABELS",
+    "SIGNING_KEY",
+    "REGISTRY_AUTH",
+    "REGISTRY_USER",
+    "REGISTRY_CONFIG",
+    "VERIFY_KEY_FILE",
+    "NGINX_IMAGE",
+    "CONTROL_DIR",
+    "PUBLIC_DIR",
+    "PUBLIC_PORT",
+    "REPLICAS",
+    "E2E_TIME_LIMIT_SECS",
+];
+
 impl Settings {
     /// The signature policy images are checked against before they run.
     pub fn signature_policy(&self) -> crate::registry::signature::Policy {
@@ -295,7 +320,7 @@ impl Settings {
     pub fn figment(file: &str) -> Figment {
         let figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
-            .merge(Env::prefixed("SELFUP_").ignore(&["CONFIG", "LOG", "WATCH"]));
+            .merge(Env::prefixed("SELFUP_").ignore(NOT_SETTINGS));
         // Taken as written: figment would read `SELFUP_WATCH=1` as a number
         // and `1.10` as the float 1.1.
         match std::env::var("SELFUP_WATCH") {
@@ -956,5 +981,24 @@ mod tests {
             let err = s.named_key(bad).unwrap_err();
             assert!(err.contains("is not a key name"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_scripts_variables_in_an_operators_shell_are_no_settings() {
+        jailed(|jail| {
+            // Those read apart have tests of their own.
+            for name in super::NOT_SETTINGS
+                .iter()
+                .filter(|n| !["CONFIG", "LOG", "WATCH"].contains(n))
+            {
+                jail.set_env(format!("SELFUP_{name}"), "x");
+            }
+            jail.set_env("SELFUP_PORT", "5801");
+            assert_eq!(load_in(jail).unwrap().port, 5801);
+            jail.set_env("SELFUP_NO_SUCH_SETTING", "x");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("no_such_setting"), "{err}");
+            Ok(())
+        });
     }
 }
