@@ -177,6 +177,7 @@ impl Orchestrator {
             crate::state::TakeoverPhase::WaitingForGo | crate::state::TakeoverPhase::Running { .. } => {
                 Some(UpgradeError::TakeoverUnderway(status.takeover.clone()))
             }
+            _ if self.shared.lingering.load(std::sync::atomic::Ordering::Relaxed) => Some(UpgradeError::HandedOver),
             _ => None,
         }
     }

@@ -66,6 +66,12 @@ pub enum UpgradeError {
     CompanionBusy { containers: Vec<String>, waited_secs: u64 },
     #[error("this instance is still taking over from its elder ({0}); try again when it is done")]
     TakeoverUnderway(crate::state::TakeoverPhase),
+    /// This instance gave the live socket to its successor and is about to
+    /// stop: a request that reached it late is no upgrade of the live one.
+    #[error(
+        "this instance has handed over to its successor and is about to stop; ask the live instance (the control socket, or the other port)"
+    )]
+    HandedOver,
     #[error("no previous version is known: this instance was not started by an upgrade")]
     NoPrevious,
     #[error("the image of the previous version {version} ({image}) is no longer on this machine")]
@@ -268,6 +274,9 @@ impl<'a> Flight<'a> {
             TakeoverPhase::WaitingForGo | TakeoverPhase::Running { .. }
         ) {
             return Err(UpgradeError::TakeoverUnderway(status.takeover.clone()));
+        }
+        if deps.shared.lingering.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(UpgradeError::HandedOver);
         }
         status.upgrade = Some(InProgress {
             requirement: target.to_string(),

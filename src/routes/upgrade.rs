@@ -21,6 +21,7 @@ impl ResponseError for UpgradeError {
             | Baking { .. }
             | CompanionBusy { .. }
             | TakeoverUnderway(_)
+            | HandedOver
             | NotInContainer
             | NoPrevious
             | PortTaken { .. } => StatusCode::CONFLICT,
@@ -288,6 +289,7 @@ mod tests {
         };
         assert_eq!(status(UpgradeError::InProgress(running)), 409);
         assert_eq!(status(UpgradeError::TakeoverUnderway(TakeoverPhase::WaitingForGo)), 409);
+        assert_eq!(status(UpgradeError::HandedOver), 409);
         assert_eq!(status(UpgradeError::NotInContainer), 409);
         assert_eq!(status(UpgradeError::NoPrevious), 409);
         let lower = ResolveError::Lower {

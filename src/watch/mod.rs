@@ -295,6 +295,7 @@ impl Watch {
                 e @ (UpgradeError::InProgress(_)
                 | UpgradeError::Baking { .. }
                 | UpgradeError::TakeoverUnderway(_)
+                | UpgradeError::HandedOver
                 | UpgradeError::SwarmBusy { .. }
                 | UpgradeError::CompanionBusy { .. }
                 | UpgradeError::PortTaken { .. }),

@@ -321,9 +321,17 @@ pub async fn twenty_concurrent_upgrade_requests_run_exactly_one_upgrade(suite: A
     let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 409).collect();
     assert_eq!(upgraded, 1, "{answers:?}");
     assert_eq!(refused.len(), 19, "{answers:?}");
+    // Refused while the one upgrade ran; or, for a request that reached
+    // the elder after it handed over (the guard's socket-table lookup makes
+    // twenty requests queue), refused as no longer live: never a second one.
     for (_, body) in refused {
-        assert_eq!(body["in_progress"]["requirement"], "latest", "{body}");
-        assert!(body["in_progress"]["step"].is_string());
+        let handed_over = body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has handed over to its successor"));
+        if !handed_over {
+            assert_eq!(body["in_progress"]["requirement"], "latest", "{body}");
+            assert!(body["in_progress"]["step"].is_string());
+        }
     }
     env.wait_single_container().await;
     assert_eq!(

@@ -329,12 +329,7 @@ fn over_socket(socket: &std::path::Path, method: &str, path: &str, token: &str) 
         .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    status_and_body(&out)
 }
 
 pub async fn secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port(
@@ -493,29 +488,8 @@ pub async fn the_companion_key_cannot_move_a_container_to_another_repository_of_
     );
     let id = inspect(&app)["Id"].clone();
     let elsewhere = suite.image("selfup", "1.0.0");
-    let body = json!({ "container": app, "image": elsewhere }).to_string();
-    let mut curl = Nobody::spawn(
-        "/usr/bin/curl",
-        &[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("authorization: {}", w.key),
-            "-H",
-            "content-type: application/json",
-            "--data",
-            &body,
-            &w.url("/update"),
-        ],
-    );
-    let (out, err) = curl.finish();
-    let (answer, status) = out
-        .trim()
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl: {out} {err}"));
+    let (status, answer) = w.update_as_nobody(&app, &elsewhere);
     assert_eq!(status, "403", "{answer}");
-    let answer: Value = serde_json::from_str(answer).unwrap();
     assert_eq!(
         answer["asked_repository"],
         format!("{}/selfup", suite.registry),
@@ -583,12 +557,7 @@ fn roots_curl(port: u16, path: &str) -> (u16, Value) {
         .arg(format!("localhost:{port}{path}"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    status_and_body(&out)
 }
 
 /// Every control endpoint, as a local user would try it.
@@ -971,4 +940,15 @@ pub async fn the_registry_setup_puts_no_password_on_a_command_line(suite: Arc<Su
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// What `curl -w '\n%{http_code}'` printed: (status, JSON body); 0 and null
+/// for what is neither.
+fn status_and_body(out: &std::process::Output) -> (u16, Value) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }

@@ -1704,6 +1704,39 @@ impl CompanionEnv {
         (status, json)
     }
 
+    /// `POST /update` of `container` to `image` as user 65534, with the
+    /// companion's key: (status, JSON body).
+    pub fn update_as_nobody(&self, container: &str, image: &str) -> (String, Value) {
+        let body = json!({ "container": container, "image": image }).to_string();
+        let url = self.url("/update");
+        let mut curl = Nobody::spawn(
+            "/usr/bin/curl",
+            &[
+                "-s",
+                "--max-time",
+                "120",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &format!("authorization: {}", self.key),
+                "-H",
+                "content-type: application/json",
+                "--data",
+                &body,
+                &url,
+            ],
+        );
+        let (out, err) = curl.finish();
+        let (answer, status) = out
+            .trim()
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("curl: {out} {err}"));
+        (
+            status.to_string(),
+            serde_json::from_str(answer).unwrap_or_else(|_| panic!("not JSON: {answer}")),
+        )
+    }
+
     /// `POST /update` with the key.
     pub async fn update(&self, container: &str, image: &str) -> (u16, Value) {
         self.update_at(self.port, container, image).await

@@ -8,8 +8,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 use crate::harness::{APP, Nobody, Suite, docker, free_port, inspect, run, run_quietly, sign_with};
 
 /// A key of the test's own: `(private, public)` in `dir`, made with openssl
@@ -149,37 +147,6 @@ pub async fn a_registry_a_local_user_stands_in_with_runs_nothing_unsigned_or_sig
     let _ = std::fs::remove_dir_all(&keys);
 }
 
-/// `POST /update` as user 65534 with the companion's key: (status, body).
-fn update_as_nobody(url: &str, key: &str, container: &str, image: &str) -> (String, Value) {
-    let body = json!({ "container": container, "image": image }).to_string();
-    let mut curl = Nobody::spawn(
-        "/usr/bin/curl",
-        &[
-            "-s",
-            "--max-time",
-            "120",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("authorization: {key}"),
-            "-H",
-            "content-type: application/json",
-            "--data",
-            &body,
-            url,
-        ],
-    );
-    let (out, err) = curl.finish();
-    let (answer, status) = out
-        .trim()
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl: {out} {err}"));
-    (
-        status.to_string(),
-        serde_json::from_str(answer).unwrap_or_else(|_| panic!("not JSON: {answer}")),
-    )
-}
-
 pub async fn a_companion_update_runs_only_images_signed_with_the_key_the_container_names(suite: Arc<Suite>) {
     let mut w = suite.companion_env();
     let keys = w.dir("keys");
@@ -215,7 +182,7 @@ pub async fn a_companion_update_runs_only_images_signed_with_the_key_the_contain
         true,
     );
     let id = inspect(&app)["Id"].clone();
-    let (status, answer) = update_as_nobody(&w.url("/update"), &w.key, &app, &unsigned);
+    let (status, answer) = w.update_as_nobody(&app, &unsigned);
     assert_eq!(status, "403", "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("is not signed"), "{answer}");
     assert_eq!(inspect(&app)["Id"], id, "the container was replaced");
@@ -231,7 +198,7 @@ pub async fn a_companion_update_runs_only_images_signed_with_the_key_the_contain
         true,
     );
     sign_with(&unsigned, None);
-    let (status, answer) = update_as_nobody(&w.url("/update"), &w.key, &teams, &unsigned);
+    let (status, answer) = w.update_as_nobody(&teams, &unsigned);
     assert_eq!(status, "403", "{answer}");
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("/etc/selfup/keys/team.pub"), "{answer}");
