@@ -2,7 +2,7 @@
 # The operator's cycle, end to end: registry, build 1.0.0, start with
 # compose, build 1.1.0, upgrade, and the answers through both ports and nginx.
 #   scripts/demo.sh          run it (leaves selfup and nginx running)
-#   scripts/demo.sh down     stop and remove them
+#   scripts/demo.sh down     stop and remove them, and stop the registry and its door
 #   scripts/demo.sh purge    remove everything the project made on this machine
 #                            (containers, images, volumes, networks, the registry
 #                            and its data), so that the Quick start runs as new
@@ -25,6 +25,8 @@ purge() {
   docker network ls -q --filter label=selfup.e2e | xargs -r docker network rm >/dev/null
   docker volume ls -q --filter label=selfup.e2e | xargs -r docker volume rm -f >/dev/null
   docker volume rm -f selfup_data >/dev/null 2>&1 || true
+  # The registry and its door first: the door runs the nginx image.
+  registry/start.sh stop >/dev/null
   # Twice: an image that is the parent of another (the nginx image's imported
   # root) can only go once its child has gone.
   for _ in 1 2; do
@@ -36,12 +38,13 @@ purge() {
       docker images -q 'localhost:5000/*'
     } | sort -u | xargs -r docker rmi -f >/dev/null 2>&1 || true
   done
-  registry/start.sh stop >/dev/null
   docker logout localhost:5000 >/dev/null 2>&1 || true
-  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" /run/selfup /run/selfup-public
+  rm -rf "${REGISTRY_STATE:-/var/lib/selfup-registry}" /run/selfup /run/selfup-public /run/selfup-registry
 }
 case "${1:-}" in
-  down) down; echo "selfup and nginx removed"; exit 0 ;;
+  # The registry and its door too (its data and credentials stay): the port
+  # is free again, and scripts/setup.sh starts both at the next run.
+  down) down; registry/start.sh stop >/dev/null; echo "selfup and nginx removed, the registry stopped"; exit 0 ;;
   purge) purge; echo "removed every container, image, volume and network of the project, and the registry with its data"; exit 0 ;;
   "") ;;
   *) echo "usage: scripts/demo.sh [down|purge]" >&2; exit 2 ;;

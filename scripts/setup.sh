@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the demo and the tests need, on a fresh Debian
 # machine with Docker Engine and a Rust toolchain: Debian packages, the
-# registry on localhost:5000, and the locally built nginx image.
+# locally built nginx image, and the registry on its socket with its door on
+# localhost:5000 (an nginx container: the image comes first).
 # Idempotent: what is already there is left alone. Each slow step says so
 # before it starts; a failing one shows its log's last lines and how to rerun.
 #   scripts/setup.sh        prints the nginx image's name last, on stdout
@@ -30,5 +31,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 docker info >/dev/null 2>&1 || { echo "setup: the Docker daemon does not answer (is dockerd running?)" >&2; exit 1; }
-registry/start.sh >&2
-nginx/build-image.sh
+image=$(nginx/build-image.sh)
+SELFUP_NGINX_IMAGE=$image registry/start.sh >&2
+echo "$image"

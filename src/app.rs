@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::{Server, Service, ServiceRequest};
 use actix_web::http::ConnectionType;
-use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::middleware::{ErrorHandlers, Logger, Next, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::companion::auth::{ApiKey, KeySource};
@@ -20,7 +20,7 @@ use crate::docker::Engine;
 use crate::handover::{Deps, Orchestrator};
 use crate::recreate::journal::Swaps;
 use crate::recreate::upgrade::registry_client;
-use crate::routes::{self, AppState, companion, events, handover, hooks, info, status, upgrade};
+use crate::routes::{self, AppState, companion, events, handover, hooks, info, pause, status, upgrade};
 use crate::state::{Shared, TakeoverPhase};
 use crate::watch::containers::ContainerWatch;
 
@@ -118,9 +118,12 @@ impl Application {
             tokio::runtime::Handle::current(),
         );
         let metrics = orchestrator.shared.clone();
+        // A held request waits at most a little longer than a pause lasts.
+        let hold = settings.hold() + Duration::from_secs(1);
         let mut server = HttpServer::new(move || {
             let lingering = lingering.clone();
             let metrics = metrics.clone();
+            let paused = metrics.clone();
             App::new()
                 .wrap_fn(move |req, srv| {
                     let answer = srv.call(req);
@@ -158,6 +161,17 @@ impl Application {
                         res
                     }
                 })
+                // Outermost: a public request waits out a pause before
+                // anything else sees it.
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<_>| {
+                    let paused = paused.clone();
+                    async move {
+                        if routes::Listener::of(req.request()) == routes::Listener::Live {
+                            paused.pause.wait(hold).await;
+                        }
+                        next.call(req).await
+                    }
+                }))
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PayloadConfig::new(ECHO_LIMIT))
                 .route("/", web::get().to(info::index))
@@ -186,6 +200,16 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(
+                    web::resource("/pause")
+                        .route(web::post().to(pause::pause))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/resume")
+                        .route(web::post().to(pause::resume))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
                     web::resource("/events")
                         .route(web::get().to(events::events))
                         .default_service(web::to(routes::method_not_allowed)),
@@ -208,6 +232,16 @@ impl Application {
                 .service(
                     web::resource("/update/{container}/promote")
                         .route(web::post().to(companion::promote))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update/{container}/pause")
+                        .route(web::post().to(companion::pause))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/update/{container}/resume")
+                        .route(web::post().to(companion::resume))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .service(

@@ -42,6 +42,13 @@ pub struct Settings {
     /// from) is reached at the node's gateway address instead
     /// (`http://172.18.0.1:5000`). Unset: `registry` itself.
     pub registry_api: Option<String>,
+    /// The registry's API over a unix socket, in a directory only root can
+    /// write (`registry/start.sh` serves it there): for the registry named
+    /// `registry`, every API call goes through it and never over TCP, so
+    /// no listener on the registry's port can stand in for it or read the
+    /// credentials. Unset (or empty): over TCP, where credentials go only in
+    /// answer to the registry's challenge, or over HTTPS.
+    pub registry_socket: Option<PathBuf>,
     /// The Docker Engine socket.
     pub docker_socket: PathBuf,
     /// How long a successor has to answer `/health` with the target version.
@@ -73,6 +80,9 @@ pub struct Settings {
     /// longer than nginx's upstream `keepalive_timeout` (4 s), so nginx
     /// never sends on a pooled connection the elder is closing.
     pub linger_ms: u64,
+    /// How long a pause of the public traffic (`POST /pause`) lasts at most:
+    /// it ends by itself then, and every waiting request goes on.
+    pub hold_secs: u64,
     /// How long an elder stays running after the switch, out of rotation,
     /// watching its successor (exits, hangs, 5xx answers) and ready to take
     /// the traffic back; 0: the elder goes as soon as the successor is live.
@@ -205,6 +215,7 @@ impl Default for Settings {
             registry: "localhost:5000".into(),
             image: "selfup".into(),
             registry_api: None,
+            registry_socket: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             health_deadline_secs: 30,
             takeover_deadline_secs: 60,
@@ -215,6 +226,7 @@ impl Default for Settings {
             nginx_container: "selfup-nginx".into(),
             live_socket: PathBuf::from("/run/selfup-public/live.sock"),
             linger_ms: 4500,
+            hold_secs: 30,
             bake_secs: 30,
             bake_max_5xx_ratio: 0.01,
             upgrade_token: None,
@@ -275,6 +287,7 @@ const NOT_SETTINGS: &[&str] = &[
     "REGISTRY_AUTH",
     "REGISTRY_USER",
     "REGISTRY_CONFIG",
+    "REGISTRY_DIR",
     "VERIFY_KEY_FILE",
     "NGINX_IMAGE",
     "CONTROL_DIR",
@@ -283,6 +296,10 @@ const NOT_SETTINGS: &[&str] = &[
     "REPLICAS",
     "E2E_TIME_LIMIT_SECS",
 ];
+
+/// The longest pause: a held request must be answered within nginx's
+/// upstream read timeout (60 s).
+const MAX_HOLD_SECS: u64 = 55;
 
 impl Settings {
     /// The signature policy images are checked against before they run.
@@ -340,6 +357,13 @@ impl Settings {
         if settings.registry_api.as_deref().is_some_and(|a| a.trim().is_empty()) {
             settings.registry_api = None;
         }
+        if settings
+            .registry_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            settings.registry_socket = None;
+        }
         if settings.hook_token.is_none() && settings.hook_token_file.is_file() {
             let token = std::fs::read_to_string(&settings.hook_token_file).map_err(|e| ConfigError::Invalid {
                 field: "hook_token_file",
@@ -390,6 +414,15 @@ impl Settings {
             if secs == 0 {
                 return invalid(field, "must be at least 1".into());
             }
+        }
+        if !(1..=MAX_HOLD_SECS).contains(&self.hold_secs) {
+            return invalid(
+                "hold_secs",
+                format!(
+                    "must be between 1 and {MAX_HOLD_SECS} (nginx's upstream read timeout, 60 s, must outlast a held request), got {}",
+                    self.hold_secs
+                ),
+            );
         }
         if self.linger_ms + self.shutdown_timeout_secs * 1000 >= self.stop_timeout_secs * 1000 {
             return invalid(
@@ -589,6 +622,10 @@ impl Settings {
 
     pub fn drain(&self) -> Duration {
         Duration::from_millis(self.drain_ms)
+    }
+
+    pub fn hold(&self) -> Duration {
+        Duration::from_secs(self.hold_secs)
     }
 
     pub fn linger(&self) -> Duration {

@@ -33,9 +33,11 @@
 //!   it records as enums; [`metrics`]: what `/metrics` exports;
 //!   [`notify`]: a JSON POST for every finished upgrade or update.
 //! - [`control`]: the stable sockets the live instance holds across
-//!   handovers; [`proxy`]: whether nginx runs.
+//!   handovers; [`proxy`]: whether nginx runs; [`pause`]: public traffic
+//!   held, not refused (`/pause`, an app's pause).
 //! - [`docker`]: the one wrapper around bollard; [`registry`]: tags and
-//!   digests over the registry API, with credentials.
+//!   digests over the registry API (over its unix socket when it has one),
+//!   with credentials.
 //! - [`version`]: the semver rules; [`image_ref`]: image references.
 //! - [`peer_uid`]: who owns the caller's end of a loopback TCP connection
 //!   (the kernel's socket table), for the control endpoints' guard.
@@ -57,6 +59,7 @@ pub mod identity;
 pub mod image_ref;
 pub mod metrics;
 pub mod notify;
+pub mod pause;
 pub mod peer_uid;
 pub mod proxy;
 pub mod recreate;

@@ -269,6 +269,8 @@ pub struct Shared {
     /// [`DAEMON_STATE_MAX_AGE`]: a flood of public `/health` pings the
     /// daemon once a second at most.
     pub daemon: Recent<Result<(), String>>,
+    /// The pause of the public traffic (`POST /pause`, `POST /resume`).
+    pub pause: crate::pause::Pause,
 }
 
 impl Default for Shared {
@@ -289,6 +291,7 @@ impl Default for Shared {
             bake_ended: Notify::new(),
             rejected_file: None,
             daemon: Recent::new(DAEMON_STATE_MAX_AGE),
+            pause: crate::pause::Pause::default(),
         }
     }
 }
@@ -462,6 +465,14 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 

@@ -131,9 +131,11 @@ impl Client {
 
     /// `GET path` as JSON; an error answer is a failure with its `error`.
     async fn get_json(&self, path: &str) -> Result<Value, Failure> {
-        let response = self
-            .send(reqwest::Method::GET, path, "application/json", Some(ANSWER))
-            .await?;
+        self.json_answer(reqwest::Method::GET, path).await
+    }
+
+    async fn json_answer(&self, method: reqwest::Method, path: &str) -> Result<Value, Failure> {
+        let response = self.send(method, path, "application/json", Some(ANSWER)).await?;
         let status = response.status().as_u16();
         let text = response
             .text()
@@ -163,6 +165,26 @@ impl Client {
             println!("{body}");
         } else {
             print!("{}", answer::status_text(&answer::read(&body)));
+        }
+        Ok(())
+    }
+
+    /// `selfup pause` and `selfup resume`: `POST path`, and what it did.
+    pub fn pause_word(&self, path: &str) -> Result<(), Failure> {
+        let body = block_on(self.json_answer(reqwest::Method::POST, path))?;
+        if self.json {
+            println!("{body}");
+        } else if let Some(ends) = body["paused"]["ends_ms"].as_u64() {
+            let secs = body["hold_secs"].as_u64().unwrap_or_default();
+            println!(
+                "paused: new public requests wait until `selfup resume`, or {secs} s (until {ends} ms after the epoch)"
+            );
+        } else {
+            println!(
+                "resumed after {} ms; {} held requests go on",
+                body["paused_ms"].as_u64().unwrap_or_default(),
+                body["held"].as_u64().unwrap_or_default()
+            );
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The binary's commands: `serve` (the default), `healthcheck`, `version`,
-//! and the operator's `upgrade`, `rollback`, `status`, `history`. Parsed
+//! and the operator's `upgrade`, `rollback`, `status`, `history`, `pause`,
+//! `resume`. Parsed
 //! here, in the library, so that the binary's own crate is one line.
 
 use std::process::ExitCode;
@@ -48,6 +49,17 @@ enum Command {
     },
     /// The last upgrades, with outcome and duration.
     History {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hold new public requests (they wait, they are not refused) until
+    /// `selfup resume`, or until hold_secs have passed.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let the held public requests go on.
+    Resume {
         #[command(flatten)]
         target: Target,
     },
@@ -121,6 +133,8 @@ pub fn main(version: &'static str) -> ExitCode {
         Command::Rollback { target } => cli::exit(target.client().and_then(|c| c.upgrade("POST", "/rollback"))),
         Command::Status { target } => cli::exit(target.client().and_then(|c| c.status())),
         Command::History { target } => cli::exit(target.client().and_then(|c| c.history())),
+        Command::Pause { target } => cli::exit(target.client().and_then(|c| c.pause_word("/pause"))),
+        Command::Resume { target } => cli::exit(target.client().and_then(|c| c.pause_word("/resume"))),
     }
 }
 

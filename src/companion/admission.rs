@@ -101,6 +101,16 @@ impl Slot<'_> {
     }
 }
 
+impl Slot<'_> {
+    /// The holds across instances (the self-upgrade's wait, the swap's
+    /// claim and journal), taken out for work that outlives the slot: the
+    /// container's name is free for this instance's next request, not for
+    /// another instance or a self-upgrade until they are dropped.
+    pub(super) fn take_holds(&mut self) -> (Option<Entry>, Option<Claim>) {
+        (self._entry.take(), self.claim.take())
+    }
+}
+
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut running = self.companion.running();

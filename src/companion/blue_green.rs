@@ -32,6 +32,7 @@ use tokio::time::{Instant, sleep};
 
 use super::container::labels;
 use crate::control::{Access, ControlSocket};
+use crate::pause::Pause;
 
 /// The container port the app listens on; its presence asks for blue-green.
 pub const PORT_LABEL: &str = "selfup.port";
@@ -222,6 +223,10 @@ pub struct AppFront {
     /// Every connection this instance is relaying, to any app: an elder
     /// on its way out waits for them.
     relaying: Arc<AtomicUsize>,
+    /// `POST /update/<app>/pause`: new connections wait, they are not
+    /// joined to the app, until the resume or `hold` has passed.
+    pause: Pause,
+    hold: Duration,
 }
 
 /// Counts a connection as open to its target until dropped.
@@ -265,6 +270,16 @@ impl AppFront {
         self.socket.public().display().to_string()
     }
 
+    /// This app's pause: new connections are held while it lasts.
+    pub fn pause(&self) -> &Pause {
+        &self.pause
+    }
+
+    /// The longest pause, after which it ends by itself.
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
     async fn serve(self: Arc<Self>, listener: UnixListener) {
         loop {
             let (downstream, _) = match listener.accept().await {
@@ -275,12 +290,33 @@ impl AppFront {
                     continue;
                 }
             };
+            if self.pause.current().is_some() {
+                // Held, not refused: joined to whichever container is the
+                // app's once the pause ends (no update runs meanwhile).
+                let front = self.clone();
+                self.relaying.fetch_add(1, Ordering::SeqCst);
+                let relaying = Open(self.relaying.clone());
+                tokio::spawn(async move {
+                    front.pause.wait(front.hold + POLL).await;
+                    front.join(downstream);
+                    drop(relaying);
+                });
+                continue;
+            }
+            self.join(downstream);
+        }
+    }
+
+    /// Joins a client's connection to the app's container now.
+    fn join(&self, downstream: UnixStream) {
+        {
             // Counted before the connect, so that a drain never misses a
             // connection on its way to the elder.
             let target = self.target();
             target.open.fetch_add(1, Ordering::SeqCst);
             self.relaying.fetch_add(1, Ordering::SeqCst);
             let open = (Open(target.open.clone()), Open(self.relaying.clone()));
+            let hold = self.hold;
             tokio::spawn(async move {
                 let _open = open;
                 // The standby's answers are not the target's.
@@ -305,7 +341,9 @@ impl AppFront {
                                 format!("no answer to the connect in {} ms", STANDBY_AFTER.as_millis()),
                             )),
                         },
-                        None => TcpStream::connect(target.addr).await,
+                        // No standby: the app may be restarting (a crash,
+                        // its restart policy): the connection waits for it.
+                        None => connect_within(target.addr, hold).await,
                     }
                 };
                 let (upstream, answers, replay_to) = match connect.await {
@@ -320,11 +358,64 @@ impl AppFront {
                 };
                 match upstream {
                     Ok(upstream) => relay(downstream, upstream, answers, replay_to).await,
-                    Err(e) => tracing::warn!(app = %target.addr, error = %e, "the app refused a connection"),
+                    Err(e) => {
+                        tracing::warn!(app = %target.addr, error = %e, "the app refused a connection");
+                        unavailable(
+                            downstream,
+                            &format!("the app at {} does not accept connections: {e}", target.addr),
+                        )
+                        .await;
+                    }
                 }
             });
         }
     }
+}
+
+/// A connection to `addr`, tried again every [`RETRY_EVERY`] while it is
+/// refused or unanswered, for at most `hold`: an app whose container
+/// crashed is back once its restart policy has started it.
+async fn connect_within(addr: SocketAddr, hold: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + hold;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(STANDBY_AFTER.min(left), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                if tries > 1 {
+                    tracing::info!(app = %addr, tries, "the app accepts connections again");
+                }
+                return Ok(stream);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "no answer to the connect"),
+        };
+        if Instant::now() + RETRY_EVERY >= deadline {
+            return Err(io::Error::new(
+                error.kind(),
+                format!("{error}, for {} s ({tries} tries)", hold.as_secs()),
+            ));
+        }
+        sleep(RETRY_EVERY).await;
+    }
+}
+
+/// How often a held connection tries the app again.
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+
+/// Answers a client the app could not take with 503 and `Retry-After`
+/// (nginx passes it on), after reading what the client sent so far.
+async fn unavailable(mut downstream: UnixStream, why: &str) {
+    let mut sent = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), downstream.read(&mut sent)).await;
+    let body = serde_json::json!({ "error": why }).to_string() + "\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = downstream.write_all(answer.as_bytes()).await;
+    let _ = downstream.shutdown().await;
 }
 
 /// During a bake, how long a connect to the successor may take before the
@@ -498,16 +589,19 @@ pub struct AppFronts {
     fronts: Mutex<HashMap<String, Arc<AppFront>>>,
     /// Every connection relayed to an app now, by any front.
     relaying: Arc<AtomicUsize>,
+    /// The longest pause of an app (`hold_secs`).
+    hold: Duration,
 }
 
 impl AppFronts {
-    pub fn new(dir: PathBuf, port: u16) -> AppFronts {
+    pub fn new(dir: PathBuf, port: u16, hold: Duration) -> AppFronts {
         AppFronts {
             dir,
             port,
             live: AtomicBool::new(false),
             fronts: Mutex::default(),
             relaying: Arc::default(),
+            hold,
         }
     }
 
@@ -529,6 +623,8 @@ impl AppFronts {
             socket,
             target: Mutex::new(Target::new(addr, None)),
             relaying: self.relaying.clone(),
+            pause: Pause::default(),
+            hold: self.hold,
         });
         let front = self.fronts().entry(name.to_string()).or_insert(front).clone();
         tokio::spawn(front.clone().serve(listener));
@@ -542,6 +638,17 @@ impl AppFronts {
     /// The front of app `name`, if this instance has bound one.
     pub fn get(&self, name: &str) -> Option<Arc<AppFront>> {
         self.fronts().get(name).cloned()
+    }
+
+    /// The apps whose traffic is paused: name, the pause, how many wait.
+    pub fn paused(&self) -> Vec<(String, crate::pause::Paused, usize)> {
+        let mut paused: Vec<_> = self
+            .fronts()
+            .iter()
+            .filter_map(|(name, f)| f.pause.current().map(|p| (name.clone(), p, f.pause.held())))
+            .collect();
+        paused.sort_by(|a, b| a.0.cmp(&b.0));
+        paused
     }
 
     /// How many connections this instance relays to apps now.
@@ -719,7 +826,7 @@ mod tests {
         let dead = gone.local_addr().unwrap();
         drop(gone);
         let dir = std::env::temp_dir().join(format!("selfup-apps-standby-{}", std::process::id()));
-        let fronts = AppFronts::new(dir.join("apps"), 5800);
+        let fronts = AppFronts::new(dir.join("apps"), 5800, Duration::from_secs(1));
         let front = fronts.ensure("web", elder_addr).unwrap();
         fronts.publish();
         front.switch(dead, Some(elder_addr));
@@ -738,17 +845,55 @@ mod tests {
         assert_eq!(fronts.relaying(), 1, "relayed until the client closes");
         drop(conn);
         assert_eq!(fronts.until_idle(Duration::from_secs(2)).await, 0);
-        // Without a standby, a refused connection is closed.
+        // Without a standby, a refused connection waits for the app (a
+        // restart), at most `hold_secs`, then gets a 503 that says so.
         front.switch(elder_addr, None);
         front.switch(dead, None);
+        let asked = Instant::now();
         let mut conn = tokio::net::UnixStream::connect(dir.join("apps/web.sock"))
             .await
             .unwrap();
-        let _ = conn.write_all(b"?").await;
+        let _ = conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
         let mut text = String::new();
         let _ = conn.read_to_string(&mut text).await;
-        assert_eq!(text, "");
+        assert!(asked.elapsed() >= Duration::from_millis(900), "{:?}", asked.elapsed());
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("retry-after: 1\r\n"), "{text}");
+        assert!(text.contains("does not accept connections"), "{text}");
         serving.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_waits_for_an_app_that_comes_back_within_the_hold() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gone.local_addr().unwrap();
+        drop(gone);
+        let dir = std::env::temp_dir().join(format!("selfup-apps-back-{}", std::process::id()));
+        let fronts = AppFronts::new(dir.join("apps"), 5800, Duration::from_secs(10));
+        let front = fronts.ensure("web", addr).unwrap();
+        fronts.publish();
+        let asked = Instant::now();
+        let mut conn = tokio::net::UnixStream::connect(dir.join("apps/web.sock"))
+            .await
+            .unwrap();
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        // The app's restart: it listens again 300 ms later.
+        sleep(Duration::from_millis(300)).await;
+        let back = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (mut app, _) = back.accept().await.unwrap();
+        app.write_all(b"HTTP/1.0 200 OK\r\n\r\nback").await.unwrap();
+        drop(app);
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.unwrap();
+        assert!(text.ends_with("back"), "{text}");
+        assert!(asked.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            front.answers().refused().0,
+            0,
+            "a connection that waited was not refused"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -790,7 +935,7 @@ mod tests {
             }
         });
         let dir = std::env::temp_dir().join(format!("selfup-apps-replay-{}", std::process::id()));
-        let fronts = AppFronts::new(dir.join("apps"), 5800);
+        let fronts = AppFronts::new(dir.join("apps"), 5800, Duration::from_secs(30));
         let front = fronts.ensure("web", elder_addr).unwrap();
         fronts.publish();
         front.switch(successor_addr, Some(elder_addr));
@@ -854,7 +999,7 @@ mod tests {
         let (elder, elder_task) = answering(b"elder".as_slice()).await;
         let (successor, successor_task) = answering(b"successor".as_slice()).await;
         let dir = std::env::temp_dir().join(format!("selfup-apps-{}", std::process::id()));
-        let fronts = AppFronts::new(dir.join("apps"), 5800);
+        let fronts = AppFronts::new(dir.join("apps"), 5800, Duration::from_secs(30));
         let front = fronts.ensure("web", elder).unwrap();
         assert!(
             !dir.join("apps/web.sock").exists(),

@@ -72,6 +72,9 @@ pub struct Companion {
     self_id: Option<String>,
     /// Ids and names of the containers being updated by this instance.
     running: Mutex<HashSet<String>>,
+    /// Blue-green apps whose old container is being stopped after the
+    /// update's answer, by name: a later update of one waits for it.
+    retiring: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The swaps of every instance that shares the data directory, if there is one.
     swaps: Option<Arc<Swaps>>,
     /// The sockets of the blue-green apps, unless `app_socket_dir` is empty.
@@ -112,9 +115,15 @@ impl Companion {
             helpers: Helpers::from_env(),
             self_id,
             running: Mutex::default(),
+            retiring: Arc::default(),
             swaps,
-            fronts: (!settings.app_socket_dir.as_os_str().is_empty())
-                .then(|| Arc::new(AppFronts::new(settings.app_socket_dir.clone(), settings.port))),
+            fronts: (!settings.app_socket_dir.as_os_str().is_empty()).then(|| {
+                Arc::new(AppFronts::new(
+                    settings.app_socket_dir.clone(),
+                    settings.port,
+                    settings.hold(),
+                ))
+            }),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(1))
                 .pool_max_idle_per_host(0)
@@ -156,6 +165,25 @@ impl Companion {
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The front of blue-green app `name`, if this instance has one.
+    pub fn app_front(&self, name: &str) -> Option<Arc<blue_green::AppFront>> {
+        self.fronts.as_ref()?.get(name)
+    }
+
+    /// The blue-green apps whose traffic is paused now: name, since when,
+    /// until when, and how many connections wait.
+    pub fn paused_apps(&self) -> Vec<(String, crate::pause::Paused, usize)> {
+        self.fronts.as_ref().map(|f| f.paused()).unwrap_or_default()
+    }
+
+    /// The blue-green apps whose old container is being stopped now.
+    pub fn retiring(&self) -> Vec<String> {
+        let retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = retiring.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     fn bakes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<BakeAsk>>> {

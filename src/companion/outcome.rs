@@ -72,6 +72,9 @@ pub enum UpdateError {
         PORT_LABEL
     )]
     NotBeside { container: String, reason: String },
+    /// The app's traffic is paused (`POST /update/<container>/pause`).
+    #[error("the traffic of container {container} is paused: POST /update/{container}/resume first")]
+    Paused { container: String },
     /// The blue-green labels do not say how to reach the app.
     #[error("container {container} cannot be handed over blue-green: {reason}")]
     BadAppLabels { container: String, reason: String },
@@ -123,6 +126,16 @@ impl UpdateError {
     }
 }
 
+/// The old container, as an update's answer names it: its short id once it
+/// is removed, or, for a blue-green app whose answer goes at the switch, the
+/// id and that its stop goes on (`update_step` events say when it is done).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum OldContainer {
+    Removed(String),
+    Stopping { id: String, stopping: bool },
+}
+
 /// What a finished update reports.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -136,7 +149,7 @@ pub enum UpdateOutcome {
         old_image_id: String,
         new_image: String,
         new_image_id: String,
-        old_container: String,
+        old_container: OldContainer,
         new_container: String,
         #[serde(flatten)]
         placement: Placement,
@@ -225,7 +238,7 @@ mod tests {
             old_image_id: "sha256:1".into(),
             new_image: "r/app:2".into(),
             new_image_id: "sha256:2".into(),
-            old_container: "a".into(),
+            old_container: OldContainer::Removed("a".into()),
             new_container: "b".into(),
             placement: Placement::StopFirst("it publishes host port 80".into()),
             warning: None,

@@ -17,7 +17,7 @@ use super::admission::Slot;
 use super::app_bake::Baking;
 use super::blue_green::{self, AppFront, AppHandover, AppSpec};
 use super::container::{SIGNING_KEY_LABEL, labels, name_of};
-use super::outcome::{Offer, UpdateError, UpdateOutcome, outcome_of};
+use super::outcome::{Offer, OldContainer, UpdateError, UpdateOutcome, outcome_of};
 use super::placement::{self, Placement};
 use super::progress::{Progress, Step};
 use super::swap::{NewContainer, Swap, SwapError, SwapFailure};
@@ -26,7 +26,7 @@ use crate::image_ref::ImageRef;
 use crate::recreate::clone::{self, COMPOSE_IMAGE, Overrides, clone_body};
 use crate::recreate::journal::{Phase, SwapRecord};
 use crate::recreate::resolve::{self, Go};
-use crate::recreate::watch;
+use crate::recreate::watch::{self, StopFailed};
 use crate::registry::credentials::{self, RegistryAuth};
 use crate::version::{self, Requirement};
 
@@ -152,11 +152,15 @@ impl Companion {
         self.check_registry(image.registry_host())?;
         self.not_busy(container)?;
         let old = self.target(container).await?;
+        self.not_paused(&name_of(&old))?;
+        self.wait_retired(&name_of(&old)).await;
         self.check_lane(&old, &image)?;
         let mut slot = self.take_slot(&old).await?;
         let old = self.still_running(&old).await?;
         let auth = self.credentials(image.registry_host()).await?;
-        self.replace(progress, old, image, auth, &mut slot).await
+        // On the heap: the swap's state is large, and a future that holds
+        // it inline can overflow an HTTP worker's stack where it is made.
+        Box::pin(self.replace(progress, old, image, auth, &mut slot)).await
     }
 
     async fn run_update_to(
@@ -169,6 +173,8 @@ impl Companion {
         self.not_busy(container)?;
         let old = self.target(container).await?;
         let name = name_of(&old);
+        self.not_paused(&name)?;
+        self.wait_retired(&name).await;
         let (reference, current) = Self::current_image(&old)?;
         let host = current.registry_host().to_string();
         self.check_registry(&host)?;
@@ -186,7 +192,7 @@ impl Companion {
                 image_id: old.image.clone().unwrap_or_default(),
             });
         }
-        self.replace(progress, old, image, auth, &mut slot).await
+        Box::pin(self.replace(progress, old, image, auth, &mut slot)).await
     }
 
     /// The repository:tag reference `old` runs, which a requirement is resolved in.
@@ -332,13 +338,110 @@ impl Companion {
         };
         match handover {
             Ok((new_id, handover)) => {
-                self.retire(job, &swap, new_id, placement, Some(Box::new(handover)))
-                    .await
+                let old_ids = (swap.old_id.to_string(), swap.aside.to_string());
+                // The swap's borrow of the slot ends here: its holds go on
+                // with the old container's stop.
+                drop(swap);
+                Ok(self.retire_later(job, old_ids, slot, new_id, Box::new(handover)))
             }
             Err(failure) => {
                 let error = self.roll_back(job, &swap, failure).await;
                 Err(slot.failed(error))
             }
+        }
+    }
+
+    /// A blue-green app's successor has the socket and its elder no
+    /// connection left: the answer goes now, and the elder's stop (SIGTERM,
+    /// its stop timeout, removal) goes on in the background, reported as
+    /// `update_step` events; a later update of the same container waits
+    /// for it ([`Companion::wait_retired`]).
+    fn retire_later(
+        &self,
+        job: &Job<'_>,
+        (old_id, aside): (String, String),
+        slot: &mut Slot<'_>,
+        new_id: String,
+        handover: Box<AppHandover>,
+    ) -> UpdateOutcome {
+        let (old, image, name) = (&job.old, &job.image, job.old.name.clone());
+        job.progress.step(Step::Retiring { stopped: false });
+        let (done, waiting) = tokio::sync::watch::channel(false);
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), waiting.clone());
+        let engine = self.engine.clone();
+        let retiring = self.retiring.clone();
+        let shared = self.shared.clone();
+        let timeout = placement::stop_timeout(&old.inspect);
+        let container = job.progress.container.to_string();
+        let holds = slot.take_holds();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match watch::stop_and_remove(&engine, &old_id, timeout, StopFailed::Force).await {
+                Ok(()) => tracing::info!(
+                    container = %name,
+                    old = %short(&old_id),
+                    ms = started.elapsed().as_millis() as u64,
+                    "the old container is stopped and removed"
+                ),
+                Err(e) => tracing::warn!(container = %name, error = %e, "the old container was left as {aside}"),
+            }
+            shared.events.emit(Event::UpdateStep {
+                container,
+                step: Step::Retired.into(),
+            });
+            drop(holds);
+            let mut retiring = retiring.lock().unwrap_or_else(|p| p.into_inner());
+            if retiring.get(&name).is_some_and(|r| r.same_channel(&waiting)) {
+                retiring.remove(&name);
+            }
+            let _ = done.send(true);
+        });
+        tracing::info!(container = %job.old.name, image = %image, new = %short(&new_id), "updated; the old container stops in the background");
+        UpdateOutcome::Updated {
+            message: format!("Container '{}' restarted with new image '{image}'", job.old.name),
+            container: job.old.name.clone(),
+            old_image: old.image.clone(),
+            old_image_id: old.image_id.clone(),
+            new_image: image.to_string(),
+            new_image_id: job.new_image_id.clone(),
+            old_container: OldContainer::Stopping {
+                id: short(&old.id),
+                stopping: true,
+            },
+            new_container: short(&new_id),
+            placement: Placement::Beside,
+            warning: None,
+            handover: Some(handover),
+            duration_ms: job.started.elapsed().as_millis(),
+        }
+    }
+
+    /// Refuses an update of an app whose traffic is paused: its held
+    /// connections wait for the container that is there now.
+    fn not_paused(&self, name: &str) -> Result<(), UpdateError> {
+        match self.app_front(name).is_some_and(|f| f.pause().current().is_some()) {
+            true => Err(UpdateError::Paused {
+                container: name.to_string(),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// Waits while the old container of this container's last update is
+    /// still being stopped (a blue-green app's answer goes before that).
+    async fn wait_retired(&self, name: &str) {
+        let waiting = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(mut waiting) = waiting {
+            tracing::info!(container = name, "waiting for the last update's old container to stop");
+            let _ = tokio::time::timeout(RETIRE_WAIT, waiting.wait_for(|done| *done)).await;
         }
     }
 
@@ -606,7 +709,7 @@ impl Companion {
             old_image_id: old.image_id.clone(),
             new_image: image.to_string(),
             new_image_id: job.new_image_id.clone(),
-            old_container: short(&old.id),
+            old_container: OldContainer::Removed(short(&old.id)),
             new_container: short(&new_id),
             placement,
             warning,
@@ -615,6 +718,10 @@ impl Companion {
         })
     }
 }
+
+/// How long a later update of a blue-green app waits for the last one's
+/// old container to stop: a stop timeout of up to a minute, and removal.
+const RETIRE_WAIT: Duration = Duration::from_secs(90);
 
 /// The way an update goes, decided once from the old container.
 enum Path {

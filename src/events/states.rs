@@ -301,6 +301,10 @@ pub enum UpdateStep {
     Retiring {
         stopped: bool,
     },
+    /// A blue-green app's old container is stopped and removed, after the
+    /// update's answer (which went once the new one had the socket and the
+    /// old one no connection).
+    Retired,
     /// The new container did not come up: it is removed and the old one restored.
     RollingBack,
 }
@@ -320,13 +324,14 @@ impl std::fmt::Display for UpdateStep {
             UpdateStep::Baking => "baking the new container, the old one kept warm out of rotation",
             UpdateStep::Retiring { stopped: false } => "stopping and removing the old container",
             UpdateStep::Retiring { stopped: true } => "removing the old container",
+            UpdateStep::Retired => "the old container is stopped and removed",
             UpdateStep::RollingBack => "rolling back",
         })
     }
 }
 
 impl UpdateStep {
-    const ALL: [UpdateStep; 13] = [
+    const ALL: [UpdateStep; 14] = [
         UpdateStep::Resolving,
         UpdateStep::Pulling,
         UpdateStep::StoppingTheOld,
@@ -339,6 +344,7 @@ impl UpdateStep {
         UpdateStep::Baking,
         UpdateStep::Retiring { stopped: false },
         UpdateStep::Retiring { stopped: true },
+        UpdateStep::Retired,
         UpdateStep::RollingBack,
     ];
 }

@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Orchestrator, Reach};
 use crate::events::Event;
-use crate::recreate::bake::{BakeEnd, HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
+use crate::recreate::bake::{BakeEnd, EARLY_LOOK_EVERY, EARLY_LOOKS, HEALTH_EVERY, HEALTH_TIMEOUT, Judge, LOOK_EVERY};
 use crate::recreate::watch::Watcher;
 use crate::state::{Bake, BakeReport, BakeVerdict};
 
@@ -64,8 +64,9 @@ impl Orchestrator {
         let url = format!("http://{}/health", reach.addr);
         let counts_url = format!("{url}?answers");
         let mut shutdown = self.shared.shutdown.subscribe();
-        let mut look = tokio::time::interval(LOOK_EVERY);
+        let mut look = tokio::time::interval(EARLY_LOOK_EVERY);
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut early = true;
         let mut next_health = Instant::now();
         let mut health = Box::pin(self.bake_health(&url, successor, reach, token, next_health));
         let end = loop {
@@ -87,6 +88,11 @@ impl Orchestrator {
                     break BakeEnd::clean(secs);
                 }
                 _ = look.tick() => {
+                    if early && started.elapsed() >= EARLY_LOOKS {
+                        early = false;
+                        look = tokio::time::interval_at(Instant::now() + LOOK_EVERY, LOOK_EVERY);
+                        look.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
                     if let Some(exit) = watcher.died().await {
                         break BakeEnd::breach(format!("the successor died: {exit}"), false);
                     }

@@ -135,7 +135,12 @@ impl Orchestrator {
             }
             .into());
         }
-        Ok(resolve::decide(&self.version, &version, &requirement)?)
+        let go = resolve::decide(&self.version, &version, &requirement)?;
+        if go != Go::AlreadyThere {
+            // What the upgrade would refuse before it starts anything.
+            self.signed(&remote.digest).await?;
+        }
+        Ok(go)
     }
 
     /// The tag `requirement` picks in this service's repository, and what the

@@ -20,6 +20,12 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const MISSES: u32 = 3;
 /// How often the elder asks the Engine about its successor.
 pub const LOOK_EVERY: Duration = Duration::from_millis(25);
+/// For the first [`EARLY_LOOKS`] of a bake the elder looks this often: a
+/// successor that answers 5xx to everything is judged from its first 20
+/// answers, and at some 1,500 public answers a second 25 ms between looks
+/// is some 40 failed requests before the verdict, 5 ms under ten.
+pub const EARLY_LOOK_EVERY: Duration = Duration::from_millis(5);
+pub const EARLY_LOOKS: Duration = Duration::from_millis(500);
 
 /// Judges a successor from its `/health` answers, one at a time. Pure, so
 /// that each rule is tested on its own. An app's bake judges its successor

@@ -442,8 +442,12 @@ impl Deps {
 /// `registry_api` when that is set (a task's or a bridge network's loopback
 /// is its own), at the registry's name otherwise.
 pub fn registry_client(settings: &Settings) -> Registry {
-    match &settings.registry_api {
+    let registry = match &settings.registry_api {
         Some(address) => Registry::new().with_api_address(&settings.registry, address),
         None => Registry::new(),
+    };
+    match &settings.registry_socket {
+        Some(path) => registry.with_socket(&settings.registry, path),
+        None => registry,
     }
 }

@@ -8,9 +8,12 @@
 //! the time of the whole listing. Past a bound the answer is an error, never
 //! a truncated tag list used as if it were whole.
 //!
-//! Authorization is what the registry asks for: Basic credentials are sent
-//! with the first request (a registry with htpasswd takes them as they are);
-//! a `401` whose `WWW-Authenticate` is a `Bearer` challenge (Docker Hub, GHCR,
+//! Authorization is what the registry asks for, sent only where it cannot
+//! be read by a stand-in: over the registry's unix socket (`registry_socket`,
+//! in a directory only root can write) or HTTPS, Basic credentials go with
+//! the first request; over plain HTTP on a port, which any local user may
+//! hold while the registry is down, none go until the registry answers `401`
+//! with a `Basic` challenge (one more round trip); a `401` whose `WWW-Authenticate` is a `Bearer` challenge (Docker Hub, GHCR,
 //! most cloud registries) sends the credentials, or none for a public
 //! repository, to the token service the challenge names, and the request
 //! again with the token. The token service gets credentials only if it is the
@@ -77,6 +80,9 @@ pub struct Registry {
     /// A registry name (as images carry it) and the address its API is
     /// called at instead (the `registry_api` setting).
     api: Option<(String, String)>,
+    /// A registry name and a client whose every connection goes to that
+    /// registry's unix socket (the `registry_socket` setting).
+    socket: Option<(String, reqwest::Client, std::path::PathBuf)>,
 }
 
 impl Default for Registry {
@@ -87,14 +93,33 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Registry {
-        let http = reqwest::Client::builder()
+        Registry {
+            http: Self::client(None),
+            api: None,
+            socket: None,
+        }
+    }
+
+    fn client(socket: Option<&std::path::Path>) -> reqwest::Client {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .expect("a reqwest client with static settings builds");
-        Registry { http, api: None }
+            .no_proxy();
+        let builder = match socket {
+            Some(path) => builder.unix_socket(path),
+            None => builder,
+        };
+        builder.build().expect("a reqwest client with static settings builds")
+    }
+
+    /// This client, calling the API of the registry named `name` over the
+    /// unix socket at `path` and never over TCP: only root can make a name
+    /// in that socket's directory, so it is the registry, and it gets the
+    /// credentials with the first request.
+    pub fn with_socket(mut self, name: &str, path: &std::path::Path) -> Registry {
+        self.socket = Some((name.to_string(), Self::client(Some(path)), path.to_path_buf()));
+        self
     }
 
     /// This client, calling the API of the registry named `name` at
@@ -196,6 +221,12 @@ struct Session<'a> {
     auth: Option<&'a RegistryAuth>,
     token: Option<String>,
     tokens_asked: usize,
+    /// Whether Basic credentials go with every request: over the registry's
+    /// socket or HTTPS from the first one, over plain HTTP once the registry
+    /// has challenged for them.
+    basic: bool,
+    /// The registry's unix socket, when its API is called there.
+    socket: Option<&'a std::path::Path>,
 }
 
 impl<'a> Session<'a> {
@@ -205,19 +236,32 @@ impl<'a> Session<'a> {
         repository: &str,
         auth: Option<&'a RegistryAuth>,
     ) -> Result<Session<'a>, RegistryError> {
-        let base =
-            Url::parse(&Registry::base_url(client.api_address(registry))).map_err(|e| RegistryError::Untrusted {
-                registry: registry.into(),
-                reason: format!("bad registry address: {e}"),
-            })?;
+        let (http, base, socket) = match &client.socket {
+            // The socket's client ignores the URL's host: it names the
+            // registry, as the `Host` the registry sees.
+            Some((name, http, path)) if name == registry => {
+                (http, Url::parse(&format!("http://{registry}/")), Some(path.as_path()))
+            }
+            _ => (
+                &client.http,
+                Url::parse(&Registry::base_url(client.api_address(registry))),
+                None,
+            ),
+        };
+        let authenticated = socket.is_some() || base.as_ref().is_ok_and(|b| b.scheme() == "https");
         Ok(Session {
-            http: &client.http,
+            http,
             registry,
             repository: api_repository(registry, repository),
-            base,
+            base: base.map_err(|e| RegistryError::Untrusted {
+                registry: registry.into(),
+                reason: format!("bad registry address: {e}"),
+            })?,
             auth,
             token: None,
             tokens_asked: 0,
+            basic: authenticated,
+            socket,
         })
     }
 
@@ -229,9 +273,16 @@ impl<'a> Session<'a> {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
+        let at = match self.socket {
+            Some(path) => format!(
+                " (at its socket {}, registry_socket; empty for a registry on a port alone)",
+                path.display()
+            ),
+            None => String::new(),
+        };
         RegistryError::Unreachable {
             registry: self.registry.into(),
-            reason: e.to_string(),
+            reason: format!("{e}{at}"),
         }
     }
 
@@ -280,8 +331,13 @@ impl<'a> Session<'a> {
         let challenge =
             bearer_challenge(headers.iter().filter_map(|v| v.to_str().ok())).map_err(|e| self.untrusted(e))?;
         let Some(challenge) = challenge else {
-            // A Basic challenge: the credentials sent were refused.
-            return Ok(response);
+            // A Basic challenge: to credentials held back (plain HTTP), send
+            // them now, once; else the credentials sent were refused.
+            if self.basic || self.auth.and_then(RegistryAuth::basic).is_none() {
+                return Ok(response);
+            }
+            self.basic = true;
+            return self.request(method, url, accept).await;
         };
         self.token = Some(self.fetch_token(&challenge).await?);
         self.request(method, url, accept).await
@@ -299,8 +355,8 @@ impl<'a> Session<'a> {
         }
         request = match (&self.token, self.auth.and_then(RegistryAuth::basic)) {
             (Some(token), _) => request.bearer_auth(token),
-            (None, Some((username, password))) => request.basic_auth(username, Some(password)),
-            (None, None) => request,
+            (None, Some((username, password))) if self.basic => request.basic_auth(username, Some(password)),
+            (None, _) => request,
         };
         request.send().await.map_err(|e| self.unreachable(e))
     }
@@ -1002,5 +1058,118 @@ mod tests {
         assert!(followed.is_none(), "a request reached the realm on another origin");
         assert_eq!(fake.state(|s| s.authorized), 0);
         fake.stop().await;
+    }
+
+    /// A registry of one tag that records each request's `Authorization`
+    /// and `Host`; with `challenge`, it answers `401` with a `Basic`
+    /// challenge to a request without credentials.
+    mod recording {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+        pub type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+        pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, challenge: bool, seen: Seen) {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let header = |name: &str| {
+                head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+            };
+            let authorization = header("authorization");
+            let answer = if challenge && authorization.is_none() {
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            } else {
+                let body = r#"{"tags":["1.0.0"]}"#;
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            seen.lock().unwrap().push((authorization, header("host")));
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn over_plain_http_credentials_go_only_in_answer_to_the_registrys_basic_challenge() {
+        let auth = password("selfup", "secret");
+        for challenge in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let seen = recording::Seen::default();
+            let record = seen.clone();
+            let server = tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    recording::serve(stream, challenge, record.clone()).await;
+                }
+            });
+            let tags = Registry::new().tags(&addr, "selfup", Some(&auth)).await.unwrap();
+            assert_eq!(tags, ["1.0.0"]);
+            let authorizations: Vec<_> = seen.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
+            match challenge {
+                // A listener that does not ask (a stand-in on the port) gets none.
+                false => assert_eq!(authorizations, [None]),
+                true => assert_eq!(authorizations, [None, Some(format!("Basic {}", b64("selfup:secret")))]),
+            }
+            server.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn over_the_registrys_unix_socket_credentials_go_with_the_first_request_and_nothing_uses_the_port() {
+        let dir = std::env::temp_dir().join(format!("selfup-unit-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let seen = recording::Seen::default();
+        let record = seen.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                recording::serve(stream, true, record.clone()).await;
+            }
+        });
+        // The name's port: a listener there would see any request over TCP.
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let name = port.local_addr().unwrap().to_string();
+        let registry = Registry::new().with_socket(&name, &path);
+        let auth = password("selfup", "secret");
+        let tags = registry.tags(&name, "selfup", Some(&auth)).await.unwrap();
+        assert_eq!(tags, ["1.0.0"]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Some(format!("Basic {}", b64("selfup:secret"))), Some(name.clone()))]
+        );
+        assert!(futures_util::FutureExt::now_or_never(port.accept()).is_none());
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_registry_socket_that_is_not_there_is_named_in_the_error() {
+        let path = std::env::temp_dir().join(format!("selfup-unit-no-registry-{}.sock", std::process::id()));
+        let err = Registry::new()
+            .with_socket("localhost:5000", &path)
+            .tags("localhost:5000", "selfup", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+
+    fn b64(text: &str) -> String {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)
     }
 }

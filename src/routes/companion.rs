@@ -29,6 +29,14 @@ pub enum CompanionError {
     /// The update task itself failed (a panic, caught).
     #[error("{0}")]
     Internal(String),
+    /// A pause or resume for a container this instance fronts no socket of.
+    #[error(
+        "container {0} is no blue-green app fronted here (labelled selfup.port, with app_socket_dir set): only such an app's traffic can be paused"
+    )]
+    NotAnApp(String),
+    /// A pause while one is on, or a resume while none is.
+    #[error("{0}")]
+    PauseState(String),
     /// A promote or rollback for an app that is not baking here.
     #[error(
         "no bake of container {0} is running here: a blue-green app bakes after its switch when update_bake_secs is set"
@@ -42,7 +50,8 @@ impl ResponseError for CompanionError {
         match self {
             CompanionError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CompanionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            CompanionError::NoBake(_) => StatusCode::CONFLICT,
+            CompanionError::NoBake(_) | CompanionError::PauseState(_) => StatusCode::CONFLICT,
+            CompanionError::NotAnApp(_) => StatusCode::NOT_FOUND,
             CompanionError::Update(e) => match e {
                 BadImage(_) | BadRequirement(_) | BadContainerName(_) => StatusCode::BAD_REQUEST,
                 RegistryNotAllowed { .. } | RepositoryNotAllowed { .. } | NotEnabled { .. } => StatusCode::FORBIDDEN,
@@ -53,6 +62,7 @@ impl ResponseError for CompanionError {
                 | OwnContainer { .. }
                 | NotATag { .. }
                 | AutoRemove { .. }
+                | Paused { .. }
                 | NotBeside { .. } => StatusCode::CONFLICT,
                 BadAppLabels { .. } | BadKeyLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 Resolve(e) => resolve_status(e),
@@ -218,6 +228,68 @@ pub async fn promote(path: web::Path<String>, caller: UpdateCaller) -> Result<Ht
 /// warm elder and the successor is removed.
 pub async fn rollback(path: web::Path<String>, caller: UpdateCaller) -> Result<HttpResponse, CompanionError> {
     bake_verdict(path, caller, false).await
+}
+
+/// The front of blue-green app `container`, which its pause holds.
+fn app_front(
+    companion: &crate::companion::Companion,
+    container: &str,
+) -> Result<std::sync::Arc<crate::companion::blue_green::AppFront>, CompanionError> {
+    companion
+        .app_front(container)
+        .ok_or_else(|| CompanionError::NotAnApp(container.to_string()))
+}
+
+/// `POST /update/{container}/pause`: new connections to a blue-green app
+/// wait in its socket, they are not refused, until `/resume`, or until
+/// `hold_secs` have passed; those already open finish.
+pub async fn pause(
+    path: web::Path<String>,
+    UpdateCaller(companion): UpdateCaller,
+) -> Result<HttpResponse, CompanionError> {
+    let container = path.into_inner();
+    let front = app_front(&companion, &container)?;
+    let hold = front.hold();
+    match front.pause().pause(hold, crate::state::now_millis()) {
+        Ok(paused) => {
+            tracing::info!(app = %container, hold_secs = hold.as_secs(), "app traffic paused");
+            let ends = front.clone();
+            let app = container.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                if ends.pause().end(paused) {
+                    tracing::warn!(%app, "the app's pause ended by itself (hold_secs): the held connections go on");
+                }
+            });
+            Ok(HttpResponse::Ok()
+                .json(json!({ "container": container, "paused": paused, "hold_secs": hold.as_secs() })))
+        }
+        Err(running) => Err(CompanionError::PauseState(format!(
+            "the traffic of container {container} is paused already (since {} ms after the epoch): POST /update/{container}/resume ends it",
+            running.since_ms
+        ))),
+    }
+}
+
+/// `POST /update/{container}/resume`: the held connections go on to the app.
+pub async fn resume(
+    path: web::Path<String>,
+    UpdateCaller(companion): UpdateCaller,
+) -> Result<HttpResponse, CompanionError> {
+    let container = path.into_inner();
+    let front = app_front(&companion, &container)?;
+    let held = front.pause().held();
+    match front.pause().resume() {
+        Some(paused) => {
+            let paused_ms = crate::state::now_millis().saturating_sub(paused.since_ms);
+            tracing::info!(app = %container, paused_ms, held, "app traffic resumed");
+            Ok(HttpResponse::Ok()
+                .json(json!({ "container": container, "resumed": paused, "paused_ms": paused_ms, "held": held })))
+        }
+        None => Err(CompanionError::PauseState(format!(
+            "the traffic of container {container} is not paused"
+        ))),
+    }
 }
 
 #[cfg(test)]

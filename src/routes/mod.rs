@@ -9,6 +9,7 @@ pub mod guard;
 pub mod handover;
 pub mod hooks;
 pub mod info;
+pub mod pause;
 pub mod status;
 pub mod upgrade;
 

@@ -53,8 +53,25 @@ pub async fn status(_: Control, state: web::Data<AppState>) -> HttpResponse {
         "bake": bake,
         "last_bake": last_bake,
         "rolled_back_version": o.shared.rejected(),
+        "paused": o.shared.pause.current().map(|p| json!({ "since_ms": p.since_ms, "ends_ms": p.ends_ms, "held": o.shared.pause.held() })),
         "history": history,
     });
+    // Companion mode: the blue-green apps whose old container is being
+    // stopped after their update's answer.
+    if let (Some(document), Some(companion)) = (document.as_object_mut(), &state.companion) {
+        document.insert("retiring".into(), json!(companion.retiring()));
+        let paused: serde_json::Map<String, Value> = companion
+            .paused_apps()
+            .into_iter()
+            .map(|(name, p, held)| {
+                (
+                    name,
+                    json!({ "since_ms": p.since_ms, "ends_ms": p.ends_ms, "held": held }),
+                )
+            })
+            .collect();
+        document.insert("paused_apps".into(), Value::Object(paused));
+    }
     // The backend's own part (`swarm`), the same keys on every backend.
     if let (Some(document), Ok(Value::Object(part))) = (document.as_object_mut(), serde_json::to_value(backend)) {
         document.extend(part);

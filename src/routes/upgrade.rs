@@ -186,6 +186,28 @@ async fn run(
         Ok(true) => return Ok(plan(&state, target).await),
         Err(e) => return Ok(json_error(StatusCode::BAD_REQUEST, e)),
     }
+    // A paused instance keeps its requests waiting for itself: no successor
+    // takes them over meanwhile.
+    if let Some(paused) = state.orchestrator.shared.pause.current() {
+        return Ok(json_error(
+            StatusCode::CONFLICT,
+            format!(
+                "the public traffic is paused (since {} ms after the epoch): POST /resume first",
+                paused.since_ms
+            ),
+        ));
+    }
+    // Nor while an app's traffic is paused: a new instance would not hold it.
+    if let Some((app, _, _)) = state
+        .companion
+        .as_ref()
+        .and_then(|c| c.paused_apps().into_iter().next())
+    {
+        return Ok(json_error(
+            StatusCode::CONFLICT,
+            format!("the traffic of app {app} is paused: POST /update/{app}/resume first"),
+        ));
+    }
     let o = state.orchestrator.clone();
     if super::events::wants_events(&req) {
         return Ok(super::events::stream_upgrade(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{CompanionEnv, Suite, docker, eventually, exists, free_port, inspect, run};
-use crate::load::{Load, Sample, assert_none_failed};
+use crate::load::{Load, Sample, assert_none_failed, held_across};
 use crate::sse::{assert_in_order, label, read_events};
 
 /// Where the companion puts the apps' sockets, inside its container and nginx's.
@@ -27,6 +27,9 @@ pub enum Flavour {
     SickAfter(u32),
     /// It exits (status 3) this many seconds after its start.
     CrashAfter(u32),
+    /// httpd runs as PID 1 with no handler: SIGTERM does nothing, and a
+    /// stop waits out the stop timeout before SIGKILL, as many apps do.
+    IgnoresTerm,
 }
 
 /// Builds and pushes the app at `versions` into a repository of this
@@ -67,10 +70,16 @@ fn app_images(w: &mut CompanionEnv, versions: &[(&str, Flavour)]) -> String {
             _ => String::new(),
         };
         // httpd forks a child per connection; the shell stops on SIGTERM.
+        let entrypoint = match flavour {
+            Flavour::IgnoresTerm => r#"["/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_string(),
+            _ => format!(
+                r#"["/busybox", "sh", "-c", "trap 'exit 0' TERM; /busybox httpd -f -p 8080 -h /www & {sick}wait"]"#
+            ),
+        };
         let dockerfile = format!(
             "FROM scratch\nCOPY busybox /busybox\nCOPY www /www\n\
              LABEL org.opencontainers.image.version={version}\n\
-             ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"trap 'exit 0' TERM; /busybox httpd -f -p 8080 -h /www & {sick}wait\"]\n"
+             ENTRYPOINT {entrypoint}\n"
         );
         std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
         let image = w.suite.image(&repository, version);
@@ -220,11 +229,19 @@ fn compose(w: &CompanionEnv, args: &[&str]) -> String {
 fn service_containers(w: &CompanionEnv) -> Vec<String> {
     compose(w, &["ps", "-q", "web"])
         .lines()
-        .map(|id| {
-            docker(&["inspect", "-f", "{{.Name}}", id.trim()])
-                .trim()
-                .trim_start_matches('/')
-                .to_string()
+        // One removed between the two calls (an elder's stop after its
+        // update's answer) is no longer the service's.
+        .filter_map(|id| {
+            let out = Command::new("docker")
+                .args(["inspect", "-f", "{{.Name}}", id.trim()])
+                .output()
+                .ok()?;
+            out.status.success().then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .trim_start_matches('/')
+                    .to_string()
+            })
         })
         .collect()
 }
@@ -263,7 +280,13 @@ pub async fn hand_over(w: &CompanionEnv, web: &str, public: &str, requirement: &
     // The answer comes after the switch: the next request is the successor's.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     assert_eq!(version(&http, public).await.as_deref(), Some(expected));
-    assert!(!exists(&elder), "the elder is removed");
+    // The elder's stop goes on after the answer, which says so.
+    assert_eq!(body["old_container"]["id"], elder[..12], "{body}");
+    assert_eq!(body["old_container"]["stopping"], true, "{body}");
+    eventually("the elder to be removed", Duration::from_secs(20), || async {
+        (!exists(&elder)).then_some(())
+    })
+    .await;
     body
 }
 
@@ -325,6 +348,176 @@ pub async fn a_plain_web_app_is_handed_over_three_times_under_load_through_nginx
     assert_eq!(
         live["Config"]["Image"],
         w.suite.image(&format!("bluegreen/{}", w.test), "1.3.0")
+    );
+}
+
+pub async fn an_app_that_ignores_sigterm_gets_its_update_answer_within_2_s_of_the_switch_and_a_later_update_waits_for_its_elder_to_stop(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let versions = [("1.0.0", Flavour::IgnoresTerm), ("1.1.0", Flavour::IgnoresTerm)];
+    let repository = app_images(&mut w, &versions);
+    let network = w.network("net");
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
+    let sockets = start(&mut w, &[]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(180));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+
+    let elder = inspect(&web)["Id"].as_str().unwrap().to_string();
+    let (status, body) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
+    let answered = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["old_container"]["id"], elder[..12], "{body}");
+    assert_eq!(body["old_container"]["stopping"], true, "{body}");
+    // Answered before the elder's stop timeout ran out: it still exists,
+    // out of rotation, and /status names it.
+    assert!(exists(&elder), "the answer waited for the elder's stop");
+    let status = w.status().await;
+    assert_eq!(status["retiring"], serde_json::json!([web.clone()]), "{status}");
+    // A later update of the same container waits for that stop, then runs.
+    let (status, again) = w.post_raw(&format!("/update/{web}/=1.0.0"), Some(&w.key), "").await;
+    let second = Instant::now();
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        !exists(&elder),
+        "the second update began before the first one's elder had stopped"
+    );
+    load.wait_for_samples_after(second, 50, Duration::from_secs(20)).await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "across two updates of an app that ignores SIGTERM");
+    // The switch: the first answer of 1.1.0.
+    let switched = samples
+        .iter()
+        .filter(|s| s.version.as_deref() == Some("1.1.0"))
+        .map(|s| s.sent + s.latency)
+        .min()
+        .expect("1.1.0 answered");
+    let after_switch = answered.saturating_duration_since(switched);
+    eprintln!(
+        "    app ignoring SIGTERM: /update answered {} ms after the switch ({} ms in all); the next update {} ms later",
+        after_switch.as_millis(),
+        body["duration_ms"],
+        (second - answered).as_millis()
+    );
+    assert!(
+        after_switch <= Duration::from_secs(2),
+        "answered {after_switch:?} after the switch"
+    );
+    // The next update waited out the elder's stop timeout (the compose
+    // file's `stop_grace_period`, 5 s).
+    assert!(second - answered >= Duration::from_secs(5), "{:?}", second - answered);
+    eventually("the second update's elder stopped", Duration::from_secs(30), || async {
+        (w.status().await["retiring"] == serde_json::json!([])).then_some(())
+    })
+    .await;
+    assert_eq!(service_containers(&w), vec![web.clone()]);
+}
+
+pub async fn an_app_paused_for_five_seconds_under_eight_keep_alive_clients_fails_none_and_its_held_requests_go_on_within_100_ms_of_the_resume(
+    suite: Arc<Suite>,
+) {
+    let (w, web, public) = healthy_app(suite, &["1.0.0", "1.1.0"]).await;
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(60));
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let (status, body) = w.post_raw(&format!("/update/{web}/pause"), Some(&w.key), "").await;
+    assert_eq!(status, 200, "{body}");
+    let paused_at = Instant::now();
+    assert_eq!(body["hold_secs"], 30, "{body}");
+    // Every client's next request waits in the app's socket; /status says so.
+    let status = eventually("all eight clients held", Duration::from_secs(5), || async {
+        let status = w.status().await;
+        (status["paused_apps"][&web]["held"] == 8).then_some(status)
+    })
+    .await;
+    assert_eq!(
+        status["paused_apps"][&web]["since_ms"], body["paused"]["since_ms"],
+        "{status}"
+    );
+    // No update of it meanwhile, and no pause of what is not a fronted app.
+    let (refused, answer) = w.post_raw(&format!("/update/{web}/1.1"), Some(&w.key), "").await;
+    assert_eq!(refused, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("paused"), "{answer}");
+    let (missing, answer) = w.post_raw("/update/no-such-app/pause", Some(&w.key), "").await;
+    assert_eq!(missing, 404, "{answer}");
+    let (unauthorized, _) = w.post_raw(&format!("/update/{web}/resume"), None, "").await;
+    assert_eq!(unauthorized, 401);
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(paused_at.elapsed())).await;
+
+    let resumed_at = Instant::now();
+    let (status, body) = w.post_raw(&format!("/update/{web}/resume"), Some(&w.key), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["held"], 8, "{body}");
+    load.wait_for_samples_after(resumed_at, 50, Duration::from_secs(20))
+        .await;
+    let samples = load.finish().await;
+    assert_none_failed(&samples, "across an app's pause");
+    let late = held_across(&samples, paused_at, resumed_at);
+    assert_eq!(late.len(), 8, "one held request per client: {late:?}");
+    let slowest = *late.iter().max().unwrap();
+    eprintln!(
+        "    app pause: 8 held requests answered at most {} ms after the resume; {} requests, 0 failed",
+        slowest.as_millis(),
+        samples.len()
+    );
+    assert!(
+        slowest <= Duration::from_millis(100),
+        "answered {slowest:?} after the resume"
+    );
+    let (again, answer) = w.post_raw(&format!("/update/{web}/resume"), Some(&w.key), "").await;
+    assert_eq!(again, 409, "{answer}");
+    assert_eq!(w.status().await["paused_apps"], serde_json::json!({}));
+}
+
+pub async fn an_app_whose_container_crashes_has_its_new_requests_held_until_its_restart_policy_brings_it_back(
+    suite: Arc<Suite>,
+) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::CrashAfter(4))]);
+    let network = w.network("net");
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
+    docker(&["update", "--restart", "always", &web]);
+    let sockets = start(&mut w, &[]).await;
+    let public = nginx(&mut w, &sockets, &web);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &public, "1.0.0").await;
+    let restarts = || inspect(&web)["RestartCount"].as_u64().unwrap_or(0);
+    let before = restarts();
+    let load = Load::start(public.clone(), 8, usize::MAX, Duration::from_secs(60));
+    eventually(
+        "two crashes and restarts under load",
+        Duration::from_secs(40),
+        || async { (restarts() >= before + 2).then_some(()) },
+    )
+    .await;
+    load.wait_for_samples_after(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    let samples = load.finish().await;
+    let crashes = restarts() - before;
+    let failed: Vec<_> = samples.iter().filter(|s| s.error.is_some()).collect();
+    eprintln!(
+        "    app crashes: {crashes} crashes and restarts, {} requests, {} failed (in flight at a crash)",
+        samples.len(),
+        failed.len()
+    );
+    assert!(
+        samples.len() >= crate::load::MIN_REQUESTS,
+        "only {} requests",
+        samples.len()
+    );
+    // What was in flight in the app at a crash is lost (one per client at
+    // most); what came while it was down waited for it.
+    assert!(
+        failed.len() as u64 <= 8 * crashes,
+        "{} failed in {crashes} crashes, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
     );
 }
 
@@ -438,7 +631,13 @@ pub async fn an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_wa
         "the proxy counted the successor's answers: {body}"
     );
     assert_eq!(bake["server_errors"], 0, "{body}");
-    assert!(!exists(&elder), "the elder is removed once the bake passed");
+    // Its stop goes on after the answer.
+    eventually(
+        "the elder is removed once the bake passed",
+        Duration::from_secs(20),
+        || async { (!exists(&elder)).then_some(()) },
+    )
+    .await;
     assert_eq!(service_containers(&w), vec![web.clone()]);
     assert_eq!(version(&http, &public).await.as_deref(), Some("1.1.0"));
     eprintln!(
@@ -597,7 +796,13 @@ pub async fn an_operator_promotes_an_app_bake_early_or_rolls_it_back_to_the_elde
         "{body}"
     );
     assert!(bake["baked_ms"].as_u64().unwrap() < 30_000, "ended early: {body}");
-    assert!(!exists(&elder), "the elder is removed once promoted");
+    // Its stop goes on after the answer.
+    eventually(
+        "the elder is removed once promoted",
+        Duration::from_secs(20),
+        || async { (!exists(&elder)).then_some(()) },
+    )
+    .await;
     assert_eq!(service_containers(&w), vec![web.clone()]);
     assert_eq!(version(&http, &public).await.as_deref(), Some("1.1.0"));
     no_bake_verdicts(&w, &web, "after the promote").await;

@@ -35,6 +35,41 @@ pub async fn two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_r
     two_upgrades_on_a_bridge_network(suite, Config::Shipped).await
 }
 
+/// The shipped registry (`registry/start.sh`: its unix socket, its door on
+/// the port) from a bridge network: selfup, whose loopback is its own, reads
+/// the registry's API at the socket the file mounts, with no
+/// `SELFUP_REGISTRY_API`, and `/upgrade/<req>` goes through.
+pub async fn on_a_bridge_network_selfup_reads_the_shipped_registry_at_its_socket_and_upgrades_to_a_requirement(
+    suite: Arc<Suite>,
+) {
+    let mut registry = crate::guard::SetupRegistry::start(&suite.run_id);
+    let mut env = suite.bridge_env_with(Config::Fast, &[("SELFUP_REGISTRY", &registry.addr)]);
+    registry.compose_vars(&mut env);
+    env.set_compose_var("SELFUP_REGISTRY_API", "");
+    registry.login();
+    let built = suite.image("selfup", "1.1.0");
+    for tag in ["1.1.0", "latest"] {
+        let (pushed, output) = registry.push(&built, &format!("{}:{tag}", env.repository));
+        assert!(pushed, "{output}");
+    }
+    let auth = registry.state.join("auth");
+    crate::harness::sign_with(
+        &format!("{}/{}:1.1.0", registry.addr, env.repository),
+        Some(("selfup", &auth)),
+    );
+    std::fs::copy(auth.join("config.json"), env.path().join("docker-config.json")).unwrap();
+    suite.release(&env.repository, "1.0.0");
+    env.up("1.0.0").await;
+    let [a, b] = env.ports;
+    let dry = env.get_json(&env.direct(a, "/upgrade/1?dry_run=true")).await;
+    assert_eq!(dry["decision"], "upgrade", "{dry}");
+    assert_eq!(dry["version"], "1.1.0", "{dry}");
+    let (status, body) = env.upgrade(a, Some("1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], "1.1.0", "{body}");
+    assert_eq!(env.wait_public_version("1.1.0").await, b);
+}
+
 async fn two_upgrades_on_a_bridge_network(suite: Arc<Suite>, config: Config) {
     let env = suite.bridge_env_with(config, &[]);
     let [a, b] = env.ports;

@@ -26,6 +26,8 @@ pub async fn browser_requests_are_refused_on_every_control_endpoint_while_curl_u
         ("GET", "/upgrade/1"),
         ("POST", "/upgrade/=1.1.0"),
         ("POST", "/rollback"),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
         ("GET", "/status"),
         ("GET", "/events"),
         ("GET", "/metrics"),
@@ -183,15 +185,16 @@ pub async fn a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_
 
 /// A registry started by `registry/start.sh` into a directory of the test's,
 /// with the images pushed to it; stopped and removed on drop.
-struct SetupRegistry {
-    addr: String,
-    state: std::path::PathBuf,
+pub(crate) struct SetupRegistry {
+    run: String,
+    pub(crate) addr: String,
+    pub(crate) state: std::path::PathBuf,
     docker_config: std::path::PathBuf,
     images: Vec<String>,
 }
 
 impl SetupRegistry {
-    fn start(run: &str) -> SetupRegistry {
+    pub(crate) fn start(run: &str) -> SetupRegistry {
         SetupRegistry::start_with(run, &[])
     }
 
@@ -201,6 +204,7 @@ impl SetupRegistry {
         let state = std::env::temp_dir().join(format!("selfup-e2e-{run}-registry-{}", addr.replace([':', '.'], "-")));
         let docker_config = state.with_extension("docker");
         let registry = SetupRegistry {
+            run: run.to_string(),
             addr,
             state,
             docker_config,
@@ -215,13 +219,33 @@ impl SetupRegistry {
         let mut cmd = Command::new(repo_root().join("registry/start.sh"));
         cmd.env("REGISTRY_ADDR", &self.addr)
             .env("REGISTRY_STATE", &self.state)
-            .env("REGISTRY_NAME", &self.addr);
+            .env("REGISTRY_NAME", &self.addr)
+            .env("REGISTRY_SOCKET", self.socket())
+            .env("REGISTRY_DOOR", self.door())
+            .env("REGISTRY_DOOR_LABEL", format!("selfup.e2e={}", self.run));
         cmd
+    }
+
+    /// The registry's socket, in a directory of its own that start.sh makes root's.
+    fn socket(&self) -> std::path::PathBuf {
+        self.state.with_extension("sock").join("registry.sock")
+    }
+
+    /// The door's container, which holds the registry's port.
+    fn door(&self) -> String {
+        format!("selfup-e2e-{}-door-{}", self.run, self.addr.rsplit(':').next().unwrap())
+    }
+
+    /// Compose's variables for selfup to call the registry at its socket.
+    pub(crate) fn compose_vars(&self, env: &mut crate::harness::Env) {
+        let dir = self.socket().parent().unwrap().to_str().unwrap().to_string();
+        env.set_compose_var("SELFUP_REGISTRY_DIR", &dir);
+        env.set_compose_var("SELFUP_REGISTRY_SOCKET", "/run/selfup-registry/registry.sock");
     }
 
     /// `docker push` with a client config of the test's own (no credentials
     /// until [`login`](Self::login)); whether it succeeded, and its output.
-    fn push(&mut self, source: &str, target: &str) -> (bool, String) {
+    pub(crate) fn push(&mut self, source: &str, target: &str) -> (bool, String) {
         let target = format!("{}/{target}", self.addr);
         docker(&["tag", source, &target]);
         self.images.push(target.clone());
@@ -234,7 +258,7 @@ impl SetupRegistry {
         (out.status.success(), crate::harness::output_text(&out))
     }
 
-    fn login(&self) {
+    pub(crate) fn login(&self) {
         let password = std::fs::read(self.state.join("auth/password")).unwrap();
         let mut child = Command::new("docker")
             .arg("--config")
@@ -263,6 +287,7 @@ impl Drop for SetupRegistry {
         }
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.docker_config);
+        let _ = std::fs::remove_dir_all(self.socket().parent().unwrap());
     }
 }
 
@@ -271,7 +296,7 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_upgrades_through_its_credentials(
+pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_selfup_upgrades_through_its_credentials_on_its_socket_and_its_door_holds_the_port(
     suite: Arc<Suite>,
 ) {
     let mut registry = SetupRegistry::start(&suite.run_id);
@@ -282,7 +307,8 @@ pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_up
         assert_eq!(mode(&auth.join(file)), 0o600, "{file}");
     }
 
-    let env = suite.env(&[("SELFUP_REGISTRY", &registry.addr)]);
+    let mut env = suite.env(&[("SELFUP_REGISTRY", &registry.addr)]);
+    registry.compose_vars(&mut env);
     // Anonymous reads: the API root, the catalogue, a tag list.
     for path in ["/v2/", "/v2/_catalog", &format!("/v2/{}/tags/list", env.repository)] {
         let r = env
@@ -318,6 +344,49 @@ pub async fn the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_up
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["to"], "1.1.0", "{body}");
     assert_eq!(env.wait_public_version("1.1.0").await, env.ports[1]);
+
+    // Nobody stands in on the registry's port: its door holds it on both
+    // loopback addresses, with the registry process or without it.
+    let port: u16 = registry.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let stand_in = || {
+        let (out, err) = Nobody::python(&format!(
+            "import socket\nfor family, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n    s = socket.socket(family)\n    try:\n        s.bind((host, {port})); s.listen(); print(host, 'bound')\n    except OSError as e:\n        print(host, e.errno)\n"
+        ))
+        .finish();
+        assert!(err.is_empty(), "{err}");
+        out
+    };
+    let in_use = format!("127.0.0.1 {}\n::1 {}\n", libc_eaddrinuse(), libc_eaddrinuse());
+    assert_eq!(stand_in(), in_use, "user 65534 took the registry's port");
+    let pid = std::fs::read_to_string(registry.state.join("registry.pid")).unwrap();
+    run_cmd(Command::new("kill").arg(pid.trim()));
+    eventually(
+        "the door to answer 502 without the registry",
+        Duration::from_secs(10),
+        || {
+            let door = run_cmd(
+                Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                    .arg(format!("http://{}/v2/", registry.addr)),
+            );
+            async move { (door == "502").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(stand_in(), in_use, "user 65534 took the port of a stopped registry");
+
+    // selfup reads the registry at its socket, never at the port: with the
+    // registry back and its door gone, the dry run still lists the tags.
+    run_cmd(registry.script().arg("start"));
+    docker(&["rm", "-f", &registry.door()]);
+    let dry = env.get_json(&env.direct(env.ports[1], "/upgrade/1?dry_run=true")).await;
+    assert_eq!(dry["decision"], "no-op", "{dry}");
+    assert_eq!(dry["version"], "1.1.0", "{dry}");
+}
+
+/// Linux's `EADDRINUSE`.
+fn libc_eaddrinuse() -> i32 {
+    98
 }
 
 /// `curl --unix-socket` with the token: (status, JSON body).
@@ -561,12 +630,14 @@ fn roots_curl(port: u16, path: &str) -> (u16, Value) {
 }
 
 /// Every control endpoint, as a local user would try it.
-const CONTROL_ASKS: [(&str, &str); 8] = [
+const CONTROL_ASKS: [(&str, &str); 10] = [
     ("GET", "/upgrade/=1.0.0"),
     ("POST", "/upgrade"),
     ("GET", "/upgrade?dry_run=true"),
     ("POST", "/rollback"),
     ("POST", "/promote"),
+    ("POST", "/pause"),
+    ("POST", "/resume"),
     ("GET", "/status"),
     ("GET", "/events"),
     ("GET", "/metrics"),
@@ -628,7 +699,7 @@ pub async fn the_metrics_token_reads_metrics_and_opens_no_control_endpoint(suite
         "{}",
         metrics[0].1
     );
-    let control = &CONTROL_ASKS[..7];
+    let control = &CONTROL_ASKS[..CONTROL_ASKS.len() - 1];
     for ((method, path), (status, body)) in control.iter().zip(nobody_asks(a, control, Some(METRICS))) {
         assert_eq!(status, 401, "{method} {path} with the metrics token: {body}");
         assert_eq!(body["error"], "a valid bearer token is required", "{method} {path}");

@@ -1064,9 +1064,20 @@ impl Env {
             .env("SELFUP_PUBLIC_DIR", self.dir.join("public"))
             // An empty token file: the registry hook stays off unless a test turns it on.
             .env("SELFUP_HOOK_TOKEN_FILE", self.dir.join("hook_token"))
+            // The suite's registry is on a port alone: no socket, and an
+            // empty directory of the test's where the files mount the host's.
+            .env("SELFUP_REGISTRY_SOCKET", "")
+            .env("SELFUP_REGISTRY_DIR", self.dir.join("registry-socket"))
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .envs(vars.iter().copied());
         run(&mut cmd)
+    }
+
+    /// A variable in docker-compose's environment for every later call, as
+    /// an operator's shell holds it.
+    pub fn set_compose_var(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.to_string()));
     }
 
     /// `docker-compose up -d` and waits until version `version` answers through nginx.
@@ -1658,6 +1669,14 @@ impl CompanionEnv {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The companion's `GET /status` (as root, over loopback).
+    pub async fn status(&self) -> Value {
+        let _waiting = waiting_for("the companion's /status".to_string());
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = http.get(self.url("/status")).send().await.expect("/status answers");
+        r.json().await.expect("/status is JSON")
+    }
+
     /// Creates (and starts, unless `start` is false) a target container:
     /// labelled for this test, with `args` before the image.
     pub fn target(&self, what: &str, args: &[&str], image: &str, start: bool) -> String {
@@ -1950,7 +1969,10 @@ impl AppNetEnv {
             .env("SELFUP_IMAGE", &self.repository)
             .env("SELFUP_ALLOWED_REGISTRIES", format!("[\"{}\"]", suite.registry))
             .env("SELFUP_REGISTRY_API", &suite.registry_from_networks)
-            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json")))
+            .env("SELFUP_REGISTRY_CONFIG", self.dir.join("docker-config.json"))
+            // The suite's registry is on a port alone, as in `Env::compose_with`.
+            .env("SELFUP_REGISTRY_SOCKET", "")
+            .env("SELFUP_REGISTRY_DIR", self.dir.join("registry-socket")))
     }
 
     /// The network compose made for the project.

@@ -163,6 +163,24 @@ pub fn assert_none_failed(samples: &[Sample], what: &str) {
     );
 }
 
+/// Across a pause from `paused_at` to `resumed_at`: asserts that nothing was
+/// answered during it (past its first 200 ms, in which what was already
+/// running finishes), and returns how long after the resume each request
+/// that waited across it was answered.
+pub fn held_across(samples: &[Sample], paused_at: Instant, resumed_at: Instant) -> Vec<Duration> {
+    let answered = |s: &Sample| s.sent + s.latency;
+    let during: Vec<_> = samples
+        .iter()
+        .filter(|s| answered(s) > paused_at + Duration::from_millis(200) && answered(s) < resumed_at)
+        .collect();
+    assert!(during.is_empty(), "answered during the pause: {during:?}");
+    samples
+        .iter()
+        .filter(|s| s.sent < resumed_at && answered(s) >= resumed_at)
+        .map(|s| answered(s) - resumed_at)
+        .collect()
+}
+
 /// The samples whose request was in flight at some moment of `[from, to]`.
 pub fn overlapping(samples: &[Sample], from: Instant, to: Instant) -> Vec<&Sample> {
     samples

@@ -48,6 +48,7 @@ mod harness;
 mod input;
 mod leftovers;
 mod load;
+mod pause;
 mod proxy;
 mod restarts;
 mod retention;
@@ -124,10 +125,12 @@ fn main() -> ExitCode {
         switch::eight_keep_alive_clients_see_no_failure_across_five_upgrades,
         switch::a_slow_public_post_gets_its_answer_while_upgrades_run_in_their_usual_time,
         switch::a_foreign_listener_on_the_idle_port_or_in_the_socket_directory_receives_nothing,
+        pause::a_five_second_pause_under_eight_keep_alive_clients_fails_none_and_the_held_requests_are_answered_within_100_ms_of_the_resume,
+        pause::a_pause_ends_by_itself_after_hold_secs_and_nginx_refuses_it_from_the_public_side,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
         guard::browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades,
         guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,
-        guard::the_setup_registry_refuses_anonymous_reads_and_pushes_and_selfup_upgrades_through_its_credentials,
+        guard::the_setup_registry_refuses_anonymous_reads_and_pushes_selfup_upgrades_through_its_credentials_on_its_socket_and_its_door_holds_the_port,
         guard::secrets_go_to_a_control_socket_that_follows_the_live_instance_and_never_to_a_freed_port,
         guard::a_user_holding_the_idle_port_gets_a_409_naming_it_and_the_upgrade_works_once_it_is_free,
         guard::a_flood_of_public_health_during_a_bake_is_not_judged_and_pings_the_daemon_once_a_second,
@@ -187,6 +190,9 @@ fn main() -> ExitCode {
         companion::an_update_resolves_its_requirement_on_a_registry_that_wants_a_bearer_token,
         companion::a_generated_api_key_is_stored_with_mode_0600_logged_once_and_kept_across_restarts,
         apps::a_plain_web_app_is_handed_over_three_times_under_load_through_nginx_without_a_failed_request,
+        apps::an_app_that_ignores_sigterm_gets_its_update_answer_within_2_s_of_the_switch_and_a_later_update_waits_for_its_elder_to_stop,
+        apps::an_app_paused_for_five_seconds_under_eight_keep_alive_clients_fails_none_and_its_held_requests_go_on_within_100_ms_of_the_resume,
+        apps::an_app_whose_container_crashes_has_its_new_requests_held_until_its_restart_policy_brings_it_back,
         apps::an_app_whose_successor_fails_its_health_check_keeps_the_elder_serving_and_the_answer_says_why,
         apps::a_published_port_app_whose_successor_cannot_bind_is_refused_and_nothing_stops,
         apps::an_app_bake_that_passes_keeps_the_elder_warm_until_its_end_and_a_watcher_of_events_sees_every_step,
@@ -208,6 +214,7 @@ fn main() -> ExitCode {
         watching::the_cli_upgrades_step_by_step_and_answers_with_exit_codes_and_json,
         watching::metrics_parse_and_count_a_failed_upgrade_behind_the_token,
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container,
+        bridge::on_a_bridge_network_selfup_reads_the_shipped_registry_at_its_socket_and_upgrades_to_a_requirement,
         bridge::two_upgrades_on_a_bridge_network_under_load_through_nginx_lose_no_request_and_leave_one_container_with_the_shipped_settings,
         bridge::an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published,
         bridge::the_companion_upgrades_itself_while_the_app_keeps_reaching_it_by_name,

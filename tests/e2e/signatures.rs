@@ -114,7 +114,15 @@ pub async fn a_registry_a_local_user_stands_in_with_runs_nothing_unsigned_or_sig
     let pushed = standin.push_unsigned(&built, &env.repository, "1.1.0");
     standin.push_unsigned(&built, &env.repository, "latest");
 
-    // Unsigned: refused before anything starts.
+    // Unsigned: the dry run says so, and the upgrade is refused before
+    // anything starts.
+    let dry = env.get_json(&env.direct(env.ports[0], "/upgrade?dry_run=true")).await;
+    assert_eq!(dry["decision"], "refused", "{dry}");
+    assert_eq!(dry["would_answer"], 403, "{dry}");
+    assert!(
+        dry["reason"].as_str().unwrap_or_default().contains("is not signed"),
+        "{dry}"
+    );
     let (status, body) = env.upgrade(env.ports[0], None).await;
     assert_eq!(status, 403, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
@@ -140,6 +148,8 @@ pub async fn a_registry_a_local_user_stands_in_with_runs_nothing_unsigned_or_sig
 
     // The operator's signature beside it: the same image goes live.
     sign_with(&pushed, None);
+    let dry = env.get_json(&env.direct(env.ports[0], "/upgrade?dry_run=true")).await;
+    assert_eq!(dry["decision"], "upgrade", "{dry}");
     let (status, body) = env.upgrade(env.ports[0], None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["to"], "1.1.0", "{body}");

@@ -368,15 +368,17 @@ pub async fn a_failed_target_is_not_tried_again_and_a_young_one_waits_for_the_co
 /// state directory of its own; stopped, its images untagged and its data
 /// removed on drop.
 struct NotifyingRegistry {
+    run: String,
     addr: String,
     state: std::path::PathBuf,
     images: Vec<String>,
 }
 
 impl NotifyingRegistry {
-    fn start(state: std::path::PathBuf, hook_url: &str) -> NotifyingRegistry {
+    fn start(run: &str, state: std::path::PathBuf, hook_url: &str) -> NotifyingRegistry {
         let addr = format!("127.0.0.1:{}", free_port());
         let registry = NotifyingRegistry {
+            run: run.to_string(),
             addr,
             state,
             images: Vec::new(),
@@ -387,8 +389,18 @@ impl NotifyingRegistry {
 
     fn script(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(crate::harness::repo_root().join("registry/start.sh"));
-        cmd.env("REGISTRY_ADDR", &self.addr).env("REGISTRY_STATE", &self.state);
+        let port = self.addr.rsplit(':').next().unwrap();
+        cmd.env("REGISTRY_ADDR", &self.addr)
+            .env("REGISTRY_STATE", &self.state)
+            .env("REGISTRY_SOCKET", self.socket_dir().join("registry.sock"))
+            .env("REGISTRY_DOOR", format!("selfup-e2e-{}-door-{port}", self.run))
+            .env("REGISTRY_DOOR_LABEL", format!("selfup.e2e={}", self.run));
         cmd
+    }
+
+    /// The directory of the registry's socket, which selfup mounts.
+    fn socket_dir(&self) -> std::path::PathBuf {
+        self.state.with_extension("sock")
     }
 
     fn auth(&self, file: &str) -> std::path::PathBuf {
@@ -426,17 +438,20 @@ pub async fn a_push_to_the_registry_upgrades_through_its_notification_without_an
     // Polling every hour: only the registry's notification can be quick.
     let env = suite.env(&[("SELFUP_WATCH", "1"), ("SELFUP_WATCH_INTERVAL_SECS", "3600")]);
     let hook = format!("http://127.0.0.1:{}/hooks/registry", env.deploy_port);
-    let mut registry = NotifyingRegistry::start(env.path().join("registry"), &hook);
+    let mut registry = NotifyingRegistry::start(&suite.run_id, env.path().join("registry"), &hook);
     let repository = env.repository.clone();
     for tag in ["1.0.0", "latest"] {
         registry.push(&suite.image("selfup", "1.0.0"), &repository, tag);
     }
     let config = registry.auth("config.json");
     let token_file = registry.auth("hook_token");
+    let socket_dir = registry.socket_dir();
     let vars = [
         ("SELFUP_REGISTRY", registry.addr.as_str()),
         ("SELFUP_REGISTRY_CONFIG", config.to_str().unwrap()),
         ("SELFUP_HOOK_TOKEN_FILE", token_file.to_str().unwrap()),
+        ("SELFUP_REGISTRY_DIR", socket_dir.to_str().unwrap()),
+        ("SELFUP_REGISTRY_SOCKET", "/run/selfup-registry/registry.sock"),
     ];
     env.compose_with(&vars, &["up", "-d"]);
     env.wait_public_version("1.0.0").await;
