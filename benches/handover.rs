@@ -18,6 +18,11 @@
 //! UPGRADES times each. It is not a test: nothing fails.
 //!
 //!   cargo bench --bench handover -- rollback [UPGRADES]    (the rollbacks only)
+//!   cargo bench --bench handover -- relay [SECONDS ROUNDS] (defaults: 15 s, 4 rounds)
+//!
+//! `relay` prints the app path's cost: a busybox app behind one nginx,
+//! reached through selfup's relay (the app's socket) and straight at its
+//! address, 8 keep-alive clients, the two paths alternated in one run.
 //!   cargo bench --bench handover -- networks [UPGRADES]   (default: 6 upgrades)
 //!
 //! `networks` only compares the network modes: UPGRADES unloaded upgrades to `:latest`
@@ -73,6 +78,11 @@ fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rollbacks_only = std::env::args().any(|a| a == "rollback");
     let networks = std::env::args().skip(1).any(|a| a == "networks");
+    if std::env::args().skip(1).any(|a| a == "relay") {
+        let seconds = args.first().copied().unwrap_or(15).max(1) as u64;
+        let rounds = args.get(1).copied().unwrap_or(4).max(1);
+        return relay_bench(seconds, rounds);
+    }
     let swarm_too = std::env::args().skip(1).any(|a| a == "swarm");
     let upgrades = args
         .first()
@@ -392,6 +402,101 @@ async fn throughput(suite: Arc<Suite>, clients: usize, keep_alive: bool) -> f64 
         .filter(|s| s.error.is_none() && s.sent >= from && s.sent + s.latency <= to)
         .count();
     done as f64 / (to - from).as_secs_f64()
+}
+
+/// The app path's cost: `rounds` rounds of 8 keep-alive clients for
+/// `seconds` each through one nginx, to a busybox app through selfup's relay
+/// (the app's socket) and straight to the app's address, alternated (the
+/// first path of each round alternates too), in one run.
+fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
+    let suite = match Suite::start(true) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (relayed, straight) = runtime.block_on(async {
+        let (world, _web, relayed_url, straight_url) = apps::app_on_two_paths(suite.clone()).await;
+        let (mut relayed, mut straight) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = match round % 2 {
+                0 => [(&relayed_url, true), (&straight_url, false)],
+                _ => [(&straight_url, false), (&relayed_url, true)],
+            };
+            for (url, through_relay) in order {
+                let figures = window(url, 8, Duration::from_secs(seconds)).await;
+                eprintln!(
+                    "round {round}: {}: {:.0} req/s, p50 {}, p99 {}",
+                    if through_relay { "through selfup" } else { "straight" },
+                    figures.0,
+                    ms(figures.1),
+                    ms(figures.2)
+                );
+                match through_relay {
+                    true => relayed.push(figures),
+                    false => straight.push(figures),
+                }
+            }
+        }
+        drop(world);
+        (relayed, straight)
+    });
+    drop(runtime);
+    drop(suite);
+    let total = |runs: &[(f64, Duration, Duration, usize)]| {
+        let rate = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
+        let mut p50: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+        let mut p99: Vec<Duration> = runs.iter().map(|r| r.2).collect();
+        p50.sort();
+        p99.sort();
+        let failed: usize = runs.iter().map(|r| r.3).sum();
+        (rate, p50[p50.len() / 2], p99[p99.len() / 2], failed)
+    };
+    let (r, s) = (total(&relayed), total(&straight));
+    println!("\nbusybox app behind nginx, 8 keep-alive clients, {rounds} rounds of {seconds} s per path, alternated\n");
+    println!(
+        "{:<28} {:>10} {:>12} {:>12} {:>8}",
+        "path", "req/s", "median p50", "median p99", "failed"
+    );
+    for (name, t) in [("through selfup (app socket)", r), ("straight to the app", s)] {
+        println!("{:<28} {:>10.0} {:>12} {:>12} {:>8}", name, t.0, ms(t.1), ms(t.2), t.3);
+    }
+    println!(
+        "\nthe relay's cost: {:.1} % of the throughput, {:.2}x the median latency",
+        (1.0 - r.0 / s.0) * 100.0,
+        r.1.as_secs_f64() / s.1.as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `clients` keep-alive clients against `base` for `length` after a warm-up:
+/// requests per second answered right, p50, p99, and how many failed.
+async fn window(base: &str, clients: usize, length: Duration) -> (f64, Duration, Duration, usize) {
+    let load = Load::start(
+        base.to_string(),
+        clients,
+        usize::MAX,
+        length * 2 + Duration::from_secs(30),
+    );
+    steady(&load, clients).await;
+    let from = Instant::now();
+    tokio::time::sleep(length).await;
+    let to = Instant::now();
+    let samples = load.finish().await;
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.sent >= from && s.sent + s.latency <= to)
+        .collect();
+    let failed = inside.iter().filter(|s| s.error.is_some()).count();
+    let mut latencies: Vec<Duration> = inside.iter().filter(|s| s.error.is_none()).map(|s| s.latency).collect();
+    latencies.sort();
+    let rate = (inside.len() - failed) as f64 / (to - from).as_secs_f64();
+    (rate, percentile(&latencies, 0.5), percentile(&latencies, 0.99), failed)
 }
 
 /// The answer's own timings of each step (ms), in [`STEPS`] order.

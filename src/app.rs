@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service, ServiceRequest};
@@ -34,12 +34,35 @@ const NOTIFY_FLUSH: Duration = Duration::from_secs(5);
 /// before it drains anyway.
 const LEAVE_NETWORKS: Duration = Duration::from_secs(3);
 
+/// How long a live instance that stops still accepts what was queued on
+/// its live socket before the name went.
+const ACCEPT_QUEUED: Duration = Duration::from_millis(100);
+
+/// One open connection on the live socket, counted while it lives (actix
+/// drops a connection's extensions with it).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn of(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A bound, not yet running, selfup server.
 pub struct Application {
     port: u16,
     server: Server,
     orchestrator: Arc<Orchestrator>,
     companion: Option<Arc<Companion>>,
+    /// Connections open on the live socket now (nginx's, pooled or busy).
+    live_open: Arc<AtomicUsize>,
 }
 
 impl Application {
@@ -120,6 +143,8 @@ impl Application {
         let metrics = orchestrator.shared.clone();
         // A held request waits at most a little longer than a pause lasts.
         let hold = settings.hold() + Duration::from_secs(1);
+        let live_open = Arc::new(AtomicUsize::new(0));
+        let counted = live_open.clone();
         let mut server = HttpServer::new(move || {
             let lingering = lingering.clone();
             let metrics = metrics.clone();
@@ -270,6 +295,9 @@ impl Application {
         })
         .on_connect(move |connection, extensions| {
             if let Some(listener) = arrivals.listener(connection) {
+                if listener == routes::Listener::Live {
+                    extensions.insert(Open::of(&counted));
+                }
                 extensions.insert(listener);
             }
             if let Some(ends) = Arrivals::ends(connection) {
@@ -296,6 +324,7 @@ impl Application {
             server,
             orchestrator,
             companion,
+            live_open,
         })
     }
 
@@ -309,6 +338,7 @@ impl Application {
         let handle = self.server.handle();
         let stopping = self.orchestrator.clone();
         let fronts = self.companion.as_ref().and_then(|c| c.fronts());
+        let live_open = self.live_open.clone();
         let stopper = tokio::spawn(async move {
             wait_for_stop_signal().await;
             let shared = &stopping.shared;
@@ -329,6 +359,24 @@ impl Application {
                 // On a private network: no longer found by the name it
                 // shares with its successor before it stops accepting.
                 let _ = tokio::time::timeout(LEAVE_NETWORKS, stopping.leave_networks()).await;
+            } else if let Some(live) = stopping.live_socket().filter(|live| live.is_published()) {
+                // The live instance stops with nobody to take over (`docker
+                // restart`, `compose stop`): nginx's pooled connections
+                // close first, as after a takeover; then the name goes, so
+                // that nginx's next connections wait in the hold rather
+                // than queue where nobody will accept them, and what is
+                // queued already is accepted and answered.
+                if live_open.load(Ordering::Relaxed) > 0 {
+                    let linger = stopping.settings.linger();
+                    tracing::info!(?linger, "stop signal on the live instance: lingering, then draining");
+                    shared.lingering.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(linger).await;
+                }
+                match live.withdraw(live.public()) {
+                    Ok(()) => tracing::info!(path = %live.public().display(), "live socket withdrawn"),
+                    Err(e) => tracing::warn!(error = %e, "could not withdraw the live socket"),
+                }
+                tokio::time::sleep(ACCEPT_QUEUED).await;
             }
             tracing::info!("stop signal: draining");
             // The requests this instance still relays to blue-green apps

@@ -148,6 +148,15 @@ impl ControlSocket {
         }
     }
 
+    /// Whether the public path names this instance's socket.
+    pub fn is_published(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.public), std::fs::metadata(&self.staged)) {
+            (Ok(public), Ok(mine)) => (public.dev(), public.ino()) == (mine.dev(), mine.ino()),
+            _ => false,
+        }
+    }
+
     /// The path clients use.
     pub fn public(&self) -> &Path {
         &self.public

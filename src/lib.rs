@@ -34,7 +34,8 @@
 //!   [`notify`]: a JSON POST for every finished upgrade or update.
 //! - [`control`]: the stable sockets the live instance holds across
 //!   handovers; [`proxy`]: whether nginx runs; [`pause`]: public traffic
-//!   held, not refused (`/pause`, an app's pause).
+//!   held, not refused (`/pause`, an app's pause); [`hold`]: `selfup
+//!   hold`, where nginx's connections wait while no instance is live.
 //! - [`docker`]: the one wrapper around bollard; [`registry`]: tags and
 //!   digests over the registry API (over its unix socket when it has one),
 //!   with credentials.
@@ -55,6 +56,7 @@ pub mod events;
 #[cfg(feature = "faults")]
 pub mod faults;
 pub mod handover;
+pub mod hold;
 pub mod identity;
 pub mod image_ref;
 pub mod metrics;

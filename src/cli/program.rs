@@ -1,4 +1,4 @@
-//! The binary's commands: `serve` (the default), `healthcheck`, `version`,
+//! The binary's commands: `serve` (the default), `healthcheck`, `hold`, `version`,
 //! and the operator's `upgrade`, `rollback`, `status`, `history`, `pause`,
 //! `resume`. Parsed
 //! here, in the library, so that the binary's own crate is one line.
@@ -28,6 +28,10 @@ enum Command {
     Serve,
     /// The image's HEALTHCHECK: exit 0 when this instance's /health answers 200.
     Healthcheck,
+    /// Hold nginx's connections while no instance is live (its own
+    /// container, beside selfup): they wait for the next live instance, at
+    /// most hold_secs, instead of being refused.
+    Hold,
     /// Print the version.
     Version,
     /// Upgrade the live instance to :latest, or to REQ (2, 2.1, =1.4.0), showing each step.
@@ -119,6 +123,7 @@ pub fn main(version: &'static str) -> ExitCode {
     match parsed.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(),
         Command::Healthcheck => healthcheck(),
+        Command::Hold => hold(),
         Command::Version => {
             println!("selfup {version}");
             ExitCode::SUCCESS
@@ -176,6 +181,23 @@ fn serve() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("selfup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hold() -> ExitCode {
+    crate::telemetry::init();
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match runtime.and_then(|rt| rt.block_on(crate::hold::serve(&settings))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("selfup: holding: {e}");
             ExitCode::FAILURE
         }
     }

@@ -32,6 +32,7 @@ use tokio::time::{Instant, sleep};
 
 use super::container::labels;
 use crate::control::{Access, ControlSocket};
+use crate::hold::unavailable;
 use crate::pause::Pause;
 
 /// The container port the app listens on; its presence asks for blue-green.
@@ -403,20 +404,6 @@ async fn connect_within(addr: SocketAddr, hold: Duration) -> io::Result<TcpStrea
 
 /// How often a held connection tries the app again.
 const RETRY_EVERY: Duration = Duration::from_millis(20);
-
-/// Answers a client the app could not take with 503 and `Retry-After`
-/// (nginx passes it on), after reading what the client sent so far.
-async fn unavailable(mut downstream: UnixStream, why: &str) {
-    let mut sent = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(100), downstream.read(&mut sent)).await;
-    let body = serde_json::json!({ "error": why }).to_string() + "\n";
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = downstream.write_all(answer.as_bytes()).await;
-    let _ = downstream.shutdown().await;
-}
 
 /// During a bake, how long a connect to the successor may take before the
 /// connection goes to the standby instead (a connect on the Engine's

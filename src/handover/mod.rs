@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod bake;
 pub mod elder;
+mod hold;
 pub mod plan;
 pub mod retention;
 pub mod steps;

@@ -285,8 +285,9 @@ impl Orchestrator {
         }
         // An elder killed during its bake left its standby name behind.
         self.remove_stale_standby();
-        if let Ok(c) = self.engine.inspect_container(me).await {
-            let name = c.name.unwrap_or_default();
+        let mine = self.engine.inspect_container(me).await;
+        if let Ok(c) = &mine {
+            let name = c.name.clone().unwrap_or_default();
             let base = base_name(&name, self.settings.ports);
             if base != name.trim_start_matches('/')
                 && let Err(e) = self.engine.rename_container(me, &base).await
@@ -297,6 +298,9 @@ impl Orchestrator {
         self.shared.record_takeover_done(me);
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
+        if let Ok(c) = &mine {
+            self.renew_hold(c).await;
+        }
         super::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
         Ok(())
     }

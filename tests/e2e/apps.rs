@@ -110,15 +110,31 @@ async fn start(w: &mut CompanionEnv, extra: &[&str]) -> std::path::PathBuf {
 /// nginx on a free loopback port, its upstream the app's socket, one new
 /// upstream connection per request (HTTP/1.0), `/echo` passed to the CGI.
 fn nginx(w: &mut CompanionEnv, sockets: &std::path::Path, app: &str) -> String {
-    let port = free_port();
+    nginx_with(w, sockets, &[&format!("unix:{SOCKETS}/{app}.sock")]).remove(0)
+}
+
+/// [`nginx`] with one server per upstream address in `upstreams`, each on
+/// its own free loopback port, configured alike: their base URLs.
+fn nginx_with(w: &mut CompanionEnv, sockets: &std::path::Path, upstreams: &[&str]) -> Vec<String> {
+    let ports: Vec<u16> = upstreams.iter().map(|_| free_port()).collect();
     let dir = w.dir("nginx");
+    let servers: String = upstreams
+        .iter()
+        .zip(&ports)
+        .enumerate()
+        .map(|(i, (upstream, port))| {
+            format!(
+                "  upstream app{i} {{ server {upstream}; }}\n\
+                 server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 65s;\n\
+                 location = /echo {{ proxy_pass http://app{i}/cgi-bin/echo; }}\n\
+                 location / {{ proxy_pass http://app{i}; }}\n  }}\n"
+            )
+        })
+        .collect();
     let conf = format!(
         "user nobody nogroup;\nworker_processes 1;\npid /tmp/nginx.pid;\nerror_log /dev/stderr warn;\n\
          events {{ worker_connections 512; }}\n\
-         http {{\n  access_log off;\n  upstream app {{ server unix:{SOCKETS}/{app}.sock; }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 65s;\n\
-             location = /echo {{ proxy_pass http://app/cgi-bin/echo; }}\n\
-             location / {{ proxy_pass http://app; }}\n  }}\n}}\n"
+         http {{\n  access_log off;\n{servers}}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     run(Command::new("docker")
@@ -130,7 +146,7 @@ fn nginx(w: &mut CompanionEnv, sockets: &std::path::Path, app: &str) -> String {
         ])
         .args(["-v", &format!("{}:{SOCKETS}", sockets.display())])
         .arg(&w.suite.nginx_image));
-    format!("http://127.0.0.1:{port}")
+    ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect()
 }
 
 /// Asserts that a bake rolled back to the warm elder: the successor (at
@@ -260,6 +276,35 @@ pub async fn healthy_app(suite: Arc<Suite>, versions: &[&str]) -> (CompanionEnv,
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     wait_version(&http, &public, versions[0]).await;
     (w, web, public)
+}
+
+/// A healthy app behind one nginx with two servers: one to the app's socket,
+/// which selfup relays to the app, and one straight to the app container's
+/// address. For the benchmark: the world, the app, and the two base URLs
+/// (through selfup, straight).
+#[allow(dead_code)]
+pub async fn app_on_two_paths(suite: Arc<Suite>) -> (CompanionEnv, String, String, String) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", Flavour::Healthy)]);
+    let network = w.network("net");
+    let image = w.suite.image(&repository, "1.0.0");
+    let web = app(&mut w, &network, &image, &[], &[]);
+    let sockets = start(&mut w, &[]).await;
+    let ip = inspect(&web)["NetworkSettings"]["Networks"][&network]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bases = nginx_with(
+        &mut w,
+        &sockets,
+        &[&format!("unix:{SOCKETS}/{web}.sock"), &format!("{ip}:8080")],
+    );
+    let straight = bases.pop().unwrap();
+    let relayed = bases.pop().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_version(&http, &relayed, "1.0.0").await;
+    wait_version(&http, &straight, "1.0.0").await;
+    (w, web, relayed, straight)
 }
 
 /// One handover of `web` to `requirement` through the companion: the answer,

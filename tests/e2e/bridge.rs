@@ -127,12 +127,12 @@ async fn two_upgrades_on_a_bridge_network(suite: Arc<Suite>, config: Config) {
 
     // Compose agrees: one container per service, and `up -d` starts no second one.
     let ps = env.compose(&["ps", "-q"]);
-    assert_eq!(ps.lines().count(), 2, "selfup and nginx only: {ps}");
+    assert_eq!(ps.lines().count(), 3, "selfup, the hold and nginx only: {ps}");
     env.compose(&["up", "-d"]);
     env.wait_public_version("1.2.0").await;
     env.wait_single_container().await;
     let ps = env.compose(&["ps", "-q"]);
-    assert_eq!(ps.lines().count(), 2, "after up -d: {ps}");
+    assert_eq!(ps.lines().count(), 3, "after up -d: {ps}");
 }
 
 pub async fn an_app_updates_a_labelled_sibling_through_the_companion_by_name_with_nothing_published(suite: Arc<Suite>) {

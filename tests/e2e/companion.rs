@@ -18,7 +18,7 @@ use crate::harness::{APP, CompanionEnv, Suite, docker, eventually, free_port, ru
 pub(crate) use crate::harness::{exists, inspect};
 
 /// Now, as `docker events --since/--until` takes it.
-fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }

@@ -1005,7 +1005,7 @@ impl Env {
             false => String::new(),
         };
         let override_yml = format!(
-            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n{networks}",
+            "version: \"2.4\"\nservices:\n  selfup:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  hold:\n    labels:\n      selfup.e2e: '{run}'\n    environment:\n{environment}  nginx:\n    container_name: {nginx}\n    labels:\n      selfup.e2e: '{run}'\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\nvolumes:\n  data:\n    labels:\n      selfup.e2e: '{run}'\n{networks}",
             run = suite.run_id,
             conf = dir.join("nginx.conf").display(),
         );

@@ -45,6 +45,7 @@ mod cycle;
 mod faults;
 mod guard;
 mod harness;
+mod hold;
 mod input;
 mod leftovers;
 mod load;
@@ -127,6 +128,9 @@ fn main() -> ExitCode {
         switch::a_foreign_listener_on_the_idle_port_or_in_the_socket_directory_receives_nothing,
         pause::a_five_second_pause_under_eight_keep_alive_clients_fails_none_and_the_held_requests_are_answered_within_100_ms_of_the_resume,
         pause::a_pause_ends_by_itself_after_hold_secs_and_nginx_refuses_it_from_the_public_side,
+        hold::a_sigkill_of_the_live_process_under_eight_keep_alive_clients_fails_only_posts_in_flight_in_it_at_most_one_per_client,
+        hold::a_docker_restart_of_the_live_container_under_eight_keep_alive_clients_fails_none,
+        hold::the_hold_takes_the_image_of_the_live_version_after_an_upgrade_and_holds_while_nothing_is_live,
         traffic::nginx_refuses_control_endpoints_and_a_token_guards_upgrade,
         guard::browser_requests_are_refused_on_every_control_endpoint_while_curl_upgrades,
         guard::a_registry_that_redirects_links_elsewhere_or_floods_gets_a_bounded_502_and_nothing_changes,

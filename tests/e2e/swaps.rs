@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::companion::{exists, inspect, is_running};
-use crate::harness::{APP, Suite, eventually, free_port};
+use crate::companion::{exists, inspect, is_running, timestamp};
+use crate::harness::{APP, Suite, docker, eventually, free_port};
 
 /// The name the companion gives an old container while it is aside.
 fn aside_of(app: &str) -> String {
@@ -37,6 +37,41 @@ fn restart_policy(name: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Where each (action, container id) stands among the Engine's container
+/// events since `since`: creates, starts, dies and destroys, in its order.
+fn engine_order(since: &str, wanted: &[(&str, &str)]) -> Vec<usize> {
+    let events: Vec<String> = docker(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &timestamp(),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        "event=destroy",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    wanted
+        .iter()
+        .map(|(action, id)| {
+            events
+                .iter()
+                .position(|e| {
+                    e.split_once(' ')
+                        .is_some_and(|(a, i)| a == *action && i.starts_with(id))
+                })
+                .unwrap_or_else(|| panic!("no {action} event of {id} among {events:?}"))
+        })
+        .collect()
 }
 
 pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_no_stray_container(suite: Arc<Suite>) {
@@ -68,6 +103,7 @@ pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_n
     let image = suite.image(APP, "plain-2");
 
     let started = Instant::now();
+    let since = timestamp();
     let updating = async {
         let answer = w.update_at(a, &app, &image).await;
         (answer, Instant::now())
@@ -109,7 +145,16 @@ pub async fn an_update_in_flight_while_upgrade_runs_both_end_well_one_instance_n
     assert_eq!(restart_policy(&app), "unless-stopped");
     assert!(!exists(&old_id));
     assert_eq!(w.containers(), BTreeSet::from([app.clone()]), "no stray container");
-    assert!(update_done < upgrade_done, "the swap ended before the upgrade did");
+    // The order the Engine saw: the swap's last step (the old container
+    // removed) before the upgrade's first change (the successor created).
+    // The answers' arrival says less: a fast upgrade may answer before the
+    // update's answer is read.
+    let successor = env.container_on(b).expect("the successor listens on the other port");
+    let order = engine_order(&since, &[("destroy", &old_id), ("create", &successor)]);
+    assert!(
+        order[0] < order[1],
+        "the swap ended before the upgrade began: {order:?}"
+    );
     eprintln!(
         "figure: /upgrade asked {:.1}s into the swap, which ended {:.1}s later; /upgrade answered {:.1}s after it was asked",
         sent.duration_since(started).as_secs_f64(),
