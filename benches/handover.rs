@@ -19,10 +19,16 @@
 //!
 //!   cargo bench --bench handover -- rollback [UPGRADES]    (the rollbacks only)
 //!   cargo bench --bench handover -- relay [SECONDS ROUNDS] (defaults: 15 s, 4 rounds)
+//!   cargo bench --bench handover -- steady [SECONDS ROUNDS] (defaults: 10 s, 4 rounds)
+//!   cargo bench --bench handover -- apps [UPDATES CLIENTS]  (defaults: 4 updates, 8 clients)
 //!
 //! `relay` prints the app path's cost: a busybox app behind one nginx,
 //! reached through selfup's relay (the app's socket) and straight at its
 //! address, 8 keep-alive clients, the two paths alternated in one run.
+//! `steady` prints the steady p50/p99 through nginx with an instance live,
+//! with the hold in nginx's upstream and without it, alternated by reloads.
+//! `apps` prints how soon an app's update answers: blue-green for an app
+//! that handles SIGTERM and one that ignores it, next to stop-then-start.
 //!   cargo bench --bench handover -- networks [UPGRADES]   (default: 6 upgrades)
 //!
 //! `networks` only compares the network modes: UPGRADES unloaded upgrades to `:latest`
@@ -78,6 +84,16 @@ fn main() -> ExitCode {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rollbacks_only = std::env::args().any(|a| a == "rollback");
     let networks = std::env::args().skip(1).any(|a| a == "networks");
+    if std::env::args().skip(1).any(|a| a == "apps") {
+        let updates = args.first().copied().unwrap_or(4).max(1);
+        let clients = args.get(1).copied().unwrap_or(8).max(1);
+        return apps_bench(updates, clients);
+    }
+    if std::env::args().skip(1).any(|a| a == "steady") {
+        let seconds = args.first().copied().unwrap_or(10).max(1) as u64;
+        let rounds = args.get(1).copied().unwrap_or(4).max(1);
+        return steady_bench(seconds, rounds);
+    }
     if std::env::args().skip(1).any(|a| a == "relay") {
         let seconds = args.first().copied().unwrap_or(15).max(1) as u64;
         let rounds = args.get(1).copied().unwrap_or(4).max(1);
@@ -409,7 +425,7 @@ async fn throughput(suite: Arc<Suite>, clients: usize, keep_alive: bool) -> f64 
 /// (the app's socket) and straight to the app's address, alternated (the
 /// first path of each round alternates too), in one run.
 fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
-    let suite = match Suite::start(true) {
+    let suite = match Suite::start(false) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("bench: {e}");
@@ -448,24 +464,9 @@ fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
     });
     drop(runtime);
     drop(suite);
-    let total = |runs: &[(f64, Duration, Duration, usize)]| {
-        let rate = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
-        let mut p50: Vec<Duration> = runs.iter().map(|r| r.1).collect();
-        let mut p99: Vec<Duration> = runs.iter().map(|r| r.2).collect();
-        p50.sort();
-        p99.sort();
-        let failed: usize = runs.iter().map(|r| r.3).sum();
-        (rate, p50[p50.len() / 2], p99[p99.len() / 2], failed)
-    };
-    let (r, s) = (total(&relayed), total(&straight));
+    let (r, s) = (median_of(&relayed), median_of(&straight));
     println!("\nbusybox app behind nginx, 8 keep-alive clients, {rounds} rounds of {seconds} s per path, alternated\n");
-    println!(
-        "{:<28} {:>10} {:>12} {:>12} {:>8}",
-        "path", "req/s", "median p50", "median p99", "failed"
-    );
-    for (name, t) in [("through selfup (app socket)", r), ("straight to the app", s)] {
-        println!("{:<28} {:>10.0} {:>12} {:>12} {:>8}", name, t.0, ms(t.1), ms(t.2), t.3);
-    }
+    print_paths(&[("through selfup (app socket)", r), ("straight to the app", s)]);
     println!(
         "\nthe relay's cost: {:.1} % of the throughput, {:.2}x the median latency",
         (1.0 - r.0 / s.0) * 100.0,
@@ -474,9 +475,154 @@ fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The steady state with an instance live, with the hold in nginx's
+/// upstream (as shipped) and without it (as before the hold): `rounds`
+/// rounds of 8 keep-alive clients for `seconds` each, the two
+/// configurations alternated by a reload of the same nginx, in one run.
+fn steady_bench(seconds: u64, rounds: usize) -> ExitCode {
+    let suite = match Suite::start(false) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (with, without) = runtime.block_on(async {
+        let env = suite.env(&[]);
+        suite.release(&env.repository, "1.0.0");
+        env.up("1.0.0").await;
+        let conf = env.path().join("nginx.conf");
+        let shipped = std::fs::read_to_string(&conf).unwrap();
+        let hold_line = "        server unix:/run/selfup-public/hold.sock backup max_fails=0;\n";
+        assert!(shipped.contains(hold_line), "the shipped nginx.conf names the hold");
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for hold in [round % 2 == 0, round % 2 == 1] {
+                let text = match hold {
+                    true => shipped.clone(),
+                    false => shipped.replace(hold_line, ""),
+                };
+                std::fs::write(&conf, text).unwrap();
+                docker(&["exec", &env.nginx, "nginx", "-s", "reload"]);
+                let figures = window(&env.public(""), 8, Duration::from_secs(seconds)).await;
+                eprintln!(
+                    "round {round}: {}: {:.0} req/s, p50 {}, p99 {}",
+                    if hold { "with the hold" } else { "without" },
+                    figures.0,
+                    ms(figures.1),
+                    ms(figures.2)
+                );
+                match hold {
+                    true => with.push(figures),
+                    false => without.push(figures),
+                }
+            }
+        }
+        (with, without)
+    });
+    drop(runtime);
+    drop(suite);
+    println!("\nselfup live behind nginx, 8 keep-alive clients, {rounds} rounds of {seconds} s each, alternated\n");
+    print_paths(&[
+        ("with the hold (shipped)", median_of(&with)),
+        ("without it", median_of(&without)),
+    ]);
+    ExitCode::SUCCESS
+}
+
+/// An app's update answer, under `clients` keep-alive clients through nginx,
+/// `updates` times each: blue-green by the companion for an app that handles
+/// SIGTERM and one that ignores it (httpd as PID 1; a 5 s stop timeout), and
+/// the stop-then-start replacement plain updaters do, for both, in one run.
+fn apps_bench(updates: usize, clients: usize) -> ExitCode {
+    let suite = match Suite::start(false) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases = [
+        ("blue-green, handles SIGTERM", apps::Flavour::Healthy, false),
+        ("blue-green, ignores SIGTERM", apps::Flavour::IgnoresTerm, false),
+        ("stop-then-start, handles SIGTERM", apps::Flavour::Healthy, true),
+        ("stop-then-start, ignores SIGTERM", apps::Flavour::IgnoresTerm, true),
+    ];
+    let mut rows = Vec::new();
+    for (name, flavour, stop_first) in cases {
+        let (mut times, samples) =
+            runtime.block_on(apps::answer_times(suite.clone(), flavour, stop_first, updates, clients));
+        times.sort();
+        eprintln!("{name}: {times:?}");
+        rows.push((name, times, samples));
+    }
+    drop(runtime);
+    drop(suite);
+    println!(
+        "\n{updates} updates of a busybox app per row under {clients} keep-alive clients through nginx (5 s stop timeout)\n"
+    );
+    println!(
+        "{:<34} {:>14} {:>12} {:>10} {:>8} {:>10} {:>10}",
+        "update", "answer median", "answer max", "requests", "failed", "p50", "p99"
+    );
+    for (name, times, samples) in rows {
+        let failed = samples.iter().filter(|s| s.error.is_some()).count();
+        let mut latencies: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.error.is_none())
+            .map(|s| s.latency)
+            .collect();
+        latencies.sort();
+        println!(
+            "{:<34} {:>14} {:>12} {:>10} {:>8} {:>10} {:>10}",
+            name,
+            ms(percentile(&times, 0.5)),
+            ms(*times.last().unwrap()),
+            samples.len(),
+            failed,
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99))
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// A window of load: requests per second answered right, p50, p99, failures.
+type Window = (f64, Duration, Duration, usize);
+
+/// The mean rate, the median of the p50s and of the p99s, and the failures
+/// of several windows.
+fn median_of(runs: &[Window]) -> Window {
+    let rate = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
+    let mut p50: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+    let mut p99: Vec<Duration> = runs.iter().map(|r| r.2).collect();
+    p50.sort();
+    p99.sort();
+    let failed: usize = runs.iter().map(|r| r.3).sum();
+    (rate, percentile(&p50, 0.5), percentile(&p99, 0.5), failed)
+}
+
+fn print_paths(rows: &[(&str, Window)]) {
+    println!(
+        "{:<28} {:>10} {:>12} {:>12} {:>8}",
+        "path", "req/s", "median p50", "median p99", "failed"
+    );
+    for (name, t) in rows {
+        println!("{:<28} {:>10.0} {:>12} {:>12} {:>8}", name, t.0, ms(t.1), ms(t.2), t.3);
+    }
+}
+
 /// `clients` keep-alive clients against `base` for `length` after a warm-up:
 /// requests per second answered right, p50, p99, and how many failed.
-async fn window(base: &str, clients: usize, length: Duration) -> (f64, Duration, Duration, usize) {
+async fn window(base: &str, clients: usize, length: Duration) -> Window {
     let load = Load::start(
         base.to_string(),
         clients,

@@ -578,11 +578,54 @@ pub struct AppFronts {
     relaying: Arc<AtomicUsize>,
     /// The longest pause of an app (`hold_secs`).
     hold: Duration,
+    /// Where the fronts accept and relay; `None` (the thread could not
+    /// start): on the runtime that binds them.
+    relay: Option<RelayThread>,
+}
+
+/// One thread with a runtime of its own accepts and relays every app
+/// connection, so that a connection's steps (the accept, the connect, the
+/// bytes each way) never wake another thread: on a small machine the
+/// threads' wake-ups, not the copying, were most of what the relay cost
+/// ([docs/apps.md](../../docs/apps.md#what-the-relay-costs)).
+struct RelayThread {
+    runtime: tokio::runtime::Handle,
+    /// Dropped with the fronts: the thread and its connections end.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RelayThread {
+    fn start() -> io::Result<RelayThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("selfup-relay".into()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            })
+        })?;
+        Ok(RelayThread {
+            runtime: handle,
+            _stop: stop,
+        })
+    }
+}
+
+impl std::fmt::Debug for RelayThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayThread")
+    }
 }
 
 impl AppFronts {
     pub fn new(dir: PathBuf, port: u16, hold: Duration) -> AppFronts {
+        let relay = RelayThread::start()
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "no relay thread: the apps' connections share the main runtime"),
+            )
+            .ok();
         AppFronts {
+            relay,
             dir,
             port,
             live: AtomicBool::new(false),
@@ -605,7 +648,14 @@ impl AppFronts {
         let public = self.dir.join(format!("{name}.sock"));
         let (socket, listener) = ControlSocket::bind(&public, self.port, Access::Anyone)?;
         listener.set_nonblocking(true)?;
-        let listener = UnixListener::from_std(listener)?;
+        let runtime = match &self.relay {
+            Some(relay) => relay.runtime.clone(),
+            None => tokio::runtime::Handle::current(),
+        };
+        let listener = {
+            let _on = runtime.enter();
+            UnixListener::from_std(listener)?
+        };
         let front = Arc::new(AppFront {
             socket,
             target: Mutex::new(Target::new(addr, None)),
@@ -614,7 +664,7 @@ impl AppFronts {
             hold: self.hold,
         });
         let front = self.fronts().entry(name.to_string()).or_insert(front).clone();
-        tokio::spawn(front.clone().serve(listener));
+        runtime.spawn(front.clone().serve(listener));
         if self.live.load(Ordering::SeqCst) {
             front.socket.publish()?;
         }

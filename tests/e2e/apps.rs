@@ -307,6 +307,82 @@ pub async fn app_on_two_paths(suite: Arc<Suite>) -> (CompanionEnv, String, Strin
     (w, web, relayed, straight)
 }
 
+/// How long an app's update takes to answer under `clients` keep-alive
+/// clients through nginx, `updates` times (1.1.0, 1.0.0, ...): blue-green
+/// by the companion (`stop_then_start` false), or the way plain updaters
+/// replace a container (`docker stop`, `docker rm`, `docker run` of the new
+/// image on the same published port, until it answers). For the benchmark:
+/// each answer time, and every sample.
+#[allow(dead_code)]
+pub async fn answer_times(
+    suite: Arc<Suite>,
+    flavour: Flavour,
+    stop_then_start: bool,
+    updates: usize,
+    clients: usize,
+) -> (Vec<Duration>, Vec<Sample>) {
+    let mut w = suite.companion_env();
+    let repository = app_images(&mut w, &[("1.0.0", flavour), ("1.1.0", flavour)]);
+    let network = w.network("net");
+    let image = |v: &str| suite.image(&repository, v);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut times = Vec::new();
+    if !stop_then_start {
+        let web = app(&mut w, &network, &image("1.0.0"), &[], &[]);
+        let sockets = start(&mut w, &[]).await;
+        let public = nginx(&mut w, &sockets, &web);
+        wait_version(&http, &public, "1.0.0").await;
+        let load = Load::start(public.clone(), clients, usize::MAX, Duration::from_secs(900));
+        load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
+            .await;
+        for i in 0..updates {
+            let version = ["1.1.0", "1.0.0"][i % 2];
+            // The elder of the last update has stopped: each update is timed alone.
+            eventually("the last elder to be removed", Duration::from_secs(60), || async {
+                (w.status().await["retiring"].as_array().is_none_or(|r| r.is_empty())).then_some(())
+            })
+            .await;
+            let asked = Instant::now();
+            let (status, body) = w.post_raw(&format!("/update/{web}/={version}"), Some(&w.key), "").await;
+            assert_eq!(status, 200, "{body}");
+            times.push(asked.elapsed());
+            load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
+                .await;
+        }
+        return (times, load.finish().await);
+    }
+    let port = free_port();
+    let name = w.name("web");
+    let labels = w.labels();
+    let run_app = |version: &str| {
+        run(Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--stop-timeout", "5"])
+            .args(["-p", &format!("127.0.0.1:{port}:8080")])
+            .args(&labels)
+            .arg(image(version)));
+    };
+    run_app("1.0.0");
+    let sockets = w.dir("sockets");
+    let public = nginx_with(&mut w, &sockets, &[&format!("127.0.0.1:{port}")]).remove(0);
+    wait_version(&http, &public, "1.0.0").await;
+    let load = Load::start(public.clone(), clients, usize::MAX, Duration::from_secs(900));
+    load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
+        .await;
+    for i in 0..updates {
+        let version = ["1.1.0", "1.0.0"][i % 2];
+        let asked = Instant::now();
+        run(Command::new("docker").args(["stop", &name]));
+        run(Command::new("docker").args(["rm", &name]));
+        run_app(version);
+        let direct = format!("http://127.0.0.1:{port}");
+        wait_version(&http, &direct, version).await;
+        times.push(asked.elapsed());
+        load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
+            .await;
+    }
+    (times, load.finish().await)
+}
+
 /// One handover of `web` to `requirement` through the companion: the answer,
 /// checked, after asserting that the next request is the successor's and
 /// the elder is gone.
