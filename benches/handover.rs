@@ -420,22 +420,31 @@ async fn throughput(suite: Arc<Suite>, clients: usize, keep_alive: bool) -> f64 
     done as f64 / (to - from).as_secs_f64()
 }
 
-/// The app path's cost: `rounds` rounds of 8 keep-alive clients for
-/// `seconds` each through one nginx, to a busybox app through selfup's relay
-/// (the app's socket) and straight to the app's address, alternated (the
-/// first path of each round alternates too), in one run.
-fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
+/// The suite without the fault-switch build (the benchmarks of one thing
+/// need none), and a runtime; `None` after saying why not.
+fn started() -> Option<(Arc<Suite>, tokio::runtime::Runtime)> {
     let suite = match Suite::start(false) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("bench: {e}");
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    Some((suite, runtime))
+}
+
+/// The app path's cost: `rounds` rounds of 8 keep-alive clients for
+/// `seconds` each through one nginx, to a busybox app through selfup's relay
+/// (the app's socket) and straight to the app's address, alternated (the
+/// first path of each round alternates too), in one run.
+fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
+    let Some((suite, runtime)) = started() else {
+        return ExitCode::FAILURE;
+    };
     let (relayed, straight) = runtime.block_on(async {
         let (world, _web, relayed_url, straight_url) = apps::app_on_two_paths(suite.clone()).await;
         let (mut relayed, mut straight) = (Vec::new(), Vec::new());
@@ -480,17 +489,9 @@ fn relay_bench(seconds: u64, rounds: usize) -> ExitCode {
 /// rounds of 8 keep-alive clients for `seconds` each, the two
 /// configurations alternated by a reload of the same nginx, in one run.
 fn steady_bench(seconds: u64, rounds: usize) -> ExitCode {
-    let suite = match Suite::start(false) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("bench: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some((suite, runtime)) = started() else {
+        return ExitCode::FAILURE;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let (with, without) = runtime.block_on(async {
         let env = suite.env(&[]);
         suite.release(&env.repository, "1.0.0");
@@ -539,17 +540,9 @@ fn steady_bench(seconds: u64, rounds: usize) -> ExitCode {
 /// SIGTERM and one that ignores it (httpd as PID 1; a 5 s stop timeout), and
 /// the stop-then-start replacement plain updaters do, for both, in one run.
 fn apps_bench(updates: usize, clients: usize) -> ExitCode {
-    let suite = match Suite::start(false) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("bench: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some((suite, runtime)) = started() else {
+        return ExitCode::FAILURE;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let cases = [
         ("blue-green, handles SIGTERM", apps::Flavour::Healthy, false),
         ("blue-green, ignores SIGTERM", apps::Flavour::IgnoresTerm, false),

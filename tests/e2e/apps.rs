@@ -326,33 +326,7 @@ pub async fn answer_times(
     let network = w.network("net");
     let image = |v: &str| suite.image(&repository, v);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut times = Vec::new();
-    if !stop_then_start {
-        let web = app(&mut w, &network, &image("1.0.0"), &[], &[]);
-        let sockets = start(&mut w, &[]).await;
-        let public = nginx(&mut w, &sockets, &web);
-        wait_version(&http, &public, "1.0.0").await;
-        let load = Load::start(public.clone(), clients, usize::MAX, Duration::from_secs(900));
-        load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
-            .await;
-        for i in 0..updates {
-            let version = ["1.1.0", "1.0.0"][i % 2];
-            // The elder of the last update has stopped: each update is timed alone.
-            eventually("the last elder to be removed", Duration::from_secs(60), || async {
-                (w.status().await["retiring"].as_array().is_none_or(|r| r.is_empty())).then_some(())
-            })
-            .await;
-            let asked = Instant::now();
-            let (status, body) = w.post_raw(&format!("/update/{web}/={version}"), Some(&w.key), "").await;
-            assert_eq!(status, 200, "{body}");
-            times.push(asked.elapsed());
-            load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
-                .await;
-        }
-        return (times, load.finish().await);
-    }
-    let port = free_port();
-    let name = w.name("web");
+    let (port, name) = (free_port(), w.name("web"));
     let labels = w.labels();
     let run_app = |version: &str| {
         run(Command::new("docker")
@@ -361,21 +335,47 @@ pub async fn answer_times(
             .args(&labels)
             .arg(image(version)));
     };
-    run_app("1.0.0");
-    let sockets = w.dir("sockets");
-    let public = nginx_with(&mut w, &sockets, &[&format!("127.0.0.1:{port}")]).remove(0);
+    let public = match stop_then_start {
+        false => {
+            let web = app(&mut w, &network, &image("1.0.0"), &[], &[]);
+            let sockets = start(&mut w, &[]).await;
+            nginx(&mut w, &sockets, &web)
+        }
+        true => {
+            run_app("1.0.0");
+            let sockets = w.dir("sockets");
+            nginx_with(&mut w, &sockets, &[&format!("127.0.0.1:{port}")]).remove(0)
+        }
+    };
     wait_version(&http, &public, "1.0.0").await;
     let load = Load::start(public.clone(), clients, usize::MAX, Duration::from_secs(900));
     load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
         .await;
+    let mut times = Vec::new();
     for i in 0..updates {
         let version = ["1.1.0", "1.0.0"][i % 2];
+        if !stop_then_start {
+            // The elder of the last update has stopped: each update is timed alone.
+            eventually("the last elder to be removed", Duration::from_secs(60), || async {
+                (w.status().await["retiring"].as_array().is_none_or(|r| r.is_empty())).then_some(())
+            })
+            .await;
+        }
         let asked = Instant::now();
-        run(Command::new("docker").args(["stop", &name]));
-        run(Command::new("docker").args(["rm", &name]));
-        run_app(version);
-        let direct = format!("http://127.0.0.1:{port}");
-        wait_version(&http, &direct, version).await;
+        match stop_then_start {
+            false => {
+                let (status, body) = w
+                    .post_raw(&format!("/update/{name}/={version}"), Some(&w.key), "")
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+            true => {
+                run(Command::new("docker").args(["stop", &name]));
+                run(Command::new("docker").args(["rm", &name]));
+                run_app(version);
+                wait_version(&http, &format!("http://127.0.0.1:{port}"), version).await;
+            }
+        }
         times.push(asked.elapsed());
         load.wait_for_samples_after(Instant::now(), 50 * clients, Duration::from_secs(60))
             .await;

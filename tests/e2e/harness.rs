@@ -1176,6 +1176,20 @@ impl Env {
     }
 
     /// `GET url` as text; panics when there is no answer.
+    /// `GET path` through nginx, given 10 s: a request that may be held
+    /// (a pause, nothing live). The answer, and how long it took.
+    pub async fn get_public_held(&self, path: &str) -> (reqwest::Response, Duration) {
+        let asked = Instant::now();
+        let r = self
+            .http
+            .get(self.public(path))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("nginx answers within 10 s");
+        (r, asked.elapsed())
+    }
+
     pub async fn get_text(&self, url: &str) -> String {
         let _waiting = waiting_for(format!("the answer to GET {url}"));
         let r = self.http.get(url).send().await.expect("an answer");

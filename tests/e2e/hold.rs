@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::harness::{Env, Suite, docker, eventually, run};
 use crate::load::{Load, Sample, assert_none_failed};
 
-/// The hold container of `env`'s project: (id, image id).
-fn hold_of(env: &Env) -> (String, String) {
-    let out = docker(&[
+/// The running hold containers of `env`'s project: (id, image id).
+fn holds(env: &Env) -> Vec<(String, String)> {
+    docker(&[
         "ps",
         "--filter",
         &format!("label=com.docker.compose.project={}", env.project),
@@ -19,11 +19,19 @@ fn hold_of(env: &Env) -> (String, String) {
         "label=selfup.hold=true",
         "--format",
         "{{.ID}}",
-    ]);
-    let ids: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(ids.len(), 1, "one running hold: {out}");
-    let image = docker(&["inspect", "-f", "{{.Image}}", ids[0]]).trim().to_string();
-    (ids[0].to_string(), image)
+    ])
+    .split_whitespace()
+    // One removed between the two calls (the old hold, replaced) is no
+    // longer running.
+    .filter_map(|id| {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.Image}}", id])
+            .output()
+            .ok()?;
+        let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        out.status.success().then(|| (id.to_string(), image))
+    })
+    .collect()
 }
 
 /// The longest wait of a request answered across `[from, to]`.
@@ -118,7 +126,9 @@ pub async fn the_hold_takes_the_image_of_the_live_version_after_an_upgrade_and_h
 ) {
     let env = suite.live_env(&[("SELFUP_HOLD_SECS", "5")], "1.0.0").await;
     let [a, b] = env.ports;
-    let (old_hold, old_image) = hold_of(&env);
+    let first = holds(&env);
+    assert_eq!(first.len(), 1, "one running hold: {first:?}");
+    let (old_hold, old_image) = first[0].clone();
     let live = env.wait_single_container().await;
     assert_eq!(
         old_image,
@@ -131,9 +141,11 @@ pub async fn the_hold_takes_the_image_of_the_live_version_after_an_upgrade_and_h
     env.wait_takeover_done(b).await;
     let successor = env.wait_single_container().await;
     let image = docker(&["inspect", "-f", "{{.Image}}", &successor]).trim().to_string();
+    // One hold again, on the successor's image (for a moment the new one
+    // runs beside the old).
     let (hold, hold_image) = eventually("the hold to run 1.1.0's image", Duration::from_secs(30), || async {
-        let (id, image_now) = hold_of(&env);
-        (image_now == image).then_some((id, image_now))
+        let now = holds(&env);
+        (now.len() == 1 && now[0].1 == image).then(|| now[0].clone())
     })
     .await;
     assert_ne!(hold, old_hold);
@@ -151,15 +163,7 @@ pub async fn the_hold_takes_the_image_of_the_live_version_after_an_upgrade_and_h
     // Nothing live: a request waits hold_secs (5 s here), then gets 503
     // with Retry-After, never a hang.
     docker(&["stop", "-t", "30", &successor]);
-    let asked = Instant::now();
-    let r = env
-        .http
-        .get(env.public("/"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    let waited = asked.elapsed();
+    let (r, waited) = env.get_public_held("/").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let body = r.text().await.unwrap();

@@ -79,17 +79,9 @@ pub async fn a_pause_ends_by_itself_after_hold_secs_and_nginx_refuses_it_from_th
     assert_eq!(r.status(), 403, "the public side paused the traffic");
     let (status, body) = post(&env, port, "/pause").await;
     assert_eq!(status, 200, "{body}");
-    let paused_at = Instant::now();
     // A request through nginx meanwhile waits the pause out (the client
     // gives it 10 s).
-    let r = env
-        .http
-        .get(env.public("/"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    let waited = paused_at.elapsed();
+    let (r, waited) = env.get_public_held("/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap().trim(), "selfup version 1.0.0");
     assert!(
