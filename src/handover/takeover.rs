@@ -298,10 +298,17 @@ impl Orchestrator {
         self.shared.record_takeover_done(me);
         self.shared.set_takeover(TakeoverPhase::Done);
         tracing::info!("this instance is the live one");
-        if let Ok(c) = &mine {
-            self.renew_hold(c).await;
-        }
-        super::retention::after_handover(&self.engine, &self.settings, me, elders.len()).await;
+        // In the background: this instance is the live one already, and its
+        // watch starts as this returns. The hold first, so that retention
+        // may remove the image it ran.
+        let (engine, settings, me, replaced) =
+            (self.engine.clone(), self.settings.clone(), me.to_string(), elders.len());
+        tokio::spawn(async move {
+            if let Ok(c) = &mine {
+                super::hold::renew(&engine, &settings, c).await;
+            }
+            super::retention::after_handover(&engine, &settings, &me, replaced).await;
+        });
         Ok(())
     }
 }
