@@ -32,6 +32,9 @@ pub enum TakeoverError {
     Docker { context: String, source: DockerError },
 }
 
+/// How long a plain start leaves a stopped sibling before it removes it.
+const STOPPED_SIBLINGS_AFTER: Duration = Duration::from_secs(10);
+
 /// A container as reconcile sees it.
 #[derive(Debug, Clone)]
 struct Sibling {
@@ -157,7 +160,30 @@ impl Orchestrator {
             tracing::info!(newer = %newer.id, "a newer sibling runs: it converges, not this instance");
             return Ok(());
         }
-        if all.is_empty() {
+        // A stopped sibling goes a while later: `compose up` that recreates
+        // this service stops the old container, starts this one, then
+        // removes the old one itself, and fails if a removal is already
+        // under way.
+        let (running, stopped): (Vec<Sibling>, Vec<Sibling>) = all.into_iter().partition(|s| s.running);
+        if !stopped.is_empty() {
+            let engine = self.engine.clone();
+            let stopped: Vec<String> = stopped.into_iter().map(|s| s.id).collect();
+            tokio::spawn(async move {
+                tokio::time::sleep(STOPPED_SIBLINGS_AFTER).await;
+                for id in stopped {
+                    match engine.inspect_container(&id).await {
+                        Ok(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => {
+                            match engine.remove_container(&id, false).await {
+                                Ok(()) => tracing::info!(container = %id, "removed a stopped sibling"),
+                                Err(e) => tracing::info!(container = %id, error = %e, "a stopped sibling stays"),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+        if running.is_empty() {
             // Alone (a fresh start, a restart): the sockets are this
             // instance's, whoever held them before.
             self.publish_sockets();
@@ -165,7 +191,8 @@ impl Orchestrator {
             self.shared.set_takeover(TakeoverPhase::Done);
             return Ok(());
         }
-        self.take_over(me, all.into_iter().map(|s| s.id).collect(), None).await
+        self.take_over(me, running.into_iter().map(|s| s.id).collect(), None)
+            .await
     }
 
     /// When this container was created, ordered as [`created_key`] orders.
