@@ -125,14 +125,18 @@ impl ControlSocket {
 
     /// Removes `path` if it names this instance's socket; another's stays.
     pub fn withdraw(&self, path: &Path) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let same = match (std::fs::metadata(path), std::fs::metadata(&self.staged)) {
-            (Ok(there), Ok(mine)) => (there.dev(), there.ino()) == (mine.dev(), mine.ino()),
-            _ => false,
-        };
-        match same {
+        match self.names_mine(path) {
             true => std::fs::remove_file(path),
             false => Ok(()),
+        }
+    }
+
+    /// Whether `path` names this instance's socket (the same file).
+    fn names_mine(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(path), std::fs::metadata(&self.staged)) {
+            (Ok(there), Ok(mine)) => (there.dev(), there.ino()) == (mine.dev(), mine.ino()),
+            _ => false,
         }
     }
 
@@ -150,11 +154,7 @@ impl ControlSocket {
 
     /// Whether the public path names this instance's socket.
     pub fn is_published(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(&self.public), std::fs::metadata(&self.staged)) {
-            (Ok(public), Ok(mine)) => (public.dev(), public.ino()) == (mine.dev(), mine.ino()),
-            _ => false,
-        }
+        self.names_mine(&self.public)
     }
 
     /// The path clients use.
