@@ -298,7 +298,7 @@ impl Companion {
                 return Err(slot.failed(error));
             }
         };
-        self.retire(job, &swap, new_id, placement, None).await
+        self.retire(job, &swap, new_id, placement).await
     }
 
     /// The blue-green path: the successor starts beside the elder, answers
@@ -400,23 +400,11 @@ impl Companion {
             let _ = done.send(true);
         });
         tracing::info!(container = %job.old.name, image = %image, new = %short(&new_id), "updated; the old container stops in the background");
-        UpdateOutcome::Updated {
-            message: format!("Container '{}' restarted with new image '{image}'", job.old.name),
-            container: job.old.name.clone(),
-            old_image: old.image.clone(),
-            old_image_id: old.image_id.clone(),
-            new_image: image.to_string(),
-            new_image_id: job.new_image_id.clone(),
-            old_container: OldContainer::Stopping {
-                id: short(&old.id),
-                stopping: true,
-            },
-            new_container: short(&new_id),
-            placement: Placement::Beside,
-            warning: None,
-            handover: Some(handover),
-            duration_ms: job.started.elapsed().as_millis(),
-        }
+        let stopping = OldContainer::Stopping {
+            id: short(&old.id),
+            stopping: true,
+        };
+        updated(job, &new_id, stopping, Placement::Beside, None, Some(handover))
     }
 
     /// Refuses an update of an app whose traffic is paused: its held
@@ -691,7 +679,6 @@ impl Companion {
         swap: &Swap<'_>,
         new_id: String,
         placement: Placement,
-        handover: Option<Box<AppHandover>>,
     ) -> Result<UpdateOutcome, UpdateError> {
         let (old, image, name) = (&job.old, &job.image, &job.old.name);
         job.progress.step(Step::Retiring {
@@ -702,20 +689,34 @@ impl Companion {
             Some(w) => tracing::warn!(container = %name, warning = %w, "the new container runs; the old one stays"),
             None => tracing::info!(container = %name, image = %image, new = %short(&new_id), "updated"),
         }
-        Ok(UpdateOutcome::Updated {
-            message: format!("Container '{name}' restarted with new image '{image}'"),
-            container: name.clone(),
-            old_image: old.image.clone(),
-            old_image_id: old.image_id.clone(),
-            new_image: image.to_string(),
-            new_image_id: job.new_image_id.clone(),
-            old_container: OldContainer::Removed(short(&old.id)),
-            new_container: short(&new_id),
-            placement,
-            warning,
-            handover,
-            duration_ms: job.started.elapsed().as_millis(),
-        })
+        let removed = OldContainer::Removed(short(&old.id));
+        Ok(updated(job, &new_id, removed, placement, warning, None))
+    }
+}
+
+/// The outcome of an update that ran: the new container `new_id` serves.
+fn updated(
+    job: &Job<'_>,
+    new_id: &str,
+    old_container: OldContainer,
+    placement: Placement,
+    warning: Option<String>,
+    handover: Option<Box<AppHandover>>,
+) -> UpdateOutcome {
+    let (old, image, name) = (&job.old, &job.image, &job.old.name);
+    UpdateOutcome::Updated {
+        message: format!("Container '{name}' restarted with new image '{image}'"),
+        container: name.clone(),
+        old_image: old.image.clone(),
+        old_image_id: old.image_id.clone(),
+        new_image: image.to_string(),
+        new_image_id: job.new_image_id.clone(),
+        old_container,
+        new_container: short(new_id),
+        placement,
+        warning,
+        handover,
+        duration_ms: job.started.elapsed().as_millis(),
     }
 }
 
