@@ -15,7 +15,7 @@ use actix_web::{App, HttpServer, web};
 use crate::companion::auth::{ApiKey, KeySource};
 use crate::companion::{Companion, Reporting};
 use crate::config::Settings;
-use crate::control::{Access, ControlSocket};
+use crate::control::{Access, ControlSocket, Open};
 use crate::docker::Engine;
 use crate::handover::{Deps, Orchestrator};
 use crate::recreate::journal::Swaps;
@@ -37,23 +37,6 @@ const LEAVE_NETWORKS: Duration = Duration::from_secs(3);
 /// How long a live instance that stops still accepts what was queued on
 /// its live socket before the name went.
 const ACCEPT_QUEUED: Duration = Duration::from_millis(100);
-
-/// One open connection on the live socket, counted while it lives (actix
-/// drops a connection's extensions with it).
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn of(count: &Arc<AtomicUsize>) -> Open {
-        count.fetch_add(1, Ordering::Relaxed);
-        Open(count.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A bound, not yet running, selfup server.
 pub struct Application {
@@ -296,6 +279,7 @@ impl Application {
         .on_connect(move |connection, extensions| {
             if let Some(listener) = arrivals.listener(connection) {
                 if listener == routes::Listener::Live {
+                    // Uncounted as actix drops the connection's extensions with it.
                     extensions.insert(Open::of(&counted));
                 }
                 extensions.insert(listener);

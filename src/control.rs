@@ -25,6 +25,25 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A connection counted in `count` while it is open: counted when made,
+/// uncounted when dropped.
+pub struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    pub fn of(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::SeqCst);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Who may connect to a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, sleep};
 
 use super::container::labels;
-use crate::control::{Access, ControlSocket};
+use crate::control::{Access, ControlSocket, Open};
 use crate::hold::unavailable;
 use crate::pause::Pause;
 
@@ -230,15 +230,6 @@ pub struct AppFront {
     hold: Duration,
 }
 
-/// Counts a connection as open to its target until dropped.
-struct Open(Arc<AtomicUsize>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl AppFront {
     fn target(&self) -> Target {
         self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -295,8 +286,7 @@ impl AppFront {
                 // Held, not refused: joined to whichever container is the
                 // app's once the pause ends (no update runs meanwhile).
                 let front = self.clone();
-                self.relaying.fetch_add(1, Ordering::SeqCst);
-                let relaying = Open(self.relaying.clone());
+                let relaying = Open::of(&self.relaying);
                 tokio::spawn(async move {
                     front.pause.wait(front.hold + POLL).await;
                     front.join(downstream);
@@ -314,9 +304,7 @@ impl AppFront {
             // Counted before the connect, so that a drain never misses a
             // connection on its way to the elder.
             let target = self.target();
-            target.open.fetch_add(1, Ordering::SeqCst);
-            self.relaying.fetch_add(1, Ordering::SeqCst);
-            let open = (Open(target.open.clone()), Open(self.relaying.clone()));
+            let open = (Open::of(&target.open), Open::of(&self.relaying));
             let hold = self.hold;
             tokio::spawn(async move {
                 let _open = open;
